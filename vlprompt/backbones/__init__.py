@@ -1,0 +1,7 @@
+"""Frozen vision-language backbones behind one narrow interface."""
+
+from vlprompt.backbones.base import BackboneError, BackboneInfo, PreprocessConfig, VLBackbone
+from vlprompt.backbones.open_clip import OpenCLIPBackbone
+from vlprompt.backbones.toyclip import ToyCLIP
+
+__all__ = ["BackboneError", "BackboneInfo", "PreprocessConfig", "VLBackbone", "OpenCLIPBackbone", "ToyCLIP"]

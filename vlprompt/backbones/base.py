@@ -1,0 +1,149 @@
+"""The frozen vision-language backbone: a closed box with a narrow interface.
+
+Learners reach the model only through :class:`VLBackbone`. The interface serves every learner family
+and protocol: text prompts (token embeddings in, features out), deep prompts at chosen layers of either
+tower, visual prompt tokens, dense patch features for segmentation, and a preprocessing config for data
+and test-time augmentation. A backbone never knows which learner is attached.
+
+Images given to a backbone are float tensors in ``[0, 1]``, ``[B, 3, H, W]`` at ``preprocess.image_size``;
+the backbone applies its own mean/std normalisation.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+class BackboneError(RuntimeError):
+    """A backbone could not be built or cannot serve a request; the message names the value and the fix."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What a data pipeline needs to feed a backbone (from open_clip's ``PreprocessCfg``)."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """Provenance of the loaded weights, written into every result JSON."""
+
+    name: str
+    model: str
+    pretrained: str | None
+    checkpoint_sha256: str | None
+    precision: str
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class VLBackbone(nn.Module, abc.ABC):
+    """Frozen dual-encoder. All parameters have ``requires_grad=False`` and the module stays in eval mode.
+
+    Attributes every implementation sets: ``embed_dim`` (joint space D), ``text_width`` (Wt),
+    ``text_layers``, ``context_length`` (L), ``vision_width`` (Wv), ``vision_layers``, ``grid_size``
+    (patches per side), ``supports_visual_prompts``, ``preprocess`` and ``info``.
+    """
+
+    embed_dim: int
+    text_width: int
+    text_layers: int
+    context_length: int
+    vision_width: int
+    vision_layers: int
+    grid_size: tuple[int, int]
+    supports_visual_prompts: bool
+    preprocess: PreprocessConfig
+    info: BackboneInfo
+
+    def train(self, mode: bool = True) -> "VLBackbone":  # noqa: D102 - frozen: always eval
+        return super().train(False)
+
+    def freeze(self) -> None:
+        """Turn off gradients and dropout for every parameter and module."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    # ----------------------------------------------------------------- text tower
+    @abc.abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids ``[N, L]`` (long) from the model's own tokenizer."""
+
+    @abc.abstractmethod
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[N, L, Wt]`` (float32) of ids ``[N, L]``."""
+
+    @abc.abstractmethod
+    def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index ``[N]`` of the token whose final state is pooled (EOT for CLIP)."""
+
+    @abc.abstractmethod
+    def encode_text_embeddings(
+        self,
+        embeddings: torch.Tensor,
+        pool_index: torch.Tensor,
+        *,
+        deep_prompts: Sequence[torch.Tensor | None] | None = None,
+        deep_prompt_start: int = 1,
+    ) -> torch.Tensor:
+        """Projected text features ``[N, D]`` from token embeddings ``[N, L, Wt]``.
+
+        ``deep_prompts[i]`` (``[n, Wt]`` or ``[N, n, Wt]``), for transformer layer ``i >= 1``, replaces
+        the hidden states at positions ``deep_prompt_start : deep_prompt_start + n`` at that layer's
+        input (deep prompting as in MaPLe, eq. 5-7); ``None`` leaves a layer untouched. Entry 0 is ignored:
+        layer 0's prompts are part of ``embeddings``.
+        """
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Projected text features ``[N, D]`` of token ids ``[N, L]``."""
+        return self.encode_text_embeddings(self.embed_tokens(tokens), self.pool_index(tokens))
+
+    # ----------------------------------------------------------------- image tower
+    @abc.abstractmethod
+    def encode_image(
+        self,
+        images: torch.Tensor,
+        *,
+        prompts: torch.Tensor | None = None,
+        deep_prompts: Sequence[torch.Tensor | None] | None = None,
+        dense: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Projected image features ``[B, D]`` of images ``[B, 3, H, W]`` in ``[0, 1]``.
+
+        ``prompts`` (``[n, Wv]`` or ``[B, n, Wv]``) are extra tokens appended to the patch sequence at the
+        first layer's input (VPT-shallow, Jia et al. 2022, eq. 4); ``deep_prompts[i]`` replaces those ``n``
+        tokens at layer ``i >= 1`` (VPT-deep, eq. 5). With ``dense=True`` also returns projected patch
+        tokens ``[B, Hg*Wg, D]`` for segmentation. Raises :class:`BackboneError` for prompts on a tower that
+        is not a plain transformer (``supports_visual_prompts`` is False).
+        """
+
+    @property
+    @abc.abstractmethod
+    def logit_scale(self) -> torch.Tensor:
+        """The pretrained temperature, already exponentiated (a 0-d float32 tensor)."""
+
+    # ----------------------------------------------------------------- helpers
+    def require_visual_prompts(self, who: str) -> None:
+        """Raise a clear error if ``who`` asks for visual prompts that this image tower cannot take."""
+        if not self.supports_visual_prompts:
+            raise BackboneError(
+                f"{who} inserts prompt tokens into the image encoder, but backbone {self.info.name!r} "
+                f"(model {self.info.model!r}) has no plain transformer image tower. Use a ViT model "
+                "(e.g. model: ViT-B-16) or a learner that only prompts the text encoder (e.g. coop)."
+            )

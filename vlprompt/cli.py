@@ -1,0 +1,82 @@
+"""The ``vlprompt`` console script.
+
+``vlprompt fit|validate|test --config ...`` run experiments (LightningCLI, layered configs, several seeds);
+``vlprompt pretrain --config ...`` pretrains a CLIP on the toy world; ``vlprompt list learners|backbones|datasets``
+shows the registry; ``vlprompt leaderboard build`` turns result JSONs into leaderboards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+log = logging.getLogger("vlprompt")
+
+USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,leaderboard} ...
+
+  fit        train a prompt learner and evaluate it (all seeds), writing a result JSON
+  validate   evaluate on the validation split(s)
+  test       evaluate on the test split(s) (zero-shot learners need no fit)
+  pretrain   pretrain a CLIP on the toy world (LightningCLI)
+  list       vlprompt list learners|backbones|datasets [--errors]
+  leaderboard  vlprompt leaderboard build RESULTS_DIR [--out leaderboards]
+
+Each of fit/validate/test/pretrain takes --help and --print_config.
+"""
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("VLPROMPT_LOG_LEVEL", "INFO").upper()
+    try:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        fmt = "%(message)s"
+    except ImportError:  # pragma: no cover
+        handler = logging.StreamHandler()
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, handlers=[handler])
+
+
+def pretrain_main(args: list[str]) -> None:
+    """``vlprompt pretrain``: LightningCLI over :class:`CLIPPretraining` and :class:`CaptionData` (fit)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from vlprompt.pretrain import CaptionData, CLIPPretraining
+
+    LightningCLI(
+        CLIPPretraining, CaptionData, args=["fit", *args], save_config_callback=None,
+        parser_kwargs={"fit": {"prog": "vlprompt pretrain"}},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(USAGE)  # noqa: T201 - console help
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "pretrain":
+        pretrain_main(rest)
+        return 0
+    if cmd in {"fit", "validate", "test"}:
+        from vlprompt.experiment import run_experiment
+
+        run_experiment(cmd, rest)
+        return 0
+    if cmd == "list":
+        from vlprompt.registry import list_main
+
+        return list_main(rest)
+    if cmd == "leaderboard":
+        from vlprompt.leaderboard import leaderboard_main
+
+        return leaderboard_main(rest)
+    print(f"vlprompt: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)  # noqa: T201
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Procedural toy vision-language world."""

@@ -1,0 +1,187 @@
+"""Classification datasets drawn from the toy world, registered as ``vlprompt.datasets`` plugins.
+
+Each class fixes one or two attributes of the main object; all others vary at random. Class labels follow
+a fixed pseudo-random order, so the base half of a base-to-new split never differs from the new half in
+one attribute only. Images are generated deterministically from ``(dataset, split, world_seed)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import zlib
+from collections.abc import Sequence
+
+import torch
+
+from vlprompt.data.base import ClassificationSource, TensorImageDataset
+from vlprompt.data.toyworld.render import (
+    BACKGROUNDS,
+    COLOURS,
+    POSITIONS,
+    SIZES,
+    STYLES,
+    TEXTURES,
+    render,
+    sample_scene,
+)
+
+TEXTURE_NAMES = {
+    "solid": "solid",
+    "horizontal stripes": "horizontally striped",
+    "vertical stripes": "vertically striped",
+    "checkered": "checkered",
+    "dotted": "dotted",
+    "hollow": "hollow",
+}
+POSITION_NAMES = {
+    "top left": "in the top left",
+    "top": "at the top",
+    "top right": "in the top right",
+    "left": "on the left",
+    "centre": "in the centre",
+    "right": "on the right",
+    "bottom left": "in the bottom left",
+    "bottom": "at the bottom",
+    "bottom right": "in the bottom right",
+}
+
+# attribute -> (values, phrase builder used in class names)
+ATTRIBUTE_PHRASES = {
+    "colour": (tuple(COLOURS), lambda v: f"{v} shape"),
+    "texture": (TEXTURES, lambda v: f"{TEXTURE_NAMES[v]} shape"),
+    "size": (SIZES, lambda v: f"{v} shape"),
+    "position": (POSITIONS, lambda v: f"shape {POSITION_NAMES[v]}"),
+    "background": (BACKGROUNDS, lambda v: f"shape on a {v} background"),
+}
+
+_MIX_COLOURS = ("red", "yellow", "green", "blue", "purple", "pink")
+_MIX_TEXTURES = ("solid", "horizontal stripes", "checkered", "dotted")
+
+
+def _classes(spec: str) -> list[tuple[str, dict[str, str]]]:
+    """(class name, fixed attributes) for each class of a toy dataset, in definition order."""
+    if spec == "toy_colors":
+        return [(f"{c} shape", {"colour": c}) for c in COLOURS]
+    if spec == "toy_patterns":
+        return [(f"{s} {TEXTURE_NAMES[t]} shape", {"size": s, "texture": t}) for s, t in itertools.product(SIZES, TEXTURES)]
+    if spec == "toy_places":
+        return [(f"{s} shape {POSITION_NAMES[p]}", {"size": s, "position": p}) for s, p in itertools.product(SIZES, POSITIONS)]
+    if spec == "toy_mixtures":
+        return [
+            (f"{c} {TEXTURE_NAMES[t]} shape", {"colour": c, "texture": t})
+            for c, t in itertools.product(_MIX_COLOURS, _MIX_TEXTURES)
+        ]
+    if spec == "toy_backdrops":
+        return [(f"{s} shape on a {b} background", {"size": s, "background": b}) for s, b in itertools.product(SIZES, BACKGROUNDS)]
+    raise KeyError(spec)
+
+
+_VALUE_INDEX = {
+    "colour": {v: i for i, v in enumerate(COLOURS)},
+    "texture": {v: i for i, v in enumerate(TEXTURES)},
+    "size": {v: i for i, v in enumerate(SIZES)},
+    "position": {v: i for i, v in enumerate(POSITIONS)},
+    "background": {v: i for i, v in enumerate(BACKGROUNDS)},
+}
+
+
+def _stable_seed(*parts: object) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+class ToyClassification(ClassificationSource):
+    """A toy-world classification dataset.
+
+    Args:
+        per_class: images per class for the ``train``, ``val`` and ``test`` splits.
+        style: rendering style of the ``val`` and ``test`` splits (``clean``, or a domain shift:
+            ``noise``, ``low_contrast``, ``blur``, ``sketch``); ``train`` is always clean.
+        world_seed: seed of the world; the same seed gives the same images on every machine.
+    """
+
+    spec: str = ""
+    default_augment = "none"  # crops and flips would change position and size labels
+
+    def __init__(
+        self,
+        *,
+        per_class: tuple[int, int, int] = (32, 8, 40),
+        style: str = "clean",
+        world_seed: int = 0,
+    ) -> None:
+        if style not in STYLES:
+            raise ValueError(f"style={style!r} is not a toy-world style; known: {list(STYLES)}")
+        if len(per_class) != 3 or min(per_class) < 1:
+            raise ValueError(f"per_class={per_class!r} must be three positive counts (train, val, test)")
+        self.name = self.spec
+        self.style = style
+        self.world_seed = world_seed
+        self.per_class = dict(zip(("train", "val", "test"), per_class))
+        defs = _classes(self.spec)
+        order = list(range(len(defs)))
+        random.Random(_stable_seed(self.spec, "label-order")).shuffle(order)
+        self._defs = [defs[i] for i in order]
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def classnames(self) -> list[str]:
+        return [name for name, _ in self._defs]
+
+    def class_attributes(self) -> list[dict[str, str]]:
+        """The attributes each class fixes, by label."""
+        return [dict(attrs) for _, attrs in self._defs]
+
+    def _generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in self.per_class:
+            raise KeyError(f"split {split!r} of {self.name}: known splits are {list(self.per_class)}")
+        if split not in self._cache:
+            n = self.per_class[split]
+            style = "clean" if split == "train" else self.style
+            g = torch.Generator().manual_seed(_stable_seed(self.spec, split, self.world_seed))
+            images, labels = [], []
+            for label, (_, attrs) in enumerate(self._defs):
+                fixed = {k: torch.full((n,), _VALUE_INDEX[k][v]) for k, v in attrs.items()}
+                scene = sample_scene(n, generator=g, fixed=fixed)
+                img, _ = render(scene, generator=g, style=style)
+                images.append((img * 255).round().to(torch.uint8))
+                labels.append(torch.full((n,), label, dtype=torch.long))
+            self._cache[split] = (torch.cat(images), torch.cat(labels))
+        return self._cache[split]
+
+    def labels(self, split: str) -> list[int]:
+        return self._generate(split)[1].tolist()
+
+    def dataset(self, split: str, indices: Sequence[int] | None = None, transform=None) -> TensorImageDataset:
+        images, labels = self._generate(split)
+        if indices is not None:
+            idx = torch.as_tensor(list(indices), dtype=torch.long)
+            images, labels = images[idx], labels[idx]
+        return TensorImageDataset(images, labels, transform)
+
+    def identity(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": "toyworld",
+            "style": self.style,
+            "world_seed": self.world_seed,
+            "per_class": self.per_class,
+            "num_classes": len(self._defs),
+        }
+
+
+def _make(spec: str, doc: str) -> type[ToyClassification]:
+    cls = type(spec.title().replace("_", ""), (ToyClassification,), {"spec": spec, "__doc__": doc + "\n\n" + (ToyClassification.__doc__ or "")})
+    cls.__module__ = __name__
+    return cls
+
+
+ToyColors = _make("toy_colors", "Toy world: 10 classes by object colour (``red shape``...).")
+ToyPatterns = _make("toy_patterns", "Toy world: 12 classes by size x fill texture (``large checkered shape``...).")
+ToyPlaces = _make("toy_places", "Toy world: 18 classes by size x position (``small shape in the top left``...).")
+ToyMixtures = _make("toy_mixtures", "Toy world: 24 classes by colour x texture (``red dotted shape``...).")
+ToyBackdrops = _make("toy_backdrops", "Toy world: 10 classes by size x background (``large shape on a noisy background``...).")
+
+TOY_DATASETS: dict[str, type[ToyClassification]] = {
+    c.spec: c for c in (ToyColors, ToyPatterns, ToyPlaces, ToyMixtures, ToyBackdrops)
+}
