@@ -37,6 +37,12 @@ def _setup_logging() -> None:
         handler = logging.StreamHandler()
         fmt = "%(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler])
+    # Lightning installs its own stream handler; route its records through ours, and keep its tips quiet
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+        lg.setLevel(level if level == "DEBUG" else "WARNING")
 
 
 def pretrain_main(args: list[str]) -> None:
@@ -53,6 +59,8 @@ def pretrain_main(args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    import lightning.pytorch  # noqa: F401 - imported first so that its logging set-up can be redirected
+
     _setup_logging()
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)  # noqa: T201 - console help

@@ -1,0 +1,175 @@
+"""Shared prompt machinery, written once for every learner.
+
+- :func:`context_from_words`: context vectors initialised from words (CoOp, Zhou et al. IJCV 2022, Sec. 3.2).
+- :func:`random_context`: N(0, 0.02) context, unified ``[n, Wt]`` or class-specific ``[C, n, Wt]``.
+- :class:`ClassPrompts`: the frozen token embeddings around the context for each class name, with the class
+  token at the ``end``, ``middle`` or ``front`` (CoOp eq. 2-3), assembling ``[C, L, Wt]`` prompt embeddings.
+- :func:`deep_prompt_list` / :class:`DeepPrompts`: learnable prompts for transformer layers ``1..J-1``
+  (deep prompting: VPT-deep eq. 5, MaPLe eq. 5-7), in the per-layer list form the backbone accepts.
+- :func:`text_features`: text features from assembled token embeddings; :func:`template_features`: the
+  hand-crafted classifier (zero-shot CLIP, Radford et al. 2021), optionally a template ensemble.
+- :func:`cosine_logits`: ``scale * norm(img) @ norm(text).T`` for shared or per-image text features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.backbones.base import VLBackbone
+
+ClassTokenPosition = Literal["end", "middle", "front"]
+PLACEHOLDER = "X"
+
+
+def count_tokens(backbone: VLBackbone, text: str) -> int:
+    """Number of BPE tokens of ``text`` (without start/end tokens)."""
+    tokens = backbone.tokenize([text])[0]
+    return int(backbone.pool_index(tokens[None])[0]) - 1
+
+
+def context_from_words(backbone: VLBackbone, words: str, n_ctx: int | None = None) -> torch.Tensor:
+    """Context vectors ``[n, Wt]`` = token embeddings of ``words`` (e.g. ``"a photo of a"``).
+
+    ``n`` is the number of tokens of ``words``; a different ``n_ctx`` is an error (say which to change).
+    """
+    words = words.replace("_", " ").strip()
+    n = count_tokens(backbone, words)
+    if n < 1:
+        raise ValueError(f"ctx_init={words!r} has no tokens; give words such as 'a photo of a' or null for random")
+    if n_ctx is not None and n_ctx != n:
+        raise ValueError(
+            f"ctx_init={words!r} is {n} tokens but n_ctx={n_ctx}: set n_ctx: {n} (or null) or change ctx_init"
+        )
+    with torch.no_grad():
+        emb = backbone.embed_tokens(backbone.tokenize([words]))[0]
+    return emb[1 : 1 + n].clone()
+
+
+def random_context(n_ctx: int, width: int, *, n_cls: int | None = None, std: float = 0.02) -> torch.Tensor:
+    """Random context ``[n_ctx, width]`` (or ``[n_cls, n_ctx, width]`` class-specific), N(0, std^2)."""
+    if n_ctx < 1:
+        raise ValueError(f"n_ctx={n_ctx} must be at least 1")
+    shape = (n_ctx, width) if n_cls is None else (n_cls, n_ctx, width)
+    return torch.empty(shape).normal_(0.0, std)
+
+
+class ClassPrompts(nn.Module):
+    """Frozen token embeddings of ``"X X ... X {class}."`` for every class, ready to take a context.
+
+    Buffers: ``prefix`` ``[C, 1, Wt]`` (start token), ``suffix`` ``[C, L-1-n, Wt]`` (class tokens, period,
+    end and padding), ``name_lens`` ``[C]``, ``pool_index`` ``[C]``, ``tokens`` ``[C, L]``.
+    """
+
+    def __init__(
+        self,
+        backbone: VLBackbone,
+        classnames: Sequence[str],
+        n_ctx: int,
+        *,
+        position: ClassTokenPosition = "end",
+        suffix_text: str = ".",
+    ) -> None:
+        super().__init__()
+        if position not in ("end", "middle", "front"):
+            raise ValueError(f"class_token_position={position!r} must be 'end', 'middle' or 'front'")
+        names = [c.replace("_", " ") for c in classnames]
+        prompts = [" ".join([PLACEHOLDER] * n_ctx + [name]) + suffix_text for name in names]
+        tokens = backbone.tokenize(prompts)
+        ends = backbone.pool_index(tokens)
+        if int(ends.max()) >= tokens.shape[1] - 1:
+            longest = prompts[int(ends.argmax())]
+            raise ValueError(
+                f"prompt {longest!r} does not fit the context length {tokens.shape[1]}: shorten n_ctx or the class name"
+            )
+        with torch.no_grad():
+            emb = backbone.embed_tokens(tokens)
+        self.n_ctx = n_ctx
+        self.position = position
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("prefix", emb[:, :1].clone(), persistent=False)
+        self.register_buffer("suffix", emb[:, 1 + n_ctx :].clone(), persistent=False)
+        self.register_buffer("name_lens", torch.tensor([count_tokens(backbone, n) for n in names]), persistent=False)
+        self.register_buffer("pool_index", backbone.pool_index(tokens), persistent=False)
+
+    @property
+    def n_cls(self) -> int:
+        return int(self.prefix.shape[0])
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings ``[C, L, Wt]`` from context ``[n, Wt]`` (shared) or ``[C, n, Wt]`` (per class)."""
+        c = self.n_cls
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(c, -1, -1)
+        ctx = ctx.to(self.prefix.dtype)
+        if self.position == "end":
+            return torch.cat([self.prefix, ctx, self.suffix], dim=1)
+        parts = []
+        half = self.n_ctx // 2
+        for i in range(c):
+            n = int(self.name_lens[i])
+            name, rest = self.suffix[i : i + 1, :n], self.suffix[i : i + 1, n:]
+            if self.position == "middle":
+                parts.append(torch.cat([self.prefix[i : i + 1], ctx[i : i + 1, :half], name, ctx[i : i + 1, half:], rest], 1))
+            else:  # front
+                parts.append(torch.cat([self.prefix[i : i + 1], name, ctx[i : i + 1], rest], 1))
+        return torch.cat(parts, dim=0)
+
+    def pool_positions(self) -> torch.Tensor:
+        """Pooling index ``[C]``; placement of the class token does not move the end token."""
+        return self.pool_index
+
+
+def text_features(
+    backbone: VLBackbone,
+    embeddings: torch.Tensor,
+    pool_index: torch.Tensor,
+    deep_prompts: Sequence[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """Projected text features ``[N, D]`` from prompt embeddings ``[N, L, Wt]`` (deep prompts at layers >= 1)."""
+    return backbone.encode_text_embeddings(embeddings, pool_index, deep_prompts=deep_prompts)
+
+
+@torch.no_grad()
+def template_features(backbone: VLBackbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Normalised hand-crafted classifier ``[C, D]``: mean over templates of normalised features, renormalised."""
+    if not templates:
+        raise ValueError("at least one template such as 'a photo of a {}.' is needed")
+    feats = []
+    for name in classnames:
+        texts = [t.format(name.replace("_", " ")) for t in templates]
+        f = F.normalize(backbone.encode_text(backbone.tokenize(texts)), dim=-1)
+        feats.append(F.normalize(f.mean(dim=0), dim=-1))
+    return torch.stack(feats)
+
+
+def cosine_logits(image_features: torch.Tensor, text_feats: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Logits ``[B, C]`` = ``scale * cos`` between images ``[B, D]`` and texts ``[C, D]`` or ``[B, C, D]``."""
+    img = F.normalize(image_features, dim=-1)
+    txt = F.normalize(text_feats, dim=-1)
+    if txt.dim() == 3:
+        return scale * torch.einsum("bd,bcd->bc", img, txt)
+    return scale * img @ txt.t()
+
+
+class DeepPrompts(nn.Module):
+    """Learnable prompts ``[n, width]`` for transformer layers ``1 .. depth-1`` (layer 0 is the shallow prompt)."""
+
+    def __init__(self, depth: int, n_ctx: int, width: int, *, std: float = 0.02) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"prompt depth {depth} must be at least 1")
+        self.prompts = nn.ParameterList([nn.Parameter(random_context(n_ctx, width, std=std)) for _ in range(depth - 1)])
+
+    def as_layers(self) -> list[torch.Tensor | None]:
+        """Per-layer list ``[None, p_1, ..., p_{depth-1}]`` for the backbone's ``deep_prompts``."""
+        return deep_prompt_list(list(self.prompts))
+
+
+def deep_prompt_list(per_layer: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+    """``[None, *per_layer]``: prompts for layers ``1..len(per_layer)``, layer 0 left to the embeddings."""
+    return [None, *per_layer]

@@ -1,0 +1,171 @@
+"""The prompt-learner plugin interface.
+
+A learner is an ``nn.Module`` holding only its own parameters; the host module hands it the frozen
+backbone and the class names of the current label space. The same learner object serves several
+protocols (base-to-new, few-shot, cross-dataset, ...) because it never knows which one it is in: it
+only sees :meth:`set_classnames` calls.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vlprompt.backbones.base import VLBackbone
+from vlprompt.layers import cosine_logits
+
+FAMILIES = ("text", "visual", "multimodal", "meta-learned", "test-time")
+
+
+class LearnerError(ValueError):
+    """A learner cannot do what it was asked; the message names the value and the fix."""
+
+
+class PromptLearner(nn.Module, abc.ABC):
+    """Base class of every prompt learner (built-in or third-party).
+
+    Class attributes a plugin sets:
+        family: one of ``text``, ``visual``, ``multimodal``, ``meta-learned``, ``test-time``.
+        trainable: ``False`` for learners with nothing to fit (zero-shot): ``fit`` only evaluates them.
+        modifies_image_encoder: ``True`` if image features depend on learned parameters (visual prompts);
+            ``False`` lets protocols cache frozen image features.
+        transfers_to_new_classes: ``False`` if learned parameters are tied to the training classes
+            (e.g. class-specific context), so evaluating on unseen classes is refused.
+
+    Subclasses implement :meth:`build` and either :meth:`text_features` (shared classifier) or override
+    :meth:`logits` (instance-conditioned classifiers, e.g. CoCoOp).
+    """
+
+    family: ClassVar[str] = "text"
+    trainable: ClassVar[bool] = True
+    modifies_image_encoder: ClassVar[bool] = False
+    transfers_to_new_classes: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._backbone: VLBackbone | None = None
+        self.classnames: list[str] = []
+        self.train_classnames: list[str] = []
+        self._text_cache: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def backbone(self) -> VLBackbone:
+        if self._backbone is None:
+            raise LearnerError(f"{type(self).__name__} is not set up: call learner.setup(backbone, classnames) first")
+        return self._backbone
+
+    def setup(self, backbone: VLBackbone, classnames: Sequence[str]) -> None:
+        """Bind the frozen backbone (not registered as a submodule) and build parameters for ``classnames``."""
+        object.__setattr__(self, "_backbone", backbone)
+        if self.modifies_image_encoder:
+            backbone.require_visual_prompts(type(self).__name__)
+        self.train_classnames = list(classnames)
+        self.build(backbone, list(classnames))
+        self.set_classnames(classnames)
+
+    @abc.abstractmethod
+    def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
+        """Create parameters and buffers for this backbone and the training classes."""
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """Switch the label space (e.g. base -> new classes); learned parameters are kept."""
+        classnames = list(classnames)
+        if not self.transfers_to_new_classes and self.train_classnames and classnames != self.train_classnames:
+            raise LearnerError(
+                f"{type(self).__name__} has parameters tied to its {len(self.train_classnames)} training classes "
+                "and cannot score other classes (e.g. new classes in base-to-new). Use a class-agnostic "
+                "configuration (for CoOp: class_specific: false)."
+            )
+        self.classnames = classnames
+        self._text_cache = None
+        self.on_classnames_changed(classnames)
+
+    def on_classnames_changed(self, classnames: list[str]) -> None:
+        """Hook: rebuild class-dependent buffers (token embeddings of the names)."""
+
+    def train(self, mode: bool = True) -> "PromptLearner":
+        self._text_cache = None
+        return super().train(mode)
+
+    # ------------------------------------------------------------------ forward
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Image features ``[B, D]`` of images ``[B, 3, H, W]`` in ``[0, 1]``."""
+        return self.backbone.encode_image(images)
+
+    def text_features(self) -> torch.Tensor:
+        """Class text features ``[C, D]`` for the current class names."""
+        raise NotImplementedError(f"{type(self).__name__} must implement text_features() or logits()")
+
+    def cached_text_features(self) -> torch.Tensor:
+        """:meth:`text_features`, computed once per label space while evaluating without gradients."""
+        if self.training or torch.is_grad_enabled():
+            return self.text_features()
+        if self._text_cache is None:
+            self._text_cache = self.text_features()
+        return self._text_cache
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` of image features ``[B, D]`` over the current class names."""
+        return cosine_logits(image_features, self.cached_text_features(), self.backbone.logit_scale)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` of images ``[B, 3, H, W]``."""
+        return self.logits(self.encode_images(images))
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
+        """Training loss (default cross-entropy). ``logits [B, C]``, ``targets [B]``, ``image_features [B, D]``."""
+        return F.cross_entropy(logits, targets)
+
+    # ------------------------------------------------------------------ learned prompts on disk
+    def learned_state(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors (what a prompt checkpoint holds)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.named_parameters() if v.requires_grad}
+
+    def save_prompts(self, path: str | Path, *, metadata: dict | None = None) -> Path:
+        """Write the learned tensors to a safetensors file with the class names and learner in its metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"learner": type(self).__name__, "classnames": json.dumps(self.train_classnames)}
+        meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()})
+        save_file(self.learned_state(), str(path), metadata=meta)
+        return path
+
+    def load_prompts(self, path: str | Path) -> None:
+        """Load tensors saved by :meth:`save_prompts`; class names must match when the learner is class-tied."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise LearnerError(f"prompt checkpoint {str(path)!r} does not exist")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        saved = json.loads(meta.get("classnames", "[]"))
+        if not self.transfers_to_new_classes and saved != self.train_classnames:
+            raise LearnerError(
+                f"prompt checkpoint {str(path)!r} was trained on classes {saved[:5]}... but this run's classes are "
+                f"{self.train_classnames[:5]}...: class-specific prompts need the same classes in the same order"
+            )
+        state = load_file(str(path))
+        own = dict(self.named_parameters())
+        missing = sorted(set(k for k, v in own.items() if v.requires_grad) - set(state))
+        unknown = sorted(set(state) - set(own))
+        if missing or unknown:
+            raise LearnerError(
+                f"prompt checkpoint {str(path)!r} does not match {type(self).__name__}: missing {missing}, unexpected "
+                f"{unknown}. Was it saved by another learner or configuration?"
+            )
+        with torch.no_grad():
+            for k, v in state.items():
+                if own[k].shape != v.shape:
+                    raise LearnerError(f"{str(path)!r}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+                own[k].copy_(v)
+        self._text_cache = None

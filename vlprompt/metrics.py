@@ -1,0 +1,152 @@
+"""Metrics, seed aggregation and the learning-rate schedule: pure functions.
+
+Conventions (as the prompt-learning literature reports them):
+
+* accuracies are top-1 **percent** (0-100);
+* base-to-new generalisation reports the harmonic mean ``HM = 2 * base * new / (base + new)``
+  (Zhou et al., "Conditional Prompt Learning for Vision-Language Models", CVPR 2022);
+* a multi-seed summary reports ``HM`` of the seed-averaged base and new accuracies, not the mean of
+  per-seed HMs (the latter is kept as ``hm_seed_mean``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+__all__ = ["accuracy", "harmonic_mean", "summarize_seeds", "warmup_cosine_factor"]
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy in percent (0-100).
+
+    Args:
+        logits: class scores ``[N, C]``.
+        targets: integer class indices ``[N]``.
+
+    Raises:
+        ValueError: empty input or mismatched shapes.
+    """
+    if logits.ndim != 2 or targets.ndim != 1:
+        raise ValueError(
+            f"vlprompt.metrics.accuracy: expected logits [N, C] and targets [N], got logits "
+            f"{tuple(logits.shape)} and targets {tuple(targets.shape)}; flatten extra dims first."
+        )
+    if logits.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"vlprompt.metrics.accuracy: logits have N={logits.shape[0]} rows but targets have "
+            f"N={targets.shape[0]}; pass one target per row of logits."
+        )
+    if logits.shape[0] == 0:
+        raise ValueError(
+            "vlprompt.metrics.accuracy: got N=0 samples; accuracy of an empty split is undefined. "
+            "Check that the evaluation split is not empty."
+        )
+    correct = (logits.argmax(dim=-1) == targets.to(logits.device)).float().mean()
+    return float(correct.item()) * 100.0
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """Harmonic mean ``2ab / (a + b)`` of two accuracies (base-to-new HM); 0 when ``a + b == 0``."""
+    a, b = float(a), float(b)
+    if a + b == 0:
+        return 0.0
+    return 2.0 * a * b / (a + b)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _std(values: Sequence[float]) -> float:
+    """Sample std (ddof=1) for ``n > 1``; 0 for a single value."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    m = _mean(values)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (n - 1))
+
+
+def summarize_seeds(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Aggregate per-seed metric dicts into one summary.
+
+    Args:
+        per_seed: one dict per seed, all with the same keys, e.g. ``{"base": 80.1, "new": 70.2, "hm": 74.8}``.
+
+    Returns:
+        For every key ``k``: ``k`` (mean over seeds) and ``k_std`` (**sample** std, ``ddof=1``, over seeds;
+        0.0 for a single seed), plus ``n_seeds``. When both ``base`` and ``new`` are present, ``hm`` is
+        ``harmonic_mean(mean base, mean new)`` (how the field reports it), ``hm_std`` is the std of per-seed
+        HMs and ``hm_seed_mean`` the mean of per-seed HMs (per-seed HM computed from base/new where a seed
+        has no ``hm``).
+
+    Raises:
+        ValueError: no seeds, a key missing in some seed, or a non-numeric value.
+    """
+    if not per_seed:
+        raise ValueError(
+            "vlprompt.metrics.summarize_seeds: got no seeds; pass one metrics dict per seed, "
+            "e.g. [{'base': 80.1, 'new': 70.2}]."
+        )
+    keys: list[str] = []
+    for metrics in per_seed:
+        for k in metrics:
+            if k not in keys:
+                keys.append(k)
+    has_b2n = "base" in keys and "new" in keys
+    columns: dict[str, list[float]] = {}
+    for k in keys:
+        if has_b2n and k == "hm":
+            continue  # handled below (seeds without "hm" get it from base/new)
+        vals: list[float] = []
+        for i, metrics in enumerate(per_seed):
+            if k not in metrics:
+                raise ValueError(
+                    f"vlprompt.metrics.summarize_seeds: metric {k!r} is missing in seed #{i} (keys "
+                    f"{sorted(metrics)}); every seed must report the same metrics."
+                )
+            v = metrics[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(
+                    f"vlprompt.metrics.summarize_seeds: metric {k!r} of seed #{i} is {v!r} "
+                    f"({type(v).__name__}); metrics must be numbers (use float(tensor.item()))."
+                )
+            vals.append(float(v))
+        columns[k] = vals
+
+    out: dict[str, float] = {}
+    for k, vals in columns.items():
+        out[k] = _mean(vals)
+        out[f"{k}_std"] = _std(vals)
+    if has_b2n:
+        hms = [
+            float(m["hm"]) if "hm" in m else harmonic_mean(m["base"], m["new"])
+            for m in per_seed
+        ]
+        out["hm"] = harmonic_mean(out["base"], out["new"])
+        out["hm_std"] = _std(hms)
+        out["hm_seed_mean"] = _mean(hms)
+    out["n_seeds"] = len(per_seed)
+    return out
+
+
+def warmup_cosine_factor(epoch: int, *, max_epochs: int, warmup_epochs: int, warmup_factor: float) -> float:
+    """Learning-rate multiplier for epoch ``epoch`` (0-based).
+
+    During the first ``warmup_epochs`` epochs: the constant ``warmup_factor`` (Dassl's "constant"
+    warm-up, e.g. ``1e-5 / lr``). Afterwards a cosine from 1 to 0 over the remaining epochs:
+    ``0.5 * (1 + cos(pi * (epoch - warmup_epochs) / max(1, max_epochs - warmup_epochs)))``, clamped at 0
+    past ``max_epochs``.
+    """
+    if max_epochs < 1 or warmup_epochs < 0:
+        raise ValueError(
+            f"vlprompt.metrics.warmup_cosine_factor: need max_epochs >= 1 and warmup_epochs >= 0, got "
+            f"max_epochs={max_epochs}, warmup_epochs={warmup_epochs}; fix the optimisation config."
+        )
+    if epoch < warmup_epochs:
+        return float(warmup_factor)
+    span = max(1, max_epochs - warmup_epochs)
+    progress = min(max(epoch - warmup_epochs, 0), span) / span
+    return 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,1 @@
+"""Lightning modules hosting a frozen backbone and a prompt learner."""

@@ -1,0 +1,158 @@
+"""One generic Lightning module for prompt-learned classification: backbone and learner are injected.
+
+The module owns the loop-level logic every method shares (optimiser, CoOp's constant warm-up + cosine
+schedule, accuracy per evaluation set, label-space switching); it never branches on the learner.
+Checkpoints hold only the learner's tensors, never the frozen backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import lightning.pytorch as pl
+import torch
+
+from vlprompt.backbones.base import VLBackbone
+from vlprompt.learners.base import PromptLearner
+from vlprompt.metrics import warmup_cosine_factor
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def coop_sgd(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """CoOp's optimiser: SGD, lr 0.002, momentum 0.9, weight decay 5e-4."""
+    return torch.optim.SGD(params, lr=0.002, momentum=0.9, weight_decay=5e-4)
+
+
+class PromptClassifier(pl.LightningModule):
+    """Frozen backbone + prompt learner, trained with the learner's loss.
+
+    Args:
+        backbone: the frozen model (``class_path: toyclip`` / ``openclip``...).
+        learner: the prompt learner (``class_path: coop``...).
+        optimizer: a callable building the optimiser from the learner's parameters (default CoOp's SGD).
+        warmup_epochs: epochs at constant ``warmup_lr`` before the cosine decay (CoOp: 1 epoch at 1e-5).
+        warmup_lr: the constant warm-up learning rate.
+        task: label spaces and evaluation sets; linked from the data module by ``vlprompt fit``.
+    """
+
+    def __init__(
+        self,
+        backbone: VLBackbone,
+        learner: PromptLearner,
+        *,
+        optimizer: OptimizerFactory = coop_sgd,
+        warmup_epochs: int = 1,
+        warmup_lr: float = 1e-5,
+        task: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.learner = learner
+        self.optimizer_factory = optimizer
+        self.warmup_epochs = warmup_epochs
+        self.warmup_lr = warmup_lr
+        self.task = task or {}
+        self.strict_loading = False  # checkpoints carry only the learner
+        self._space: str | None = None
+        self._counts: dict[str, list[int]] = {}
+        self.eval_results: dict[str, dict[str, float]] = {}
+        spaces = self.task.get("label_spaces") or {}
+        train_space = self.task.get("train_space")
+        if spaces and train_space:
+            self.learner.setup(self.backbone, spaces[train_space])
+
+    # ------------------------------------------------------------------ label spaces
+    def _use_space(self, space: str) -> None:
+        if space != self._space:
+            names = self.task["label_spaces"][space]
+            self.learner.set_classnames(names)
+            self._space = space
+
+    def _require_task(self) -> None:
+        if not self.task.get("label_spaces"):
+            raise RuntimeError(
+                "PromptClassifier has no task: run it through `vlprompt fit` (which links data.task to model.task) "
+                "or pass task={'label_spaces': ..., 'train_space': ..., 'val_sets': ..., 'test_sets': ...}"
+            )
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.learner(images)
+
+    def on_train_epoch_start(self) -> None:
+        self._require_task()
+        self._use_space(self.task["train_space"])
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        self._use_space(self.task["train_space"])
+        images, targets = batch
+        feats = self.learner.encode_images(images)
+        logits = self.learner.logits(feats)
+        loss = self.learner.loss(logits, targets, feats)
+        acc = (logits.argmax(dim=1) == targets).float().mean() * 100
+        self.log("train/loss", loss, prog_bar=True, batch_size=targets.shape[0])
+        self.log("train/acc", acc, prog_bar=True, batch_size=targets.shape[0])
+        return loss
+
+    def _eval_step(self, batch, dataloader_idx: int, sets: list) -> None:
+        name, space = sets[dataloader_idx]
+        self._use_space(space)
+        images, targets = batch
+        pred = self.learner(images).argmax(dim=1)
+        counts = self._counts.setdefault(name, [0, 0])
+        counts[0] += int((pred == targets).sum())
+        counts[1] += int(targets.numel())
+
+    def _eval_end(self, stage: str) -> None:
+        results = {name: 100.0 * c / max(1, n) for name, (c, n) in self._counts.items()}
+        self._counts = {}
+        self.eval_results[stage] = results
+        for name, acc in results.items():
+            self.log(f"{stage}/{name}_acc", acc)
+        self._space = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._require_task()
+        self._counts = {}
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, self.task["val_sets"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._require_task()
+        self._counts = {}
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, self.task["test_sets"])
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.learner.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError(f"{type(self.learner).__name__} has no trainable parameters: evaluate it with `vlprompt test`")
+        opt = self.optimizer_factory(params)
+        max_epochs = max(1, int(self.trainer.max_epochs or 1))
+        base_lrs = [g["lr"] for g in opt.param_groups]
+
+        def factor(epoch: int, base_lr: float) -> float:
+            return warmup_cosine_factor(
+                epoch, max_epochs=max_epochs, warmup_epochs=self.warmup_epochs, warmup_factor=self.warmup_lr / base_lr
+            )
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda e, b=b: factor(e, b) for b in base_lrs])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ checkpoints: learner only
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.")}
+        checkpoint["vlprompt"] = {"backbone": self.backbone.info.to_dict(), "classnames": self.learner.train_classnames}

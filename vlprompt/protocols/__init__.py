@@ -1,0 +1,1 @@
+"""Evaluation protocols as Lightning data modules."""

@@ -1,0 +1,228 @@
+"""Protocols as Lightning data modules: which classes train, which label spaces are evaluated.
+
+:class:`BaseToNew` follows Zhou et al. (CoCoOp, CVPR 2022, Sec. 4.1): sort the labels, the first half
+(rounded up) are *base* classes, the rest *new*; train with K shots per base class; evaluate base test
+images among base classes and new test images among new classes; report their harmonic mean.
+:class:`FewShot` trains and tests on all classes (CoOp, IJCV 2022).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from vlprompt.data.base import ClassificationSource, DataError
+from vlprompt.data.transforms import build_transform
+
+log = logging.getLogger(__name__)
+
+
+def sample_few_shot(labels: Sequence[int], shots: int, rng: random.Random, *, repeat: bool = False) -> list[int]:
+    """Indices of ``shots`` items per label, in Dassl's order and random-number sequence.
+
+    Items are grouped by label in order of first appearance; each group is reduced with
+    ``rng.sample(group, shots)`` (``rng.choices`` with ``repeat`` when a class has fewer items), as Dassl's
+    ``generate_fewshot_dataset`` does with the global ``random`` module seeded by the run seed. A class
+    with fewer than ``shots`` items and ``repeat=False`` is an error naming the class.
+    """
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, y in enumerate(labels):
+        groups[int(y)].append(i)
+    chosen: list[int] = []
+    for label, items in groups.items():
+        if len(items) >= shots:
+            chosen.extend(rng.sample(items, shots))
+        elif repeat:
+            chosen.extend(rng.choices(items, k=shots))
+        else:
+            raise DataError(
+                f"class {label} has only {len(items)} training images but shots={shots} were asked for: lower shots "
+                f"to at most {len(items)} (e.g. --data.init_args.shots {min(len(items), 16)})"
+            )
+    return chosen
+
+
+def split_base_new(num_classes: int) -> tuple[list[int], list[int]]:
+    """Labels of base (first ceil(C/2) after sorting) and new classes, as in CoCoOp's ``subsample_classes``."""
+    labels = list(range(num_classes))
+    m = math.ceil(num_classes / 2)
+    return labels[:m], labels[m:]
+
+
+def default_cache_dir() -> Path:
+    """Where few-shot index lists are cached: ``$VLPROMPT_CACHE`` or ``~/.cache/vlprompt`` (never the data root)."""
+    return Path(os.environ.get("VLPROMPT_CACHE", Path.home() / ".cache" / "vlprompt"))
+
+
+class _Relabel:
+    """Dataset view mapping original labels to a label space's indices."""
+
+    def __init__(self, dataset, mapping: dict[int, int]) -> None:
+        self.dataset = dataset
+        self.mapping = mapping
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i]
+        return x, self.mapping[int(y)]
+
+
+class ClassificationProtocol(pl.LightningDataModule):
+    """Shared machinery of classification protocols (few-shot sampling, caching, loaders, label spaces).
+
+    Args:
+        dataset: a registered data source (``class_path: toy_colors``...).
+        shots: training images per class (K); ``None`` uses the whole training split.
+        seed: seed of the few-shot draw (set per run by ``vlprompt fit``; Dassl-compatible sequence).
+        batch_size / eval_batch_size / num_workers: loader settings.
+        augment: ``auto`` (the dataset's default), ``none``, or ``flip_crop`` (random resized crop, scale
+            0.08-1, and horizontal flip, as CoOp).
+        cache_dir: few-shot index cache (default ``$VLPROMPT_CACHE`` or ``~/.cache/vlprompt``).
+    """
+
+    name = "classification"
+
+    def __init__(
+        self,
+        dataset: ClassificationSource,
+        *,
+        shots: int | None = 16,
+        seed: int | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        augment: str = "auto",
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if shots is not None and shots < 1:
+            raise DataError(f"shots={shots} must be a positive integer (the field uses 1, 2, 4, 8, 16) or null")
+        if augment not in ("auto", "none", "flip_crop"):
+            raise DataError(f"augment={augment!r} must be 'auto', 'none' or 'flip_crop'")
+        self.dataset = dataset
+        self.shots = shots
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.augment = dataset.default_augment if augment == "auto" else augment
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._preprocess = None
+
+    # ------------------------------------------------------------------ label spaces
+    @property
+    def label_spaces(self) -> dict[str, list[int]]:
+        """Original labels of each label space."""
+        raise NotImplementedError
+
+    train_space = "all"
+    val_sets: tuple[tuple[str, str], ...] = (("all", "all"),)
+    test_sets: tuple[tuple[str, str], ...] = (("all", "all"),)
+
+    @property
+    def task(self) -> dict:
+        """What the model needs: class names per label space, the train space, and (name, space) eval sets."""
+        names = self.dataset.classnames
+        return {
+            "label_spaces": {k: [names[i] for i in v] for k, v in self.label_spaces.items()},
+            "train_space": self.train_space,
+            "val_sets": [list(s) for s in self.val_sets],
+            "test_sets": [list(s) for s in self.test_sets],
+        }
+
+    # ------------------------------------------------------------------ few-shot sampling
+    def _fewshot_indices(self, split: str, shots: int, labels: list[int]) -> list[int]:
+        key = hashlib.sha256(json.dumps({"data": self.dataset.identity(), "split": split, "labels": labels}, sort_keys=True).encode()).hexdigest()[:16]
+        path = self.cache_dir / "fewshot" / self.dataset.name / f"{split}-shots{shots}-seed{self.seed}-{key}.json"
+        if path.is_file():
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                return cached["indices"]
+        rng = random.Random(self.seed)
+        indices = sample_few_shot(labels, shots, rng)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": key, "indices": indices}))
+        except OSError as exc:  # a read-only cache is not fatal
+            log.warning("could not cache few-shot indices in %s: %s", path, exc)
+        return indices
+
+    def _indices(self, split: str, space: str, shots: int | None) -> list[int]:
+        allowed = set(self.label_spaces[space])
+        labels = self.dataset.labels(split)
+        if shots is None:
+            return [i for i, y in enumerate(labels) if y in allowed]
+        picked = self._fewshot_indices(split, shots, labels)
+        return [i for i in picked if labels[i] in allowed]
+
+    # ------------------------------------------------------------------ lightning hooks
+    def _preprocess_cfg(self):
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        backbone = getattr(module, "backbone", None)
+        return getattr(backbone, "preprocess", None)
+
+    def _dataset(self, split: str, space: str, shots: int | None, train: bool):
+        transform = build_transform(self._preprocess_cfg(), train=train, augment=self.augment if train else "none")
+        idx = self._indices(split, space, shots)
+        if not idx:
+            raise DataError(f"split {split!r} of {self.dataset.name} has no images of the {space!r} classes")
+        mapping = {orig: new for new, orig in enumerate(self.label_spaces[space])}
+        return _Relabel(self.dataset.dataset(split, idx, transform), mapping)
+
+    def _loader(self, ds, *, train: bool) -> DataLoader:
+        return DataLoader(
+            ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train, drop_last=False,
+            num_workers=self.num_workers, persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("train", self.train_space, self.shots, train=True), train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        val_shots = None if self.shots is None else min(self.shots, 4)
+        return [self._loader(self._dataset("val", space, val_shots, train=False), train=False) for _, space in self.val_sets]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self._dataset("test", space, None, train=False), train=False) for _, space in self.test_sets]
+
+    def identity(self) -> dict:
+        return {"protocol": self.name, "shots": self.shots, "seed": self.seed, "dataset": self.dataset.identity()}
+
+
+class BaseToNew(ClassificationProtocol):
+    """Base-to-new generalisation: train on base classes, test base and new classes separately."""
+
+    name = "base2new"
+    train_space = "base"
+    val_sets = (("base", "base"),)
+    test_sets = (("base", "base"), ("new", "new"))
+
+    @property
+    def label_spaces(self) -> dict[str, list[int]]:
+        base, new = split_base_new(len(self.dataset.classnames))
+        if not new:
+            raise DataError(f"{self.dataset.name} has {len(base)} class(es): base-to-new needs at least 2")
+        return {"base": base, "new": new}
+
+
+class FewShot(ClassificationProtocol):
+    """Few-shot classification over all classes (train K shots per class, test on the full test split)."""
+
+    name = "fewshot"
+    train_space = "all"
+
+    @property
+    def label_spaces(self) -> dict[str, list[int]]:
+        return {"all": list(range(len(self.dataset.classnames)))}

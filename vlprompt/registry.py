@@ -1,0 +1,319 @@
+"""Plugin registry for learners, backbones and datasets, driven by Python entry points.
+
+Every plugin, built-in or third-party, is an entry point ``name = module:Class`` in one of the groups of
+:data:`GROUPS`. The built-ins are declared in vlprompt's own ``pyproject.toml`` exactly like third-party
+plugins, e.g.::
+
+    [project.entry-points."vlprompt.learners"]
+    coop = "vlprompt.learners.coop:CoOp"
+
+A plugin that fails to import is logged and listed in :attr:`Registry.broken`; the others keep working.
+Setting ``VLPROMPT_DISABLE_PLUGIN_AUTOLOAD=1`` loads only vlprompt's built-ins, plus the distributions named
+in the comma-separated ``VLPROMPT_PLUGINS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import importlib.metadata as md
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+log = logging.getLogger(__name__)
+
+#: registry kind -> entry-point group. Add a line here to add a plugin group.
+GROUPS: dict[str, str] = {
+    "learners": "vlprompt.learners",
+    "backbones": "vlprompt.backbones",
+    "datasets": "vlprompt.datasets",
+    "protocols": "vlprompt.protocols",
+}
+
+#: the ``family`` shown for a plugin class without a ``family`` attribute.
+DEFAULT_FAMILY: dict[str, str] = {"learners": "?", "backbones": "backbone", "datasets": "dataset", "protocols": "protocol"}
+
+BUILTIN_DISTRIBUTION = "vlprompt"
+DISABLE_AUTOLOAD_ENV = "VLPROMPT_DISABLE_PLUGIN_AUTOLOAD"
+ALLOWED_PLUGINS_ENV = "VLPROMPT_PLUGINS"
+_TRUTHY = {"1", "true", "yes"}
+_UNKNOWN_DIST = "<unknown>"
+
+
+class RegistryError(LookupError):
+    """A plugin cannot be found, loaded or told apart from another one."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A successfully loaded plugin."""
+
+    name: str
+    group: str
+    value: str
+    distribution: str
+    version: str
+    obj: type
+
+    @property
+    def class_path(self) -> str:
+        """Dotted import path of the loaded class, e.g. ``vlprompt.learners.coop.CoOp``."""
+        return f"{self.obj.__module__}.{self.obj.__qualname__}"
+
+    @property
+    def family(self) -> str:
+        """The class's ``family`` attribute, else a default for its kind (``?`` for learners)."""
+        kind = _kind_of_group(self.group)
+        return str(getattr(self.obj, "family", DEFAULT_FAMILY.get(kind, "?")))
+
+
+@dataclass
+class BrokenPlugin:
+    """A plugin whose entry point could not be loaded."""
+
+    name: str
+    group: str
+    value: str
+    distribution: str
+    error: str
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """An entry point before it is loaded."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+    entry_point: md.EntryPoint
+
+
+def _normalize(dist_name: str) -> str:
+    """PEP 503 normalised distribution name."""
+    return re.sub(r"[-_.]+", "-", dist_name).lower()
+
+
+def _kind_of_group(group: str) -> str:
+    return next((kind for kind, grp in GROUPS.items() if grp == group), group)
+
+
+def _autoload_disabled() -> bool:
+    return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() in _TRUTHY
+
+
+def _allowed_distributions() -> set[str]:
+    raw = os.environ.get(ALLOWED_PLUGINS_ENV, "")
+    return {_normalize(part.strip()) for part in raw.split(",") if part.strip()}
+
+
+def _candidate(ep: md.EntryPoint) -> _Candidate:
+    dist = ep.dist
+    name = dist.name if dist is not None else _UNKNOWN_DIST
+    version = dist.version if dist is not None else "?"
+    return _Candidate(ep.name, ep.value, name, version, ep)
+
+
+def _check_duplicate(group: str, first: _Candidate, second: _Candidate) -> None:
+    if (first.value, _normalize(first.distribution)) == (second.value, _normalize(second.distribution)):
+        return
+    raise RegistryError(
+        f"Plugin name {first.name!r} in group {group!r} is registered twice: "
+        f"{first.value!r} by distribution {first.distribution!r} and "
+        f"{second.value!r} by distribution {second.distribution!r}. "
+        f"Fix: uninstall one of them (pip uninstall {first.distribution} or {second.distribution}) "
+        f"or rename one entry point."
+    )
+
+
+class Registry:
+    """All plugins of one entry-point group, loaded when the registry is built."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.kind = _kind_of_group(group)
+        self._plugins: dict[str, PluginInfo] = {}
+        self._broken: dict[str, BrokenPlugin] = {}
+        self._skipped: dict[str, str] = {}
+        for candidate in self._collect():
+            self._load(candidate)
+
+    def _collect(self) -> list[_Candidate]:
+        """Entry points of the group after the autoload filter, deduplicated; raises on conflicts."""
+        disabled, allowed = _autoload_disabled(), _allowed_distributions()
+        chosen: dict[str, _Candidate] = {}
+        for candidate in map(_candidate, md.entry_points(group=self.group)):
+            dist = _normalize(candidate.distribution)
+            if disabled and dist != BUILTIN_DISTRIBUTION and dist not in allowed:
+                log.debug("Skipping plugin %r from %s (%s is set)", candidate.name,
+                          candidate.distribution, DISABLE_AUTOLOAD_ENV)
+                self._skipped[candidate.name] = candidate.distribution
+                continue
+            if candidate.name in chosen:
+                _check_duplicate(self.group, chosen[candidate.name], candidate)
+                continue
+            chosen[candidate.name] = candidate
+        return [chosen[name] for name in sorted(chosen)]
+
+    def _load(self, candidate: _Candidate) -> None:
+        try:
+            obj = candidate.entry_point.load()
+            if not isinstance(obj, type):
+                raise TypeError(f"{candidate.value} is a {type(obj).__name__}, expected a class")
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("Plugin %r (%s) from distribution %r failed to load: %s",
+                        candidate.name, candidate.value, candidate.distribution, error)
+            self._broken[candidate.name] = BrokenPlugin(
+                candidate.name, self.group, candidate.value, candidate.distribution, error)
+            return
+        self._plugins[candidate.name] = PluginInfo(
+            candidate.name, self.group, candidate.value, candidate.distribution, candidate.version, obj)
+
+    def names(self) -> list[str]:
+        """Sorted names of the plugins that loaded."""
+        return sorted(self._plugins)
+
+    def entries(self) -> list[PluginInfo]:
+        """The loaded plugins, sorted by name."""
+        return [self._plugins[name] for name in self.names()]
+
+    @property
+    def broken(self) -> list[BrokenPlugin]:
+        """Plugins that failed to load, sorted by name."""
+        return [self._broken[name] for name in sorted(self._broken)]
+
+    def info(self, name: str) -> PluginInfo:
+        """The :class:`PluginInfo` of ``name``; raises :class:`RegistryError` if it is unknown or broken."""
+        if name in self._plugins:
+            return self._plugins[name]
+        raise RegistryError(self._missing_message(name))
+
+    def get(self, name: str) -> type:
+        """The plugin class registered as ``name``."""
+        return self.info(name).obj
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._plugins
+
+    def _missing_message(self, name: str) -> str:
+        if name in self._broken:
+            bad = self._broken[name]
+            return (f"Plugin {name!r} ({bad.value}) from distribution {bad.distribution!r} failed to load: "
+                    f"{bad.error}. Fix the import error or reinstall {bad.distribution!r}.")
+        if name in self._skipped:
+            return (f"Plugin {name!r} from distribution {self._skipped[name]!r} is installed but skipped because "
+                    f"{DISABLE_AUTOLOAD_ENV} is set; add {self._skipped[name]!r} to {ALLOWED_PLUGINS_ENV} "
+                    f"(comma-separated) or unset {DISABLE_AUTOLOAD_ENV}.")
+        known = ", ".join(self.names()) or "<none>"
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return (f"Unknown {self.kind} name {name!r} (group {self.group!r}).{hint} Known: {known}. "
+                f"Run `vlprompt list {self.kind}` to see installed plugins, or install the package providing it.")
+
+
+_CACHE: dict[str, Registry] = {}
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in GROUPS:
+        raise RegistryError(f"Unknown registry kind {kind!r}; choose one of: {', '.join(GROUPS)}.")
+    return kind
+
+
+def get_registry(kind: str) -> Registry:
+    """The (cached) registry of ``kind``, one of :data:`GROUPS`' keys."""
+    _check_kind(kind)
+    if kind not in _CACHE:
+        _CACHE[kind] = Registry(GROUPS[kind])
+    return _CACHE[kind]
+
+
+def clear_cache() -> None:
+    """Forget all built registries (and importlib's path caches); the next access rescans entry points."""
+    _CACHE.clear()
+    importlib.invalidate_caches()
+
+
+def reload(kind: str) -> Registry:
+    """Clear the cache and rebuild the registry of ``kind``."""
+    clear_cache()
+    return get_registry(kind)
+
+
+def known_names() -> dict[str, list[str]]:
+    """Registered names of every group, by kind."""
+    return {kind: get_registry(kind).names() for kind in GROUPS}
+
+
+def resolve_class_path(name: str, group: str | None = None) -> str | None:
+    """Dotted class path of a registered plugin ``name``, or ``None`` if ``name`` is not registered.
+
+    ``group`` (a kind such as ``"learners"``) restricts the lookup to one group; without it a name
+    registered in several groups raises :class:`RegistryError`.
+    """
+    kinds = [_check_kind(group)] if group is not None else list(GROUPS)
+    matches = [get_registry(kind).info(name) for kind in kinds if name in get_registry(kind)]
+    if not matches:
+        return None
+    if len(matches) > 1:
+        where = ", ".join(f"{_kind_of_group(m.group)} ({m.class_path})" for m in matches)
+        raise RegistryError(f"Plugin name {name!r} is ambiguous, it exists in: {where}. "
+                            f"Pass group=... or write the full class path instead.")
+    return matches[0].class_path
+
+
+def _console() -> Console:
+    """A stdout console; when piped, wide enough that class paths are not truncated."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _plugins_table(registry: Registry) -> Table:
+    table = Table(title=f"{registry.kind} ({registry.group})")
+    for header in ("name", "family", "class", "provided by"):
+        table.add_column(header, no_wrap=True)
+    for plugin in registry.entries():
+        table.add_row(plugin.name, plugin.family, plugin.class_path, f"{plugin.distribution} {plugin.version}")
+    return table
+
+
+def _broken_table(registry: Registry) -> Table:
+    table = Table(title=f"broken plugins ({registry.group})", title_style="bold red")
+    table.add_column("name", no_wrap=True)
+    table.add_column("distribution", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for bad in registry.broken:
+        table.add_row(bad.name, bad.distribution, bad.error)
+    return table
+
+
+def list_main(argv: list[str]) -> int:
+    """``vlprompt list learners|backbones|datasets [--errors]``: print the plugins of one group."""
+    parser = argparse.ArgumentParser(prog="vlprompt list", description="List installed vlprompt plugins.")
+    parser.add_argument("kind", help=f"one of: {', '.join(GROUPS)}")
+    parser.add_argument("--errors", action="store_true", help="show only the plugins that failed to load")
+    args = parser.parse_args(argv)
+    console = _console()
+    if args.kind not in GROUPS:
+        console.print(f"vlprompt list: unknown kind {args.kind!r}; choose one of: {', '.join(GROUPS)}",
+                      markup=False, highlight=False)
+        return 2
+    try:
+        registry = get_registry(args.kind)
+    except RegistryError as exc:
+        console.print(f"vlprompt list: {exc}", markup=False, highlight=False)
+        return 1
+    if not args.errors:
+        console.print(_plugins_table(registry))
+    if registry.broken:
+        console.print(_broken_table(registry))
+    elif args.errors:
+        console.print(f"no broken {args.kind}", markup=False)
+    return 0

@@ -1,0 +1,399 @@
+"""Result JSON files with provenance (schema ``vlprompt.result/1``).
+
+One file per experiment (all seeds): what was run (protocol, benchmark, dataset, learner and its config,
+backbone weights with checkpoint sha256, data identity, shots, seeds), what came out (per-seed metrics
+and a :func:`~vlprompt.metrics.summarize_seeds` summary) and how (resolved config, command line,
+package versions, device, git state, wall time, creation time). Leaderboards are built only from these.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import re
+import secrets
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlprompt.metrics import summarize_seeds
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from rich.console import Console
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "vlprompt.result/1"
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    "schema", "protocol", "benchmark", "dataset", "learner", "learner_config", "backbone", "data", "shots",
+    "seeds", "per_seed", "summary", "config", "command", "versions", "device", "wall_seconds", "created", "git",
+)
+
+_PACKAGES = {  # key in "versions" -> distribution name
+    "vlprompt": "vlprompt",
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "open_clip": "open_clip_torch",
+    "lightning": "lightning",
+    "timm": "timm",
+    "jsonargparse": "jsonargparse",
+}
+
+__all__ = [
+    "SCHEMA", "REQUIRED_KEYS", "ResultError", "collect_versions", "device_string", "git_state", "make_result",
+    "write_result", "load_result", "load_results", "print_summary",
+]
+
+
+class ResultError(ValueError):
+    """A result file is missing, unreadable or does not follow the ``vlprompt.result/1`` schema."""
+
+
+# --------------------------------------------------------------------------- provenance
+def collect_versions() -> dict[str, str]:
+    """Versions of python and the packages that shape a result; packages that are not installed are skipped."""
+    versions = {"python": platform.python_version()}
+    for key, dist in _PACKAGES.items():
+        try:
+            versions[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            if key == "vlprompt":
+                import vlprompt
+
+                versions[key] = str(getattr(vlprompt, "__version__", "unknown"))
+    try:
+        import torch
+
+        if torch.version.cuda:
+            versions["cuda"] = str(torch.version.cuda)
+    except ImportError:  # pragma: no cover
+        pass
+    return versions
+
+
+def device_string(device: "torch.device | str | None" = None) -> str:
+    """Human-readable description of the compute device, e.g. ``"cpu (2 threads, x86_64, Linux 6.1)"`` or
+    ``"cuda:0 (NVIDIA H100 80GB HBM3, CUDA 12.4)"``. ``None`` picks CUDA when available, else CPU."""
+    import torch
+
+    if device is None or str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device) == "gpu":
+        device = "cuda"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        return str(device)
+    if dev.type == "cuda":
+        try:
+            idx = dev.index if dev.index is not None else torch.cuda.current_device()
+            return f"cuda:{idx} ({torch.cuda.get_device_name(idx)}, CUDA {torch.version.cuda})"
+        except (RuntimeError, AssertionError, AttributeError):
+            return str(dev)
+    if dev.type == "cpu":
+        proc = platform.processor() or platform.machine() or "unknown cpu"
+        return f"cpu ({torch.get_num_threads()} threads, {proc}, {platform.system()} {platform.release()})"
+    return f"{dev} ({platform.platform()})"
+
+
+def git_state(path: str | os.PathLike = ".") -> dict[str, Any]:
+    """``{"commit": sha | None, "dirty": bool | None}`` of the git work tree containing ``path``.
+
+    Uses ``git rev-parse HEAD`` and ``git status --porcelain``; outside a repository, or without git,
+    both values are ``None``.
+    """
+    state: dict[str, Any] = {"commit": None, "dirty": None}
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10, check=False
+        )
+        if head.returncode != 0:
+            return state
+        state["commit"] = head.stdout.strip() or None
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True, timeout=30, check=False
+        )
+        if status.returncode == 0:
+            state["dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return state
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def parse_created(value: str) -> _dt.datetime:
+    """Parse a result's ``created`` (ISO-8601) into an aware UTC datetime; naive values are taken as UTC."""
+    ts = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=_dt.timezone.utc)
+    return ts.astimezone(_dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------- building and writing
+def make_result(
+    *,
+    protocol: str,
+    benchmark: str,
+    dataset: str,
+    learner: str,
+    learner_config: Mapping[str, Any],
+    backbone: Mapping[str, Any],
+    data: Mapping[str, Any],
+    shots: int | None,
+    seeds: Sequence[int],
+    per_seed: Sequence[Mapping[str, Any]],
+    config: Mapping[str, Any],
+    command: str,
+    wall_seconds: float,
+    device: "torch.device | str | None" = None,
+) -> dict[str, Any]:
+    """Assemble a ``vlprompt.result/1`` dict.
+
+    ``per_seed`` items are ``{"seed": int, "metrics": {name: percent}, ...}`` (extra keys such as
+    ``wall_seconds`` and ``epochs`` are kept). Fills ``schema``, ``summary`` (:func:`summarize_seeds` over the
+    per-seed metrics), ``versions``, ``device``, ``git`` (of the installed vlprompt source tree) and
+    ``created`` (ISO-8601 UTC).
+    """
+    per_seed_list = [dict(p) for p in per_seed]
+    for i, p in enumerate(per_seed_list):
+        if not isinstance(p.get("metrics"), Mapping):
+            raise ResultError(
+                f"vlprompt.results.make_result: per_seed[{i}] = {p!r} has no 'metrics' dict; pass "
+                "{'seed': 1, 'metrics': {'base': ..., 'new': ...}} per seed."
+            )
+    import vlprompt
+
+    return {
+        "schema": SCHEMA,
+        "protocol": protocol,
+        "benchmark": benchmark,
+        "dataset": dataset,
+        "learner": learner,
+        "learner_config": dict(learner_config),
+        "backbone": dict(backbone),
+        "data": dict(data),
+        "shots": shots,
+        "seeds": list(seeds),
+        "per_seed": per_seed_list,
+        "summary": summarize_seeds([p["metrics"] for p in per_seed_list]),
+        "config": dict(config),
+        "command": command,
+        "versions": collect_versions(),
+        "device": device_string(device),
+        "wall_seconds": float(wall_seconds),
+        "created": _utc_now(),
+        "git": git_state(Path(vlprompt.__file__).resolve().parent),
+    }
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # 0-d tensors, numpy scalars
+        try:
+            return obj.item()
+        except (ValueError, RuntimeError):
+            pass
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return obj.to_dict()
+    return str(obj)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=@-]+")
+
+
+def _safe(part: Any) -> str:
+    text = _UNSAFE.sub("_", str(part)).strip("._") or "unknown"
+    return text
+
+
+def write_result(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
+    """Write ``result`` to ``<out_dir>/<protocol>/<benchmark>/<dataset>/<learner>-<YYYYmmdd-HHMMSS>-<6 hex>.json``.
+
+    The timestamp is the result's ``created`` time (now if absent). Directories are created; JSON is
+    written with ``indent=2`` and sorted keys. Returns the path written.
+    """
+    for key in ("protocol", "benchmark", "dataset", "learner"):
+        if not result.get(key):
+            raise ResultError(
+                f"vlprompt.results.write_result: result has no {key!r} (got {result.get(key)!r}); build it "
+                "with vlprompt.results.make_result(...)."
+            )
+    try:
+        stamp = parse_created(result["created"]) if result.get("created") else _dt.datetime.now(_dt.timezone.utc)
+    except ValueError:
+        stamp = _dt.datetime.now(_dt.timezone.utc)
+    folder = Path(out_dir) / _safe(result["protocol"]) / _safe(result["benchmark"]) / _safe(result["dataset"])
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {k: v for k, v in result.items() if k != "_path"}
+    text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
+    while True:
+        name = f"{_safe(result['learner'])}-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}.json"
+        path = folder / name
+        try:
+            with open(path, "x", encoding="utf-8") as fh:
+                fh.write(text)
+            break
+        except FileExistsError:  # pragma: no cover - 1 in 16M
+            continue
+    log.info("wrote result %s", path)
+    return path
+
+
+# --------------------------------------------------------------------------- loading
+def validate_result(result: Any, *, source: str = "<result>") -> None:
+    """Raise :class:`ResultError` naming ``source`` if ``result`` is not a ``vlprompt.result/1`` dict."""
+    if not isinstance(result, dict):
+        raise ResultError(f"{source}: expected a JSON object, got {type(result).__name__}; not a vlprompt result.")
+    schema = result.get("schema")
+    if schema != SCHEMA:
+        raise ResultError(
+            f"{source}: schema is {schema!r}, expected {SCHEMA!r}. Only files written by vlprompt.results."
+            "write_result belong in a results folder; move other JSON files elsewhere."
+        )
+    for key in REQUIRED_KEYS:
+        if key not in result:
+            raise ResultError(
+                f"{source}: missing required key {key!r} of schema {SCHEMA!r}; the file is incomplete or was "
+                "edited by hand. Re-run the experiment to regenerate it."
+            )
+    if not isinstance(result["per_seed"], list) or not all(
+        isinstance(p, dict) and isinstance(p.get("metrics"), dict) for p in result["per_seed"]
+    ):
+        raise ResultError(
+            f"{source}: 'per_seed' must be a list of {{'seed': ..., 'metrics': {{...}}}} objects, got "
+            f"{result['per_seed']!r:.200}. Re-run the experiment to regenerate the file."
+        )
+    if not isinstance(result["summary"], dict):
+        raise ResultError(f"{source}: 'summary' must be an object, got {result['summary']!r:.200}.")
+    if not isinstance(result["backbone"], dict):
+        raise ResultError(f"{source}: 'backbone' must be an object, got {result['backbone']!r:.200}.")
+    try:
+        parse_created(result["created"])
+    except (TypeError, ValueError) as exc:
+        raise ResultError(
+            f"{source}: 'created' is {result['created']!r}, not an ISO-8601 time such as "
+            "'2025-01-31T12:00:00.000+00:00'; re-run the experiment or fix the value."
+        ) from exc
+
+
+def load_result(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate one result file; raises :class:`ResultError` naming the file and the problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ResultError(f"{p}: cannot read result file ({exc.strerror or exc}); check the path.") from exc
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultError(
+            f"{p}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); the file is "
+            "truncated or corrupt. Delete it and re-run the experiment."
+        ) from exc
+    validate_result(result, source=str(p))
+    return result
+
+
+def load_results(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """Load and validate every ``*.json`` under ``folder`` (recursive, sorted by path).
+
+    Each dict gets ``"_path"`` (the file's path as a string).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ResultError(
+            f"results folder {str(root)!r} does not exist or is not a directory; pass the folder that "
+            "`vlprompt fit` wrote results to (its --out / results_dir)."
+        )
+    results = []
+    for path in sorted(root.rglob("*.json")):
+        if not path.is_file():
+            continue
+        result = load_result(path)
+        result["_path"] = str(path)
+        results.append(result)
+    return results
+
+
+# --------------------------------------------------------------------------- console
+_HEADERS = {"base": "base", "new": "new", "hm": "HM", "accuracy": "acc"}
+
+
+def metric_keys(result: Mapping[str, Any]) -> list[str]:
+    """Metric names of a result: ``base``, ``new``, ``hm`` first (if present), then others in first-seen order."""
+    seen: list[str] = []
+    for p in result.get("per_seed", []):
+        for k in p.get("metrics", {}):
+            if k not in seen:
+                seen.append(k)
+    if not seen:  # fall back on the summary's mean keys
+        summary = result.get("summary", {})
+        seen = [k for k in summary if not k.endswith("_std") and k not in {"n_seeds", "hm_seed_mean"}]
+    if "base" in seen and "new" in seen and "hm" not in seen:
+        seen.append("hm")
+    front = [k for k in ("base", "new", "hm") if k in seen]
+    return front + [k for k in seen if k not in front]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.2f}"
+    return "-" if value is None else str(value)
+
+
+def print_summary(result: Mapping[str, Any], console: "Console | None" = None) -> None:
+    """Print a rich table of a result: one row per seed, then a bold ``mean`` row (``mean ± std``).
+
+    For base-to-new results the mean row's HM is the harmonic mean of the mean base and new accuracies,
+    and its ± is the std of per-seed HMs. Works for any metric keys (e.g. only ``accuracy``).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    keys = metric_keys(result)
+    backbone = result.get("backbone") or {}
+    title = (
+        f"{result.get('dataset', '?')} / {result.get('learner', '?')} / {backbone.get('model', '?')}"
+        f" ({result.get('protocol', '?')}, {result.get('shots', '?')} shots)"
+    )
+    table = Table(title=title)
+    table.add_column("seed", justify="right")
+    for k in keys:
+        table.add_column(_HEADERS.get(k, k), justify="right")
+    for p in result.get("per_seed", []):
+        metrics = dict(p.get("metrics", {}))
+        if "hm" in keys and "hm" not in metrics and "base" in metrics and "new" in metrics:
+            from vlprompt.metrics import harmonic_mean
+
+            metrics["hm"] = harmonic_mean(metrics["base"], metrics["new"])
+        table.add_row(str(p.get("seed", "?")), *(_fmt(metrics.get(k)) for k in keys))
+    summary = result.get("summary") or {}
+    n = summary.get("n_seeds", len(result.get("per_seed", [])))
+    cells = []
+    for k in keys:
+        mean = summary.get(k)
+        std = summary.get(f"{k}_std")
+        if isinstance(mean, (int, float)) and isinstance(std, (int, float)) and n and n > 1:
+            cells.append(f"{mean:.2f} ± {std:.2f}")
+        else:
+            cells.append(_fmt(mean))
+    table.add_section()
+    table.add_row("mean", *cells, style="bold")
+    console.print(table)
