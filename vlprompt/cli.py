@@ -47,10 +47,13 @@ def _setup_logging() -> None:
 
 def pretrain_main(args: list[str]) -> None:
     """``vlprompt pretrain``: LightningCLI over :class:`CLIPPretraining` and :class:`CaptionData` (fit)."""
+    import warnings
+
     from lightning.pytorch.cli import LightningCLI
 
     from vlprompt.pretrain import CaptionData, CLIPPretraining
 
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended", category=UserWarning)
     LightningCLI(
         CLIPPretraining, CaptionData, args=["fit", *args], save_config_callback=None,
         parser_kwargs={"fit": {"prog": "vlprompt pretrain"}},

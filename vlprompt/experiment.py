@@ -67,6 +67,7 @@ def _yaml_loader(text: str) -> Any:
 set_loader("yaml_vlprompt", _yaml_loader)
 # the frozen backbone is in eval mode on purpose
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended", category=UserWarning)
 
 
 class VlpromptCLI(LightningCLI):

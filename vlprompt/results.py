@@ -332,7 +332,7 @@ def load_results(folder: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- console
-_HEADERS = {"base": "base", "new": "new", "hm": "HM", "accuracy": "acc"}
+_HEADERS = {"base": "base", "new": "new", "hm": "HM"}
 
 
 def metric_keys(result: Mapping[str, Any]) -> list[str]:
@@ -373,7 +373,7 @@ def print_summary(result: Mapping[str, Any], console: "Console | None" = None) -
         f"{result.get('dataset', '?')} / {result.get('learner', '?')} / {backbone.get('model', '?')}"
         f" ({result.get('protocol', '?')}, {result.get('shots', '?')} shots)"
     )
-    table = Table(title=title)
+    table = Table(title=title, min_width=len(title))
     table.add_column("seed", justify="right")
     for k in keys:
         table.add_column(_HEADERS.get(k, k), justify="right")

@@ -27,13 +27,16 @@ from vlprompt.data.transforms import build_transform
 log = logging.getLogger(__name__)
 
 
-def sample_few_shot(labels: Sequence[int], shots: int, rng: random.Random, *, repeat: bool = False) -> list[int]:
+def sample_few_shot(
+    labels: Sequence[int], shots: int, rng: random.Random, *, repeat: bool = False, keep_all_if_short: bool = False
+) -> list[int]:
     """Indices of ``shots`` items per label, in Dassl's order and random-number sequence.
 
     Items are grouped by label in order of first appearance; each group is reduced with
     ``rng.sample(group, shots)`` (``rng.choices`` with ``repeat`` when a class has fewer items), as Dassl's
     ``generate_fewshot_dataset`` does with the global ``random`` module seeded by the run seed. A class
-    with fewer than ``shots`` items and ``repeat=False`` is an error naming the class.
+    with fewer than ``shots`` items is an error naming the class, unless ``keep_all_if_short`` (Dassl's
+    behaviour, used for validation shots) keeps all its items.
     """
     groups: dict[int, list[int]] = defaultdict(list)
     for i, y in enumerate(labels):
@@ -44,6 +47,8 @@ def sample_few_shot(labels: Sequence[int], shots: int, rng: random.Random, *, re
             chosen.extend(rng.sample(items, shots))
         elif repeat:
             chosen.extend(rng.choices(items, k=shots))
+        elif keep_all_if_short:
+            chosen.extend(items)
         else:
             raise DataError(
                 f"class {label} has only {len(items)} training images but shots={shots} were asked for: lower shots "
@@ -143,28 +148,40 @@ class ClassificationProtocol(pl.LightningDataModule):
         }
 
     # ------------------------------------------------------------------ few-shot sampling
-    def _fewshot_indices(self, split: str, shots: int, labels: list[int]) -> list[int]:
-        key = hashlib.sha256(json.dumps({"data": self.dataset.identity(), "split": split, "labels": labels}, sort_keys=True).encode()).hexdigest()[:16]
-        path = self.cache_dir / "fewshot" / self.dataset.name / f"{split}-shots{shots}-seed{self.seed}-{key}.json"
+    def _fewshot_indices(self, split: str, shots: int) -> list[int]:
+        """Few-shot indices of ``split`` (``train``: K per class; ``val``: min(K, 4) per class).
+
+        Like Dassl, one random stream seeded with the run seed draws the training shots first and then
+        the validation shots, over all classes, before base/new subsampling. Cached under ``cache_dir``,
+        keyed by the dataset identity and the label lists, so a changed split never reuses a stale draw.
+        """
+        train_labels, val_labels = self.dataset.labels("train"), self.dataset.labels("val")
+        payload = {"data": self.dataset.identity(), "train": train_labels, "val": val_labels}
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        path = self.cache_dir / "fewshot" / self.dataset.name / f"shots{shots}-seed{self.seed}-{key}.json"
         if path.is_file():
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                return cached["indices"]
+            try:
+                cached = json.loads(path.read_text())
+                if cached.get("key") == key:
+                    return cached[split]
+            except (json.JSONDecodeError, KeyError):
+                log.warning("ignoring unreadable few-shot cache %s", path)
         rng = random.Random(self.seed)
-        indices = sample_few_shot(labels, shots, rng)
+        draws = {"train": sample_few_shot(train_labels, shots, rng)}
+        draws["val"] = sample_few_shot(val_labels, min(shots, 4), rng, keep_all_if_short=True)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": key, "indices": indices}))
+            path.write_text(json.dumps({"key": key, **draws}))
         except OSError as exc:  # a read-only cache is not fatal
             log.warning("could not cache few-shot indices in %s: %s", path, exc)
-        return indices
+        return draws[split]
 
     def _indices(self, split: str, space: str, shots: int | None) -> list[int]:
         allowed = set(self.label_spaces[space])
         labels = self.dataset.labels(split)
         if shots is None:
             return [i for i, y in enumerate(labels) if y in allowed]
-        picked = self._fewshot_indices(split, shots, labels)
+        picked = self._fewshot_indices(split, shots)
         return [i for i in picked if labels[i] in allowed]
 
     # ------------------------------------------------------------------ lightning hooks
@@ -191,8 +208,7 @@ class ClassificationProtocol(pl.LightningDataModule):
         return self._loader(self._dataset("train", self.train_space, self.shots, train=True), train=True)
 
     def val_dataloader(self) -> list[DataLoader]:
-        val_shots = None if self.shots is None else min(self.shots, 4)
-        return [self._loader(self._dataset("val", space, val_shots, train=False), train=False) for _, space in self.val_sets]
+        return [self._loader(self._dataset("val", space, self.shots, train=False), train=False) for _, space in self.val_sets]
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(self._dataset("test", space, None, train=False), train=False) for _, space in self.test_sets]

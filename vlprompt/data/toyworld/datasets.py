@@ -220,3 +220,32 @@ class ToyBackdrops(ToyClassification):
 TOY_DATASETS: dict[str, type[ToyClassification]] = {
     c.spec: c for c in (ToyColors, ToyPatterns, ToyPlaces, ToyMixtures, ToyBackdrops)
 }
+
+
+class ToyReferring:
+    """Referring segmentation samples from the toy world: an image, a phrase, and the mask it refers to.
+
+    Each image holds ``num_objects`` small objects with distinct colours and positions; the phrase names
+    one of them (``the red dotted circle``) and the mask is that object's visible pixels.
+
+    Args:
+        size: number of samples; style: rendering style; seed: world seed (same seed, same samples).
+    """
+
+    def __init__(self, size: int = 256, *, num_objects: int = 2, style: str = "clean", seed: int = 0) -> None:
+        from vlprompt.data.toyworld.captions import referring_phrase, scene_attributes
+
+        g = torch.Generator().manual_seed(_stable_seed("toy_referring", seed, num_objects, style))
+        scene = sample_scene(size, generator=g, num_objects=num_objects)
+        images, masks = render(scene, generator=g, style=style)
+        target = torch.randint(0, num_objects, (size,), generator=g)
+        self.images = (images * 255).round().to(torch.uint8)
+        self.masks = masks[torch.arange(size), target]
+        self.phrases = [referring_phrase(scene_attributes(scene, i, int(target[i]))) for i in range(size)]
+
+    def __len__(self) -> int:
+        return len(self.phrases)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, torch.Tensor]:
+        """``(image [3, S, S] float in [0, 1], phrase, mask [S, S] bool)``."""
+        return self.images[i].float() / 255.0, self.phrases[i], self.masks[i]
