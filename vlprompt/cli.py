@@ -11,6 +11,9 @@ import logging
 import os
 import sys
 
+# idle OpenMP threads sleep instead of spinning (much faster on shared CPUs); must precede importing torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 log = logging.getLogger("vlprompt")
 
 USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,leaderboard} ...
@@ -36,6 +39,8 @@ def _setup_logging() -> None:
     except ImportError:  # pragma: no cover
         handler = logging.StreamHandler()
         fmt = "%(levelname)s %(name)s: %(message)s"
+    # open_clip logs its loading chatter at INFO on the root logger: keep only its warnings
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or f"{os.sep}open_clip{os.sep}" not in r.pathname)
     logging.basicConfig(level=level, format=fmt, handlers=[handler])
     # Lightning installs its own stream handler; route its records through ours, and keep its tips quiet
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):

@@ -182,6 +182,7 @@ def run_experiment(stage: str, argv: list[str]) -> dict | None:
         command=" ".join(["vlprompt", stage, *argv]),
         wall_seconds=round(time.time() - t_start, 2),
     )
+    result["task"] = model.task
     path = write_result(result, cfg.results_dir)
     print_summary(result)
     log.info("result written to %s", path)

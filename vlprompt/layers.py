@@ -135,16 +135,17 @@ def text_features(
 
 
 @torch.no_grad()
-def template_features(backbone: VLBackbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+def template_features(
+    backbone: VLBackbone, classnames: Sequence[str], templates: Sequence[str], *, batch_size: int = 1024
+) -> torch.Tensor:
     """Normalised hand-crafted classifier ``[C, D]``: mean over templates of normalised features, renormalised."""
     if not templates:
         raise ValueError("at least one template such as 'a photo of a {}.' is needed")
-    feats = []
-    for name in classnames:
-        texts = [t.format(name.replace("_", " ")) for t in templates]
-        f = F.normalize(backbone.encode_text(backbone.tokenize(texts)), dim=-1)
-        feats.append(F.normalize(f.mean(dim=0), dim=-1))
-    return torch.stack(feats)
+    texts = [t.format(name.replace("_", " ")) for name in classnames for t in templates]
+    tokens = backbone.tokenize(texts)
+    feats = torch.cat([backbone.encode_text(chunk) for chunk in tokens.split(batch_size)])
+    feats = F.normalize(feats, dim=-1).view(len(classnames), len(templates), -1)
+    return F.normalize(feats.mean(dim=1), dim=-1)
 
 
 def cosine_logits(image_features: torch.Tensor, text_feats: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:

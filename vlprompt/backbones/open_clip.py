@@ -284,7 +284,7 @@ class OpenCLIPBackbone(VLBackbone):
         x = self.normalize(images).to(self.dtype)
         visual = self.clip.visual
         if not self.supports_visual_prompts:
-            if prompts is not None or deep_prompts is not None or dense:
+            if prompts is not None or dense or (deep_prompts is not None and any(d is not None for d in deep_prompts)):
                 self.require_visual_prompts("this request (visual prompts or dense features)")
             return visual(x).float()
         x = visual._embeds(x)  # [B, 1 + HW, Wv], after ln_pre

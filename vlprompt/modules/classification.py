@@ -83,14 +83,18 @@ class PromptClassifier(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.learner(images)
 
+    def _features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Image features ``[B, D]``: images ``[B, 3, H, W]`` are encoded; cached features ``[B, D]`` pass through."""
+        return inputs if inputs.dim() == 2 else self.learner.encode_images(inputs)
+
     def on_train_epoch_start(self) -> None:
         self._require_task()
         self._use_space(self.task["train_space"])
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         self._use_space(self.task["train_space"])
-        images, targets = batch
-        feats = self.learner.encode_images(images)
+        inputs, targets = batch
+        feats = self._features(inputs)
         logits = self.learner.logits(feats)
         loss = self.learner.loss(logits, targets, feats)
         acc = (logits.argmax(dim=1) == targets).float().mean() * 100
@@ -101,8 +105,8 @@ class PromptClassifier(pl.LightningModule):
     def _eval_step(self, batch, dataloader_idx: int, sets: list) -> None:
         name, space = sets[dataloader_idx]
         self._use_space(space)
-        images, targets = batch
-        pred = self.learner(images).argmax(dim=1)
+        inputs, targets = batch
+        pred = self.learner.logits(self._features(inputs)).argmax(dim=1)
         counts = self._counts.setdefault(name, [0, 0])
         counts[0] += int((pred == targets).sum())
         counts[1] += int(targets.numel())

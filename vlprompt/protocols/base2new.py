@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from vlprompt.data.base import ClassificationSource, DataError
+from vlprompt.data.feature_cache import cached_features, feature_cache_key
 from vlprompt.data.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,10 @@ class ClassificationProtocol(pl.LightningDataModule):
         batch_size / eval_batch_size / num_workers: loader settings.
         augment: ``auto`` (the dataset's default), ``none``, or ``flip_crop`` (random resized crop, scale
             0.08-1, and horizontal flip, as CoOp).
-        cache_dir: few-shot index cache (default ``$VLPROMPT_CACHE`` or ``~/.cache/vlprompt``).
+        cache_dir: few-shot index and feature cache (default ``$VLPROMPT_CACHE`` or ``~/.cache/vlprompt``).
+        feature_cache: serve cached frozen image features instead of images when the learner does not
+            modify the image encoder (off by default for exact reproduction).
+        feature_views: augmented views stored per training image when augmentation is on.
     """
 
     name = "classification"
@@ -110,6 +114,8 @@ class ClassificationProtocol(pl.LightningDataModule):
         num_workers: int = 0,
         augment: str = "auto",
         cache_dir: str | None = None,
+        feature_cache: bool = False,
+        feature_views: int = 8,
     ) -> None:
         super().__init__()
         if shots is not None and shots < 1:
@@ -124,6 +130,10 @@ class ClassificationProtocol(pl.LightningDataModule):
         self.num_workers = num_workers
         self.augment = dataset.default_augment if augment == "auto" else augment
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        if feature_views < 1:
+            raise DataError(f"feature_views={feature_views} must be at least 1")
+        self.feature_cache = feature_cache
+        self.feature_views = feature_views
         self._preprocess = None
 
     # ------------------------------------------------------------------ label spaces
@@ -159,7 +169,7 @@ class ClassificationProtocol(pl.LightningDataModule):
         payload = {"data": self.dataset.identity(), "train": train_labels, "val": val_labels}
         key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         path = self.cache_dir / "fewshot" / self.dataset.name / f"shots{shots}-seed{self.seed}-{key}.json"
-        if path.is_file():
+        if self.seed is not None and path.is_file():
             try:
                 cached = json.loads(path.read_text())
                 if cached.get("key") == key:
@@ -169,6 +179,8 @@ class ClassificationProtocol(pl.LightningDataModule):
         rng = random.Random(self.seed)
         draws = {"train": sample_few_shot(train_labels, shots, rng)}
         draws["val"] = sample_few_shot(val_labels, min(shots, 4), rng, keep_all_if_short=True)
+        if self.seed is None:  # an unseeded draw is never cached (it would silently become fixed)
+            return draws[split]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"key": key, **draws}))
@@ -185,18 +197,34 @@ class ClassificationProtocol(pl.LightningDataModule):
         return [i for i in picked if labels[i] in allowed]
 
     # ------------------------------------------------------------------ lightning hooks
+    def _module(self):
+        return getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+
     def _preprocess_cfg(self):
-        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        backbone = getattr(module, "backbone", None)
-        return getattr(backbone, "preprocess", None)
+        return getattr(getattr(self._module(), "backbone", None), "preprocess", None)
+
+    def _uses_feature_cache(self) -> bool:
+        module = self._module()
+        learner = getattr(module, "learner", None)
+        return bool(self.feature_cache and learner is not None and not learner.modifies_image_encoder)
 
     def _dataset(self, split: str, space: str, shots: int | None, train: bool):
-        transform = build_transform(self._preprocess_cfg(), train=train, augment=self.augment if train else "none")
+        augment = self.augment if train else "none"
+        transform = build_transform(self._preprocess_cfg(), train=train, augment=augment)
         idx = self._indices(split, space, shots)
         if not idx:
             raise DataError(f"split {split!r} of {self.dataset.name} has no images of the {space!r} classes")
         mapping = {orig: new for new, orig in enumerate(self.label_spaces[space])}
-        return _Relabel(self.dataset.dataset(split, idx, transform), mapping)
+        images = self.dataset.dataset(split, idx, transform)
+        if self._uses_feature_cache():
+            views = self.feature_views if augment != "none" else 1
+            backbone = self._module().backbone
+            key = feature_cache_key(
+                backbone=backbone, data_identity=self.dataset.identity(), split=split, indices=idx,
+                transform=repr(transform), views=views,
+            )
+            images = cached_features(backbone, images, cache_dir=self.cache_dir, key=key, views=views, num_workers=self.num_workers)
+        return _Relabel(images, mapping)
 
     def _loader(self, ds, *, train: bool) -> DataLoader:
         return DataLoader(

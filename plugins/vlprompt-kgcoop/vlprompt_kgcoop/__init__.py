@@ -14,8 +14,6 @@ which equals ``lambda = 4.0`` in the form used here (the paper's eq. 3 with its 
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 
@@ -24,8 +22,6 @@ from vlprompt.learners.base import LearnerError
 from vlprompt.learners.coop import CoOp
 
 __version__ = "0.1.0"
-
-log = logging.getLogger(__name__)
 
 
 class KgCoOp(CoOp):

@@ -97,11 +97,17 @@ def sample_scene(
 
     attrs = {name: draw(name, len(values)) for name, values in ATTRIBUTES.items()}
     if num_objects > 1:
-        perm = torch.argsort(torch.rand(batch_size, len(POSITIONS), generator=generator), dim=1)
-        attrs["position"] = perm[:, :num_objects]
-        # distinct colours too, so that a colour phrase refers to exactly one object
-        cperm = torch.argsort(torch.rand(batch_size, len(COLOURS), generator=generator), dim=1)
-        attrs["colour"] = cperm[:, :num_objects]
+        def distinct(name: str, n: int) -> torch.Tensor:
+            # distinct values per image (a fixed value of object 0 sorts first), so a colour phrase
+            # refers to exactly one object and objects never share a grid cell
+            scores = torch.rand(batch_size, n, generator=generator)
+            if name in fixed:
+                value = torch.as_tensor(fixed[name], dtype=torch.long).expand(batch_size)
+                scores.scatter_(1, value[:, None], -1.0)
+            return torch.argsort(scores, dim=1)[:, :num_objects]
+
+        attrs["position"] = distinct("position", len(POSITIONS))
+        attrs["colour"] = distinct("colour", len(COLOURS))
         attrs["size"] = torch.zeros_like(attrs["size"])  # small objects never overlap on the grid
     background = torch.randint(0, len(BACKGROUNDS), (batch_size,), generator=generator)
     for name, value in fixed.items():

@@ -1,0 +1,208 @@
+"""``vlprompt data check NAME --root DIR [--strict] [--decode]``: is a dataset laid out and complete?
+
+:func:`check_dataset` builds the registered source without stopping at the first problem and reports:
+the layout (the source's own errors), class count and split sizes against the expected values when the
+split file is the official one (or the dataset has no split file to verify), the split checksum, missing
+images and, with ``decode``, images that fail to decode. Every problem says how to fix it. Nothing is
+written into the data root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+from vlprompt.data.base import DataError
+from vlprompt.data.coop import expected_stats
+from vlprompt.data.folder import ImageListSource
+
+log = logging.getLogger(__name__)
+
+_SHOW = 5
+
+
+@dataclass
+class CheckReport:
+    """Outcome of :func:`check_dataset`: ``ok`` when there are no ``problems``; ``warnings`` do not fail it."""
+
+    name: str
+    root: str
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    facts: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "root": self.root, "ok": self.ok, "problems": self.problems,
+                "warnings": self.warnings, "facts": self.facts}
+
+
+class _Collect(logging.Handler):
+    """Collects warning records of the data loggers while a source is built."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _build(source_cls: type, root: str, *, strict: bool) -> tuple[object, list[str]]:
+    """The source built without start-up file checks, and the warnings it logged."""
+    params = inspect.signature(source_cls.__init__).parameters
+    kwargs = {k: v for k, v in (("strict_checksum", strict), ("check_files", False), ("on_corrupt", "fail"))
+              if k in params}
+    logger = logging.getLogger("vlprompt.data")
+    handler, propagate, level = _Collect(), logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)
+    try:
+        source = source_cls(root, **kwargs)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        logger.setLevel(level)
+    return source, handler.messages
+
+
+def check_dataset(name: str, root: str, *, strict: bool = False, decode: bool = False,
+                  source_cls: type | None = None) -> CheckReport:
+    """Check the dataset registered as ``name`` (or ``source_cls``) under the data root ``root``.
+
+    Args:
+        name: registry name (``eurosat``...); also the key of the expected sizes.
+        root: the data root passed to the source.
+        strict: a split file that differs from the official one is a problem (else a warning).
+        decode: decode every image once and report the unreadable ones (slow on large datasets).
+        source_cls: the source class to use instead of the registry's.
+    """
+    report = CheckReport(name=name, root=str(root))
+    if source_cls is None:
+        from vlprompt.registry import get_registry
+
+        source_cls = get_registry("datasets").get(name)
+    report.facts["class"] = f"{source_cls.__module__}.{source_cls.__qualname__}"
+    try:
+        source, logged = _build(source_cls, root, strict=strict)
+    except DataError as exc:
+        report.problems.append(str(exc))
+        return report
+    report.warnings.extend(logged)
+    ident = source.identity()
+    sizes = source.split_sizes() if isinstance(source, ImageListSource) else {}
+    report.facts.update(classes=len(source.classnames), sizes=sizes)
+    for key in ("split_file", "split_sha256", "official_split", "classnames_file", "classnames_official"):
+        if key in ident:
+            report.facts[key] = ident[key]
+    expected = expected_stats(name)
+    official = ident.get("official_split")
+    if official is None and getattr(source, "split_filename", ""):
+        report.warnings.append(f"no official sha256 is known for {source.split_filename}, so the split file cannot "
+                               f"be verified; its sizes are compared with the reported ones")
+    if expected is not None:
+        report.facts["expected"] = {"classes": expected["classes"], "sizes": expected["sizes"],
+                                    "from": expected["sizes_from"]}
+        if official is False:
+            report.facts["compared"] = "not compared: the split file is not the official one"
+        else:
+            _compare(report, source, expected, sizes, verified=official is True)
+    if not isinstance(source, ImageListSource):
+        return report
+    missing = source.missing_files()
+    report.facts["missing_files"] = len(missing)
+    if missing:
+        report.problems.append(
+            f"{len(missing)} listed image(s) are missing under {getattr(source, 'image_root', root)} (first: "
+            f"{', '.join(missing[:_SHOW])}): complete the download as described in {source.card}, or use a split "
+            f"file that matches your images")
+    if decode:
+        _decode(report, source, skip=set(missing))
+    return report
+
+
+def _compare(report: CheckReport, source, expected: dict, sizes: dict, *, verified: bool) -> None:
+    how = "the official split file" if verified else expected["sizes_from"]
+    report.facts["compared"] = f"class count and split sizes against {how}"
+    if len(source.classnames) != expected["classes"]:
+        report.problems.append(
+            f"{len(source.classnames)} classes, expected {expected['classes']} ({how}): use the complete dataset and "
+            f"the official split/class files as described in {source.card}")
+    for split, n in expected["sizes"].items():
+        if sizes.get(split) != n:
+            report.problems.append(
+                f"split {split!r} has {sizes.get(split)} images, expected {n} ({how}): an incomplete download or a "
+                f"different split file; see {source.card}")
+
+
+def _decode(report: CheckReport, source: ImageListSource, *, skip: set[str]) -> None:
+    bad: dict[str, str] = {}
+    done: list[list[str]] = []
+    decoded = 0
+    for split in source.splits:
+        paths = source.paths(split)
+        if any(paths == other for other in done):
+            continue
+        done.append(paths)
+        known = {p: "missing" for p in skip} | bad
+        decoded += len({p for p in paths if p not in known})
+        for item in source.verify_images(split, known=known):
+            if item.path not in skip:
+                bad.setdefault(item.path, item.error)
+    report.facts["decoded"] = decoded
+    report.facts["unreadable"] = len(bad)
+    if bad:
+        first = "; ".join(f"{p}: {e}" for p, e in list(bad.items())[:_SHOW])
+        report.problems.append(
+            f"{len(bad)} image(s) cannot be decoded (first: {first}): replace them with intact copies from the "
+            f"original archive, or build the dataset with on_corrupt='skip' to drop them")
+
+
+def print_report(report: CheckReport, console: Console | None = None) -> None:
+    """Print a report as rich tables."""
+    console = console or (Console() if sys.stdout.isatty() else Console(width=200))
+    status = "[bold green]OK[/]" if report.ok else "[bold red]PROBLEMS[/]"
+    console.print(f"data check [bold]{report.name}[/] (root {report.root}): {status}", highlight=False)
+    facts = Table(title="facts", show_header=False)
+    facts.add_column("key", no_wrap=True)
+    facts.add_column("value", overflow="fold")
+    for key, value in report.facts.items():
+        facts.add_row(key, str(value))
+    console.print(facts)
+    for title, items, style in (("warnings", report.warnings, "yellow"), ("problems", report.problems, "red")):
+        if items:
+            table = Table(title=title, title_style=f"bold {style}", show_header=False)
+            table.add_column(title, overflow="fold")
+            for item in items:
+                table.add_row(item)
+            console.print(table)
+
+
+def data_main(argv: list[str]) -> int:
+    """``vlprompt data check NAME --root DIR [--strict] [--decode]``: print a report; 0 when ok, else 1."""
+    parser = argparse.ArgumentParser(prog="vlprompt data", description="Check datasets on disk.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="check a dataset's layout, split file, files and (optionally) images")
+    check.add_argument("name", help="registered dataset name (vlprompt list datasets)")
+    check.add_argument("--root", required=True, help="the data root (the folder that contains e.g. eurosat/)")
+    check.add_argument("--strict", action="store_true", help="a non-official split file is a problem")
+    check.add_argument("--decode", action="store_true", help="decode every image once (slow on large datasets)")
+    args = parser.parse_args(argv)
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    try:
+        report = check_dataset(args.name, args.root, strict=args.strict, decode=args.decode)
+    except LookupError as exc:  # unknown or broken registry name
+        console.print(f"vlprompt data check: {exc}", markup=False, highlight=False)
+        return 1
+    print_report(report, console)
+    return 0 if report.ok else 1
