@@ -87,6 +87,9 @@ def _metrics(results: dict[str, float]) -> dict[str, float]:
     out = {k: round(v, 4) for k, v in results.items()}
     if "base" in out and "new" in out:
         out["hm"] = round(harmonic_mean(out["base"], out["new"]), 4)
+    targets = [v for k, v in results.items() if k != "source"]
+    if "source" in out and targets:
+        out["target_mean"] = round(sum(targets) / len(targets), 4)
     return out
 
 

@@ -8,6 +8,9 @@ and shots, only the newest (by ``created``) is used. Output is sorted, so rebuil
 
 from __future__ import annotations
 
+import importlib
+import inspect
+
 import argparse
 import csv
 import io
@@ -34,6 +37,28 @@ _HEADERS = {"base": "base", "new": "new", "hm": "HM"}
 
 
 # --------------------------------------------------------------------------- helpers
+def learner_label(result: Mapping[str, Any]) -> str:
+    """``learner`` plus the init arguments that differ from the learner's defaults, e.g.
+    ``coop (ctx_init='a photo of a', n_ctx=4)``: two configurations of one learner are two entrants."""
+    cfg = result.get("learner_config") or {}
+    args = dict(cfg.get("init_args") or {}) if isinstance(cfg, Mapping) else {}
+    defaults: dict[str, Any] = {}
+    path = cfg.get("class_path") if isinstance(cfg, Mapping) else None
+    if isinstance(path, str) and "." in path:
+        try:
+            module, name = path.rsplit(".", 1)
+            cls = getattr(importlib.import_module(module), name)
+            defaults = {
+                k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not inspect.Parameter.empty
+            }
+        except (ImportError, AttributeError, ValueError, TypeError):
+            defaults = {}
+    changed = {k: v for k, v in sorted(args.items()) if k not in defaults or defaults[k] != v}
+    if not changed:
+        return str(result["learner"])
+    return f"{result['learner']} (" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
+
+
 def _backbone(result: Mapping[str, Any]) -> Mapping[str, Any]:
     bb = result.get("backbone")
     return bb if isinstance(bb, Mapping) else {}
@@ -63,14 +88,14 @@ def _shots_key(result: Mapping[str, Any]) -> tuple[int, str]:
 def _entry_key(result: Mapping[str, Any]) -> tuple:
     """Dedupe key: (dataset, learner, backbone model, weights, shots)."""
     return (
-        str(result["dataset"]), str(result["learner"]), str(_backbone(result).get("model")),
+        str(result["dataset"]), learner_label(result), str(_backbone(result).get("model")),
         _weights_id(result), _shots_key(result),
     )
 
 
 def _learner_key(result: Mapping[str, Any]) -> tuple:
     """A leaderboard entrant across datasets: (learner, backbone label, weights, shots)."""
-    return (str(result["learner"]), _backbone_label(result), _weights_id(result), _shots_key(result))
+    return (learner_label(result), _backbone_label(result), _weights_id(result), _shots_key(result))
 
 
 def _row_sort_key(result: Mapping[str, Any]) -> tuple:
@@ -163,7 +188,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
             s = r["summary"]
             n = s.get("n_seeds", len(r.get("per_seed", [])))
             table_rows.append(
-                [str(r["learner"]), _backbone_label(r), str(r.get("shots")), str(n)]
+                [learner_label(r), _backbone_label(r), str(r.get("shots")), str(n)]
                 + [_mean_std_cell(s, k) for k in metrics]
             )
         out += [f"## {dataset}", ""] + _table(["learner", "backbone", "shots", "seeds", *mheads], table_rows) + [""]
@@ -188,7 +213,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
             means["hm"] = harmonic_mean(means["base"], means["new"])
         cells = [f"{means[k]:.2f}" if k in means else "–" for k in metrics]
         first = group[0]
-        avg_rows.append([str(first["learner"]), _backbone_label(first), str(first.get("shots")), str(len(group)), *cells])
+        avg_rows.append([learner_label(first), _backbone_label(first), str(first.get("shots")), str(len(group)), *cells])
     if avg_rows:
         note = "Mean of the per-dataset means, over the datasets where the learner has results"
         note += "; HM is the harmonic mean of the averaged base and new accuracies." if b2n else "."
@@ -203,7 +228,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
         command = str(r.get("command", ""))
         fence = _fence(command)
         out.append(
-            f"- **{_md(r['dataset'])} / {_md(r['learner'])} / {_md(_backbone_label(r))} / {r.get('shots')} shots**: "
+            f"- **{_md(r['dataset'])} / {_md(learner_label(r))} / {_md(_backbone_label(r))} / {r.get('shots')} shots**: "
             f"created {_created_label(r['created'])}, checkpoint sha256 `{str(sha)[:12] if sha else 'unknown'}`, "
             f"vlprompt {version}, file `{r['_rel']}`"
         )
@@ -230,7 +255,7 @@ def _render_csv(rows: Sequence[dict[str, Any]]) -> str:
         bb = _backbone(r)
         fixed = {
             "protocol": r["protocol"], "benchmark": r["benchmark"], "dataset": r["dataset"],
-            "learner": r["learner"], "backbone_model": bb.get("model"), "backbone_sha256": bb.get("checkpoint_sha256"),
+            "learner": learner_label(r), "backbone_model": bb.get("model"), "backbone_sha256": bb.get("checkpoint_sha256"),
             "shots": r.get("shots"), "n_seeds": s.get("n_seeds", len(r.get("per_seed", []))),
             "command": r.get("command"), "created": r.get("created"), "path": r["_rel"],
         }

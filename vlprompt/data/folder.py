@@ -193,6 +193,8 @@ class ImageListSource(ClassificationSource):
     """
 
     card: str = "the dataset index datasets/README.md"
+    #: human name used in messages (the registry name when empty)
+    title: str = ""
     #: the splits this source has (test-only sources override it)
     splits: tuple[str, ...] = SPLITS
 
@@ -200,7 +202,7 @@ class ImageListSource(ClassificationSource):
                    listing: str, on_corrupt: str, check_files: bool) -> None:
         """Store the items (paths relative to ``image_root``), check files, and drop unreadable ones in skip mode."""
         if on_corrupt not in ("fail", "skip"):
-            raise DataError(f"{self.name}: on_corrupt={on_corrupt!r} must be 'fail' (stop at an unreadable image) or "
+            raise DataError(f"{self._who}: on_corrupt={on_corrupt!r} must be 'fail' (stop at an unreadable image) or "
                             f"'skip' (decode every image once at start-up and drop unreadable ones)")
         self.on_corrupt = on_corrupt
         self._classnames = list(classnames)
@@ -216,7 +218,7 @@ class ImageListSource(ClassificationSource):
             if missing:
                 total = len(set(p for s in self.splits for p in self._paths[s]))
                 raise DataError(
-                    f"{self.name}: {len(missing)} of {total} images listed in {listing} are missing under "
+                    f"{self._who}: {len(missing)} of {total} images listed in {listing} are missing under "
                     f"{image_root} (first: {', '.join(missing[:_SHOW])}). Complete the download as described in "
                     f"{self.card}, use a split file that matches your images, or pass check_files=False to defer "
                     f"the error to the first read"
@@ -243,7 +245,7 @@ class ImageListSource(ClassificationSource):
                 seen.setdefault(p, split)
         if clashes:
             log.warning("%s: %d image(s) listed in %s appear in more than one split (first: %s); evaluation may "
-                        "include training images", self.name, len(clashes), listing, ", ".join(clashes[:_SHOW]))
+                        "include training images", self._who, len(clashes), listing, ", ".join(clashes[:_SHOW]))
 
     def _drop_unreadable(self) -> None:
         bad_paths: dict[str, str] = {}
@@ -260,7 +262,11 @@ class ImageListSource(ClassificationSource):
         if bad_paths:
             first = next(iter(bad_paths.items()))
             log.warning("%s: skipped %d unreadable image(s) (on_corrupt='skip'; per split: %s; first: %s: %s)",
-                        self.name, self.skipped, self.skipped_by_split, first[0], first[1])
+                        self._who, self.skipped, self.skipped_by_split, first[0], first[1])
+
+    @property
+    def _who(self) -> str:
+        return self.title or self.name
 
     # ------------------------------------------------------------------ ClassificationSource
     @property
@@ -288,7 +294,7 @@ class ImageListSource(ClassificationSource):
             idx = [int(i) for i in indices]
             bad = [i for i in idx if not 0 <= i < len(paths)]
             if bad:
-                raise DataError(f"{self.name}: indices {bad[:_SHOW]} are out of range for split {split!r} "
+                raise DataError(f"{self._who}: indices {bad[:_SHOW]} are out of range for split {split!r} "
                                 f"({len(paths)} images); a stale few-shot cache? clear $VLPROMPT_CACHE")
             paths, labels = [paths[i] for i in idx], [labels[i] for i in idx]
         return ImageFileDataset(paths, labels, transform, source=self.name)
@@ -462,22 +468,22 @@ class ImageFolderDataset(ImageListSource):
     def _scan(self) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
         ratio = self.split_ratio
         if len(ratio) != 3 or min(ratio) < 0 or abs(sum(ratio) - 1.0) > 1e-6:
-            raise DataError(f"{self.name}: split_ratio={ratio} must be three non-negative fractions (train, val, "
+            raise DataError(f"{self._who}: split_ratio={ratio} must be three non-negative fractions (train, val, "
                             f"test) that sum to 1, e.g. (0.5, 0.2, 0.3)")
         folders = class_folders(self.root)
         if not folders:
-            raise DataError(f"{self.name}: {self.root} has no sub-folders; put each class's images in its own "
+            raise DataError(f"{self._who}: {self.root} has no sub-folders; put each class's images in its own "
                             f"sub-folder (root/<class>/<image>)")
         if self.classnames_file is not None:
             mapping = read_classnames_file(self.classnames_file)
             unnamed = [f for f in folders if f not in mapping]
             if unnamed:
-                raise DataError(f"{self.name}: class-names file {self.classnames_file} names no class for "
+                raise DataError(f"{self._who}: class-names file {self.classnames_file} names no class for "
                                 f"{len(unnamed)} folder(s) of {self.root} (first: {unnamed[:_SHOW]}); add a line "
                                 f"'<folder> <class name>' for each")
             unused = sorted(set(mapping) - set(folders))
             if unused:
-                log.warning("%s: class-names file %s names %d folder(s) absent from %s (first: %s)", self.name,
+                log.warning("%s: class-names file %s names %d folder(s) absent from %s (first: %s)", self._who,
                             self.classnames_file, len(unused), self.root, unused[:_SHOW])
             classnames = [mapping[f] for f in folders]
         else:
@@ -485,20 +491,20 @@ class ImageFolderDataset(ImageListSource):
         dupes = sorted({c for c in classnames if classnames.count(c) > 1})
         if dupes:
             clash = {c: [f for f, n in zip(folders, classnames) if n == c] for c in dupes[:_SHOW]}
-            raise DataError(f"{self.name}: several folders share a class name ({clash}); give each folder its own "
+            raise DataError(f"{self._who}: several folders share a class name ({clash}); give each folder its own "
                             f"name in {self.classnames_file or 'the class-names file'}")
         rng = random.Random(self.split_seed)
         items: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
         for label, folder in enumerate(folders):
             files = [posixpath.join(folder, f) for f in scan_images(self.root / folder, recursive=True)]
             if not files:
-                raise DataError(f"{self.name}: class folder {self.root / folder} has no images (endings "
+                raise DataError(f"{self._who}: class folder {self.root / folder} has no images (endings "
                                 f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
             rng.shuffle(files)
             counts = split_counts(len(files), ratio)
             empty = [s for s, r, c in zip(SPLITS, ratio, counts) if r > 0 and c == 0]
             if empty:
-                raise DataError(f"{self.name}: class folder {self.root / folder} has only {len(files)} image(s): "
+                raise DataError(f"{self._who}: class folder {self.root / folder} has only {len(files)} image(s): "
                                 f"split_ratio={ratio} leaves none for {empty}; add images, change split_ratio or "
                                 f"pass a split_file")
             start = 0

@@ -188,9 +188,9 @@ class ClassificationProtocol(pl.LightningDataModule):
             log.warning("could not cache few-shot indices in %s: %s", path, exc)
         return draws[split]
 
-    def _indices(self, split: str, space: str, shots: int | None) -> list[int]:
+    def _indices(self, split: str, space: str, shots: int | None, source: ClassificationSource | None = None) -> list[int]:
         allowed = set(self.label_spaces[space])
-        labels = self.dataset.labels(split)
+        labels = (source or self.dataset).labels(split)
         if shots is None:
             return [i for i, y in enumerate(labels) if y in allowed]
         picked = self._fewshot_indices(split, shots)
@@ -208,19 +208,23 @@ class ClassificationProtocol(pl.LightningDataModule):
         learner = getattr(module, "learner", None)
         return bool(self.feature_cache and learner is not None and not learner.modifies_image_encoder)
 
-    def _dataset(self, split: str, space: str, shots: int | None, train: bool):
+    def _dataset(self, split: str, space: str, shots: int | None, train: bool, source: ClassificationSource | None = None):
+        """Images (or cached features) of ``split`` restricted to a label space, relabelled ``0..n-1``."""
+        source = source or self.dataset
         augment = self.augment if train else "none"
         transform = build_transform(self._preprocess_cfg(), train=train, augment=augment)
-        idx = self._indices(split, space, shots)
+        if shots is not None and source is not self.dataset:
+            raise DataError("few-shot sampling applies to the protocol's own dataset only")
+        idx = self._indices(split, space, shots, source)
         if not idx:
-            raise DataError(f"split {split!r} of {self.dataset.name} has no images of the {space!r} classes")
+            raise DataError(f"split {split!r} of {source.name} has no images of the {space!r} classes")
         mapping = {orig: new for new, orig in enumerate(self.label_spaces[space])}
-        images = self.dataset.dataset(split, idx, transform)
+        images = source.dataset(split, idx, transform)
         if self._uses_feature_cache():
             views = self.feature_views if augment != "none" else 1
             backbone = self._module().backbone
             key = feature_cache_key(
-                backbone=backbone, data_identity=self.dataset.identity(), split=split, indices=idx,
+                backbone=backbone, data_identity=source.identity(), split=split, indices=idx,
                 transform=repr(transform), views=views,
             )
             images = cached_features(backbone, images, cache_dir=self.cache_dir, key=key, views=views, num_workers=self.num_workers)
