@@ -177,7 +177,7 @@ def test_subset_variants_label_in_imagenet_order(tmp_path, caplog, cls, folder, 
     with caplog.at_level(logging.WARNING, logger="vlprompt.data"):
         src = cls(str(root))
     assert "differ from CoOp's ImageNet classnames.txt" in caplog.text
-    # folder order would be n00000009, n01000001, n04000004; ImageNet order is n01000001 (1), n00000009 (3), n04000004 (4)
+    # folder order: n00000009, n01000001, n04000004; ImageNet order: n01000001 (1), n00000009 (3), n04000004 (4)
     assert src.wnids == ["n01000001", "n00000009", "n04000004"]
     assert src.classnames == ["alpha", "delta", "epsilon"]
     assert src.imagenet_indices == [1, 3, 4]

@@ -253,3 +253,19 @@ def test_check_dataset_decode_and_cli(eurosat_subset, capsys):
     assert check_dataset("eurosat", str(eurosat_subset / "nope"), source_cls=EuroSAT).problems
     assert data_main(["check", "no_such_dataset_xyz", "--root", str(eurosat_subset)]) == 1
     assert "no_such_dataset_xyz" in capsys.readouterr().out
+
+
+def test_data_main_prints_report(shared_data, monkeypatch, capsys):
+    import vlprompt.registry as registry
+
+    class _Registry:
+        def get(self, name: str) -> type:
+            assert name == "eurosat"
+            return EuroSAT
+
+    monkeypatch.setattr(registry, "get_registry", lambda kind: _Registry())
+    assert data_main(["check", "eurosat", "--root", str(shared_data)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "differs from the official CoOp" in out and "1500" in out
+    assert data_main(["check", "eurosat", "--root", str(shared_data), "--strict"]) == 1
+    assert "PROBLEMS" in capsys.readouterr().out

@@ -188,6 +188,5 @@ def run_experiment(stage: str, argv: list[str]) -> dict | None:
     result["task"] = model.task
     path = write_result(result, cfg.results_dir)
     print_summary(result)
-    log.info("result written to %s", path)
     result["_path"] = str(path)
     return result

@@ -147,6 +147,9 @@ class CLIPPretraining(pl.LightningModule):
         self.samples_seen = 0
         self.last_eval: dict[str, float] = {}
 
+    def on_fit_start(self) -> None:
+        self._device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device)
+
     def training_step(self, batch, batch_idx):
         images, tokens = batch
         img = self.clip.encode_image((images - self.mean) / self.std, normalize=True)
@@ -219,7 +222,7 @@ class CLIPPretraining(pl.LightningModule):
             "steps": int(self.global_step),
             "samples": int(self.samples_seen * self.trainer.world_size),
             "wall_seconds": round(time.time() - self._t0, 1),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() and self.device.type == "cuda" else "cpu",
+            "device": getattr(self, "_device_name", str(self.device)),
             "torch": torch.__version__,
             "open_clip": open_clip.__version__,
             "hparams": dict(self.hparams),

@@ -135,7 +135,8 @@ class CoOpSplitDataset(ImageListSource):
     def _check_official(self) -> None:
         if self.official_split is None:
             log.info("%s: no official checksum is known for %s; split file %s (sha256 %s) cannot be verified",
-                     self.title, self.split_filename or "this dataset's split files", self.split_file, self.split_sha256)
+                     self.title, self.split_filename or "this dataset's split files", self.split_file,
+                     self.split_sha256)
             return
         if self.official_split:
             return

@@ -105,7 +105,8 @@ class _ImageNetBase(ImageListSource):
             candidates = [self.dataset_dir / "classnames.txt", self.root / "imagenet" / "classnames.txt"]
             path = next((p for p in candidates if p.is_file()), None)
             if path is None:
-                raise DataError(f"{self.title}: no classnames.txt at {' or '.join(map(str, dict.fromkeys(candidates)))}. "
+                where = " or ".join(str(p) for p in dict.fromkeys(candidates))
+                raise DataError(f"{self.title}: no classnames.txt at {where}. "
                                 f"Copy CoOp's ImageNet classnames.txt (lines '<wnid> <class name>') there as described "
                                 f"in {self.card}, or pass classnames_file=")
         pairs = read_imagenet_classnames(path)
@@ -224,13 +225,15 @@ class _ImageNetTestSet(_ImageNetBase):
 class ImageNetV2(_ImageNetTestSet):
     """ImageNetV2 matched-frequency (Recht et al. 2019): 10,000 test images, folders ``0..999`` = 1000-way labels."""
 
-    name, title, folder, image_subdir = "imagenet_v2", "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val"
+    name, title, folder = "imagenet_v2", "ImageNetV2", "imagenetv2"
+    image_subdir = "imagenetv2-matched-frequency-format-val"
 
     def _read(self, pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, int]], list[str]]:
         folders = class_folders(self.image_root)
         bad = [f for f in folders if not (f.isdigit() and str(int(f)) == f and int(f) < len(pairs))]
         if bad:
-            raise DataError(f"{self.title}: {self.image_root} must hold folders named by the label 0..{len(pairs) - 1}; "
+            raise DataError(f"{self.title}: {self.image_root} must hold folders named by the label "
+                            f"0..{len(pairs) - 1}; "
                             f"found {len(bad)} other(s) (first: {bad[:_SHOW]}). Remove them (see {self.card})")
         if len(folders) < len(pairs):
             log.warning("%s: %s has %d of the %d label folders", self.title, self.image_root, len(folders), len(pairs))
