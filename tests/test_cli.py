@@ -149,3 +149,33 @@ def test_toy_referring_segmentation_samples() -> None:
     assert phrase.startswith("the ") and len(phrase.split()) == 4
     again = ToyReferring(6, seed=3)
     assert torch.equal(again.masks, data.masks) and again.phrases == data.phrases
+
+
+def test_prompts_from_other_classes_are_refused(tmp_path) -> None:
+    coop = run_experiment("fit", _fast(tmp_path))
+    prompts = coop["per_seed"][0]["prompts"]
+    other = str(CONFIGS / "datasets" / "toy_colors.yaml")
+    with pytest.raises(LearnerError, match="trained on other classes"):
+        run_experiment("test", _fast(tmp_path, "--config", other, "--prompts", prompts))
+
+
+def test_console_errors_are_one_line_with_exit_code_2(capsys, tmp_path) -> None:
+    code = cli.main(["fit", "--config", QUICK, "--model.learner.class_path", "cooop"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown learner 'cooop'" in err and "Traceback" not in err
+    code = cli.main(["fit", "--config", QUICK, "--config", str(CONFIGS / "datasets" / "eurosat.yaml"),
+                     "--data.init_args.dataset.init_args.root", str(tmp_path / "nowhere"), "--seeds", "[1]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nowhere" in err and "datasets/eurosat.md" in err
+
+
+def test_registered_names_work_on_the_command_line(tmp_path) -> None:
+    result = run_experiment("fit", _fast(tmp_path, "--model.learner", "zero_shot"))
+    assert result["learner"] == "zero_shot"
+
+
+def test_data_check_command_on_shared_eurosat(shared_data, capsys) -> None:
+    assert cli.main(["data", "check", "eurosat", "--root", str(shared_data)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "differs from the official" in out
+    assert cli.main(["data", "check", "eurosat", "--root", str(shared_data), "--strict"]) == 1

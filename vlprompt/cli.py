@@ -16,13 +16,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("vlprompt")
 
-USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,leaderboard} ...
+USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard} ...
 
   fit        train a prompt learner and evaluate it (all seeds), writing a result JSON
   validate   evaluate on the validation split(s)
   test       evaluate on the test split(s) (zero-shot learners need no fit)
   pretrain   pretrain a CLIP on the toy world (LightningCLI)
-  list       vlprompt list learners|backbones|datasets [--errors]
+  list       vlprompt list learners|backbones|datasets|protocols [--errors]
+  data       vlprompt data check NAME --root DIR [--strict] [--decode]
   leaderboard  vlprompt leaderboard build RESULTS_DIR [--out leaderboards]
 
 Each of fit/validate/test/pretrain takes --help and --print_config.
@@ -65,7 +66,38 @@ def pretrain_main(args: list[str]) -> None:
     )
 
 
+_USER_ERRORS = ("DataError", "BackboneError", "LearnerError", "ConfigError", "RegistryError", "ResultError")
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The message of a bad-input error (ours, possibly wrapped by jsonargparse), or None for a bug."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ in _USER_ERRORS:
+            return str(exc)
+        text = str(exc)
+        if "Does not validate against any of the Union subtypes" in text:
+            lines = [ln.strip()[2:] for ln in text.splitlines() if ln.strip().startswith("- ") and "NoneType" not in ln]
+            if lines:
+                return "; ".join(lines)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vlprompt`` console script; bad input ends with a one-line error and exit code 2."""
+    try:
+        return _main(argv)
+    except Exception as exc:  # noqa: BLE001 - turn bad input into a clear message, re-raise bugs
+        message = _user_error(exc)
+        if message is None or os.environ.get("VLPROMPT_TRACEBACK"):
+            raise
+        print(f"vlprompt: error: {message}", file=sys.stderr)  # noqa: T201 - console error
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     import lightning.pytorch  # noqa: F401 - imported first so that its logging set-up can be redirected
 
@@ -86,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from vlprompt.registry import list_main
 
         return list_main(rest)
+    if cmd == "data":
+        from vlprompt.data.check import data_main
+
+        return data_main(rest)
     if cmd == "leaderboard":
         from vlprompt.leaderboard import leaderboard_main
 

@@ -68,6 +68,7 @@ set_loader("yaml_vlprompt", _yaml_loader)
 # the frozen backbone is in eval mode on purpose
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended", category=UserWarning)
+warnings.filterwarnings("ignore", message=r".*skip_none parameter was deprecated")
 
 
 class VlpromptCLI(LightningCLI):
@@ -109,8 +110,26 @@ def _benchmark(identity: dict) -> str:
     return "toy" if kind == "toyworld" else str(identity.get("benchmark") or "custom")
 
 
+def _resolve_argv(argv: list[str]) -> list[str]:
+    """Resolve registered names given on the command line (``--model.learner coop``,
+    ``--model.learner.class_path coop``) the way the YAML loader does for config files."""
+    out = list(argv)
+    for i, arg in enumerate(argv[:-1]):
+        flag = arg[2:] if arg.startswith("--") else None
+        if flag is None or "=" in flag:
+            continue
+        parts = flag.split(".")
+        parts = parts[:-1] if parts[-1] == "class_path" else parts
+        key = parts[-1] if parts else ""
+        value = argv[i + 1]
+        if key in _KEY_GROUPS and value and not value.startswith(("-", "{", "[")) and "." not in value:
+            out[i + 1] = _resolve_names({"class_path": value}, key)["class_path"]
+    return out
+
+
 def build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     """Parse ``argv`` (LightningCLI syntax) without running anything."""
+    argv = _resolve_argv(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
     return VlpromptCLI(
         PromptClassifier,

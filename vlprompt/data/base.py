@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -11,6 +13,19 @@ from torch.utils.data import Dataset
 
 class DataError(ValueError):
     """Bad data input: the message names the file or value and the fix."""
+
+
+DATA_ENV = "VLPROMPT_DATA"
+
+
+def resolve_data_root(root: str | None) -> Path:
+    """The data root: ``root`` if given, else ``$VLPROMPT_DATA`` (the folder holding ``eurosat/``, ``imagenet/``...)."""
+    value = root if root else os.environ.get(DATA_ENV)
+    if not value:
+        raise DataError(
+            f"no data root: pass root: /path/to/DATA (the folder that holds eurosat/, imagenet/, ...) or set {DATA_ENV}"
+        )
+    return Path(value).expanduser()
 
 
 class ClassificationSource(abc.ABC):

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from vlprompt.data.base import DataError
+from vlprompt.data.base import DataError, resolve_data_root
 from vlprompt.data.folder import ImageListSource, read_split_json, safe_relative_path, sha256_file
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class CoOpSplitDataset(ImageListSource):
     """A dataset in the CoOp DATA.md layout: ``<root>/<folder>/<image_dir>/...`` plus a CoOp split file.
 
     Args:
-        root: the DATA folder that contains ``<folder>/`` (e.g. the parent of ``eurosat/``).
+        root: the DATA folder that contains ``<folder>/`` (e.g. the parent of ``eurosat/``); default ``$VLPROMPT_DATA``.
         split_file: split JSON to use; default ``<root>/<folder>/<split_filename>``.
         strict_checksum: a split file that differs from the official one is an error (else a warning).
         on_corrupt: ``fail`` (an unreadable image stops the run, naming the file) or ``skip`` (every image is
@@ -80,7 +80,7 @@ class CoOpSplitDataset(ImageListSource):
 
     def __init__(
         self,
-        root: str,
+        root: str | None = None,
         *,
         split_file: str | None = None,
         strict_checksum: bool = False,
@@ -88,7 +88,7 @@ class CoOpSplitDataset(ImageListSource):
         check_files: bool = True,
     ) -> None:
         self.card = f"the dataset card datasets/{self.name}.md"
-        self.root = Path(root).expanduser()
+        self.root = resolve_data_root(root)
         self.dataset_dir = self.root / self.folder
         self.image_root = self.dataset_dir / self.image_dir if self.image_dir else self.dataset_dir
         self.strict_checksum = strict_checksum

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from vlprompt.data.base import DataError
+from vlprompt.data.base import DataError, resolve_data_root
 from vlprompt.data.coop import known_splits, require_dir
 from vlprompt.data.folder import ImageListSource, class_folders, scan_images, sha256_file
 
@@ -90,9 +90,9 @@ class _ImageNetBase(ImageListSource):
     title: str = ""
     folder: str = ""
 
-    def _setup_root(self, root: str) -> None:
+    def _setup_root(self, root: str | None) -> None:
         self.card = f"the dataset card datasets/{self.name}.md"
-        self.root = Path(root).expanduser()
+        self.root = resolve_data_root(root)
         self.dataset_dir = self.root / self.folder
         require_dir(self.root, source=self.title, what="the data root", root=self.root, card=self.card)
         require_dir(self.dataset_dir, source=self.title, what=f"the dataset folder '{self.folder}/'", root=self.root,
@@ -159,7 +159,7 @@ class ImageNet(_ImageNetBase):
 
     name, title, folder = "imagenet", "ImageNet", "imagenet"
 
-    def __init__(self, root: str, *, classnames_file: str | None = None,
+    def __init__(self, root: str | None = None, *, classnames_file: str | None = None,
                  on_corrupt: Literal["fail", "skip"] = "fail") -> None:
         self._setup_root(root)
         pairs = self._load_classnames(classnames_file)
@@ -190,7 +190,7 @@ class _ImageNetTestSet(_ImageNetBase):
     #: the image folder inside ``folder``
     image_subdir: str = ""
 
-    def __init__(self, root: str, *, classnames_file: str | None = None,
+    def __init__(self, root: str | None = None, *, classnames_file: str | None = None,
                  on_corrupt: Literal["fail", "skip"] = "fail") -> None:
         self._setup_root(root)
         self.image_root = self.dataset_dir / self.image_subdir

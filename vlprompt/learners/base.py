@@ -139,8 +139,13 @@ class PromptLearner(nn.Module, abc.ABC):
         save_file(self.learned_state(), str(path), metadata=meta)
         return path
 
-    def load_prompts(self, path: str | Path) -> None:
-        """Load tensors saved by :meth:`save_prompts`; class names must match when the learner is class-tied."""
+    def load_prompts(self, path: str | Path, *, check_classnames: bool = True) -> None:
+        """Load tensors saved by :meth:`save_prompts`.
+
+        The checkpoint's training class names must equal this learner's (same dataset, protocol and label
+        order): prompts trained on other classes are refused unless ``check_classnames=False``, which a
+        class-tied learner (class-specific context) never allows.
+        """
         from safetensors import safe_open
 
         path = Path(path)
@@ -149,6 +154,12 @@ class PromptLearner(nn.Module, abc.ABC):
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         saved = json.loads(meta.get("classnames", "[]"))
+        if check_classnames and self.transfers_to_new_classes and saved != self.train_classnames:
+            diff = next((f"{a!r} vs {b!r}" for a, b in zip(saved, self.train_classnames) if a != b), f"{len(saved)} vs {len(self.train_classnames)} classes")
+            raise LearnerError(
+                f"prompt checkpoint {str(path)!r} was trained on other classes than this run's training classes "
+                f"(first difference: {diff}). Evaluate it with the dataset and protocol it was trained with."
+            )
         if not self.transfers_to_new_classes and saved != self.train_classnames:
             raise LearnerError(
                 f"prompt checkpoint {str(path)!r} was trained on classes {saved[:5]}... but this run's classes are "
