@@ -21,25 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
 
 import torch
 
+from _timing import timeit  # noqa: E402 - benchmarks/ helper
 from vlprompt.data.toyworld.datasets import TOY_DATASETS
 from vlprompt.data.toyworld.render import IMAGE_SIZE, STYLES, render, sample_scene
 
 
-def timeit(fn, repeats: int, warmup: int = 1) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

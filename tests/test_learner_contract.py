@@ -18,18 +18,16 @@ from vlprompt.learners.base import PromptLearner
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.zero_shot import ZeroShot
 from vlprompt.registry import get_registry
-from vlprompt.testing import TINY_MODEL, check_learner, tiny_clip, tiny_clip_config
+from vlprompt.testing import TINY_MODEL, check_learner, tiny_clip, tiny_clip_config, torch_threads
 
 LEARNERS = get_registry("learners").entries()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest (and without OpenMP contention) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread() -> Iterator[None]:
+    """Tiny models and toy rendering are many small ops: one thread is fastest on a shared CPU."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 import random
 from collections import Counter
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from vlprompt.testing import torch_threads
 
 from vlprompt.data.base import ClassificationSource, DataError, TensorImageDataset
 from vlprompt.data.toyworld.datasets import ToyColors, ToyPatterns
@@ -18,14 +22,11 @@ PER_CLASS = (20, 4, 6)
 SHOTS = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Toy images are many small ops: one thread is as fast, and avoids OpenMP spin-wait stalls on a
-    shared CPU (see tests/test_toyworld.py). Restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread() -> Iterator[None]:
+    """Tiny models and toy rendering are many small ops: one thread is fastest on a shared CPU."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

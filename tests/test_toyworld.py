@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import random
 from collections import Counter
 
 import pytest
 import torch
+
+from vlprompt.testing import torch_threads
 
 from vlprompt.data.base import TensorImageDataset
 from vlprompt.data.toyworld.captions import (
@@ -34,14 +38,11 @@ from vlprompt.data.toyworld.render import (
 PER_CLASS = (3, 2, 2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Render with one intra-op thread: the toy world is many small ops, which one thread runs as fast, and
-    OpenMP's spin-waiting makes two threads stall badly on a shared, oversubscribed CPU. Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread() -> Iterator[None]:
+    """Tiny models and toy rendering are many small ops: one thread is fastest on a shared CPU."""
+    with torch_threads(1):
+        yield
 
 
 def _render(seed: int, batch: int = 8, *, num_objects: int = 1, style: str = "clean", fixed=None):

@@ -20,7 +20,8 @@ import logging
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,17 @@ OTHER_CLASSNAMES = ("purple ring", "orange cross", "white_dot")
 
 _REGISTER_LOCK = threading.Lock()
 _config_dir: Path | None = None
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads (tiny models run fastest on one), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def tiny_clip_config() -> dict:

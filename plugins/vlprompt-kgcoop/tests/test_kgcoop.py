@@ -11,18 +11,17 @@ import torch.nn.functional as F
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.coop import CoOp
 from vlprompt.registry import get_registry
-from vlprompt.testing import check_learner, tiny_clip
+from vlprompt.testing import check_learner, tiny_clip, torch_threads
 from vlprompt_kgcoop import KgCoOp
 
 NAMES = ["red circle", "blue square", "green triangle", "striped_star"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread() -> Iterator[None]:
+    """Tiny models and toy rendering are many small ops: one thread is fastest on a shared CPU."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture
