@@ -67,6 +67,8 @@ class CoOpSplitDataset(ImageListSource):
         check_files: check at start-up that every listed image exists.
     """
 
+    family = "coop split"
+
     #: registry name (also the card ``datasets/<name>.md``)
     name: str = ""
     #: human name of the dataset

@@ -427,6 +427,8 @@ class ImageFolderDataset(ImageListSource):
         check_files: check at start-up that every listed image exists.
     """
 
+    family = "image folder"
+
     card = "the dataset index datasets/README.md"
 
     def __init__(

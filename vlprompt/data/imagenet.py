@@ -86,6 +86,8 @@ def subset_in_imagenet_order(present: Iterable[str], imagenet: list[tuple[str, s
 class _ImageNetBase(ImageListSource):
     """Shared set-up: root checks, the class-name file and its provenance."""
 
+    family = "imagenet"
+
     name: str = ""
     title: str = ""
     folder: str = ""
@@ -185,6 +187,8 @@ class ImageNet(_ImageNetBase):
 
 class _ImageNetTestSet(_ImageNetBase):
     """A test-only ImageNet variant (domain generalisation: train on ImageNet, test here)."""
+
+    family = "imagenet variant (test only)"
 
     splits = ("test",)
     #: the image folder inside ``folder``

@@ -108,6 +108,7 @@ class ToyClassification(ClassificationSource):
 
     spec: str = ""
     native_style: str = "clean"
+    family = "toy world"
     default_augment = "none"  # crops and flips would change position and size labels
 
     def __init__(
