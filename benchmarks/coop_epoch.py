@@ -34,7 +34,7 @@ def _run(dataset_args: list[str], epochs: int, cache: bool, tmp: str) -> tuple[f
         "--data.init_args.feature_cache", str(cache).lower(),
     ]
     t0 = time.perf_counter()
-    result = run_experiment("fit", args)
+    result = run_experiment("fit", args, show_summary=False)
     return time.perf_counter() - t0, result["per_seed"][0]["metrics"], len(result["task"]["label_spaces"]["base"])
 
 

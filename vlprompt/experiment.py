@@ -147,8 +147,9 @@ def build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     )
 
 
-def run_experiment(stage: str, argv: list[str]) -> dict | None:
-    """Run ``stage`` for every seed and write one result JSON; returns the result (``None`` for --help)."""
+def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) -> dict | None:
+    """Run ``stage`` for every seed and write one result JSON; returns the result. ``show_summary`` prints
+    the rich table of per-seed and mean metrics."""
     cli = build_cli(stage, argv)
     cfg = cli.config
     seeds: list[int] = list(cfg.seeds)
@@ -206,6 +207,7 @@ def run_experiment(stage: str, argv: list[str]) -> dict | None:
     )
     result["task"] = model.task
     path = write_result(result, cfg.results_dir)
-    print_summary(result)
+    if show_summary:
+        print_summary(result)
     result["_path"] = str(path)
     return result
