@@ -146,12 +146,16 @@ class ClassificationProtocol(pl.LightningDataModule):
     val_sets: tuple[tuple[str, str], ...] = (("all", "all"),)
     test_sets: tuple[tuple[str, str], ...] = (("all", "all"),)
 
+    def space_source(self, space: str) -> ClassificationSource:
+        """The data source whose classes and test images a label space uses (the protocol's dataset here)."""
+        return self.dataset
+
     @property
     def task(self) -> dict:
         """What the model needs: class names per label space, the train space, and (name, space) eval sets."""
-        names = self.dataset.classnames
+        spaces = self.label_spaces
         return {
-            "label_spaces": {k: [names[i] for i in v] for k, v in self.label_spaces.items()},
+            "label_spaces": {k: [self.space_source(k).classnames[i] for i in v] for k, v in spaces.items()},
             "train_space": self.train_space,
             "val_sets": [list(s) for s in self.val_sets],
             "test_sets": [list(s) for s in self.test_sets],

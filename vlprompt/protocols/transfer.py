@@ -47,12 +47,8 @@ class Transfer(ClassificationProtocol):
             spaces[name] = list(range(len(target.classnames)))
         return spaces
 
-    @property
-    def task(self) -> dict:
-        task = super().task
-        for name, target in zip(self._names, self.targets):
-            task["label_spaces"][name] = list(target.classnames)
-        return task
+    def space_source(self, space: str) -> ClassificationSource:
+        return self.dataset if space == "source" else self.targets[self._names.index(space)]
 
     @property
     def val_sets(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
@@ -65,7 +61,7 @@ class Transfer(ClassificationProtocol):
     def _dataset(self, split: str, space: str, shots: int | None, train: bool, source: ClassificationSource | None = None):
         if space == "source":
             return super()._dataset(split, space, shots, train)
-        return super()._dataset(split, space, None, train, source=self.targets[self._names.index(space)])
+        return super()._dataset(split, space, None, train, source=self.space_source(space))
 
     def identity(self) -> dict:
         out = super().identity()
