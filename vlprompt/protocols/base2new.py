@@ -139,8 +139,8 @@ class ClassificationProtocol(pl.LightningDataModule):
     # ------------------------------------------------------------------ label spaces
     @property
     def label_spaces(self) -> dict[str, list[int]]:
-        """Original labels of each label space."""
-        raise NotImplementedError
+        """Original labels of each label space (each protocol defines its spaces)."""
+        raise NotImplementedError(f"{type(self).__name__} must define label_spaces (e.g. {{'base': [...], 'new': [...]}})")
 
     train_space = "all"
     val_sets: tuple[tuple[str, str], ...] = (("all", "all"),)
