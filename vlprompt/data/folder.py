@@ -362,6 +362,20 @@ def class_folders(folder: Path) -> list[str]:
         return sorted(e.name for e in it if e.is_dir() and not _hidden(e.name))
 
 
+def key_name_lines(text: str, *, path: Path, key: str, fix: str) -> list[tuple[int, str, str]]:
+    """``(line number, key, name)`` of each non-empty line ``<key> <name>``; a malformed line is an error."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            raise DataError(f"{path}, line {n}: {line!r} is not '<{key}> <class name>'; {fix}")
+        rows.append((n, parts[0], parts[1].strip()))
+    return rows
+
+
 def read_classnames_file(path: Path) -> dict[str, str]:
     """Folder -> class name, from lines ``<folder> <class name>`` or a JSON object ``{folder: name}``."""
     if not path.is_file():
@@ -380,14 +394,7 @@ def read_classnames_file(path: Path) -> dict[str, str]:
                             f"class names")
         return {k: v.strip() for k, v in data.items()}
     mapping: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2:
-            raise DataError(f"class-names file {path}, line {n}: {line!r} is not '<folder> <class name>'; fix the line")
-        folder, name = parts
+    for n, folder, name in key_name_lines(text, path=path, key="folder", fix="fix the line"):
         if folder in mapping and mapping[folder] != name.strip():
             raise DataError(f"class-names file {path}, line {n}: folder {folder!r} is named {mapping[folder]!r} and "
                             f"{name.strip()!r}; keep one line per folder")

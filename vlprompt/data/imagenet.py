@@ -29,7 +29,7 @@ from typing import Literal
 
 from vlprompt.data.base import DataError, resolve_data_root
 from vlprompt.data.coop import known_splits, require_dir
-from vlprompt.data.folder import ImageListSource, class_folders, scan_images, sha256_file
+from vlprompt.data.folder import ImageListSource, class_folders, key_name_lines, scan_images, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +43,13 @@ def read_imagenet_classnames(path: Path) -> list[tuple[str, str]]:
                         f"datasets/imagenet.md) or pass classnames_file=")
     pairs: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2:
-            raise DataError(f"{path}, line {n}: {line!r} is not '<wnid> <class name>'; use CoOp's classnames.txt")
-        wnid, name = parts
+    text = path.read_text(encoding="utf-8")
+    for n, wnid, name in key_name_lines(text, path=path, key="wnid", fix="use CoOp's classnames.txt"):
         if wnid in seen:
             raise DataError(f"{path}, line {n}: wnid {wnid} already appears on line {seen[wnid]}; use CoOp's "
                             f"classnames.txt (one line per class)")
         seen[wnid] = n
-        pairs.append((wnid, name.strip()))
+        pairs.append((wnid, name))
     if not pairs:
         raise DataError(f"ImageNet class-name file {path} is empty; use CoOp's classnames.txt")
     return pairs
