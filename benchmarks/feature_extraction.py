@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import torch
 import torch.nn.functional as F

@@ -94,9 +94,9 @@ def test_class_prompts_end_reproduces_the_hand_written_prompt(bb):
     ref, pool = _embed(bb, [f"a photo of a {c}." for c in names])
     assert out.shape == (len(CLASSNAMES), bb.context_length, bb.text_width)
     assert torch.equal(out, ref)
-    assert torch.equal(prompts.pool_positions(), pool)
+    assert torch.equal(prompts.pool_index, pool)
     # and therefore the same text features as the tokenized template
-    feats = text_features(bb, out, prompts.pool_positions())
+    feats = text_features(bb, out, prompts.pool_index)
     torch.testing.assert_close(feats, bb.encode_text(bb.tokenize([f"a photo of a {c}." for c in names])))
 
 
@@ -111,7 +111,7 @@ def test_class_token_positions(bb, position, template):
     ref, pool = _embed(bb, [template.format(c) for c in names])
     assert out.shape == (len(CLASSNAMES), bb.context_length, bb.text_width)
     assert torch.equal(out, ref)
-    assert torch.equal(prompts.pool_positions(), pool)
+    assert torch.equal(prompts.pool_index, pool)
 
 
 def test_class_specific_context(bb):
@@ -138,7 +138,7 @@ def test_class_prompts_buffers(bb):
 def test_gradient_reaches_the_context(bb):
     prompts = ClassPrompts(bb, CLASSNAMES, n_ctx=4, position="front")
     ctx = torch.nn.Parameter(random_context(4, bb.text_width))
-    feats = text_features(bb, prompts(ctx), prompts.pool_positions())
+    feats = text_features(bb, prompts(ctx), prompts.pool_index)
     feats.sum().backward()
     assert ctx.grad is not None and bool(ctx.grad.abs().sum() > 0)
 
@@ -198,8 +198,8 @@ def test_deep_prompts_drive_the_text_tower(bb):
     deep = DeepPrompts(depth=bb.text_layers, n_ctx=2, width=bb.text_width, std=1.0)
     prompts = ClassPrompts(bb, CLASSNAMES, n_ctx=2)
     emb = prompts(random_context(2, bb.text_width))
-    plain = text_features(bb, emb, prompts.pool_positions())
-    deep_feats = text_features(bb, emb, prompts.pool_positions(), deep_prompts=deep.as_layers())
+    plain = text_features(bb, emb, prompts.pool_index)
+    deep_feats = text_features(bb, emb, prompts.pool_index, deep_prompts=deep.as_layers())
     assert not torch.allclose(plain, deep_feats, atol=1e-4)
     deep_feats.sum().backward()
     assert all(p.grad is not None for p in deep.prompts)

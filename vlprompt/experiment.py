@@ -9,7 +9,6 @@ trainer after seeding, so seeds are independent runs; the frozen backbone is loa
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -130,7 +129,6 @@ def _resolve_argv(argv: list[str]) -> list[str]:
 def build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     """Parse ``argv`` (LightningCLI syntax) without running anything."""
     argv = _resolve_argv(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
     return VlpromptCLI(
         PromptClassifier,
         ClassificationProtocol,

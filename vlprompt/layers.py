@@ -119,10 +119,6 @@ class ClassPrompts(nn.Module):
                 parts.append(torch.cat([self.prefix[i : i + 1], name, ctx[i : i + 1], rest], 1))
         return torch.cat(parts, dim=0)
 
-    def pool_positions(self) -> torch.Tensor:
-        """Pooling index ``[C]``; placement of the class token does not move the end token."""
-        return self.pool_index
-
 
 def text_features(
     backbone: VLBackbone,

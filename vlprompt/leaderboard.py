@@ -8,6 +8,7 @@ and shots, only the newest (by ``created``) is used. Output is sorted, so rebuil
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.metrics import harmonic_mean
-from vlprompt.results import ResultError, _safe, load_results, metric_keys, parse_created
+from vlprompt.results import ResultError, _safe, format_mean_std, load_results, metric_keys, parse_created
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +38,25 @@ _HEADERS = {"base": "base", "new": "new", "hm": "HM"}
 
 
 # --------------------------------------------------------------------------- helpers
+@functools.lru_cache(maxsize=None)
+def _init_defaults(class_path: str) -> dict[str, Any]:
+    """Default init arguments of the class at ``class_path`` (empty if it cannot be imported here)."""
+    try:
+        module, name = class_path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        params = inspect.signature(cls).parameters.items()
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return {}
+    return {k: p.default for k, p in params if p.default is not inspect.Parameter.empty}
+
+
 def learner_label(result: Mapping[str, Any]) -> str:
     """``learner`` plus the init arguments that differ from the learner's defaults, e.g.
     ``coop (ctx_init='a photo of a', n_ctx=4)``: two configurations of one learner are two entrants."""
     cfg = result.get("learner_config") or {}
     args = dict(cfg.get("init_args") or {}) if isinstance(cfg, Mapping) else {}
-    defaults: dict[str, Any] = {}
     path = cfg.get("class_path") if isinstance(cfg, Mapping) else None
-    if isinstance(path, str) and "." in path:
-        try:
-            module, name = path.rsplit(".", 1)
-            cls = getattr(importlib.import_module(module), name)
-            defaults = {
-                k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not inspect.Parameter.empty
-            }
-        except (ImportError, AttributeError, ValueError, TypeError):
-            defaults = {}
+    defaults = _init_defaults(path) if isinstance(path, str) and "." in path else {}
     changed = {k: v for k, v in sorted(args.items()) if k not in defaults or defaults[k] != v}
     if not changed:
         return str(result["learner"])
@@ -132,17 +136,6 @@ def _num(value: Any) -> float | None:
     return float(value)
 
 
-def _mean_std_cell(summary: Mapping[str, Any], key: str) -> str:
-    mean = _num(summary.get(key))
-    if mean is None:
-        return "–"
-    std = _num(summary.get(f"{key}_std"))
-    n = summary.get("n_seeds")
-    if std is None or not isinstance(n, int) or n < 2:
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {std:.2f}"
-
-
 def _md(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -189,7 +182,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
             n = s.get("n_seeds", len(r.get("per_seed", [])))
             table_rows.append(
                 [learner_label(r), _backbone_label(r), str(r.get("shots")), str(n)]
-                + [_mean_std_cell(s, k) for k in metrics]
+                + [format_mean_std(s, k, missing="–") for k in metrics]
             )
         out += [f"## {dataset}", ""] + _table(["learner", "backbone", "shots", "seeds", *mheads], table_rows) + [""]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -28,8 +27,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from vlprompt.backbones.open_clip import file_sha256
 from vlprompt.backbones.toyclip import TOY_MODEL  # registers the toy config with open_clip
 from vlprompt.data.toyworld.captions import caption, scene_attributes
-from vlprompt.data.toyworld.datasets import ATTRIBUTE_PHRASES, _VALUE_INDEX
+from vlprompt.data.toyworld.datasets import attribute_scenes
 from vlprompt.data.toyworld.render import ATTRIBUTES, BACKGROUNDS, render, sample_scene
+from vlprompt.toyclip_report import attribute_zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -96,29 +96,6 @@ class CaptionData(pl.LightningDataModule):
         )
 
 
-def attribute_probe_set(n: int = 2000, seed: int = 12345) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """A fixed evaluation set: images ``[n, 3, S, S]`` and the index of every attribute ``{name: [n]}``."""
-    g = torch.Generator().manual_seed(seed)
-    scene = sample_scene(n, generator=g)
-    images, _ = render(scene, generator=g)
-    targets = {name: getattr(scene, name)[:, 0].clone() for name in ("colour", "texture", "size", "position")}
-    targets["background"] = scene.background.clone()
-    return images, targets
-
-
-@torch.no_grad()
-def attribute_zero_shot(encode_image, encode_text, tokenizer, images, targets, template: str = "a photo of a {}.") -> dict[str, float]:
-    """Zero-shot accuracy per attribute with class-name wording (``a photo of a red shape.``)."""
-    feats = torch.nn.functional.normalize(encode_image(images), dim=-1)
-    out = {}
-    for name, (values, phrase) in ATTRIBUTE_PHRASES.items():
-        assert [_VALUE_INDEX[name][v] for v in values] == list(range(len(values)))
-        text = torch.nn.functional.normalize(encode_text(tokenizer([template.format(phrase(v)) for v in values])), dim=-1)
-        pred = (feats @ text.T).argmax(dim=1).cpu()
-        out[name] = float((pred == targets[name]).float().mean())
-    return out
-
-
 class CLIPPretraining(pl.LightningModule):
     """Train an open_clip model from its config (random init) with the CLIP contrastive loss.
 
@@ -168,15 +145,13 @@ class CLIPPretraining(pl.LightningModule):
 
     def run_eval(self, log_metrics: bool = True) -> dict[str, float]:
         if not hasattr(self, "_probe"):
-            self._probe = attribute_probe_set()
+            self._probe = attribute_scenes(2000, 12345)
         images, targets = self._probe
         was = self.clip.training
         self.clip.eval()
-        acc = attribute_zero_shot(
-            lambda x: torch.cat([self.clip.encode_image((c.to(self.device) - self.mean) / self.std) for c in x.split(500)]),
-            lambda t: self.clip.encode_text(t.to(self.device)),
-            self.tokenizer, images, targets,
-        )
+        with torch.no_grad():
+            feats = torch.cat([self.clip.encode_image((c.to(self.device) - self.mean) / self.std) for c in images.split(500)])
+        acc = attribute_zero_shot(feats, lambda texts: self.clip.encode_text(self.tokenizer(texts).to(self.device)), targets)
         self.clip.train(was)
         self.last_eval = acc
         if log_metrics:
@@ -231,6 +206,3 @@ class CLIPPretraining(pl.LightningModule):
         Path(str(path).removesuffix(".safetensors") + ".card.json").write_text(json.dumps(card, indent=2) + "\n")
         log.info("exported %s (%d bytes, sha256 %s)", path, card["bytes"], card["sha256"])
 
-
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -357,6 +357,19 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def format_mean_std(summary: Mapping[str, Any], key: str, *, missing: str = "-") -> str:
+    """``"mean ± std"`` of a summary metric (2 decimals); the bare mean for a single seed; ``missing``
+    when the metric is absent or not a number."""
+    mean = summary.get(key)
+    if isinstance(mean, bool) or not isinstance(mean, (int, float)):
+        return missing
+    std = summary.get(f"{key}_std")
+    n = summary.get("n_seeds")
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not isinstance(n, int) or n < 2:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
 def print_summary(result: Mapping[str, Any], console: "Console | None" = None) -> None:
     """Print a rich table of a result: one row per seed, then a bold ``mean`` row (``mean ± std``).
 
@@ -384,16 +397,9 @@ def print_summary(result: Mapping[str, Any], console: "Console | None" = None) -
 
             metrics["hm"] = harmonic_mean(metrics["base"], metrics["new"])
         table.add_row(str(p.get("seed", "?")), *(_fmt(metrics.get(k)) for k in keys))
-    summary = result.get("summary") or {}
-    n = summary.get("n_seeds", len(result.get("per_seed", [])))
-    cells = []
-    for k in keys:
-        mean = summary.get(k)
-        std = summary.get(f"{k}_std")
-        if isinstance(mean, (int, float)) and isinstance(std, (int, float)) and n and n > 1:
-            cells.append(f"{mean:.2f} ± {std:.2f}")
-        else:
-            cells.append(_fmt(mean))
+    summary = dict(result.get("summary") or {})
+    summary.setdefault("n_seeds", len(result.get("per_seed", [])))
+    cells = [format_mean_std(summary, k) for k in keys]
     table.add_section()
     table.add_row("mean", *cells, style="bold")
     console.print(table)

@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.data.toyworld.datasets import ATTRIBUTE_PHRASES, TOY_DATASETS
-from vlprompt.data.toyworld.render import STYLES, render, sample_scene
+from vlprompt.data.toyworld.datasets import _VALUE_INDEX, ATTRIBUTE_PHRASES, TOY_DATASETS, attribute_scenes
+from vlprompt.data.toyworld.render import STYLES
 from vlprompt.protocols.base2new import split_base_new
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,28 @@ def _features(backbone: VLBackbone, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([backbone.encode_image(chunk) for chunk in images.split(256)])
 
 
-def _scenes(n: int, seed: int, style: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    scene = sample_scene(n, generator=g)
-    images, _ = render(scene, generator=g, style=style)
-    targets = {name: getattr(scene, name)[:, 0].clone() for name in ("colour", "texture", "size", "position")}
-    targets["background"] = scene.background.clone()
-    return images, targets
+
+@torch.no_grad()
+def attribute_zero_shot(
+    image_features: torch.Tensor,
+    encode_text: Callable[[list[str]], torch.Tensor],
+    targets: dict[str, torch.Tensor],
+    *,
+    attributes: Sequence[str] | None = None,
+    template: str = "a photo of a {}.",
+) -> dict[str, float]:
+    """Fraction of images whose attribute value is the best-matching class-name prompt
+    (``a photo of a red shape.``), per attribute. ``image_features [N, D]``, ``targets {name: [N]}``;
+    ``encode_text`` maps prompts to features ``[V, D]``."""
+    feats = F.normalize(image_features, dim=-1)
+    out = {}
+    for name in attributes or list(ATTRIBUTE_PHRASES):
+        values, phrase = ATTRIBUTE_PHRASES[name]
+        assert [_VALUE_INDEX[name][v] for v in values] == list(range(len(values)))
+        text = F.normalize(encode_text([template.format(phrase(v)) for v in values]), dim=-1)
+        pred = (feats @ text.to(feats.device).T).argmax(dim=1).cpu()
+        out[name] = float((pred == targets[name]).float().mean())
+    return out
 
 
 def attribute_styles() -> dict[str, list[str]]:
@@ -83,21 +99,21 @@ def attribute_styles() -> dict[str, list[str]]:
 def attribute_report(backbone: VLBackbone, *, n_train: int = 2000, n_test: int = 2000, template: str = "a photo of a {}.") -> list[dict]:
     """Rows ``{attribute, style, chance, zero_shot, linear_probe}`` (percent) for every used attribute."""
     rows = []
-    for style in sorted({s for v in attribute_styles().values() for s in v}, key=STYLES.index):
-        tr_img, tr_t = _scenes(n_train, 1001, style)
-        te_img, te_t = _scenes(n_test, 2002, style)
+    used = attribute_styles()
+    for style in sorted({s for v in used.values() for s in v}, key=STYLES.index):
+        tr_img, tr_t = attribute_scenes(n_train, 1001, style)
+        te_img, te_t = attribute_scenes(n_test, 2002, style)
         tr_f, te_f = _features(backbone, tr_img), _features(backbone, te_img)
-        for attr, styles in attribute_styles().items():
-            if style not in styles:
-                continue
-            values, phrase = ATTRIBUTE_PHRASES[attr]
-            text = backbone.encode_text(backbone.tokenize([template.format(phrase(v)) for v in values]))
-            zs = (F.normalize(te_f, dim=-1) @ F.normalize(text, dim=-1).T).argmax(1)
+        attrs = [a for a, styles in used.items() if style in styles]
+        zero_shot = attribute_zero_shot(
+            te_f, lambda texts: backbone.encode_text(backbone.tokenize(texts)), te_t, attributes=attrs, template=template
+        )
+        for attr in attrs:
             with torch.enable_grad():
                 probe = linear_probe_accuracy(tr_f, tr_t[attr], te_f, te_t[attr])
             rows.append({
-                "attribute": attr, "style": style, "chance": round(100 / len(values), 2),
-                "zero_shot": round(float((zs == te_t[attr]).float().mean() * 100), 2), "linear_probe": round(probe, 2),
+                "attribute": attr, "style": style, "chance": round(100 / len(ATTRIBUTE_PHRASES[attr][0]), 2),
+                "zero_shot": round(zero_shot[attr] * 100, 2), "linear_probe": round(probe, 2),
             })
     return rows
 

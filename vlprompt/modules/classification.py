@@ -89,7 +89,6 @@ class PromptClassifier(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._require_task()
-        self._use_space(self.task["train_space"])
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         self._use_space(self.task["train_space"])

@@ -86,6 +86,20 @@ _VALUE_INDEX = {
 }
 
 
+#: generated splits, keyed by (dataset, split, style, world seed, images per class); read-only tensors
+_GENERATED: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def attribute_scenes(n: int, seed: int, style: str = "clean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Random one-object scenes: images ``[n, 3, S, S]`` and each attribute's value index ``{name: [n]}``."""
+    g = torch.Generator().manual_seed(seed)
+    scene = sample_scene(n, generator=g)
+    images, _ = render(scene, generator=g, style=style)
+    targets = {name: getattr(scene, name)[:, 0].clone() for name in ("colour", "texture", "size", "position")}
+    targets["background"] = scene.background.clone()
+    return images, targets
+
+
 def _stable_seed(*parts: object) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
@@ -135,7 +149,6 @@ class ToyClassification(ClassificationSource):
         order = list(range(len(defs)))
         random.Random(_stable_seed(self.spec, "label-order")).shuffle(order)
         self._defs = [defs[i] for i in order]
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def classnames(self) -> list[str]:
@@ -148,9 +161,10 @@ class ToyClassification(ClassificationSource):
     def _generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in self.per_class:
             raise KeyError(f"split {split!r} of {self.name}: known splits are {list(self.per_class)}")
-        if split not in self._cache:
-            n = self.per_class[split]
-            style = self.style if split == "train" else self.test_style
+        n = self.per_class[split]
+        style = self.style if split == "train" else self.test_style
+        key = (self.spec, split, style, self.world_seed, n)
+        if key not in _GENERATED:  # shared by every instance (seeds, targets, learners of one process)
             g = torch.Generator().manual_seed(_stable_seed(self.spec, split, self.world_seed))
             images, labels = [], []
             for label, (_, attrs) in enumerate(self._defs):
@@ -159,8 +173,8 @@ class ToyClassification(ClassificationSource):
                 img, _ = render(scene, generator=g, style=style)
                 images.append((img * 255).round().to(torch.uint8))
                 labels.append(torch.full((n,), label, dtype=torch.long))
-            self._cache[split] = (torch.cat(images), torch.cat(labels))
-        return self._cache[split]
+            _GENERATED[key] = (torch.cat(images), torch.cat(labels))
+        return _GENERATED[key]
 
     def labels(self, split: str) -> list[int]:
         return self._generate(split)[1].tolist()
