@@ -109,9 +109,42 @@ class PromptLearner(nn.Module, abc.ABC):
         """:meth:`text_features`, computed once per label space while evaluating without gradients."""
         if self.training or torch.is_grad_enabled():
             return self.text_features()
-        if self._text_cache is None:
+        if self._text_cache is None or not self._text_cache_is_current():
             self._text_cache = self.text_features()
+            self._text_cache_state = self._tensor_fingerprint()
         return self._text_cache
+
+    # ------------------------------------------------------------------ text-cache validity
+    def _tensor_fingerprint(self) -> tuple[tuple, dict[str, torch.Tensor]]:
+        """What the cached text features were computed from: ``(key, parameter values)``.
+
+        ``key`` holds each parameter's and buffer's identity, storage pointer, shape and in-place version
+        counter (bumped by ``copy_``, optimiser steps, ``load_state_dict``...); the parameter values are
+        also kept (learners are small) so that writes through ``.data``, which bypass the version counter,
+        are caught too.
+        """
+        tensors = [*self.named_parameters(), *self.named_buffers()]
+        key = tuple((k, id(v), v.data_ptr(), tuple(v.shape), v._version) for k, v in tensors)
+        return key, {k: v.detach().clone() for k, v in self.named_parameters()}
+
+    def _text_cache_is_current(self) -> bool:
+        state = getattr(self, "_text_cache_state", None)
+        if state is None:
+            return False
+        key, values = state
+        tensors = [*self.named_parameters(), *self.named_buffers()]
+        if key != tuple((k, id(v), v.data_ptr(), tuple(v.shape), v._version) for k, v in tensors):
+            return False
+        return all(torch.equal(v.detach(), values[k]) for k, v in self.named_parameters())
+
+    def invalidate_text_cache(self) -> None:
+        """Forget cached class text features (done automatically on any change of the learner's tensors)."""
+        self._text_cache = None
+        self._text_cache_state = None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        self.invalidate_text_cache()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of image features ``[B, D]`` over the current class names."""
@@ -180,3 +213,30 @@ class PromptLearner(nn.Module, abc.ABC):
                     raise LearnerError(f"{str(path)!r}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
                 own[k].copy_(v)
         self._text_cache = None
+
+    def set_learned_state(self, state: dict[str, torch.Tensor], *, strict: bool = True) -> None:
+        """Set learned tensors in memory (names as in :meth:`learned_state`) and invalidate cached text features.
+
+        The public way to put tensors into a learner without a file (e.g. from another learner, an
+        importer, an aggregation of checkpoints). Every trainable tensor must be given when ``strict``;
+        unknown names and wrong shapes always raise :class:`LearnerError` before anything is changed.
+        """
+        own = dict(self.named_parameters())
+        trainable = {k for k, v in own.items() if v.requires_grad}
+        unknown = sorted(set(state) - set(own))
+        missing = sorted(trainable - set(state)) if strict else []
+        if unknown or missing:
+            raise LearnerError(
+                f"{type(self).__name__}.set_learned_state: unexpected tensors {unknown}, missing {missing} "
+                f"(expected the names of learned_state(): {sorted(trainable)})"
+            )
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise LearnerError(
+                    f"{type(self).__name__}.set_learned_state: tensor {k} has shape {tuple(v.shape)}, expected "
+                    f"{tuple(own[k].shape)} (another n_ctx or backbone width?)"
+                )
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v.to(device=own[k].device, dtype=own[k].dtype))
+        self.invalidate_text_cache()
