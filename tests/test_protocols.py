@@ -117,7 +117,7 @@ def test_base_to_new_label_spaces_and_task(colors, tmp_path):
 
 
 def test_base_to_new_loaders(colors, tmp_path):
-    dm = BaseToNew(colors, shots=SHOTS, seed=1, cache_dir=str(tmp_path), batch_size=8, eval_batch_size=16)
+    dm = BaseToNew(colors, shots=SHOTS, seed=1, cache_dir=str(tmp_path), batch_size=8, eval_batch_size=16, drop_last=False)
     train = dm.train_dataloader()
     x, y = next(iter(train))
     assert x.shape[1:] == (3, 48, 48) and x.dtype == torch.float32
@@ -141,6 +141,16 @@ def test_base_to_new_loaders(colors, tmp_path):
     new_images = torch.cat([xb for xb, _ in new])
     test_labels = torch.tensor(colors.labels("test"))
     assert torch.equal((new_images * 255).round().to(torch.uint8), colors.dataset("test").images[test_labels >= 5])
+
+
+@pytest.mark.parametrize(("batch_size", "drop_last", "steps", "seen"), [(32, True, 2, 64), (32, False, 3, 80), (100, True, 1, 80)])
+def test_training_drops_the_last_incomplete_batch_like_dassl(colors, tmp_path, batch_size, drop_last, steps, seen):
+    """80 base shots (5 classes x 16) at batch 32: Dassl makes 2 steps per epoch; a batch larger than the data keeps it."""
+    dm = BaseToNew(colors, shots=16, seed=1, cache_dir=str(tmp_path), batch_size=batch_size, drop_last=drop_last)
+    train = dm.train_dataloader()
+    assert len(train) == steps and sum(len(y) for _, y in train) == seen
+    base, _ = dm.test_dataloader()  # evaluation never drops images
+    assert sum(len(y) for _, y in base) == 5 * PER_CLASS[2]
 
 
 def test_base_to_new_odd_number_of_classes(tmp_path):
@@ -175,7 +185,7 @@ def test_base_to_new_needs_two_classes(tmp_path):
 
 # ----------------------------------------------------------------------------- FewShot
 def test_few_shot_protocol(colors, tmp_path):
-    dm = FewShot(colors, shots=2, seed=3, cache_dir=str(tmp_path), batch_size=7)
+    dm = FewShot(colors, shots=2, seed=3, cache_dir=str(tmp_path), batch_size=7, drop_last=False)
     assert dm.label_spaces == {"all": list(range(10))}
     assert dm.task["train_space"] == "all" and dm.task["test_sets"] == [["all", "all"]]
     assert Counter(_labels_of(dm.train_dataloader())) == {k: 2 for k in range(10)}
@@ -184,7 +194,7 @@ def test_few_shot_protocol(colors, tmp_path):
 
 
 def test_whole_training_split_when_shots_is_none(colors, tmp_path):
-    dm = FewShot(colors, shots=None, cache_dir=str(tmp_path), batch_size=64)
+    dm = FewShot(colors, shots=None, cache_dir=str(tmp_path), batch_size=64, drop_last=False)
     assert Counter(_labels_of(dm.train_dataloader())) == {k: PER_CLASS[0] for k in range(10)}
     assert not (tmp_path / "fewshot").exists()
 

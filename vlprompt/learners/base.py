@@ -25,6 +25,11 @@ from vlprompt.layers import cosine_logits
 FAMILIES = ("text", "visual", "multimodal", "meta-learned", "test-time")
 
 
+def _tensor_key(named: list[tuple[str, torch.Tensor]]) -> tuple:
+    """Identity, storage, shape and in-place version of each tensor (inference tensors have no version)."""
+    return tuple((k, id(v), v.data_ptr(), tuple(v.shape), -1 if v.is_inference() else v._version) for k, v in named)
+
+
 class LearnerError(ValueError):
     """A learner cannot do what it was asked; the message names the value and the fix."""
 
@@ -124,7 +129,7 @@ class PromptLearner(nn.Module, abc.ABC):
         are caught too.
         """
         tensors = [*self.named_parameters(), *self.named_buffers()]
-        key = tuple((k, id(v), v.data_ptr(), tuple(v.shape), v._version) for k, v in tensors)
+        key = _tensor_key(tensors)
         return key, {k: v.detach().clone() for k, v in self.named_parameters()}
 
     def _text_cache_is_current(self) -> bool:
@@ -133,7 +138,7 @@ class PromptLearner(nn.Module, abc.ABC):
             return False
         key, values = state
         tensors = [*self.named_parameters(), *self.named_buffers()]
-        if key != tuple((k, id(v), v.data_ptr(), tuple(v.shape), v._version) for k, v in tensors):
+        if key != _tensor_key(tensors):
             return False
         return all(torch.equal(v.detach(), values[k]) for k, v in self.named_parameters())
 

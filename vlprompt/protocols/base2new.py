@@ -99,6 +99,8 @@ class ClassificationProtocol(pl.LightningDataModule):
         feature_cache: serve cached frozen image features instead of images when the learner does not
             modify the image encoder (off by default for exact reproduction).
         feature_views: augmented views stored per training image when augmentation is on.
+        drop_last: drop the last incomplete training batch, as Dassl does (``drop_last=is_train and
+            len(data) >= batch_size``): 80 shots at batch 32 make 2 steps per epoch, not 3. ``false`` keeps it.
     """
 
     name = "classification"
@@ -116,6 +118,7 @@ class ClassificationProtocol(pl.LightningDataModule):
         cache_dir: str | None = None,
         feature_cache: bool = False,
         feature_views: int = 8,
+        drop_last: bool = True,
     ) -> None:
         super().__init__()
         if shots is not None and shots < 1:
@@ -134,6 +137,7 @@ class ClassificationProtocol(pl.LightningDataModule):
             raise DataError(f"feature_views={feature_views} must be at least 1")
         self.feature_cache = feature_cache
         self.feature_views = feature_views
+        self.drop_last = drop_last
         self._preprocess = None
 
     # ------------------------------------------------------------------ label spaces
@@ -236,9 +240,14 @@ class ClassificationProtocol(pl.LightningDataModule):
 
     def _loader(self, ds, *, train: bool) -> DataLoader:
         return DataLoader(
-            ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train, drop_last=False,
+            ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            drop_last=self._drop_last(len(ds), train=train),
             num_workers=self.num_workers, persistent_workers=False,
         )
+
+    def _drop_last(self, n_items: int, *, train: bool) -> bool:
+        """Dassl's rule: drop the incomplete last batch in training only, and only if one full batch exists."""
+        return bool(self.drop_last and train and n_items >= self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("train", self.train_space, self.shots, train=True), train=True)
