@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("vlprompt")
 
-USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard} ...
+USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,import} ...
 
   fit        train a prompt learner and evaluate it (all seeds), writing a result JSON
   validate   evaluate on the validation split(s)
@@ -25,6 +25,7 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard} ..
   list       vlprompt list learners|backbones|datasets|protocols [--errors]
   data       vlprompt data check NAME --root DIR [--strict] [--decode]
   leaderboard  vlprompt leaderboard build RESULTS_DIR [--out leaderboards]
+  import     vlprompt import dassl CHECKPOINT --learner NAME --classnames FILE --out prompts.safetensors
 
 Each of fit/validate/test/pretrain takes --help and --print_config.
 """
@@ -122,6 +123,10 @@ def _main(argv: list[str] | None) -> int:
         from vlprompt.data.check import data_main
 
         return data_main(rest)
+    if cmd == "import":
+        from vlprompt.reference_import import import_main
+
+        return import_main(rest)
     if cmd == "leaderboard":
         from vlprompt.leaderboard import leaderboard_main
 

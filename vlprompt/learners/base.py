@@ -245,3 +245,14 @@ class PromptLearner(nn.Module, abc.ABC):
             for k, v in state.items():
                 own[k].copy_(v.to(device=own[k].device, dtype=own[k].dtype))
         self.invalidate_text_cache()
+
+    # ------------------------------------------------------------------ checkpoints of the reference code
+    def import_reference_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map a state dict saved by the method's reference code to this learner's :meth:`learned_state` names.
+
+        Called on a set-up learner (its shapes are known) by ``vlprompt import dassl``; the result goes to
+        :meth:`set_learned_state`. Implementations drop the reference's frozen buffers and raise
+        :class:`LearnerError` naming the mismatch (a checkpoint of another learner, another n_ctx, another
+        backbone width) and the fix.
+        """
+        raise LearnerError(f"{type(self).__name__} has no reference-checkpoint importer")

@@ -15,6 +15,7 @@ from torch import nn
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.layers import ClassPrompts, ClassTokenPosition, context_from_words, random_context, text_features
 from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.reference_import import import_context_state
 
 
 class CoOp(PromptLearner):
@@ -77,3 +78,9 @@ class CoOp(PromptLearner):
     def text_features(self) -> torch.Tensor:
         embeddings = self.prompts(self.ctx)
         return text_features(self.backbone, embeddings, self.prompts.pool_index)
+
+    def import_reference_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """CoOp's reference (KaiyangZhou/CoOp ``trainers/coop.py``) saves ``ctx`` plus the frozen
+        ``token_prefix``/``token_suffix`` buffers, which are dropped (rebuilt from the class names)."""
+        return import_context_state(self, state, frozen=("token_prefix", "token_suffix"))
+

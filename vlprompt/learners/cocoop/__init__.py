@@ -1,0 +1,129 @@
+"""CoCoOp: Conditional Context Optimization (Zhou, Yang, Loy, Liu; CVPR 2022, "Conditional Prompt Learning
+for Vision-Language Models").
+
+A lightweight meta-net ``pi = Linear(D -> D/16) - ReLU - Linear(D/16 -> Wt)`` maps the (L2-normalised) image
+feature ``x`` to a token ``pi(x)`` that shifts every context vector, ``v_m(x) = v_m + pi(x)`` (eq. 1); the
+prompt of class ``i`` for image ``x`` is ``t_i(x) = {v_1(x), ..., v_M(x), c_i}`` and
+``p(y|x) = exp(cos(g(t_y(x)), f(x)) / tau) / sum_i exp(cos(g(t_i(x)), f(x)) / tau)`` (eq. 2): one prompt set,
+hence one classifier, per image. Trained with cross-entropy; both encoders stay frozen.
+
+Matches the reference (KaiyangZhou/CoOp ``trainers/cocoop.py``) in fp32: the meta-net input is the image
+feature divided by its norm; ``ctx`` starts from the token embeddings of ``ctx_init`` ("a photo of a", 4
+vectors) or N(0, 0.02^2); the meta-net has PyTorch's default Linear initialisation and the reference's
+parameter names (``meta_net.linear1``, ``meta_net.linear2``); logits are ``exp(logit_scale) * cos``.
+
+Deliberate differences (none changes the computed logits):
+- the ``B x C`` prompts are encoded in chunks of ``chunk_size`` prompts, with activations recomputed in the
+  backward pass (``recompute``), instead of one text-encoder call per image: batch 32 fits where the
+  reference needs batch 1;
+- with ``ctx_init``, ``n_ctx`` is the number of *tokens* of the words (the reference counts words split on
+  spaces; the two agree for "a photo of a" and any words that are single tokens);
+- the reference's fp16 default (``PREC: fp16``) is not reproduced: vlprompt computes prompts in fp32.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlprompt.backbones.base import VLBackbone
+from vlprompt.conditional import check_chunk_size, encode_conditioned_prompts
+from vlprompt.layers import ClassPrompts, context_from_words, cosine_logits, random_context
+from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.reference_import import import_context_state
+
+META_NET_NAMES = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias")
+
+
+class CoCoOp(PromptLearner):
+    """Context vectors shifted per image by a meta-net on the image feature.
+
+    Args:
+        n_ctx: number of context vectors M (paper: 4); with ``ctx_init`` it must equal its token count or be None.
+        ctx_init: words whose embeddings initialise the context (paper: ``"a photo of a"``); ``None`` = random.
+        chunk_size: prompts (images x classes) encoded per text-encoder call; lower it if memory runs out.
+        recompute: recompute text-encoder activations in backward (``torch.utils.checkpoint``) while training.
+        meta_reduction: hidden width of the meta-net is ``D // meta_reduction`` (paper: 16).
+        init_std: std of the random context initialisation.
+    """
+
+    family = "text"
+
+    def __init__(
+        self,
+        n_ctx: int | None = 4,
+        *,
+        ctx_init: str | None = "a photo of a",
+        chunk_size: int = 256,
+        recompute: bool = True,
+        meta_reduction: int = 16,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        if ctx_init is None and (n_ctx is None or n_ctx < 1):
+            raise LearnerError(f"n_ctx={n_ctx} must be a positive integer when ctx_init is not given")
+        try:
+            self.chunk_size = check_chunk_size(chunk_size)
+        except ValueError as exc:
+            raise LearnerError(f"CoCoOp: {exc}") from None
+        if meta_reduction < 1:
+            raise LearnerError(f"meta_reduction={meta_reduction} must be a positive integer (paper: 16)")
+        self.n_ctx = n_ctx
+        self.ctx_init = ctx_init
+        self.recompute = recompute
+        self.meta_reduction = meta_reduction
+        self.init_std = init_std
+        self.prompts: ClassPrompts | None = None
+
+    def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
+        if self.ctx_init:
+            try:
+                ctx = context_from_words(backbone, self.ctx_init, self.n_ctx)
+            except ValueError as exc:
+                raise LearnerError(str(exc)) from None
+            self.n_ctx = ctx.shape[0]
+        else:
+            ctx = random_context(int(self.n_ctx), backbone.text_width, std=self.init_std)
+        self.ctx = nn.Parameter(ctx)
+        hidden = backbone.embed_dim // self.meta_reduction
+        if hidden < 1:
+            raise LearnerError(
+                f"meta-net hidden width embed_dim // meta_reduction = {backbone.embed_dim} // {self.meta_reduction} is 0: "
+                f"lower meta_reduction to at most {backbone.embed_dim}"
+            )
+        self.meta_net = nn.Sequential(OrderedDict([
+            ("linear1", nn.Linear(backbone.embed_dim, hidden)),
+            ("relu", nn.ReLU()),
+            ("linear2", nn.Linear(hidden, backbone.text_width)),
+        ]))
+
+    def on_classnames_changed(self, classnames: list[str]) -> None:
+        try:
+            prompts = ClassPrompts(self.backbone, classnames, int(self.n_ctx), position="end")
+        except ValueError as exc:
+            raise LearnerError(
+                f"CoCoOp with n_ctx={self.n_ctx}: {exc} (context length {self.backbone.context_length}; lower n_ctx "
+                "or use shorter class names)"
+            ) from None
+        self.prompts = prompts.to(self.ctx.device) if hasattr(self, "ctx") else prompts
+
+    def conditioned_context(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Per-image context ``[B, n, Wt]`` = ``ctx + meta_net(normalised image features [B, D])`` (eq. 1)."""
+        bias = self.meta_net(F.normalize(image_features, dim=-1).to(self.ctx.dtype))
+        return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]``: each image scored against its own class prompts (eq. 2)."""
+        ctx = self.conditioned_context(image_features)
+        texts = encode_conditioned_prompts(
+            self.backbone, self.prompts, ctx, chunk_size=self.chunk_size, recompute=self.recompute and self.training
+        )
+        return cosine_logits(image_features, texts, self.backbone.logit_scale)
+
+    def import_reference_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The reference's ``prompt_learner`` state: ``ctx``, ``meta_net.linear{1,2}.{weight,bias}`` (kept under
+        the same names) and the frozen ``token_prefix``/``token_suffix`` buffers (dropped)."""
+        return import_context_state(self, state, frozen=("token_prefix", "token_suffix"), extra=META_NET_NAMES)
