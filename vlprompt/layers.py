@@ -63,6 +63,9 @@ class ClassPrompts(nn.Module):
 
     Buffers: ``prefix`` ``[C, 1, Wt]`` (start token), ``suffix`` ``[C, L-1-n, Wt]`` (class tokens, period,
     end and padding), ``name_lens`` ``[C]``, ``pool_index`` ``[C]``, ``tokens`` ``[C, L]``.
+
+    With ``lead_text`` (e.g. ``"a photo of a"``) the prompt is ``"{lead_text} {class}."`` and its first ``n``
+    tokens are the context slots: the rest of ``lead_text`` stays fixed text (MaPLe/IVLP ``CTX_INIT``).
     """
 
     def __init__(
@@ -73,12 +76,23 @@ class ClassPrompts(nn.Module):
         *,
         position: ClassTokenPosition = "end",
         suffix_text: str = ".",
+        lead_text: str | None = None,
     ) -> None:
         super().__init__()
         if position not in ("end", "middle", "front"):
             raise ValueError(f"class_token_position={position!r} must be 'end', 'middle' or 'front'")
         names = [c.replace("_", " ") for c in classnames]
-        prompts = [" ".join([PLACEHOLDER] * n_ctx + [name]) + suffix_text for name in names]
+        if lead_text is None:
+            prompts = [" ".join([PLACEHOLDER] * n_ctx + [name]) + suffix_text for name in names]
+        else:  # "<lead_text> {class}." whose first n_ctx tokens are the context slots (MaPLe/IVLP ctx_init)
+            if position != "end":
+                raise ValueError(f"lead_text={lead_text!r} needs class_token_position='end', got {position!r}")
+            n_lead = count_tokens(backbone, lead_text)
+            if n_lead < n_ctx:
+                raise ValueError(
+                    f"lead_text={lead_text!r} is {n_lead} tokens, fewer than n_ctx={n_ctx}: lower n_ctx or use longer words"
+                )
+            prompts = [f"{lead_text} {name}{suffix_text}" for name in names]
         tokens = backbone.tokenize(prompts)
         ends = backbone.pool_index(tokens)
         if int(ends.max()) >= tokens.shape[1] - 1:
@@ -132,15 +146,24 @@ def text_features(
 
 @torch.no_grad()
 def template_features(
-    backbone: VLBackbone, classnames: Sequence[str], templates: Sequence[str], *, batch_size: int = 1024
+    backbone: VLBackbone,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    *,
+    batch_size: int = 1024,
+    normalize_each: bool = True,
 ) -> torch.Tensor:
-    """Normalised hand-crafted classifier ``[C, D]``: mean over templates of normalised features, renormalised."""
+    """Normalised hand-crafted classifier ``[C, D]``: mean over templates of normalised features, renormalised.
+
+    ``normalize_each=False`` averages the raw (unnormalised) features before the final normalisation, as
+    PromptSRC's frozen text targets do.
+    """
     if not templates:
         raise ValueError("at least one template such as 'a photo of a {}.' is needed")
     texts = [t.format(name.replace("_", " ")) for name in classnames for t in templates]
     tokens = backbone.tokenize(texts)
     feats = torch.cat([backbone.encode_text(chunk) for chunk in tokens.split(batch_size)])
-    feats = F.normalize(feats, dim=-1).view(len(classnames), len(templates), -1)
+    feats = (F.normalize(feats, dim=-1) if normalize_each else feats).view(len(classnames), len(templates), -1)
     return F.normalize(feats.mean(dim=1), dim=-1)
 
 

@@ -163,6 +163,17 @@ class PromptLearner(nn.Module, abc.ABC):
         """Training loss (default cross-entropy). ``logits [B, C]``, ``targets [B]``, ``image_features [B, D]``."""
         return F.cross_entropy(logits, targets)
 
+    # ------------------------------------------------------------------ training-loop hooks
+    def on_train_epoch_end(self, epoch: int, max_epochs: int) -> None:
+        """Hook: called by the host module after each training epoch (``epoch`` 0-based). No-op by default.
+
+        Learners that average or schedule their own tensors over epochs (e.g. PromptSRC's Gaussian prompt
+        aggregation) use it.
+        """
+
+    def on_fit_end(self) -> None:
+        """Hook: called by the host module once training has finished, before evaluation and saving."""
+
     # ------------------------------------------------------------------ learned prompts on disk
     def learned_state(self) -> dict[str, torch.Tensor]:
         """The trainable tensors (what a prompt checkpoint holds)."""

@@ -101,6 +101,12 @@ class PromptClassifier(pl.LightningModule):
         self.log("train/acc", acc, prog_bar=True, batch_size=targets.shape[0])
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        self.learner.on_train_epoch_end(int(self.current_epoch), max(1, int(self.trainer.max_epochs or 1)))
+
+    def on_fit_end(self) -> None:
+        self.learner.on_fit_end()
+
     def _eval_step(self, batch, dataloader_idx: int, sets: list) -> None:
         name, space = sets[dataloader_idx]
         self._use_space(space)
