@@ -18,7 +18,8 @@ from typing import Literal
 
 import open_clip
 import torch
-from open_clip.transformer import VisionTransformer
+import torch.nn.functional as F
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
 from vlprompt.backbones.base import BackboneError, BackboneInfo, PreprocessConfig, VLBackbone
 
@@ -344,11 +345,73 @@ def _run_blocks(transformer, x, mask, deep_prompts, replace) -> torch.Tensor:
     for i, block in enumerate(blocks):
         if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
             x = replace(x, deep_prompts[i])
-        if batch_first:
+        if batch_first and _FAST_BLOCKS and _is_plain_block(block):
+            x = _block_forward(block, x, mask)
+        elif batch_first:
             x = block(x, attn_mask=mask)
         else:  # pragma: no cover - old open_clip layouts
             x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
     return x
+
+
+# ----------------------------------------------------------------------------- residual blocks, fast
+#: private switch used only by ``benchmarks/`` to measure the path without these fixes in the same run
+_FAST_BLOCKS = True
+
+
+def _is_plain_block(block) -> bool:
+    """An open_clip ``ResidualAttentionBlock`` of the standard form (self-attention, ``c_fc``/act/``c_proj``)."""
+    attn = getattr(block, "attn", None)
+    mlp = getattr(block, "mlp", None)
+    return (
+        isinstance(block, ResidualAttentionBlock)
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attn, torch.nn.MultiheadAttention)
+        and attn._qkv_same_embed_dim
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and isinstance(mlp, torch.nn.Sequential)
+        and list(mlp._modules) == ["c_fc", "gelu", "c_proj"]
+    )
+
+
+def _attention(attn: torch.nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Self-attention of batch-first ``x`` ``[B, L, W]``, as ``nn.MultiheadAttention`` computes it.
+
+    Without gradients this is the module itself (PyTorch's fused fast path). With gradients the module
+    would transpose ``x`` to ``[L, B, W]`` as a *view* and ``F.linear`` would then run the input projection
+    as a batched matmul against an expanded copy of the ``[3W, W]`` weight per position (about 0.8 s per
+    ViT-B/16 text forward in bf16 on CPU). Here the transposed input is made contiguous first and handed to
+    the same ``F.multi_head_attention_forward`` the module calls, so the math is unchanged.
+    """
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return attn(x, x, x, need_weights=False, attn_mask=mask)[0]
+    q = x.transpose(0, 1).contiguous()
+    out = F.multi_head_attention_forward(
+        q, q, q, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias, None, None, False,
+        attn.dropout, attn.out_proj.weight, attn.out_proj.bias, training=False, need_weights=False,
+        attn_mask=mask,
+    )[0]
+    return out.transpose(0, 1)
+
+
+def _quick_gelu_(h: torch.Tensor) -> torch.Tensor:
+    """QuickGELU ``h * sigmoid(1.702 h)`` without gradients, in two in-place passes (same rounding per op)."""
+    s = h * 1.702
+    s.sigmoid_()
+    return s.mul_(h)
+
+
+def _block_forward(block, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """open_clip ``ResidualAttentionBlock.forward`` for self-attention, with the two fixes above."""
+    x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
+    mlp = block.mlp
+    h = mlp.c_fc(block.ln_2(x))
+    if isinstance(mlp.gelu, QuickGELU) and not (torch.is_grad_enabled() and h.requires_grad):
+        h = _quick_gelu_(h)
+    else:
+        h = mlp.gelu(h)
+    return x + block.ls_2(mlp.c_proj(h))
 
 
 def clear_model_cache() -> None:
