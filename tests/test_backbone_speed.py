@@ -91,3 +91,22 @@ def test_quick_gelu_in_place_equals_open_clip() -> None:
     for dtype in (torch.float32, torch.bfloat16):
         h = x.to(dtype)
         assert torch.equal(oc._quick_gelu_(h.clone()), QuickGELU()(h))
+
+
+# ----------------------------------------------------------------------------- precision the CPU cannot run
+def test_emulated_half_precision_is_never_silent(monkeypatch, caplog) -> None:
+    monkeypatch.delenv(oc.ALLOW_EMULATED_ENV, raising=False)
+    monkeypatch.setattr(oc.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(oc, "_cpu_runs_natively", lambda p: p == "fp32")
+    with caplog.at_level("WARNING", logger=oc.__name__):
+        b = _backbone("bf16")
+    assert b.info.precision == "fp32" and b.info.extra["requested_precision"] == "bf16"
+    assert b.dtype == torch.float32 and "no native bf16" in caplog.text
+    with pytest.raises(oc.BackboneError, match="fp16.*precision: fp32"):
+        _backbone("fp16")
+    monkeypatch.setenv(oc.ALLOW_EMULATED_ENV, "1")
+    kept = _backbone("bf16")
+    assert kept.info.precision == "bf16" and "requested_precision" not in kept.info.extra
+    monkeypatch.setattr(oc, "_cpu_runs_natively", lambda p: True)
+    monkeypatch.delenv(oc.ALLOW_EMULATED_ENV)
+    assert oc.resolve_precision("bf16") == "bf16" and oc.resolve_precision("fp16") == "fp16"

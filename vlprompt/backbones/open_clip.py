@@ -130,13 +130,57 @@ def _check_pretrained(model: str, pretrained: str | None) -> None:
             )
 
 
+ALLOW_EMULATED_ENV = "VLPROMPT_ALLOW_EMULATED_PRECISION"
+
+
+def _cpu_runs_natively(precision: str) -> bool:
+    """Whether this CPU has native kernels for ``precision`` (bf16: AVX-512 BF16 / AMX; fp16: AVX-512 FP16 / AMX)."""
+    if precision == "fp32":
+        return True
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[precision]
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch built without oneDNN
+        return False
+
+
+def resolve_precision(precision: str) -> str:
+    """The weight precision to use, refusing a silent slowdown on a CPU-only machine.
+
+    Without CUDA, a half precision the CPU has no native kernels for is emulated (measured 25-85x slower
+    than fp32 for ViT-B/16 on an AVX2-only CPU, see ``benchmarks/README.md``). ``bf16`` then falls back to
+    ``fp32`` with a warning (the result JSON records ``precision: fp32`` and ``requested_precision: bf16``);
+    ``fp16`` raises. Setting ``VLPROMPT_ALLOW_EMULATED_PRECISION=1`` keeps the requested precision (to
+    reproduce half-precision numbers on such a CPU, slowly).
+    """
+    if precision == "fp32" or torch.cuda.is_available() or _cpu_runs_natively(precision):
+        return precision
+    if os.environ.get(ALLOW_EMULATED_ENV, "0").lower() in {"1", "true", "yes", "on"}:
+        return precision
+    if precision == "fp16":
+        raise BackboneError(
+            "precision=fp16 on a CPU without native fp16 kernels (no AVX-512 FP16 / AMX-FP16, no CUDA): every "
+            "matmul would be emulated, many times slower than fp32. Use precision: fp32 (or bf16 on a CPU with "
+            f"AVX-512 BF16 / AMX), or set {ALLOW_EMULATED_ENV}=1 to run emulated anyway."
+        )
+    log.warning(
+        "precision=bf16 requested, but this CPU has no native bf16 kernels (no AVX-512 BF16 / AMX, no CUDA): "
+        "emulated bf16 is many times slower than fp32, so the backbone runs in fp32 (recorded in the result as "
+        "precision fp32, requested_precision bf16). Set precision: fp32 to silence this, or %s=1 to keep bf16.",
+        ALLOW_EMULATED_ENV,
+    )
+    return "fp32"
+
+
 class OpenCLIPBackbone(VLBackbone):
     """Frozen open_clip CLIP behind the vlprompt backbone interface.
 
     Args:
         model: open_clip model name (``ViT-B-16``, ``ViT-B-16-quickgelu``, ``hf-hub:...``, ``local-dir:...``).
         pretrained: open_clip tag, local checkpoint path, or ``None`` for random weights.
-        precision: weight dtype; ``bf16`` is ~4x faster on CPU. Outputs are always float32.
+        precision: weight dtype; ``bf16`` is ~4x faster on a CPU with AVX-512 BF16 / AMX. Outputs are always
+            float32. Without CUDA and without native kernels, bf16 falls back to fp32 with a warning and fp16
+            raises (see :func:`resolve_precision`).
         quick_gelu: ``None`` chooses what the weights need; a contradiction raises.
         cache_dir: where open_clip keeps downloads.
     """
@@ -153,6 +197,7 @@ class OpenCLIPBackbone(VLBackbone):
         super().__init__()
         if precision not in _DTYPES:
             raise BackboneError(f"precision={precision!r} is not one of {sorted(_DTYPES)}")
+        requested, precision = precision, resolve_precision(precision)
         _check_pretrained(model, pretrained)
         qg = resolve_quick_gelu(model, pretrained, quick_gelu) if not model.startswith(("hf-hub:", "local-dir:")) else False
         key = (model, pretrained, precision, qg, cache_dir)
@@ -202,7 +247,7 @@ class OpenCLIPBackbone(VLBackbone):
             sha = file_sha256(Path(pretrained).expanduser())
         self.info = BackboneInfo(
             name=type(self).__name__, model=model, pretrained=pretrained, checkpoint_sha256=sha,
-            precision=precision, extra={"quick_gelu": qg},
+            precision=precision, extra={"quick_gelu": qg, **({"requested_precision": requested} if requested != precision else {})},
         )
         self.freeze()
 
@@ -419,4 +464,4 @@ def clear_model_cache() -> None:
     _MODEL_CACHE.clear()
 
 
-__all__ = ["OpenCLIPBackbone", "file_sha256", "resolve_quick_gelu", "clear_model_cache"]
+__all__ = ["OpenCLIPBackbone", "file_sha256", "resolve_quick_gelu", "resolve_precision", "clear_model_cache"]
