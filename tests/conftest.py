@@ -14,6 +14,8 @@ import torch  # noqa: E402
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("VLPROMPT_LOG_LEVEL", "WARNING")
+# bf16 tests check bf16 numbers on every CPU (tests/test_backbone_speed.py covers the fallback itself)
+os.environ["VLPROMPT_ALLOW_EMULATED_PRECISION"] = "1"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]

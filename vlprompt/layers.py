@@ -13,11 +13,13 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
@@ -134,14 +136,54 @@ class ClassPrompts(nn.Module):
         return torch.cat(parts, dim=0)
 
 
+#: prompts encoded at once by :func:`text_features` before it switches to chunks (see ``chunk_size``)
+TEXT_CHUNK = 256
+
+
 def text_features(
     backbone: VLBackbone,
     embeddings: torch.Tensor,
     pool_index: torch.Tensor,
     deep_prompts: Sequence[torch.Tensor | None] | None = None,
+    *,
+    chunk_size: int | None = TEXT_CHUNK,
 ) -> torch.Tensor:
-    """Projected text features ``[N, D]`` from prompt embeddings ``[N, L, Wt]`` (deep prompts at layers >= 1)."""
-    return backbone.encode_text_embeddings(embeddings, pool_index, deep_prompts=deep_prompts)
+    """Projected text features ``[N, D]`` from prompt embeddings ``[N, L, Wt]`` (deep prompts at layers >= 1).
+
+    With more than ``chunk_size`` prompts they are encoded ``chunk_size`` at a time (``None``: all at once).
+    Under autograd each chunk is gradient-checkpointed (``torch.utils.checkpoint``, recomputed in backward),
+    so the text tower's saved activations are those of one chunk, not of the whole label space: a
+    1000-class CoOp step needs ~chunk_size/1000 of the memory, for one extra text forward. Per-prompt deep
+    prompts ``[N, n, Wt]`` are chunked along with the prompts. Up to ``chunk_size`` prompts the call is
+    exactly the unchunked one.
+    """
+    n = embeddings.shape[0]
+    if chunk_size is None or n <= chunk_size:
+        return backbone.encode_text_embeddings(embeddings, pool_index, deep_prompts=deep_prompts)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be a positive number of prompts or None")
+
+    def encode(start: int, emb: torch.Tensor, *deep: torch.Tensor | None) -> torch.Tensor:
+        stop = start + emb.shape[0]
+        return backbone.encode_text_embeddings(emb, pool_index[start:stop], deep_prompts=list(deep) if deep else None)
+
+    out = []
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        deep = [
+            None if d is None else (d[start:stop] if d.dim() == 3 and d.shape[0] == n else d)
+            for d in (deep_prompts or [])
+        ]
+        emb = embeddings[start:stop]
+        if torch.is_grad_enabled() and (emb.requires_grad or any(d is not None and d.requires_grad for d in deep)):
+            out.append(torch.utils.checkpoint.checkpoint(encode, start, emb, *deep, use_reentrant=False))
+        else:
+            out.append(encode(start, emb, *deep))
+    return torch.cat(out)
+
+
+#: hand-crafted classifiers per frozen model object (weakly held): {(classnames, templates, device): [C, D]}
+_TEMPLATE_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
@@ -150,21 +192,36 @@ def template_features(
     classnames: Sequence[str],
     templates: Sequence[str],
     *,
-    batch_size: int = 1024,
+    batch_size: int = TEXT_CHUNK,
     normalize_each: bool = True,
+    cache: bool = True,
 ) -> torch.Tensor:
     """Normalised hand-crafted classifier ``[C, D]``: mean over templates of normalised features, renormalised.
 
     ``normalize_each=False`` averages the raw (unnormalised) features before the final normalisation, as
     PromptSRC's frozen text targets do.
+
+    Computed once per process for each (frozen model, class names, templates, device) and reused across
+    seeds, label-space switches and learners (zero-shot, KgCoOp's frozen targets, ...): the key holds the
+    model object itself (``backbone.clip`` for open_clip backbones, which share one frozen model per
+    weights/precision), so two random-weight models never share an entry. ``cache=False`` recomputes.
     """
     if not templates:
         raise ValueError("at least one template such as 'a photo of a {}.' is needed")
+    owner = getattr(backbone, "clip", backbone)
+    key = (tuple(classnames), tuple(templates), str(backbone.logit_scale.device), getattr(backbone, "dtype", None), normalize_each)
+    if cache:
+        hit = _TEMPLATE_CACHE.get(owner, {}).get(key)
+        if hit is not None:
+            return hit.clone()
     texts = [t.format(name.replace("_", " ")) for name in classnames for t in templates]
     tokens = backbone.tokenize(texts)
     feats = torch.cat([backbone.encode_text(chunk) for chunk in tokens.split(batch_size)])
     feats = (F.normalize(feats, dim=-1) if normalize_each else feats).view(len(classnames), len(templates), -1)
-    return F.normalize(feats.mean(dim=1), dim=-1)
+    out = F.normalize(feats.mean(dim=1), dim=-1)
+    if cache:
+        _TEMPLATE_CACHE.setdefault(owner, {})[key] = out.clone()
+    return out
 
 
 def cosine_logits(image_features: torch.Tensor, text_feats: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:

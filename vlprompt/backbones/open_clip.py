@@ -18,7 +18,8 @@ from typing import Literal
 
 import open_clip
 import torch
-from open_clip.transformer import VisionTransformer
+import torch.nn.functional as F
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
 from vlprompt.backbones.base import BackboneError, BackboneInfo, PreprocessConfig, VLBackbone
 
@@ -129,13 +130,57 @@ def _check_pretrained(model: str, pretrained: str | None) -> None:
             )
 
 
+ALLOW_EMULATED_ENV = "VLPROMPT_ALLOW_EMULATED_PRECISION"
+
+
+def _cpu_runs_natively(precision: str) -> bool:
+    """Whether this CPU has native kernels for ``precision`` (bf16: AVX-512 BF16 / AMX; fp16: AVX-512 FP16 / AMX)."""
+    if precision == "fp32":
+        return True
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[precision]
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch built without oneDNN
+        return False
+
+
+def resolve_precision(precision: str) -> str:
+    """The weight precision to use, refusing a silent slowdown on a CPU-only machine.
+
+    Without CUDA, a half precision the CPU has no native kernels for is emulated (measured 25-85x slower
+    than fp32 for ViT-B/16 on an AVX2-only CPU, see ``benchmarks/README.md``). ``bf16`` then falls back to
+    ``fp32`` with a warning (the result JSON records ``precision: fp32`` and ``requested_precision: bf16``);
+    ``fp16`` raises. Setting ``VLPROMPT_ALLOW_EMULATED_PRECISION=1`` keeps the requested precision (to
+    reproduce half-precision numbers on such a CPU, slowly).
+    """
+    if precision == "fp32" or torch.cuda.is_available() or _cpu_runs_natively(precision):
+        return precision
+    if os.environ.get(ALLOW_EMULATED_ENV, "0").lower() in {"1", "true", "yes", "on"}:
+        return precision
+    if precision == "fp16":
+        raise BackboneError(
+            "precision=fp16 on a CPU without native fp16 kernels (no AVX-512 FP16 / AMX-FP16, no CUDA): every "
+            "matmul would be emulated, many times slower than fp32. Use precision: fp32 (or bf16 on a CPU with "
+            f"AVX-512 BF16 / AMX), or set {ALLOW_EMULATED_ENV}=1 to run emulated anyway."
+        )
+    log.warning(
+        "precision=bf16 requested, but this CPU has no native bf16 kernels (no AVX-512 BF16 / AMX, no CUDA): "
+        "emulated bf16 is many times slower than fp32, so the backbone runs in fp32 (recorded in the result as "
+        "precision fp32, requested_precision bf16). Set precision: fp32 to silence this, or %s=1 to keep bf16.",
+        ALLOW_EMULATED_ENV,
+    )
+    return "fp32"
+
+
 class OpenCLIPBackbone(VLBackbone):
     """Frozen open_clip CLIP behind the vlprompt backbone interface.
 
     Args:
         model: open_clip model name (``ViT-B-16``, ``ViT-B-16-quickgelu``, ``hf-hub:...``, ``local-dir:...``).
         pretrained: open_clip tag, local checkpoint path, or ``None`` for random weights.
-        precision: weight dtype; ``bf16`` is ~4x faster on CPU. Outputs are always float32.
+        precision: weight dtype; ``bf16`` is ~4x faster on a CPU with AVX-512 BF16 / AMX. Outputs are always
+            float32. Without CUDA and without native kernels, bf16 falls back to fp32 with a warning and fp16
+            raises (see :func:`resolve_precision`).
         quick_gelu: ``None`` chooses what the weights need; a contradiction raises.
         cache_dir: where open_clip keeps downloads.
     """
@@ -152,6 +197,7 @@ class OpenCLIPBackbone(VLBackbone):
         super().__init__()
         if precision not in _DTYPES:
             raise BackboneError(f"precision={precision!r} is not one of {sorted(_DTYPES)}")
+        requested, precision = precision, resolve_precision(precision)
         _check_pretrained(model, pretrained)
         qg = resolve_quick_gelu(model, pretrained, quick_gelu) if not model.startswith(("hf-hub:", "local-dir:")) else False
         key = (model, pretrained, precision, qg, cache_dir)
@@ -201,7 +247,7 @@ class OpenCLIPBackbone(VLBackbone):
             sha = file_sha256(Path(pretrained).expanduser())
         self.info = BackboneInfo(
             name=type(self).__name__, model=model, pretrained=pretrained, checkpoint_sha256=sha,
-            precision=precision, extra={"quick_gelu": qg},
+            precision=precision, extra={"quick_gelu": qg, **({"requested_precision": requested} if requested != precision else {})},
         )
         self.freeze()
 
@@ -344,11 +390,73 @@ def _run_blocks(transformer, x, mask, deep_prompts, replace) -> torch.Tensor:
     for i, block in enumerate(blocks):
         if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
             x = replace(x, deep_prompts[i])
-        if batch_first:
+        if batch_first and _FAST_BLOCKS and _is_plain_block(block):
+            x = _block_forward(block, x, mask)
+        elif batch_first:
             x = block(x, attn_mask=mask)
         else:  # pragma: no cover - old open_clip layouts
             x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
     return x
+
+
+# ----------------------------------------------------------------------------- residual blocks, fast
+#: private switch used only by ``benchmarks/`` to measure the path without these fixes in the same run
+_FAST_BLOCKS = True
+
+
+def _is_plain_block(block) -> bool:
+    """An open_clip ``ResidualAttentionBlock`` of the standard form (self-attention, ``c_fc``/act/``c_proj``)."""
+    attn = getattr(block, "attn", None)
+    mlp = getattr(block, "mlp", None)
+    return (
+        isinstance(block, ResidualAttentionBlock)
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attn, torch.nn.MultiheadAttention)
+        and attn._qkv_same_embed_dim
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and isinstance(mlp, torch.nn.Sequential)
+        and list(mlp._modules) == ["c_fc", "gelu", "c_proj"]
+    )
+
+
+def _attention(attn: torch.nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Self-attention of batch-first ``x`` ``[B, L, W]``, as ``nn.MultiheadAttention`` computes it.
+
+    Without gradients this is the module itself (PyTorch's fused fast path). With gradients the module
+    would transpose ``x`` to ``[L, B, W]`` as a *view* and ``F.linear`` would then run the input projection
+    as a batched matmul against an expanded copy of the ``[3W, W]`` weight per position (about 0.8 s per
+    ViT-B/16 text forward in bf16 on CPU). Here the transposed input is made contiguous first and handed to
+    the same ``F.multi_head_attention_forward`` the module calls, so the math is unchanged.
+    """
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return attn(x, x, x, need_weights=False, attn_mask=mask)[0]
+    q = x.transpose(0, 1).contiguous()
+    out = F.multi_head_attention_forward(
+        q, q, q, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias, None, None, False,
+        attn.dropout, attn.out_proj.weight, attn.out_proj.bias, training=False, need_weights=False,
+        attn_mask=mask,
+    )[0]
+    return out.transpose(0, 1)
+
+
+def _quick_gelu_(h: torch.Tensor) -> torch.Tensor:
+    """QuickGELU ``h * sigmoid(1.702 h)`` without gradients, in two in-place passes (same rounding per op)."""
+    s = h * 1.702
+    s.sigmoid_()
+    return s.mul_(h)
+
+
+def _block_forward(block, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """open_clip ``ResidualAttentionBlock.forward`` for self-attention, with the two fixes above."""
+    x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
+    mlp = block.mlp
+    h = mlp.c_fc(block.ln_2(x))
+    if isinstance(mlp.gelu, QuickGELU) and not (torch.is_grad_enabled() and h.requires_grad):
+        h = _quick_gelu_(h)
+    else:
+        h = mlp.gelu(h)
+    return x + block.ls_2(mlp.c_proj(h))
 
 
 def clear_model_cache() -> None:
@@ -356,4 +464,4 @@ def clear_model_cache() -> None:
     _MODEL_CACHE.clear()
 
 
-__all__ = ["OpenCLIPBackbone", "file_sha256", "resolve_quick_gelu", "clear_model_cache"]
+__all__ = ["OpenCLIPBackbone", "file_sha256", "resolve_quick_gelu", "resolve_precision", "clear_model_cache"]

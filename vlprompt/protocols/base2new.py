@@ -17,12 +17,14 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from vlprompt.data.base import ClassificationSource, DataError
-from vlprompt.data.feature_cache import cached_features, feature_cache_key
+from vlprompt.data.batching import eval_batch_size as memory_eval_batch_size
+from vlprompt.data.feature_cache import FeatureDataset, cached_features, decode_workers, feature_cache_key
 from vlprompt.data.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,11 @@ class ClassificationProtocol(pl.LightningDataModule):
         dataset: a registered data source (``class_path: toy_colors``...).
         shots: training images per class (K); ``None`` uses the whole training split.
         seed: seed of the few-shot draw (set per run by ``vlprompt fit``; Dassl-compatible sequence).
-        batch_size / eval_batch_size / num_workers: loader settings.
+        batch_size / eval_batch_size / num_workers: loader settings. ``eval_batch_size: auto`` picks the
+            evaluation batch from memory (:func:`vlprompt.data.batching.eval_batch_size`: at most 256, at
+            most 1 GiB of estimated activations); ``num_workers: auto`` decodes files in ``min(4, cpus-1)``
+            worker processes and in-memory data in the main process. Feature extraction for the cache
+            always uses ``auto`` (its views are seeded per image, so workers do not change them).
         augment: ``auto`` (the dataset's default), ``none``, or ``flip_crop`` (random resized crop, scale
             0.08-1, and horizontal flip, as CoOp).
         cache_dir: few-shot index and feature cache (default ``$VLPROMPT_CACHE`` or ``~/.cache/vlprompt``).
@@ -112,8 +118,8 @@ class ClassificationProtocol(pl.LightningDataModule):
         shots: int | None = 16,
         seed: int | None = None,
         batch_size: int = 32,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
+        eval_batch_size: int | Literal["auto"] = "auto",
+        num_workers: int | Literal["auto"] = 0,
         augment: str = "auto",
         cache_dir: str | None = None,
         feature_cache: bool = False,
@@ -235,14 +241,22 @@ class ClassificationProtocol(pl.LightningDataModule):
                 backbone=backbone, data_identity=source.identity(), split=split, indices=idx,
                 transform=repr(transform), views=views,
             )
-            images = cached_features(backbone, images, cache_dir=self.cache_dir, key=key, views=views, num_workers=self.num_workers)
+            images = cached_features(backbone, images, cache_dir=self.cache_dir, key=key, views=views, seed=self.seed)
         return _Relabel(images, mapping)
 
+    def _eval_batch(self) -> int:
+        if self.eval_batch_size != "auto":
+            return int(self.eval_batch_size)
+        backbone = getattr(self._module(), "backbone", None)
+        return memory_eval_batch_size(backbone) if backbone is not None else 256
+
     def _loader(self, ds, *, train: bool) -> DataLoader:
+        cached = isinstance(getattr(ds, "dataset", None), FeatureDataset)
+        workers = 0 if cached else decode_workers(ds, self.num_workers)
         return DataLoader(
-            ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            ds, batch_size=self.batch_size if train else self._eval_batch(), shuffle=train,
             drop_last=self._drop_last(len(ds), train=train),
-            num_workers=self.num_workers, persistent_workers=False,
+            num_workers=workers, persistent_workers=False,
         )
 
     def _drop_last(self, n_items: int, *, train: bool) -> bool:
