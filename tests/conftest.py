@@ -14,6 +14,7 @@ import torch  # noqa: E402
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("VLPROMPT_LOG_LEVEL", "WARNING")
+os.environ.setdefault("CI", "1")  # no progress bars in test logs
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]

@@ -257,9 +257,10 @@ def _render_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from vlprompt.atomic import atomic_write_text
+
     if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
+        atomic_write_text(path, text)
 
 
 # --------------------------------------------------------------------------- public API
