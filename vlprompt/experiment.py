@@ -8,6 +8,7 @@ trainer after seeding, so seeds are independent runs; the frozen backbone is loa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -51,6 +52,10 @@ def _resolve_names(node: Any, key: str | None = None) -> Any:
         group = _KEY_GROUPS.get(key or "")
         path = registry.resolve_class_path(cp, group=group) if group else registry.resolve_class_path(cp)
         if path is None:
+            failures = [f for k in ([group] if group else list(registry.GROUPS))
+                        if (f := registry.get_registry(k).failure(cp)) is not None]
+            if failures:  # installed but unusable: say why, not "unknown"
+                raise ConfigError(f"{(group or 'plugin').rstrip('s')} {cp!r} under {key!r} failed to load: {failures[0]}")
             kinds = [group] if group else list(registry.GROUPS)
             known = {k: registry.get_registry(k).names() for k in kinds}
             listing = "; ".join(f"{k}: {', '.join(v) or '(none)'}" for k, v in known.items())
@@ -138,9 +143,45 @@ def _resolve_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` must exist and hold a YAML mapping: a missing, invalid, empty or list-valued file is
+    a :class:`ConfigError` naming the file (and the line), instead of a parser traceback."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for f in files:
+        p = Path(f)
+        if not p.is_file():
+            raise ConfigError(f"--config {f}: no such file; check the path (configs live in configs/<kind>/<name>.yaml)")
+        try:
+            value = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"--config {f}: not a text file ({exc.reason}); pass a YAML config") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--config {f}: invalid YAML{where} ({problem}); fix the syntax (indentation, colons, "
+                              "brackets)") from exc
+        if value is None:
+            raise ConfigError(f"--config {f}: the file is empty; give keys such as `model:`, `data:`, `trainer:` or drop it")
+        if not isinstance(value, dict):
+            raise ConfigError(f"--config {f}: expected a mapping of keys (model:, data:, trainer:, ...), got a "
+                              f"{type(value).__name__}; see configs/quickstart.yaml for the layout")
+
+
 def build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     """Parse ``argv`` (LightningCLI syntax) without running anything."""
+    check_config_files(argv)
     argv = _resolve_argv(argv)
+    try:
+        return _build_cli(stage, argv)
+    except ValueError as exc:
+        if type(exc).__name__ in {"DataError", "LearnerError", "ConfigError", "ResultError", "RunError"}:
+            raise
+        raise ConfigError(f"invalid config value: {exc}") from exc
+
+
+def _build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     return VlpromptCLI(
         PromptClassifier,
         ClassificationProtocol,
@@ -313,6 +354,48 @@ def _preflight(cfg: Any, data: Any, results_dir: str) -> None:
         preflight_images(list(sources.values()), full=cfg.check_images == "full", progress=_progress_enabled(cfg))
 
 
+class OncePerRun(logging.Filter):
+    """Pass each distinct warning (logger + text) once: seeds rebuild the data and model, and their warnings
+    (e.g. the split-checksum warning) would otherwise repeat for every seed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextlib.contextmanager
+def _warnings_once(*extra: logging.Handler):
+    once = OncePerRun()
+    handlers = [*logging.getLogger().handlers, *extra]
+    for h in handlers:
+        h.addFilter(once)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(once)
+
+
+def _instantiate(cli: VlpromptCLI) -> None:
+    """``cli.instantiate_classes()``; a ``ValueError`` raised by a class for a config value (e.g. ``n_ctx`` that
+    contradicts ``ctx_init``) becomes a :class:`ConfigError` (``VLPROMPT_TRACEBACK=1`` shows the traceback)."""
+    try:
+        cli.instantiate_classes()
+    except ValueError as exc:
+        if type(exc).__name__ in {"DataError", "LearnerError", "ConfigError", "ResultError", "RunError"}:
+            raise
+        raise ConfigError(f"invalid config value: {exc}") from exc
+
+
 def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) -> dict | None:
     """Run ``stage`` for every seed and write one result JSON; returns the result. ``show_summary`` prints
     the rich table of per-seed and mean metrics.
@@ -353,7 +436,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     evaluated: dict[str, str] | None = None
     current: int | None = None
     try:
-        with interrupt_signals():
+        with interrupt_signals(), _warnings_once(handler):
             for seed in seeds:
                 current = seed
                 done = run.finished_seed(seed) if resumed else None
@@ -363,7 +446,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     continue
                 t0 = time.time()
                 seed_everything(seed, workers=True, verbose=False)
-                cli.instantiate_classes()
+                _instantiate(cli)
                 model, data, trainer = cli.model, cli.datamodule, cli.trainer
                 data.seed = seed
                 learner = model.learner
@@ -420,7 +503,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
         raise
     try:
         if model is None:  # every seed was finished before: build once for the task and identity
-            cli.instantiate_classes()
+            _instantiate(cli)
             model, data = cli.model, cli.datamodule
         assert model is not None and data is not None
         identity = data.dataset.identity()

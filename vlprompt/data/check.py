@@ -94,6 +94,10 @@ def check_dataset(name: str, root: str, *, strict: bool = False, decode: bool = 
 
         source_cls = get_registry("datasets").get(name)
     report.facts["class"] = f"{source_cls.__module__}.{source_cls.__qualname__}"
+    init_params = inspect.signature(source_cls.__init__).parameters
+    if "root" not in init_params and len([p for p in init_params.values() if p.kind == p.POSITIONAL_OR_KEYWORD]) < 2:
+        report.facts["files"] = f"{name} is generated in memory (no files, no --root needed): nothing to check"
+        return report
     try:
         source, logged = _build(source_cls, root, strict=strict)
     except DataError as exc:
