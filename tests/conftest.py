@@ -16,6 +16,8 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("VLPROMPT_LOG_LEVEL", "WARNING")
 # bf16 tests check bf16 numbers on every CPU (tests/test_backbone_speed.py covers the fallback itself)
 os.environ["VLPROMPT_ALLOW_EMULATED_PRECISION"] = "1"
+
+os.environ.setdefault("CI", "1")  # no progress bars in test logs
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]

@@ -344,3 +344,21 @@ def test_model_cache_is_shared(vit, configs_registered):
     again = OpenCLIPBackbone(TINY_VIT, pretrained=None)
     assert again.clip is vit.clip
     assert oc_module._MODEL_CACHE  # cached frozen models
+
+
+def test_local_checkpoint_for_an_architecture_with_openai_releases_needs_an_explicit_quick_gelu(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "open_clip_pytorch_model.safetensors"
+    save_file({"visual.proj": torch.zeros(2, 2)}, str(plain))
+    with pytest.raises(BackboneError, match=r"ViT-B-16-quickgelu.*quick_gelu: true.*quick_gelu: false"):
+        resolve_quick_gelu("ViT-B-16", str(plain), None)
+    assert resolve_quick_gelu("ViT-B-16", str(plain), True) is True
+    assert resolve_quick_gelu("ViT-B-16", str(plain), False) is False
+    assert resolve_quick_gelu("ViT-B-16-quickgelu", str(plain), None) is True
+    # OpenAI's original state-dict layout is recognised
+    openai = tmp_path / "openai_layout.pt"
+    torch.save({"visual.proj": torch.zeros(2, 2), "input_resolution": torch.tensor(224),
+                "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)}, openai)
+    assert resolve_quick_gelu("ViT-B-16", str(openai), None) is True

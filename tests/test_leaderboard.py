@@ -41,7 +41,7 @@ def results_dir(tmp_path):
     root = tmp_path / "results"
     # coop on toy_colors: an old run (superseded) and a newer one
     _write(root, "coop-old.json", _result(dataset="toy_colors", learner="coop", base=[10.0, 12.0], new=[5.0, 7.0],
-                                          created="2025-01-01T00:00:00.000+00:00", command="OLD COMMAND"))
+                                          created="2025-01-01T00:00:00.000+00:00", command="vlprompt fit OLD COMMAND"))
     _write(root, "coop-new.json", _result(dataset="toy_colors", learner="coop", base=[80.0, 82.0], new=[60.0, 64.0],
                                           created="2025-02-01T00:00:00.000+00:00"))
     _write(root, "coop-shapes.json", _result(dataset="toy_shapes", learner="coop", base=[90.0, 90.0],
@@ -81,8 +81,10 @@ def test_readme_tables_dedupe_and_average(results_dir, tmp_path):
     assert coop == f"| coop | toyclip-s (toyclip.pt) | 16 | 2 | 81.00 ± 1.41 | 62.00 ± 2.83 | {hm:.2f} ± 2.35 |"
     zs = next(r for r in colors if r.startswith("| zero_shot "))
     assert zs == f"| zero_shot | toyclip-s (toyclip.pt) | 16 | 1 | 50.00 | 55.00 | {harmonic_mean(50, 55):.2f} |"
-    # the superseded run leaves no trace
-    assert "10.00" not in text and "OLD COMMAND" not in text and "coop-old" not in text
+    # the superseded run is no row and has no provenance entry; it is listed, with the reason, at the end
+    shown, not_shown = text.split("## Results not shown\n", 1)
+    assert "10.00" not in shown and "OLD COMMAND" not in shown and "coop-old" not in shown
+    assert "coop-old.json` | superseded: older than base2new/toy/toy_colors/coop-new.json (same seeds and epochs)" in not_shown
 
     avg = _table_rows(text, "Average over datasets")
     assert len(avg) == 1  # only coop has several datasets
@@ -154,6 +156,6 @@ def test_leaderboard_main_bad_folder(tmp_path, caplog):
 
 def test_leaderboard_main_invalid_result(tmp_path, caplog):
     (tmp_path / "bad.json").write_text(json.dumps({"schema": "nope"}))
-    with caplog.at_level(logging.ERROR, logger="vlprompt"):
-        assert leaderboard_main(["build", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
-    assert "bad.json" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="vlprompt"):
+        assert leaderboard_main(["build", str(tmp_path), "--out", str(tmp_path / "o")]) == 2  # nothing usable
+    assert "skipping bad.json: schema is 'nope'" in caplog.text

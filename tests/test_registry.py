@@ -111,16 +111,24 @@ def test_non_class_entry_point_is_broken(site: Path) -> None:
     assert any(b.name == "fake_func" and "expected a class" in b.error for b in reg.broken)
 
 
-def test_duplicate_name_across_distributions_raises(site: Path) -> None:
+def test_duplicate_name_across_distributions_disables_only_that_name(site: Path, capsys) -> None:
     add_good_learner(site, dist="vlp-fake-one")
-    make_dist(site, "vlp-fake-two", "0.1", {"vlprompt.learners": {"fake_coop": "vlpfake_other:Other"}},
+    make_dist(site, "vlp-fake-two", "0.1", {"vlprompt.learners": {"fake_coop": "vlpfake_other:Other", "coop": "vlpfake_other:Other"}},
               {"vlpfake_other": "class Other:\n    pass\n"})
+    reg = get_registry("learners")
+    assert "fake_coop" not in reg and "coop" not in reg and "zero_shot" in reg  # everything else keeps working
     with pytest.raises(RegistryError) as excinfo:
-        get_registry("learners")
+        reg.get("fake_coop")
     message = str(excinfo.value)
     for part in ("fake_coop", "vlp-fake-one", "vlp-fake-two", "vlpfake_coop:FakeCoOp", "vlpfake_other:Other"):
         assert part in message
-    assert "uninstall" in message and "rename" in message
+    assert "full class path" in message and "uninstall" in message
+    coop = reg.failure("coop") or ""
+    assert "vlprompt.learners.coop:CoOp" in coop and "vlp-fake-two" in coop
+    assert "pip uninstall vlprompt" not in coop and "of vlp-fake-two" in coop  # never suggests removing vlprompt
+    assert list_main(["learners"]) == 0
+    out = capsys.readouterr().out
+    assert "broken plugins" in out and "registered twice" in out
 
 
 def test_same_distribution_seen_twice_is_not_a_duplicate(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,3 +207,12 @@ def test_list_main_bad_kind(capsys: pytest.CaptureFixture[str]) -> None:
     assert list_main(["optimizers"]) == 2
     out = capsys.readouterr().out
     assert all(kind in out for kind in registry.GROUPS)
+
+
+def test_using_a_broken_plugin_says_failed_to_load(site: Path) -> None:
+    from vlprompt.experiment import ConfigError, _resolve_names
+
+    make_dist(site, "vlp-fake-broken", "0.1", {"vlprompt.learners": {"fake_broken": "vlpfake_broken:Nope"}},
+              {"vlpfake_broken": BROKEN_MODULE})
+    with pytest.raises(ConfigError, match="'fake_broken' under 'learner' failed to load: .*frobnicate"):
+        _resolve_names({"learner": {"class_path": "fake_broken"}})

@@ -67,7 +67,7 @@ def pretrain_main(args: list[str]) -> None:
     )
 
 
-_USER_ERRORS = ("DataError", "BackboneError", "LearnerError", "ConfigError", "RegistryError", "ResultError")
+_USER_ERRORS = ("DataError", "BackboneError", "LearnerError", "ConfigError", "RegistryError", "ResultError", "RunError")
 
 
 def _user_error(exc: BaseException) -> str | None:
@@ -88,8 +88,13 @@ def _user_error(exc: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vlprompt`` console script; bad input ends with a one-line error and exit code 2."""
+    from vlprompt.runs import RunInterrupted
+
     try:
         return _main(argv)
+    except RunInterrupted as exc:
+        print(f"vlprompt: {exc.message or exc}", file=sys.stderr)  # noqa: T201 - what was saved, how to resume
+        return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - turn bad input into a clear message, re-raise bugs
         message = _user_error(exc)
         if message is None or os.environ.get("VLPROMPT_TRACEBACK"):

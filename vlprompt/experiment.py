@@ -8,7 +8,11 @@ trainer after seeding, so seeds are independent runs; the frozen backbone is loa
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +22,7 @@ import yaml
 from jsonargparse import set_loader
 from lightning.pytorch import seed_everything
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vlprompt import registry
 from vlprompt.metrics import harmonic_mean
@@ -47,6 +52,10 @@ def _resolve_names(node: Any, key: str | None = None) -> Any:
         group = _KEY_GROUPS.get(key or "")
         path = registry.resolve_class_path(cp, group=group) if group else registry.resolve_class_path(cp)
         if path is None:
+            failures = [f for k in ([group] if group else list(registry.GROUPS))
+                        if (f := registry.get_registry(k).failure(cp)) is not None]
+            if failures:  # installed but unusable: say why, not "unknown"
+                raise ConfigError(f"{(group or 'plugin').rstrip('s')} {cp!r} under {key!r} failed to load: {failures[0]}")
             kinds = [group] if group else list(registry.GROUPS)
             known = {k: registry.get_registry(k).names() for k in kinds}
             listing = "; ".join(f"{k}: {', '.join(v) or '(none)'}" for k, v in known.items())
@@ -79,6 +88,14 @@ class VlpromptCLI(LightningCLI):
         parser.add_argument("--benchmark", type=str | None, default=None, help="leaderboard group (default: from the dataset)")
         parser.add_argument("--prompts", type=str | None, default=None, help="learned prompts (safetensors) to load before evaluating")
         parser.add_argument("--save_prompts", type=bool, default=True, help="save learned prompts of each seed")
+        parser.add_argument("--run_id", type=str | None, default=None,
+                            help="run id (default: <learner>-<time>-<hex>); an existing interrupted run's id resumes it")
+        parser.add_argument("--force_prompts", type=bool, default=False,
+                            help="load --prompts although its backbone, checksum or class names differ (deliberate)")
+        parser.add_argument("--check_images", type=str, default="cheap",
+                            help="before training, check every image the run reads: cheap (headers), full (decode), none")
+        parser.add_argument("--progress", type=bool | None, default=None,
+                            help="progress bars (default: on, off when the CI environment variable is set)")
         parser.link_arguments("data", "model.init_args.task" if self.subclass_mode_model else "model.task",
                               compute_fn=lambda data: data.task, apply_on="instantiate")
 
@@ -126,9 +143,45 @@ def _resolve_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` must exist and hold a YAML mapping: a missing, invalid, empty or list-valued file is
+    a :class:`ConfigError` naming the file (and the line), instead of a parser traceback."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for f in files:
+        p = Path(f)
+        if not p.is_file():
+            raise ConfigError(f"--config {f}: no such file; check the path (configs live in configs/<kind>/<name>.yaml)")
+        try:
+            value = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"--config {f}: not a text file ({exc.reason}); pass a YAML config") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--config {f}: invalid YAML{where} ({problem}); fix the syntax (indentation, colons, "
+                              "brackets)") from exc
+        if value is None:
+            raise ConfigError(f"--config {f}: the file is empty; give keys such as `model:`, `data:`, `trainer:` or drop it")
+        if not isinstance(value, dict):
+            raise ConfigError(f"--config {f}: expected a mapping of keys (model:, data:, trainer:, ...), got a "
+                              f"{type(value).__name__}; see configs/quickstart.yaml for the layout")
+
+
 def build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     """Parse ``argv`` (LightningCLI syntax) without running anything."""
+    check_config_files(argv)
     argv = _resolve_argv(argv)
+    try:
+        return _build_cli(stage, argv)
+    except ValueError as exc:
+        if type(exc).__name__ in {"DataError", "LearnerError", "ConfigError", "ResultError", "RunError"}:
+            raise
+        raise ConfigError(f"invalid config value: {exc}") from exc
+
+
+def _build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     return VlpromptCLI(
         PromptClassifier,
         ClassificationProtocol,
@@ -145,66 +198,350 @@ def build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     )
 
 
-def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) -> dict | None:
-    """Run ``stage`` for every seed and write one result JSON; returns the result. ``show_summary`` prints
-    the rich table of per-seed and mean metrics."""
-    cli = build_cli(stage, argv)
-    cfg = cli.config
-    seeds: list[int] = list(cfg.seeds)
+def _strip_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(f"{flag}="):
+            out.append(a)
+    return out
+
+
+def _take_resume(stage: str, argv: list[str]) -> tuple[list[str], str | None]:
+    """Replace ``--resume RUN_DIR`` by the argv recorded in that run folder (plus any other arguments given)."""
+    from vlprompt.runs import RunError, RunFolder
+
+    if "--resume" not in argv and not any(a.startswith("--resume=") for a in argv):
+        return argv, None
+    rest, folder = [], None
+    it = iter(argv)
+    for a in it:
+        if a == "--resume":
+            folder = next(it, None)
+            if folder is None:
+                raise RunError("--resume needs the run folder, e.g. --resume runs/coop-20260101-120000-ab12cd")
+        elif a.startswith("--resume="):
+            folder = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    recorded_stage, recorded = RunFolder.argv_of(folder)
+    if recorded_stage != stage:
+        raise RunError(f"--resume {folder}: that run is a `vlprompt {recorded_stage}`, not `vlprompt {stage}`; "
+                       f"run `vlprompt {recorded_stage} --resume {folder}`.")
+    return [*recorded, *rest], str(folder)
+
+
+def validate_config(stage: str, cfg: Any) -> None:
+    """Refuse configs that would train nothing useful or give misleading statistics, before any work starts."""
+    seeds = list(cfg.seeds or [])
     if not seeds:
         raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds [1,2,3]")
-    per_seed = []
+    dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dupes:
+        raise ConfigError(f"--seeds {seeds} repeats seed(s) {dupes}: repeated seeds are the same run and would fake a "
+                          "smaller std; give distinct seeds, e.g. --seeds [1,2,3]")
+    if cfg.prompts and len(seeds) > 1:
+        raise ConfigError(
+            f"--prompts {cfg.prompts} evaluates one checkpoint, but --seeds {seeds} would report it as a {len(seeds)}-seed "
+            "result (std 0.00). Pass one seed, e.g. --seeds [1], or evaluate each seed's prompts separately.")
+    if cfg.check_images not in ("cheap", "full", "none"):
+        raise ConfigError(f"--check_images {cfg.check_images!r} must be cheap, full or none")
+    trainer = cfg.trainer
+    max_epochs = getattr(trainer, "max_epochs", None)
+    model = cfg.model
+    init = getattr(model, "init_args", model)
+    warmup = getattr(init, "warmup_epochs", None)
+    if stage == "fit" and max_epochs is not None and max_epochs >= 0 and isinstance(warmup, int) and warmup > 0 \
+            and max_epochs <= warmup:
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs} <= model.warmup_epochs={warmup}: every epoch would be warm-up at the "
+            f"constant warm-up lr, so nothing is learned. Raise --trainer.max_epochs above {warmup} or lower "
+            f"--model.warmup_epochs.")
+    data_init = getattr(cfg.data, "init_args", None)
+    batch_size = getattr(data_init, "batch_size", None)
+    if isinstance(batch_size, int) and batch_size < 1:
+        raise ConfigError(f"data batch_size={batch_size} must be >= 1, e.g. --data.init_args.batch_size 32")
+
+
+def _progress_enabled(cfg: Any) -> bool:
+    if cfg.progress is not None:
+        return bool(cfg.progress)
+    return not os.environ.get("CI") and cfg.trainer.enable_progress_bar is not False
+
+
+def _learner_label(cfg: Any) -> str:
+    path = str(getattr(cfg.model.learner, "class_path", "") or "run")
+    try:
+        for info in registry.get_registry("learners").entries():
+            if info.class_path == path:
+                return info.name
+    except registry.RegistryError:
+        pass
+    return path.rsplit(".", 1)[-1].lower()
+
+
+def _sha256(path: str | Path) -> str:
+    from vlprompt.atomic import sha256_file
+
+    return sha256_file(path)
+
+
+def load_checked_prompts(learner: Any, path: str, backbone: Any, *, force: bool) -> dict[str, str]:
+    """Load ``--prompts`` into ``learner`` after checking the file: readable safetensors, sha256 equal to the one
+    its run recorded (when the file sits in a run folder), saved for this backbone (model and checkpoint
+    sha256) and for these class names. ``force`` loads despite a mismatch (the deliberate case); returns
+    ``{"path", "sha256"}`` for the result JSON."""
+    from safetensors import SafetensorError, safe_open
+
+    from vlprompt.learners.base import LearnerError
+
+    p = Path(path)
+    if not p.is_file():
+        raise LearnerError(f"--prompts {path!r} does not exist; pass a prompts.safetensors written by `vlprompt fit`.")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            _ = list(f.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LearnerError(f"--prompts {path!r} is not a readable safetensors file ({exc}); it is truncated or not a "
+                           "prompts file. Re-run `vlprompt fit` or pass the right file.") from exc
+    digest = _sha256(p)
+    problems = []
+    seed_json = p.parent / "seed.json"
+    if seed_json.is_file():
+        try:
+            recorded = json.loads(seed_json.read_text(encoding="utf-8")).get("prompts_sha256")
+        except (OSError, ValueError):
+            recorded = None
+        if recorded and recorded != digest:
+            problems.append(f"its sha256 {digest[:12]} differs from the {recorded[:12]} its run recorded in {seed_json} "
+                            "(the file was overwritten or edited)")
+    try:
+        saved_bb = json.loads(meta.get("backbone", "{}"))
+    except ValueError:
+        saved_bb = {}
+    here = backbone.info.to_dict()
+    for key in ("model", "checkpoint_sha256"):
+        if isinstance(saved_bb, dict) and key in saved_bb and saved_bb.get(key) != here.get(key):
+            problems.append(f"it was trained on backbone {key} {saved_bb.get(key)!r}, this run uses {here.get(key)!r}")
+    if problems and not force:
+        raise LearnerError(f"--prompts {path!r} refused: " + "; ".join(problems) +
+                           ". Evaluate it with the backbone it was trained on, or pass --force_prompts true if this is deliberate.")
+    for problem in problems:
+        log.warning("--prompts %s: %s (loaded anyway: --force_prompts)", path, problem)
+    try:
+        learner.load_prompts(p, check_classnames=not force)
+    except LearnerError as exc:
+        raise LearnerError(f"{exc} (--force_prompts true loads it anyway where the learner allows)") from exc
+    return {"path": str(p), "sha256": digest}
+
+
+def _preflight(cfg: Any, data: Any, results_dir: str) -> None:
+    from vlprompt.atomic import check_writable
+    from vlprompt.data.check import preflight_images
+
+    check_writable(results_dir, "results_dir", ConfigError)
+    if cfg.check_images != "none":
+        spaces = list((data.task or {}).get("label_spaces", {}))
+        sources = {id(data.dataset): data.dataset}
+        for space in spaces:
+            src = data.space_source(space)
+            sources.setdefault(id(src), src)
+        preflight_images(list(sources.values()), full=cfg.check_images == "full", progress=_progress_enabled(cfg))
+
+
+class OncePerRun(logging.Filter):
+    """Pass each distinct warning (logger + text) once: seeds rebuild the data and model, and their warnings
+    (e.g. the split-checksum warning) would otherwise repeat for every seed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextlib.contextmanager
+def _warnings_once(*extra: logging.Handler):
+    once = OncePerRun()
+    handlers = [*logging.getLogger().handlers, *extra]
+    for h in handlers:
+        h.addFilter(once)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(once)
+
+
+def _instantiate(cli: VlpromptCLI) -> None:
+    """``cli.instantiate_classes()``; a ``ValueError`` raised by a class for a config value (e.g. ``n_ctx`` that
+    contradicts ``ctx_init``) becomes a :class:`ConfigError` (``VLPROMPT_TRACEBACK=1`` shows the traceback)."""
+    try:
+        cli.instantiate_classes()
+    except ValueError as exc:
+        if type(exc).__name__ in {"DataError", "LearnerError", "ConfigError", "ResultError", "RunError"}:
+            raise
+        raise ConfigError(f"invalid config value: {exc}") from exc
+
+
+def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) -> dict | None:
+    """Run ``stage`` for every seed and write one result JSON; returns the result. ``show_summary`` prints
+    the rich table of per-seed and mean metrics.
+
+    The run gets a run folder (:mod:`vlprompt.runs`): each seed's row is saved as it finishes and an unfinished
+    seed checkpoints every epoch, so ``--resume <run folder>`` after a kill continues where it stopped and
+    gives the metrics of an uninterrupted run. SIGTERM / SIGINT raise :class:`~vlprompt.runs.RunInterrupted`
+    carrying what was saved and how to resume.
+    """
+    from vlprompt.runs import ResumeCheckpoint, RunFolder, RunInterrupted, config_hash, interrupt_signals, new_run_id
+
+    argv, resume_dir = _take_resume(stage, list(argv))
+    cli = build_cli(stage, argv)
+    cfg = cli.config
+    validate_config(stage, cfg)
+    seeds: list[int] = list(cfg.seeds)
+    if cfg.progress is not None:
+        cfg.trainer.enable_progress_bar = bool(cfg.progress)
+    elif os.environ.get("CI"):
+        cfg.trainer.enable_progress_bar = False
+    config = yaml.safe_load(cli.parser.dump(cfg, skip_none=False, skip_check=True))
+    run_id = cfg.run_id or (Path(resume_dir).name if resume_dir else new_run_id(_learner_label(cfg)))
+    runs_root = Path(resume_dir).parent if resume_dir else Path(cfg.trainer.default_root_dir or "runs")
+    full_argv = _strip_flag(argv, "--run_id")
+    from vlprompt.atomic import check_writable
+
+    check_writable(cfg.results_dir, "results_dir", ConfigError)
+    run, resumed = RunFolder.open(runs_root, run_id, stage=stage, argv=[*full_argv, "--run_id", run_id],
+                                  cfg_hash=config_hash(config))
+    handler = logging.FileHandler(run.path / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("vlprompt").addHandler(handler)
+    if resumed:
+        log.info("resuming run %s from %s", run_id, run.path)
+    per_seed: list[dict[str, Any]] = []
     t_start = time.time()
     model = data = None
-    for seed in seeds:
-        t0 = time.time()
-        seed_everything(seed, workers=True, verbose=False)
-        cli.instantiate_classes()
-        model, data, trainer = cli.model, cli.datamodule, cli.trainer
-        data.seed = seed
-        learner = model.learner
-        if cfg.prompts:
-            learner.load_prompts(cfg.prompts)
-        row: dict[str, Any] = {"seed": seed}
-        if stage == "fit" and learner.trainable:
-            trainer.fit(model, datamodule=data)
-            row["epochs"] = int(trainer.current_epoch)
-            if cfg.save_prompts:
-                out = Path(trainer.default_root_dir) / data.name / data.dataset.name / _plugin_name("learners", learner) / f"seed{seed}" / "prompts.safetensors"
-                learner.save_prompts(out, metadata={"backbone": model.backbone.info.to_dict(), "seed": seed})
-                row["prompts"] = str(out)
-        elif stage == "fit":
-            log.info("%s has nothing to train: evaluating it", type(learner).__name__)
-        if stage == "validate":
-            trainer.validate(model, datamodule=data, verbose=False)
-            results = model.eval_results["val"]
-        else:
-            trainer.test(model, datamodule=data, verbose=False)
-            results = model.eval_results["test"]
-        row["metrics"] = _metrics(results)
-        row["wall_seconds"] = round(time.time() - t0, 2)
-        per_seed.append(row)
-        log.info("seed %d: %s", seed, row["metrics"])
-    assert model is not None and data is not None
-    config = yaml.safe_load(cli.parser.dump(cfg, skip_none=False, skip_check=True))
-    identity = data.dataset.identity()
-    result = make_result(
-        protocol=data.name if stage != "validate" else f"{data.name}-val",
-        benchmark=cfg.benchmark or _benchmark(identity),
-        dataset=data.dataset.name,
-        learner=_plugin_name("learners", model.learner),
-        learner_config=config.get("model", {}).get("learner", {}),
-        backbone=model.backbone.info.to_dict(),
-        data=identity,
-        shots=data.shots,
-        seeds=seeds,
-        per_seed=per_seed,
-        config=config,
-        command=" ".join(["vlprompt", stage, *argv]),
-        wall_seconds=round(time.time() - t_start, 2),
-    )
-    result["task"] = model.task
-    path = write_result(result, cfg.results_dir)
+    evaluated: dict[str, str] | None = None
+    current: int | None = None
+    try:
+        with interrupt_signals(), _warnings_once(handler):
+            for seed in seeds:
+                current = seed
+                done = run.finished_seed(seed) if resumed else None
+                if done is not None:
+                    log.info("seed %d: finished earlier, read from %s", seed, run.seed_dir(seed) / "seed.json")
+                    per_seed.append(done)
+                    continue
+                t0 = time.time()
+                seed_everything(seed, workers=True, verbose=False)
+                _instantiate(cli)
+                model, data, trainer = cli.model, cli.datamodule, cli.trainer
+                data.seed = seed
+                learner = model.learner
+                if len(per_seed) == 0 and not getattr(run, "_preflight_done", False):
+                    _preflight(cfg, data, cfg.results_dir)
+                    run._preflight_done = True
+                if cfg.prompts:
+                    evaluated = load_checked_prompts(learner, cfg.prompts, model.backbone, force=cfg.force_prompts)
+                row: dict[str, Any] = {"seed": seed}
+                if stage == "fit" and learner.trainable:
+                    ckpt = run.checkpoint(seed)
+                    trainer.callbacks.append(ResumeCheckpoint(ckpt))
+                    resume_from = ckpt if ckpt.is_file() else None
+                    if resume_from is not None:
+                        log.info("seed %d: resuming from %s (epoch %s)", seed, ckpt, run.checkpoint_epoch(seed))
+                    trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
+                                weights_only=True)
+                    row["epochs"] = int(trainer.current_epoch)
+                    if cfg.save_prompts:
+                        out = run.seed_dir(seed) / "prompts.safetensors"
+                        learner.save_prompts(out, metadata={"backbone": model.backbone.info.to_dict(), "seed": seed,
+                                                            "run_id": run_id})
+                        row["prompts"] = str(out)
+                        row["prompts_sha256"] = _sha256(out)
+                elif stage == "fit":
+                    log.info("%s has nothing to train: evaluating it", type(learner).__name__)
+                if stage == "validate":
+                    trainer.validate(model, datamodule=data, verbose=False)
+                    results = model.eval_results["val"]
+                else:
+                    trainer.test(model, datamodule=data, verbose=False)
+                    results = model.eval_results["test"]
+                row["metrics"] = _metrics(results)
+                row["wall_seconds"] = round(time.time() - t0, 2)
+                run.save_seed(seed, row)
+                per_seed.append(row)
+                log.info("seed %d: %s", seed, row["metrics"])
+    except (RunInterrupted, SIGTERMException, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, RunInterrupted) else (15 if isinstance(exc, SIGTERMException) else 2)
+        finished = [r["seed"] for r in per_seed]
+        epoch = run.checkpoint_epoch(current) if current is not None else None
+        saved = f"finished seed(s) {finished} saved" if finished else "no seed finished"
+        if epoch:
+            saved += f", seed {current} checkpointed after epoch {epoch}"
+        run.update(status="interrupted")
+        logging.getLogger("vlprompt").removeHandler(handler)
+        run.close()
+        raise RunInterrupted(signum, f"interrupted by {signal.Signals(signum).name}: {saved} in {run.path}; resume with "
+                                     f"`vlprompt {stage} --resume {run.path}`") from None
+    except BaseException:
+        run.update(status="failed")
+        logging.getLogger("vlprompt").removeHandler(handler)
+        run.close()
+        raise
+    try:
+        if model is None:  # every seed was finished before: build once for the task and identity
+            _instantiate(cli)
+            model, data = cli.model, cli.datamodule
+        assert model is not None and data is not None
+        identity = data.dataset.identity()
+        result = make_result(
+            protocol=data.name if stage != "validate" else f"{data.name}-val",
+            benchmark=cfg.benchmark or _benchmark(identity),
+            dataset=data.dataset.name,
+            learner=_plugin_name("learners", model.learner),
+            learner_config=config.get("model", {}).get("learner", {}),
+            backbone=model.backbone.info.to_dict(),
+            data=identity,
+            shots=data.shots,
+            seeds=seeds,
+            per_seed=per_seed,
+            config=config,
+            command=" ".join(["vlprompt", stage, *argv]),
+            wall_seconds=round(sum(float(r.get("wall_seconds", 0.0)) for r in per_seed)
+                               if resumed else time.time() - t_start, 2),
+        )
+        result["task"] = model.task
+        result["stage"] = stage
+        result["complete"] = True
+        result["run_id"] = run_id
+        result["run_dir"] = str(run.path)
+        result["trainable"] = bool(model.learner.trainable)
+        if resumed:
+            result["resumed"] = True
+        artifacts = {f"seed{r['seed']}/prompts": {"path": r["prompts"], "sha256": r.get("prompts_sha256")}
+                     for r in per_seed if r.get("prompts")}
+        result["artifacts"] = artifacts
+        if evaluated is not None:
+            result["evaluated_checkpoint"] = evaluated
+        path = write_result(result, cfg.results_dir)
+        run.update(status="complete", result=str(path))
+    finally:
+        logging.getLogger("vlprompt").removeHandler(handler)
+        handler.close()
+        run.close()
     if show_summary:
         print_summary(result)
     result["_path"] = str(path)

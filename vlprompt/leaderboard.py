@@ -2,32 +2,50 @@
 
 For every (protocol, benchmark) found under ``RESULTS_DIR`` this writes ``<out>/<protocol>/<benchmark>/README.md``
 (a markdown table per dataset, an average over datasets, and the provenance of every row) and
-``results.csv`` (one flat row per result). Where several results share dataset, learner, backbone weights
-and shots, only the newest (by ``created``) is used. Output is sorted, so rebuilding gives identical files.
+``results.csv`` (one flat row per result). Which results become rows is decided by :data:`SELECTION_RULES`
+(written into every leaderboard's header); files that are skipped or superseded are listed, with the reason,
+in the build's console table and at the end of the README. Building never imports code named in a result
+file. Output is sorted, so rebuilding gives identical files.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
-
 import argparse
 import csv
+import functools
+import hashlib
+import inspect
 import io
+import json
 import logging
 import os
+import shlex
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from vlprompt.metrics import harmonic_mean
-from vlprompt.results import ResultError, _safe, format_mean_std, load_results, metric_keys, parse_created
+from vlprompt.results import ResultError, _safe, format_mean_std, load_result, metric_keys, parse_created
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_leaderboards", "leaderboard_main", "CSV_COLUMNS"]
+__all__ = ["build_leaderboards", "leaderboard_main", "CSV_COLUMNS", "SELECTION_RULES", "select_results", "DEFAULT_OUT"]
+
+#: where ``vlprompt leaderboard build`` writes without ``--out`` (never the committed ``leaderboards/``)
+DEFAULT_OUT = "leaderboards-local"
+
+SELECTION_RULES: tuple[str, ...] = (
+    "Only complete results count: a `vlprompt fit`, or a `vlprompt test` that evaluated a saved checkpoint "
+    "(`--prompts`) or a learner with nothing to train; a `vlprompt test` of an untrained learner is skipped.",
+    "One row per dataset, learner configuration, backbone checkpoint (sha256), shots and data split (split-file "
+    "sha256 or data identity): results on another split or another checkpoint get their own row, marked "
+    "`[split ...]` / `[ckpt ...]` when they would otherwise look alike.",
+    "Among results for the same row, the one with the most seeds wins, then the most training epochs, then the "
+    "newest (`created`), then the later file path; a run with fewer seeds or epochs never replaces another.",
+    "Unreadable, truncated or foreign JSON files are skipped. Every skipped or superseded file is listed with "
+    "its reason at the end of this page.",
+)
 
 CSV_COLUMNS: tuple[str, ...] = (
     "protocol", "benchmark", "dataset", "learner", "backbone_model", "backbone_sha256", "shots", "n_seeds",
@@ -40,12 +58,17 @@ _HEADERS = {"base": "base", "new": "new", "hm": "HM"}
 # --------------------------------------------------------------------------- helpers
 @functools.lru_cache(maxsize=None)
 def _init_defaults(class_path: str) -> dict[str, Any]:
-    """Default init arguments of the class at ``class_path`` (empty if it cannot be imported here)."""
+    """Default init arguments of the registered learner whose class is ``class_path`` (empty when no installed
+    learner plugin has that class). Never imports a module named in a result file: only classes the
+    registry already loaded from installed entry points are inspected."""
     try:
-        module, name = class_path.rsplit(".", 1)
-        cls = getattr(importlib.import_module(module), name)
+        from vlprompt.registry import get_registry
+
+        cls = next((info.obj for info in get_registry("learners").entries() if info.class_path == class_path), None)
+        if cls is None:
+            return {}
         params = inspect.signature(cls).parameters.items()
-    except (ImportError, AttributeError, ValueError, TypeError):
+    except (LookupError, ValueError, TypeError):
         return {}
     return {k: p.default for k, p in params if p.default is not inspect.Parameter.empty}
 
@@ -89,11 +112,23 @@ def _shots_key(result: Mapping[str, Any]) -> tuple[int, str]:
     return (0, f"{shots:09d}") if isinstance(shots, int) else (1, str(shots))
 
 
+def _split_id(result: Mapping[str, Any]) -> str:
+    """What identifies the data split: the split file's sha256 when known, else a hash of the data identity
+    without local paths (so the same data at another root is the same split)."""
+    data = result.get("data")
+    if not isinstance(data, Mapping):
+        return ""
+    if data.get("split_sha256"):
+        return str(data["split_sha256"])
+    ident = {k: v for k, v in data.items() if k not in {"root", "split_file", "classnames_file"}}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _entry_key(result: Mapping[str, Any]) -> tuple:
-    """Dedupe key: (dataset, learner, backbone model, weights, shots)."""
+    """Dedupe key: (dataset, learner, backbone model, weights, shots, split)."""
     return (
         str(result["dataset"]), learner_label(result), str(_backbone(result).get("model")),
-        _weights_id(result), _shots_key(result),
+        _weights_id(result), _shots_key(result), _split_id(result),
     )
 
 
@@ -106,20 +141,112 @@ def _row_sort_key(result: Mapping[str, Any]) -> tuple:
     return (str(result["dataset"]), *_learner_key(result), str(result.get("_rel", "")))
 
 
-def _dedupe(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep, for each :func:`_entry_key`, the newest result by ``created`` (ties: the later path)."""
+def _stage(result: Mapping[str, Any]) -> str:
+    """``fit`` / ``test`` / ``validate``: the recorded stage, else the word after ``vlprompt`` in the command."""
+    stage = result.get("stage")
+    if isinstance(stage, str) and stage:
+        return stage
+    try:
+        words = shlex.split(str(result.get("command", "")))
+    except ValueError:
+        words = str(result.get("command", "")).split()
+    return words[1] if len(words) > 1 and words[0].endswith("vlprompt") else "?"
+
+
+def _nothing_to_train(result: Mapping[str, Any]) -> bool:
+    if isinstance(result.get("trainable"), bool):
+        return not result["trainable"]
+    cfg = result.get("learner_config") or {}
+    path = cfg.get("class_path") if isinstance(cfg, Mapping) else None
+    try:
+        from vlprompt.registry import get_registry
+
+        cls = next((i.obj for i in get_registry("learners").entries() if i.class_path == path), None)
+    except LookupError:
+        cls = None
+    return cls is not None and getattr(cls, "trainable", True) is False
+
+
+def eligibility(result: Mapping[str, Any]) -> str | None:
+    """Why ``result`` may not be a leaderboard row (rule 1 of :data:`SELECTION_RULES`), or None if it may."""
+    if result.get("complete") is False:
+        return "incomplete run (not every seed finished)"
+    stage = _stage(result)
+    if stage == "fit":
+        return None
+    if stage in {"test", "validate"}:
+        if result.get("evaluated_checkpoint") or _nothing_to_train(result):
+            return None
+        return (f"`vlprompt {stage}` of a trainable learner without --prompts: it scores untrained prompts; "
+                "evaluate a checkpoint with --prompts, or use the `vlprompt fit` result")
+    return f"unknown stage {stage!r} (command {str(result.get('command'))[:60]!r})"
+
+
+def _epochs(result: Mapping[str, Any]) -> int:
+    values = [p.get("epochs") for p in result.get("per_seed", []) if isinstance(p, Mapping)]
+    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    return min(ints) if ints else 0
+
+
+def _n_seeds(result: Mapping[str, Any]) -> int:
+    return len(result.get("per_seed") or [])
+
+
+def _rank(result: Mapping[str, Any]) -> tuple:
+    """Rule 3: most seeds, then most epochs, then newest, then later path."""
+    return (_n_seeds(result), _epochs(result), parse_created(result["created"]), str(result.get("_rel", "")))
+
+
+def _why_superseded(winner: Mapping[str, Any], loser: Mapping[str, Any]) -> str:
+    if _n_seeds(loser) != _n_seeds(winner):
+        return f"fewer seeds ({_n_seeds(loser)} < {_n_seeds(winner)}) than {winner.get('_rel')}"
+    if _epochs(loser) != _epochs(winner):
+        return f"fewer epochs ({_epochs(loser)} < {_epochs(winner)}) than {winner.get('_rel')}"
+    return f"older than {winner.get('_rel')} (same seeds and epochs)"
+
+
+def select_results(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Apply :data:`SELECTION_RULES`: the rows (sorted) and ``(file, reason)`` for every result left out."""
+    left_out: list[tuple[str, str]] = []
     best: dict[tuple, dict[str, Any]] = {}
     for r in results:
+        why = eligibility(r)
+        if why is not None:
+            left_out.append((str(r.get("_rel")), why))
+            continue
         key = _entry_key(r)
-        order = (parse_created(r["created"]), str(r.get("_rel", "")))
         cur = best.get(key)
-        if cur is None or order > (parse_created(cur["created"]), str(cur.get("_rel", ""))):
+        if cur is None or _rank(r) > _rank(cur):
             if cur is not None:
-                log.info("%s supersedes older result %s", r.get("_rel"), cur.get("_rel"))
+                left_out.append((str(cur.get("_rel")), "superseded: " + _why_superseded(r, cur)))
             best[key] = r
         else:
-            log.info("%s supersedes older result %s", cur.get("_rel"), r.get("_rel"))
-    return sorted(best.values(), key=_row_sort_key)
+            left_out.append((str(r.get("_rel")), "superseded: " + _why_superseded(cur, r)))
+    rows = sorted(best.values(), key=_row_sort_key)
+    _mark_lookalikes(rows)
+    return rows, sorted(left_out)
+
+
+def _mark_lookalikes(rows: Sequence[dict[str, Any]]) -> None:
+    """Set ``_mark`` (`` [split ab12cd34]`` / `` [ckpt ab12cd34]``) on rows that would look identical."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(str(r["dataset"]), learner_label(r), _backbone_label(r), str(r.get("shots")))].append(r)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        for r in group:
+            marks = []
+            if len({_weights_id(g) for g in group}) > 1:
+                marks.append(f"ckpt {_weights_id(r)[:8]}")
+            if len({_split_id(g) for g in group}) > 1:
+                marks.append(f"split {_split_id(r)[:8]}")
+            r["_mark"] = " [" + ", ".join(marks) + "]" if marks else ""
+
+
+def _dedupe(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of :func:`select_results` (kept for callers of the old name)."""
+    return select_results(results)[0]
 
 
 def _ordered_metrics(results: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -142,7 +269,7 @@ def _md(text: Any) -> str:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |"]
-    lines.append("|" + "|".join("---" if h in {"learner", "backbone"} else "---:" for h in headers) + "|")
+    lines.append("|" + "|".join("---" if h in {"learner", "backbone", "file", "reason"} else "---:" for h in headers) + "|")
     lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
     return lines
 
@@ -160,7 +287,8 @@ def _fence(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- rendering
-def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]) -> str:
+def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
+                   left_out: Sequence[tuple[str, str]] = ()) -> str:
     metrics = _ordered_metrics(rows)
     mheads = [_HEADERS.get(k, k) for k in metrics]
     b2n = "base" in metrics and "new" in metrics
@@ -171,6 +299,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
         if b2n else "."
     )
     out += [explain, "", "_Generated by `vlprompt leaderboard build` from result files; do not edit by hand._", ""]
+    out += ["Which results are rows:", ""] + [f"{i}. {rule}" for i, rule in enumerate(SELECTION_RULES, 1)] + [""]
 
     by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -181,7 +310,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
             s = r["summary"]
             n = s.get("n_seeds", len(r.get("per_seed", [])))
             table_rows.append(
-                [learner_label(r), _backbone_label(r), str(r.get("shots")), str(n)]
+                [learner_label(r) + r.get("_mark", ""), _backbone_label(r), str(r.get("shots")), str(n)]
                 + [format_mean_std(s, k, missing="–") for k in metrics]
             )
         out += [f"## {dataset}", ""] + _table(["learner", "backbone", "shots", "seeds", *mheads], table_rows) + [""]
@@ -191,7 +320,12 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
         by_learner[_learner_key(r)].append(r)
     avg_rows = []
     for key in sorted(by_learner):
-        group = by_learner[key]
+        per_dataset: dict[str, dict[str, Any]] = {}
+        for r in by_learner[key]:  # one row per dataset (look-alike rows on other splits: the best-ranked)
+            cur = per_dataset.get(str(r["dataset"]))
+            if cur is None or _rank(r) > _rank(cur):
+                per_dataset[str(r["dataset"])] = r
+        group = [per_dataset[d] for d in sorted(per_dataset)]
         if len(group) < 2:
             continue
         cells = []
@@ -226,6 +360,9 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
             f"vlprompt {version}, file `{r['_rel']}`"
         )
         out += ["", f"  {fence}", *(f"  {line}" for line in command.splitlines() or [""]), f"  {fence}", ""]
+    if left_out:
+        out += ["## Results not shown", "", "Result files of this leaderboard that are not rows, and why (see the rules above).", ""]
+        out += _table(["file", "reason"], [[f"`{f}`", why] for f, why in left_out]) + [""]
     return "\n".join(out).rstrip("\n") + "\n"
 
 
@@ -248,7 +385,7 @@ def _render_csv(rows: Sequence[dict[str, Any]]) -> str:
         bb = _backbone(r)
         fixed = {
             "protocol": r["protocol"], "benchmark": r["benchmark"], "dataset": r["dataset"],
-            "learner": learner_label(r), "backbone_model": bb.get("model"), "backbone_sha256": bb.get("checkpoint_sha256"),
+            "learner": learner_label(r) + r.get("_mark", ""), "backbone_model": bb.get("model"), "backbone_sha256": bb.get("checkpoint_sha256"),
             "shots": r.get("shots"), "n_seeds": s.get("n_seeds", len(r.get("per_seed", []))),
             "command": r.get("command"), "created": r.get("created"), "path": r["_rel"],
         }
@@ -257,34 +394,85 @@ def _render_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from vlprompt.atomic import atomic_write_text
+
     if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
+        atomic_write_text(path, text)
 
 
 # --------------------------------------------------------------------------- public API
-def build_leaderboards(results_dir: str | os.PathLike, out_dir: str | os.PathLike = "leaderboards") -> list[Path]:
+def load_results_tolerant(root: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Every valid result under ``root`` (with ``_path`` and ``_rel``) and ``(file, reason)`` for each ``*.json``
+    that is unreadable, truncated or not a vlprompt result: one bad file never aborts a build."""
+    results, skipped = [], []
+    for path in sorted(root.rglob("*.json")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(root).as_posix()
+        try:
+            result = load_result(path)
+            parse_created(result["created"])
+            for key in ("protocol", "benchmark", "dataset", "learner"):
+                if not isinstance(result.get(key), str) or not result[key]:
+                    raise ResultError(f"{path}: {key!r} must be a non-empty string, got {result.get(key)!r:.80}")
+        except (ResultError, TypeError, ValueError) as exc:
+            reason = str(exc).replace(str(path) + ": ", "")
+            skipped.append((rel, reason))
+            log.warning("skipping %s: %s", rel, reason)
+            continue
+        result["_path"], result["_rel"] = str(path), rel
+        results.append(result)
+    return results, skipped
+
+
+def build_leaderboards(results_dir: str | os.PathLike, out_dir: str | os.PathLike = DEFAULT_OUT, *,
+                       report: list[tuple[str, str]] | None = None) -> list[Path]:
     """Build ``<out_dir>/<protocol>/<benchmark>/{README.md,results.csv}`` from every result under ``results_dir``.
 
-    Returns the written paths (sorted). Raises :class:`~vlprompt.results.ResultError` for a missing folder or
-    an invalid result file (the message names the file).
+    Rows follow :data:`SELECTION_RULES`. Returns the written paths (sorted). Files left out (unreadable, foreign,
+    not eligible, superseded) are appended to ``report`` as ``(file, reason)``. Raises
+    :class:`~vlprompt.results.ResultError` only for a missing folder.
     """
     root = Path(results_dir)
-    results = load_results(root)
-    for r in results:
-        r["_rel"] = Path(r["_path"]).relative_to(root).as_posix()
+    if not root.is_dir():
+        raise ResultError(
+            f"results folder {str(root)!r} does not exist or is not a directory; pass the folder that "
+            "`vlprompt fit` wrote results to (its --results_dir)."
+        )
+    results, skipped = load_results_tolerant(root)
+    if report is not None:
+        report.extend(skipped)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         groups[(str(r["protocol"]), str(r["benchmark"]))].append(r)
     written: list[Path] = []
     for protocol, benchmark in sorted(groups):
-        rows = _dedupe(groups[(protocol, benchmark)])
+        rows, left_out = select_results(groups[(protocol, benchmark)])
+        if report is not None:
+            report.extend(left_out)
+        if not rows:
+            continue
         folder = Path(out_dir) / _safe(protocol) / _safe(benchmark)
         readme, table = folder / "README.md", folder / "results.csv"
-        _write_if_changed(readme, _render_readme(protocol, benchmark, rows))
+        _write_if_changed(readme, _render_readme(protocol, benchmark, rows, left_out))
         _write_if_changed(table, _render_csv(rows))
         written += [readme, table]
     return written
+
+
+def _print_report(report: Sequence[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    import sys
+
+    console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=200)
+    table = Table(title=f"{len(report)} result file(s) not used", title_style="bold yellow")
+    table.add_column("file", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for f, why in report:
+        table.add_row(f, why)
+    console.print(table)
 
 
 def leaderboard_main(argv: Sequence[str]) -> int:
@@ -293,7 +481,8 @@ def leaderboard_main(argv: Sequence[str]) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     build = sub.add_parser("build", help="write <out>/<protocol>/<benchmark>/README.md and results.csv")
     build.add_argument("results_dir", help="folder of result JSON files (searched recursively)")
-    build.add_argument("--out", default="leaderboards", help="output folder (default: leaderboards)")
+    build.add_argument("--out", default=DEFAULT_OUT,
+                       help=f"output folder (default: {DEFAULT_OUT}; the committed leaderboards/ only when named)")
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:  # argparse already printed usage / help
@@ -305,14 +494,17 @@ def leaderboard_main(argv: Sequence[str]) -> int:
             "results to, e.g. `vlprompt leaderboard build results`", str(results_dir),
         )
         return 2
+    report: list[tuple[str, str]] = []
     try:
-        paths = build_leaderboards(results_dir, args.out)
-    except ResultError as exc:
+        paths = build_leaderboards(results_dir, args.out, report=report)
+    except (ResultError, OSError) as exc:
         log.error("%s", exc)
         return 1
+    if report:
+        _print_report(report)
     if not paths:
         log.error(
-            "no result files (*.json) under %r; run `vlprompt fit --config ...` first or pass the right folder",
+            "no usable result files (*.json) under %r; run `vlprompt fit --config ...` first or pass the right folder",
             str(results_dir),
         )
         return 2

@@ -21,9 +21,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import open_clip
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from vlprompt.atomic import atomic_write_text, save_safetensors
 from vlprompt.backbones.open_clip import file_sha256
 from vlprompt.backbones.toyclip import TOY_MODEL  # registers the toy config with open_clip
 from vlprompt.data.toyworld.captions import caption, scene_attributes
@@ -186,7 +186,7 @@ class CLIPPretraining(pl.LightningModule):
         path = Path(self.hparams.export_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.clip.state_dict().items()}
-        save_file(state, str(path), metadata={"model": self.model_name, "format": "open_clip"})
+        save_safetensors(state, path, metadata={"model": self.model_name, "format": "open_clip"})
         card = {
             "model": self.model_name,
             "model_config": open_clip.get_model_config(self.model_name),
@@ -203,6 +203,6 @@ class CLIPPretraining(pl.LightningModule):
             "hparams": dict(self.hparams),
             "final_attribute_zero_shot": acc,
         }
-        Path(str(path).removesuffix(".safetensors") + ".card.json").write_text(json.dumps(card, indent=2) + "\n")
+        atomic_write_text(Path(str(path).removesuffix(".safetensors") + ".card.json"), json.dumps(card, indent=2) + "\n")
         log.info("exported %s (%d bytes, sha256 %s)", path, card["bytes"], card["sha256"])
 

@@ -121,16 +121,19 @@ def _candidate(ep: md.EntryPoint) -> _Candidate:
     return _Candidate(ep.name, ep.value, name, version, ep)
 
 
-def _check_duplicate(group: str, first: _Candidate, second: _Candidate) -> None:
-    if (first.value, _normalize(first.distribution)) == (second.value, _normalize(second.distribution)):
-        return
-    raise RegistryError(
-        f"Plugin name {first.name!r} in group {group!r} is registered twice: "
-        f"{first.value!r} by distribution {first.distribution!r} and "
-        f"{second.value!r} by distribution {second.distribution!r}. "
-        f"Fix: uninstall one of them (pip uninstall {first.distribution} or {second.distribution}) "
-        f"or rename one entry point."
-    )
+def _same(first: _Candidate, second: _Candidate) -> bool:
+    return (first.value, _normalize(first.distribution)) == (second.value, _normalize(second.distribution))
+
+
+def _duplicate_message(group: str, name: str, providers: list[_Candidate]) -> str:
+    """Why a name registered by several distributions is disabled, naming every provider and the fixes."""
+    listed = " and ".join(f"{c.value!r} by distribution {c.distribution!r}" for c in providers)
+    paths = " or ".join(repr(c.value.replace(":", ".")) for c in providers)
+    others = sorted({c.distribution for c in providers if _normalize(c.distribution) != BUILTIN_DISTRIBUTION})
+    fix_dist = f"uninstall or rename the entry point of {' / '.join(others)}" if others else "rename one entry point"
+    return (f"Plugin name {name!r} in group {group!r} is registered twice ({listed}), so the name is disabled; "
+            f"everything else keeps working. Pick one by its full class path ({paths}) in the config, or "
+            f"{fix_dist}.")
 
 
 class Registry:
@@ -142,13 +145,16 @@ class Registry:
         self._plugins: dict[str, PluginInfo] = {}
         self._broken: dict[str, BrokenPlugin] = {}
         self._skipped: dict[str, str] = {}
+        self._conflicts: dict[str, str] = {}
         for candidate in self._collect():
             self._load(candidate)
 
     def _collect(self) -> list[_Candidate]:
-        """Entry points of the group after the autoload filter, deduplicated; raises on conflicts."""
+        """Entry points of the group after the autoload filter, deduplicated; a name registered by several
+        distributions is disabled (recorded in ``_conflicts`` and listed as broken), the others load."""
         disabled, allowed = _autoload_disabled(), _allowed_distributions()
         chosen: dict[str, _Candidate] = {}
+        clashes: dict[str, list[_Candidate]] = {}
         for candidate in map(_candidate, md.entry_points(group=self.group)):
             dist = _normalize(candidate.distribution)
             if disabled and dist != BUILTIN_DISTRIBUTION and dist not in allowed:
@@ -157,9 +163,19 @@ class Registry:
                 self._skipped[candidate.name] = candidate.distribution
                 continue
             if candidate.name in chosen:
-                _check_duplicate(self.group, chosen[candidate.name], candidate)
+                if not _same(chosen[candidate.name], candidate):
+                    providers = clashes.setdefault(candidate.name, [chosen[candidate.name]])
+                    if not any(_same(c, candidate) for c in providers):
+                        providers.append(candidate)
                 continue
             chosen[candidate.name] = candidate
+        for name, providers in clashes.items():
+            message = _duplicate_message(self.group, name, providers)
+            log.warning("%s", message)
+            self._conflicts[name] = message
+            self._broken[name] = BrokenPlugin(name, self.group, " / ".join(c.value for c in providers),
+                                              " / ".join(c.distribution for c in providers), message)
+            del chosen[name]
         return [chosen[name] for name in sorted(chosen)]
 
     def _load(self, candidate: _Candidate) -> None:
@@ -203,7 +219,15 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._plugins
 
+    def failure(self, name: str) -> str | None:
+        """Why ``name`` is unusable although installed (failed import, duplicate, skipped), or None."""
+        if name in self._broken or name in self._skipped:
+            return self._missing_message(name)
+        return None
+
     def _missing_message(self, name: str) -> str:
+        if name in self._conflicts:
+            return self._conflicts[name]
         if name in self._broken:
             bad = self._broken[name]
             return (f"Plugin {name!r} ({bad.value}) from distribution {bad.distribution!r} failed to load: "

@@ -242,15 +242,25 @@ def write_result(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in result.items() if k != "_path"}
     text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
+    from vlprompt.atomic import atomic_path
+
     while True:
         name = f"{_safe(result['learner'])}-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}.json"
         path = folder / name
+        # written whole to a unique temporary file, then linked into place: a crash never leaves a truncated
+        # result, and two runs finishing at once never take the same name (link fails if it exists)
+        with atomic_path(folder / f"{name}.partial") as tmp:
+            tmp.write_text(text, encoding="utf-8")
         try:
-            with open(path, "x", encoding="utf-8") as fh:
-                fh.write(text)
-            break
+            os.link(folder / f"{name}.partial", path)
         except FileExistsError:  # pragma: no cover - 1 in 16M
+            os.unlink(folder / f"{name}.partial")
             continue
+        except OSError:  # file systems without hard links
+            os.replace(folder / f"{name}.partial", path)
+            break
+        os.unlink(folder / f"{name}.partial")
+        break
     log.info("wrote result %s", path)
     return path
 

@@ -58,6 +58,39 @@ def _looks_like_openai_jit(path: Path) -> bool:
         return False
 
 
+_SHA_IN_URL = __import__("re").compile(r"/([0-9a-f]{64})/")
+
+
+def _known_quick_gelu_sha256(model: str) -> dict[str, bool]:
+    """sha256 -> quick_gelu of the releases of ``model`` that open_clip lists with a sha256 (in their URL)."""
+    out: dict[str, bool] = {}
+    for tag in open_clip.list_pretrained_tags_by_model(model):
+        cfg = open_clip.get_pretrained_cfg(model, tag)
+        m = _SHA_IN_URL.search(str(cfg.get("url", "")))
+        if m:
+            out[m.group(1)] = bool(cfg.get("quick_gelu", False))
+    return out
+
+
+def _has_openai_layout(path: Path) -> bool:
+    """True for a state dict in OpenAI's original layout (it keeps the ``input_resolution``, ``context_length``
+    and ``vocab_size`` entries that open_clip drops when it re-saves weights)."""
+    keys: set[str] = set()
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                keys = set(f.keys())
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            sd = sd.get("state_dict", sd) if isinstance(sd, dict) else {}
+            keys = {k.removeprefix("module.") for k in sd}
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the loader
+        return False
+    return {"input_resolution", "context_length", "vocab_size"} <= keys
+
+
 def resolve_quick_gelu(model: str, pretrained: str | None, quick_gelu: bool | None) -> bool:
     """Decide QuickGELU for a (model, pretrained) pair; refuse a pairing that silently drifts accuracy.
 
@@ -70,6 +103,24 @@ def resolve_quick_gelu(model: str, pretrained: str | None, quick_gelu: bool | No
         needs = bool(open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu", False)) or model_has_qg
     elif pretrained and Path(pretrained).is_file() and _looks_like_openai_jit(Path(pretrained)):
         needs = True
+    elif pretrained and Path(pretrained).is_file() and _has_openai_layout(Path(pretrained)):
+        needs = True
+    elif pretrained and Path(pretrained).is_file() and not model_has_qg and quick_gelu is None:
+        releases = [t for t in open_clip.list_pretrained_tags_by_model(model)
+                    if open_clip.get_pretrained_cfg(model, t).get("quick_gelu")]
+        if releases:  # a file of unknown origin for an architecture with QuickGELU releases: never guess
+            known = _known_quick_gelu_sha256(model)
+            digest = file_sha256(Path(pretrained))
+            if digest in known:
+                needs = known[digest]
+            else:
+                raise BackboneError(
+                    f"pretrained={pretrained!r} is a local file for model {model!r}, whose releases {releases} were "
+                    "trained with QuickGELU while others use GELU, and the file is not one vlprompt recognises. Say "
+                    f"which: `model: {model}-quickgelu` (or `quick_gelu: true`) for OpenAI weights such as the "
+                    "open_clip_pytorch_model.bin of the 'openai' tag, `quick_gelu: false` for GELU weights (LAION, "
+                    "DataComp...). A wrong choice silently moves every logit."
+                )
     if needs is None:
         return bool(quick_gelu) if quick_gelu is not None else model_has_qg
     if quick_gelu is not None and quick_gelu != needs:

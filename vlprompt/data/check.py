@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -93,6 +94,10 @@ def check_dataset(name: str, root: str, *, strict: bool = False, decode: bool = 
 
         source_cls = get_registry("datasets").get(name)
     report.facts["class"] = f"{source_cls.__module__}.{source_cls.__qualname__}"
+    init_params = inspect.signature(source_cls.__init__).parameters
+    if "root" not in init_params and len([p for p in init_params.values() if p.kind == p.POSITIONAL_OR_KEYWORD]) < 2:
+        report.facts["files"] = f"{name} is generated in memory (no files, no --root needed): nothing to check"
+        return report
     try:
         source, logged = _build(source_cls, root, strict=strict)
     except DataError as exc:
@@ -206,3 +211,68 @@ def data_main(argv: list[str]) -> int:
         return 1
     print_report(report, console)
     return 0 if report.ok else 1
+
+
+# --------------------------------------------------------------------------- pre-flight check of a run
+def _cheap_image_error(path: str) -> str | None:
+    """``None`` when ``path`` looks like an intact image, else why not: the file exists and is not empty, PIL
+    recognises its header, and a JPEG / PNG ends with its end marker (a truncated download fails here)."""
+    from PIL import Image
+
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with Image.open(path) as im:
+            fmt = im.format
+        with open(path, "rb") as fh:
+            fh.seek(max(0, size - 64))
+            tail = fh.read()
+    except Exception as exc:  # noqa: BLE001 - any failure makes the file unusable
+        return f"{type(exc).__name__}: {exc}"
+    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+        return "truncated JPEG (no end-of-image marker)"
+    if fmt == "PNG" and b"IEND" not in tail:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def preflight_images(sources, *, full: bool = False, progress: bool = False) -> None:
+    """Check every image file of every split of ``sources`` before a run trains anything.
+
+    Cheap by default (header and end marker of each file, see :func:`_cheap_image_error`); ``full=True``
+    decodes every image. Sources without image files (the toy world) are skipped. Raises
+    :class:`~vlprompt.data.base.DataError` naming the first unreadable files and the fixes.
+    """
+    from vlprompt.data.folder import _decode_error
+
+    paths: dict[str, str] = {}
+    for source in sources:
+        if not isinstance(source, ImageListSource):
+            continue
+        for split in source.splits:
+            for p in source.paths(split):
+                paths.setdefault(p, source.name)
+    if not paths:
+        return
+    check = _decode_error if full else _cheap_image_error
+    todo = sorted(paths)
+    bad: list[tuple[str, str]] = []
+    iterator = todo
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(todo, desc=f"checking images ({'full decode' if full else 'headers'})", unit="img", leave=False)
+    for p in iterator:
+        error = check(p) if os.path.isfile(p) else "missing"
+        if error is not None:
+            bad.append((p, error))
+    if bad:
+        first = "; ".join(f"{p}: {e}" for p, e in bad[:_SHOW])
+        name = paths[bad[0][0]]
+        raise DataError(
+            f"{len(bad)} of {len(todo)} image(s) this run reads are unreadable (first: {first}); nothing has been "
+            f"trained yet. Replace them with intact copies, or build the dataset with on_corrupt='skip'; "
+            f"`vlprompt data check {name} --root DIR --decode` lists them all; --check_images none skips this check"
+        )
+    log.info("checked %d image(s) (%s)", len(todo), "full decode" if full else "headers")

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from vlprompt.backbones.base import VLBackbone
@@ -171,10 +171,10 @@ def cached_features(
         backbone, dataset, views=views, num_workers=num_workers, key=key, batch_size=batch_size
     )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp))
-        tmp.replace(path)
+        from vlprompt.atomic import save_safetensors
+
+        # unique temporary name + os.replace: concurrent runs extracting the same entry never clash
+        save_safetensors({"features": features.contiguous(), "labels": labels.contiguous()}, path)
     except OSError as exc:
         log.warning("could not write feature cache %s: %s", path, exc)
     return FeatureDataset(features, labels, seed=seed)

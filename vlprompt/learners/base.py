@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
@@ -185,7 +185,9 @@ class PromptLearner(nn.Module, abc.ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"learner": type(self).__name__, "classnames": json.dumps(self.train_classnames)}
         meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()})
-        save_file(self.learned_state(), str(path), metadata=meta)
+        from vlprompt.atomic import save_safetensors
+
+        save_safetensors(self.learned_state(), path, metadata=meta)  # atomic, normal permissions
         return path
 
     def load_prompts(self, path: str | Path, *, check_classnames: bool = True) -> None:

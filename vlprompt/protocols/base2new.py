@@ -196,8 +196,9 @@ class ClassificationProtocol(pl.LightningDataModule):
         if self.seed is None:  # an unseeded draw is never cached (it would silently become fixed)
             return draws[split]
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": key, **draws}))
+            from vlprompt.atomic import atomic_write_text
+
+            atomic_write_text(path, json.dumps({"key": key, **draws}))  # concurrent runs never see a partial file
         except OSError as exc:  # a read-only cache is not fatal
             log.warning("could not cache few-shot indices in %s: %s", path, exc)
         return draws[split]
