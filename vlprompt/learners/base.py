@@ -174,6 +174,16 @@ class PromptLearner(nn.Module, abc.ABC):
     def on_fit_end(self) -> None:
         """Hook: called by the host module once training has finished, before evaluation and saving."""
 
+    def optimizer_groups(self) -> list[dict]:
+        """Optimiser parameter groups (torch ``param_groups`` dicts) over the trainable parameters.
+
+        Default: one group with every parameter that requires grad. A learner that trains parts at different
+        rates (e.g. DePT's short prompt and low-rank pair) returns several groups; a group may set its own
+        ``lr`` (absolute) or ``lr_scale`` (a factor applied to the optimiser's configured ``lr``); the module's
+        warm-up + cosine schedule then runs on each group's own base rate.
+        """
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     # ------------------------------------------------------------------ learned prompts on disk
     def learned_state(self) -> dict[str, torch.Tensor]:
         """The trainable tensors (what a prompt checkpoint holds)."""

@@ -146,10 +146,11 @@ class PromptClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        params = [p for p in self.learner.parameters() if p.requires_grad]
-        if not params:
+        groups = [g for g in self.learner.optimizer_groups() if g["params"]]
+        if not groups:
             raise RuntimeError(f"{type(self.learner).__name__} has no trainable parameters: evaluate it with `vlprompt test`")
-        opt = self.optimizer_factory(params)
+        opt = self.optimizer_factory(groups)
+        apply_lr_scales(opt)
         max_epochs = max(1, int(self.trainer.max_epochs or 1))
         base_lrs = [g["lr"] for g in opt.param_groups]
 
@@ -165,3 +166,11 @@ class PromptClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.")}
         checkpoint["vlprompt"] = {"backbone": self.backbone.info.to_dict(), "classnames": self.learner.train_classnames}
+
+
+def apply_lr_scales(opt: torch.optim.Optimizer) -> None:
+    """Turn each param group's ``lr_scale`` (set by :meth:`PromptLearner.optimizer_groups`) into its ``lr``."""
+    for group in opt.param_groups:
+        scale = group.pop("lr_scale", None)
+        if scale is not None:
+            group["lr"] = group["lr"] * float(scale)
