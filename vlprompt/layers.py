@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -126,8 +127,43 @@ def text_features(
     pool_index: torch.Tensor,
     deep_prompts: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """Projected text features ``[N, D]`` from prompt embeddings ``[N, L, Wt]`` (deep prompts at layers >= 1)."""
+    """Projected text features ``[N, D]`` from prompt embeddings ``[N, L, Wt]`` (deep prompts at layers >= 1).
+
+    Inside :func:`chunked_text_encoding` with gradients on, classes are encoded in chunks under activation
+    checkpointing (same values; memory of one chunk instead of all ``N`` classes)."""
+    if _TEXT_CHUNK[0] and embeddings.shape[0] > _TEXT_CHUNK[0] and torch.is_grad_enabled():
+        return _chunked_text_features(backbone, embeddings, pool_index, deep_prompts, _TEXT_CHUNK[0])
     return backbone.encode_text_embeddings(embeddings, pool_index, deep_prompts=deep_prompts)
+
+
+_TEXT_CHUNK: list[int | None] = [None]
+
+
+@contextlib.contextmanager
+def chunked_text_encoding(chunk: int | None) -> Iterator[None]:
+    """Encode class prompts in chunks of ``chunk`` classes with activation checkpointing inside this block
+    (test-time tuning of 1000-class label spaces); ``None`` turns it off."""
+    before = _TEXT_CHUNK[0]
+    _TEXT_CHUNK[0] = chunk
+    try:
+        yield
+    finally:
+        _TEXT_CHUNK[0] = before
+
+
+def _chunked_text_features(backbone, embeddings, pool_index, deep_prompts, chunk: int) -> torch.Tensor:
+    from torch.utils.checkpoint import checkpoint
+
+    outs = []
+    for start in range(0, embeddings.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        deep = None if deep_prompts is None else [d[sl] if d is not None and d.dim() == 3 else d for d in deep_prompts]
+
+        def run(emb, idx, deep=deep):
+            return backbone.encode_text_embeddings(emb, idx, deep_prompts=deep)
+
+        outs.append(checkpoint(run, embeddings[sl], pool_index[sl], use_reentrant=False))
+    return torch.cat(outs)
 
 
 @torch.no_grad()
