@@ -26,6 +26,8 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   data       vlprompt data check NAME --root DIR [--strict] [--decode]
   leaderboard  vlprompt leaderboard build RESULTS_DIR [--out leaderboards]
   import     vlprompt import dassl CHECKPOINT --learner NAME --classnames FILE --out prompts.safetensors
+  tta        episodic test-time evaluation (TPT, DiffTPT or a baseline learner), writing a result JSON
+  generate   fill the generated-view cache of a test set ahead of time (DiffTPT)
 
 Each of fit/validate/test/pretrain takes --help and --print_config.
 """
@@ -120,6 +122,10 @@ def _main(argv: list[str] | None) -> int:
 
         run_experiment(cmd, rest)
         return 0
+    if cmd in {"tta", "generate"}:
+        from vlprompt.test_time_cli import main as test_time_main
+
+        return test_time_main(cmd, rest)
     if cmd == "list":
         from vlprompt.registry import list_main
 

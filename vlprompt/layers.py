@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -138,6 +139,7 @@ class ClassPrompts(nn.Module):
 
 #: prompts encoded at once by :func:`text_features` before it switches to chunks (see ``chunk_size``)
 TEXT_CHUNK = 256
+_DEFAULT_CHUNK: int | None = TEXT_CHUNK  # changed only inside :func:`chunked_text_encoding`
 
 
 def text_features(
@@ -146,7 +148,7 @@ def text_features(
     pool_index: torch.Tensor,
     deep_prompts: Sequence[torch.Tensor | None] | None = None,
     *,
-    chunk_size: int | None = TEXT_CHUNK,
+    chunk_size: int | None | str = "default",
 ) -> torch.Tensor:
     """Projected text features ``[N, D]`` from prompt embeddings ``[N, L, Wt]`` (deep prompts at layers >= 1).
 
@@ -157,6 +159,8 @@ def text_features(
     prompts ``[N, n, Wt]`` are chunked along with the prompts. Up to ``chunk_size`` prompts the call is
     exactly the unchunked one.
     """
+    if chunk_size == "default":
+        chunk_size = _DEFAULT_CHUNK
     n = embeddings.shape[0]
     if chunk_size is None or n <= chunk_size:
         return backbone.encode_text_embeddings(embeddings, pool_index, deep_prompts=deep_prompts)
@@ -184,6 +188,21 @@ def text_features(
 
 #: hand-crafted classifiers per frozen model object (weakly held): {(classnames, templates, device): [C, D]}
 _TEMPLATE_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def chunked_text_encoding(chunk: int | None) -> Iterator[None]:
+    """Inside this block, :func:`text_features` calls that leave ``chunk_size`` at its default encode
+    ``chunk`` prompts at a time (``None``: all at once), e.g. test-time tuning of 1000-class label spaces."""
+    global _DEFAULT_CHUNK
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"text chunk {chunk} must be a positive number of prompts or None")
+    before = _DEFAULT_CHUNK
+    _DEFAULT_CHUNK = chunk
+    try:
+        yield
+    finally:
+        _DEFAULT_CHUNK = before
 
 
 @torch.no_grad()

@@ -35,10 +35,11 @@ GROUPS: dict[str, str] = {
     "backbones": "vlprompt.backbones",
     "datasets": "vlprompt.datasets",
     "protocols": "vlprompt.protocols",
+    "generators": "vlprompt.generators",
 }
 
 #: the ``family`` shown for a plugin class without a ``family`` attribute.
-DEFAULT_FAMILY: dict[str, str] = {"learners": "?", "backbones": "backbone", "datasets": "dataset", "protocols": "protocol"}
+DEFAULT_FAMILY: dict[str, str] = {"learners": "?", "backbones": "backbone", "datasets": "dataset", "protocols": "protocol", "generators": "generator"}
 
 BUILTIN_DISTRIBUTION = "vlprompt"
 DISABLE_AUTOLOAD_ENV = "VLPROMPT_DISABLE_PLUGIN_AUTOLOAD"

@@ -279,3 +279,36 @@ class PromptLearner(nn.Module, abc.ABC):
         backbone width) and the fix.
         """
         raise LearnerError(f"{type(self).__name__} has no reference-checkpoint importer")
+
+    # ------------------------------------------------------------------ test-time tuning interface
+    # Test-time methods (TPT, DiffTPT: vlprompt/tta.py, vlprompt/modules/test_time.py) tune a learner's
+    # tensors on each test image and reset them before the next one. A learner opts in through these
+    # four methods; the defaults cover learners whose trainable parameters are their prompts.
+
+    def tunable_parameters(self) -> dict[str, nn.Parameter]:
+        """The tensors a test-time method tunes per test image, by name (default: every parameter with
+        ``requires_grad``, i.e. the context / prompt vectors). Override to tune fewer (e.g. only the
+        generated context of an instance-conditioned learner). Raises :class:`LearnerError` when empty."""
+        params = {k: p for k, p in self.named_parameters() if p.requires_grad}
+        if not params:
+            raise LearnerError(
+                f"{type(self).__name__} exposes nothing to tune at test time (no trainable parameters). Tune a "
+                "prompt learner instead, e.g. coop with ctx_init: 'a photo of a' (equal to zero-shot CLIP before "
+                "tuning), or override tunable_parameters()."
+            )
+        return params
+
+    def snapshot_tunable(self) -> dict[str, torch.Tensor]:
+        """Detached copies of :meth:`tunable_parameters` (the state a test-time method resets to)."""
+        return {k: p.detach().clone() for k, p in self.tunable_parameters().items()}
+
+    def restore_tunable(self, snapshot: dict[str, torch.Tensor]) -> None:
+        """Copy a :meth:`snapshot_tunable` back in place (optimisers keep their parameter objects) and
+        invalidate cached text features."""
+        params = self.tunable_parameters()
+        if set(params) != set(snapshot):
+            raise LearnerError(f"snapshot holds {sorted(snapshot)} but {type(self).__name__} tunes {sorted(params)}")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(snapshot[k])
+        self.invalidate_text_cache()

@@ -1,0 +1,57 @@
+"""``vlprompt tta`` / ``vlprompt generate`` end to end on the toy world (tiny subsets)."""
+
+from __future__ import annotations
+
+import json
+
+from vlprompt.cli import main
+from vlprompt.test_time_cli import run_tta
+
+SMALL = [
+    "--config", "configs/protocols/test_time/toy_shifts.yaml", "--config", "configs/backbones/toyclip.yaml",
+    "--seeds", "[1]", "--data.init_args.images_per_set", "3", "--data.init_args.targets",
+    '[{"class_path": "toy_mixtures", "init_args": {"style": "clean", "test_style": "noise"}}]',
+]
+
+
+def test_tta_writes_result_with_settings(repo, tmp_path, monkeypatch):
+    monkeypatch.chdir(repo)
+    result = run_tta([
+        *SMALL, "--config", "configs/learners/tpt/default.yaml", "--model.learner.init_args.views", "8",
+        "--model.learner.init_args.selection", "0.25", "--results_dir", str(tmp_path),
+    ], show_summary=False)
+    data = json.loads(open(result["_path"]).read())
+    assert data["learner"] == "tpt" and data["protocol"] == "test_time"
+    assert data["test_time"]["views"] == 8 and data["test_time"]["steps"] == 1 and data["test_time"]["selected_views"] == 2
+    assert "toy_mixtures-noise" in data["per_seed"][0]["metrics"]
+    assert data["per_seed"][0]["test_time_stats"]["mean_seconds"] > 0
+    assert data["data"]["images_per_set"] == 3
+
+
+def test_baseline_and_bad_inputs_through_the_cli(repo, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(repo)
+    result = run_tta([*SMALL, "--config", "configs/learners/zero_shot/default.yaml", "--results_dir", str(tmp_path)], show_summary=False)
+    assert result["test_time"]["steps"] == 0
+    rc = main(["tta", *SMALL, "--config", "configs/learners/tpt/default.yaml", "--model.learner.init_args.learner", "zero_shot"])
+    assert rc == 2 and "nothing to tune" in capsys.readouterr().err
+    rc = main(["tta", *SMALL, "--config", "configs/learners/tpt/default.yaml", "--data.init_args.classnames", "[red shape]"])
+    assert rc == 2 and "not classes of" in capsys.readouterr().err
+    rc = main(["generate", *SMALL, "--config", "configs/learners/tpt/default.yaml"])
+    assert rc == 2 and "generates no views" in capsys.readouterr().err
+
+
+def test_generate_fills_the_cache_and_resumes(repo, tmp_path, monkeypatch):
+    monkeypatch.chdir(repo)
+    args = [
+        *SMALL, "--model.learner", "difftpt", "--model.learner.init_args.generator",
+        '{"class_path": "vlprompt.generators.testing.JitterGenerator"}', "--model.learner.init_args.generated", "4",
+        "--model.learner.init_args.views", "6", "--model.learner.init_args.cache_dir", str(tmp_path / "views"),
+    ]
+    assert main(["generate", *args]) == 0
+    files = sorted((tmp_path / "views").rglob("*.safetensors"))
+    assert len(files) == 3
+    stamp = [f.stat().st_mtime_ns for f in files]
+    assert main(["generate", *args]) == 0  # resumable: nothing is regenerated
+    assert [f.stat().st_mtime_ns for f in files] == stamp
+    result = run_tta([*args, "--results_dir", str(tmp_path / "res")], show_summary=False)
+    assert result["test_time"]["method"] == "difftpt" and result["test_time"]["generated"] == 4

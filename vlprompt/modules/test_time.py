@@ -1,0 +1,142 @@
+"""Episodic test-time evaluation: one generic Lightning module, backbone and learner injected.
+
+For every test image, a :class:`TestTimeMethod` learner (TPT, DiffTPT, or a third-party one) is reset to its
+initial tunable tensors and its optimiser to its initial state (episodic: nothing carries over between
+images), builds the image's views, selects confident views, takes its optimiser steps on the
+marginal-entropy loss and predicts the original image. A plain learner (zero-shot, CoOp...) is evaluated on
+the test-transformed original with the same data, so baselines share the protocol and the image subset.
+The module never branches on the learner's identity: it only uses the :class:`TestTimeMethod` interface and
+the learner's test-time tensors (:meth:`PromptLearner.tunable_parameters`, ``snapshot_tunable``,
+``restore_tunable``).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import logging
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from vlprompt.backbones.base import VLBackbone
+from vlprompt.data.tta_views import TPTViews
+from vlprompt.learners.base import PromptLearner
+from vlprompt.tta import TTAStep
+
+log = logging.getLogger(__name__)
+
+
+class TestTimeMethod(abc.ABC):
+    """What a test-time learner adds to :class:`PromptLearner` (mixed into its class).
+
+    The tuned tensors are the learner's :meth:`PromptLearner.tunable_parameters`; the module snapshots them
+    once and restores them (and the optimiser state) before every image.
+    """
+
+    __test__ = False  # not a pytest class
+
+    @abc.abstractmethod
+    def build_views(self, image: torch.Tensor) -> torch.Tensor:
+        """Views ``[N, 3, S, S]`` of a raw image ``[3, H, W]`` in ``[0, 1]``; view 0 is the test-transformed original."""
+
+    @abc.abstractmethod
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimiser over the tunable tensors (reset per image from its initial state)."""
+
+    @abc.abstractmethod
+    def adapt(self, views: torch.Tensor, optimizer: torch.optim.Optimizer) -> TTAStep:
+        """Select views, tune, and return the tuned logits of view 0 (see :func:`vlprompt.tta.tpt_step`)."""
+
+    def tta_settings(self) -> dict[str, Any]:
+        """Settings written into the result JSON (views, steps, selection...)."""
+        return {}
+
+
+class TestTimeClassifier(pl.LightningModule):
+    """Frozen backbone + learner, evaluated image by image with episodic test-time tuning.
+
+    Args:
+        backbone: the frozen model.
+        learner: a :class:`TestTimeMethod` learner (``tpt``, ``difftpt``) or any learner (evaluated as is).
+        task: label spaces and test sets; linked from the data module by ``vlprompt tta``.
+    """
+
+    __test__ = False
+
+    def __init__(self, backbone: VLBackbone, learner: PromptLearner, *, task: dict | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.learner = learner
+        self.task = task or {}
+        self._space: str | None = None
+        self._counts: dict[str, list[int]] = {}
+        self._stats: dict[str, list[float]] = {}
+        self.eval_results: dict[str, dict[str, float]] = {}
+        self.eval_stats: dict[str, float] = {}
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._opt_state: dict | None = None
+        self._snapshot: dict[str, torch.Tensor] | None = None
+        self._views = TPTViews(backbone.preprocess, 2)
+        spaces = self.task.get("label_spaces") or {}
+        train_space = self.task.get("train_space")
+        if spaces and train_space:
+            self.learner.setup(self.backbone, spaces[train_space])
+
+    @property
+    def adapts(self) -> bool:
+        return isinstance(self.learner, TestTimeMethod)
+
+    def _use_space(self, space: str) -> None:
+        if space != self._space:
+            self.learner.set_classnames(self.task["label_spaces"][space])
+            self._space = space
+
+    def on_test_epoch_start(self) -> None:
+        if not self.task.get("label_spaces"):
+            raise RuntimeError("TestTimeClassifier has no task: run it through `vlprompt tta` (which links data.task)")
+        self._counts, self._stats = {}, {"seconds": [], "selected": [], "loss": []}
+        self.learner.eval()
+        if self.adapts:
+            params = list(self.learner.tunable_parameters().values())
+            self._snapshot = self.learner.snapshot_tunable()
+            self._optimizer = self.learner.make_optimizer(params)
+            self._opt_state = copy.deepcopy(self._optimizer.state_dict())
+
+    def predict_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[1, C]`` of one raw image ``[3, H, W]`` after its (episodic) test-time tuning."""
+        if not self.adapts:
+            with torch.no_grad():
+                return self.learner(self._views.original(image)[None])
+        assert self._optimizer is not None and self._snapshot is not None
+        self.learner.restore_tunable(self._snapshot)
+        self._optimizer.load_state_dict(self._opt_state)
+        views = self.learner.build_views(image)
+        out = self.learner.adapt(views, self._optimizer)
+        self._stats["selected"].append(float(out.selected.numel()))
+        self._stats["loss"].append(float(out.loss))
+        return out.logits
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        name, space = self.task["test_sets"][dataloader_idx]
+        self._use_space(space)
+        images, targets = batch
+        counts = self._counts.setdefault(name, [0, 0])
+        for image, target in zip(images, targets):
+            t0 = time.perf_counter()
+            pred = int(self.predict_image(image).argmax(dim=1)[0])
+            self._stats["seconds"].append(time.perf_counter() - t0)
+            counts[0] += int(pred == int(target))
+            counts[1] += 1
+
+    def on_test_epoch_end(self) -> None:
+        self.eval_results["test"] = {name: 100.0 * c / max(1, n) for name, (c, n) in self._counts.items()}
+        self.eval_stats = {f"mean_{k}": sum(v) / len(v) for k, v in self._stats.items() if v}
+        self._space = None
+        if self.adapts and self._snapshot is not None:
+            self.learner.restore_tunable(self._snapshot)
+
+    def configure_optimizers(self):  # pragma: no cover - never fitted
+        return None
