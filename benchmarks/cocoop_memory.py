@@ -7,8 +7,8 @@ backward, SGD step). Reported per configuration:
 - ``saved MiB``: tensors autograd keeps for the backward pass in one step (exact, deterministic; what
   chunking + recomputation reduces; the few inputs ``torch.utils.checkpoint`` keeps per chunk are not counted),
 - ``peak MiB``: the process's peak resident memory during the first training step above its resident
-  memory just before it (Linux ``VmHWM`` after resetting it through ``/proc/self/clear_refs``; later steps
-  reuse the freed heap, so they are not used for it). Coarse (allocator granularity), but it includes the
+  memory just before it (Linux ``VmHWM`` after ``malloc_trim`` and a reset through ``/proc/self/clear_refs``;
+  later steps reuse the freed heap, so they are not used for it). Coarse (allocator granularity), but it includes the
   forward pass's transient tensors, which ``saved MiB`` does not,
 - ``s/step``: median seconds per training step,
 - ratios of the three against CoOp at the same batch size.
@@ -27,6 +27,7 @@ are identical (tests/test_cocoop.py).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -97,6 +98,10 @@ def worker(cfg: dict) -> dict:
 
     with torch.no_grad():
         learner.encode_images(images)  # image-tower buffers are not part of the comparison
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back to the OS, so the step's peak shows in RSS
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak RSS
     before = _status("VmRSS")
