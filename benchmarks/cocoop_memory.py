@@ -4,8 +4,9 @@ Each configuration runs in its own subprocess (so peaks do not mix): build the b
 warm-up training step, then ``--steps`` timed steps (frozen image features, logits, cross-entropy,
 backward, SGD step). Reported per configuration:
 
-- ``saved MiB``: tensors autograd keeps for the backward pass in one step (exact, deterministic; what
-  chunking + recomputation reduces; the few inputs ``torch.utils.checkpoint`` keeps per chunk are not counted),
+- ``saved MiB``: activations autograd keeps for the backward pass in one step (exact, deterministic; what
+  chunking + recomputation reduces; model weights it references and the few inputs ``torch.utils.checkpoint``
+  keeps per chunk are not counted),
 - ``peak MiB``: the process's peak resident memory during the first training step above its resident
   memory just before it (Linux ``VmHWM`` after ``malloc_trim`` and a reset through ``/proc/self/clear_refs``;
   later steps reuse the freed heap, so they are not used for it). Coarse (allocator granularity), but it includes the
@@ -79,9 +80,12 @@ def worker(cfg: dict) -> dict:
     opt = torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], lr=0.002, momentum=0.9)
 
     saved: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in [*backbone.parameters(), *learner.parameters()]}
 
     def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:  # frozen weights kept for backward are resident anyway: not counted
+            saved[ptr] = t.untyped_storage().nbytes()
         return t
 
     def step(record: bool = False) -> None:
