@@ -131,5 +131,7 @@ def test_chunk_size_must_be_a_positive_integer(bad):
 def test_context_that_does_not_fit_the_class_name_is_refused():
     with pytest.raises(LearnerError, match=r"n_ctx=28: prompt .* does not fit the context length 32"):
         CoCoOp(n_ctx=28, ctx_init=None).setup(tiny_clip(), ["a very long class name indeed"])
+    with pytest.raises(LearnerError, match=r"CoOp with n_ctx=28: prompt .* does not fit the context length 32"):
+        CoOp(n_ctx=28).setup(tiny_clip(), ["a very long class name indeed"])
     with pytest.raises(LearnerError, match="is 4 tokens but n_ctx=3"):
         CoCoOp(n_ctx=3).setup(tiny_clip(), NAMES)

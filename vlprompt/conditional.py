@@ -22,7 +22,7 @@ def check_chunk_size(chunk_size: object, *, who: str = "chunk_size") -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(
             f"{who}={chunk_size!r} must be a positive integer: the number of prompts (images x classes) "
-            "encoded at once, e.g. 256 (lower it if memory runs out)"
+            "encoded at once, e.g. 64 (lower it if memory runs out)"
         )
     return chunk_size
 

@@ -111,7 +111,11 @@ class PromptLearner(nn.Module, abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} must implement text_features() or logits()")
 
     def cached_text_features(self) -> torch.Tensor:
-        """:meth:`text_features`, computed once per label space while evaluating without gradients."""
+        """:meth:`text_features`, cached while evaluating without gradients.
+
+        The cache is per label space and per state of the learner's tensors: any change (``load_state_dict``,
+        :meth:`set_learned_state`, in-place edits, optimiser steps) recomputes it.
+        """
         if self.training or torch.is_grad_enabled():
             return self.text_features()
         if self._text_cache is None or not self._text_cache_is_current():

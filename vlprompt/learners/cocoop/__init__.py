@@ -57,7 +57,7 @@ class CoCoOp(PromptLearner):
         n_ctx: int | None = 4,
         *,
         ctx_init: str | None = "a photo of a",
-        chunk_size: int = 256,
+        chunk_size: int = 64,
         recompute: bool = True,
         meta_reduction: int = 16,
         init_std: float = 0.02,

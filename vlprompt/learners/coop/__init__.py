@@ -71,7 +71,13 @@ class CoOp(PromptLearner):
 
     def on_classnames_changed(self, classnames: list[str]) -> None:
         device = self.ctx.device if hasattr(self, "ctx") else None
-        self.prompts = ClassPrompts(self.backbone, classnames, int(self.n_ctx), position=self.class_token_position)
+        try:
+            self.prompts = ClassPrompts(self.backbone, classnames, int(self.n_ctx), position=self.class_token_position)
+        except ValueError as exc:
+            raise LearnerError(
+                f"{type(self).__name__} with n_ctx={self.n_ctx}: {exc} (context length {self.backbone.context_length}; "
+                "lower n_ctx or use shorter class names)"
+            ) from None
         if device is not None:
             self.prompts.to(device)
 
