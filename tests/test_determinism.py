@@ -10,36 +10,42 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from vlprompt.experiment import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _args(tmp_path: Path, cache: Path, seed: int) -> list[str]:
+def _args(tmp_path: Path, cache: Path, seed: int, run: str) -> list[str]:
     return [
         "--config", str(REPO / "configs" / "quickstart.yaml"), "--seeds", f"[{seed}]", "--trainer.max_epochs", "2",
-        "--results_dir", str(tmp_path / "results"), "--trainer.default_root_dir", str(tmp_path / "runs"),
-        "--data.init_args.dataset.init_args.per_class", "[8, 2, 6]", "--data.init_args.shots", "8", "--data.init_args.cache_dir", str(cache),
-        "--data.init_args.feature_cache", "true", "--data.init_args.augment", "flip_crop",
-        "--data.init_args.feature_views", "3",
+        "--model.warmup_epochs", "0", "--results_dir", str(tmp_path / "results"),
+        "--trainer.default_root_dir", str(tmp_path / "runs" / run),
+        "--data.init_args.dataset.init_args.per_class", "[8, 2, 6]", "--data.init_args.shots", "8",
+        "--data.init_args.cache_dir", str(cache), "--data.init_args.feature_cache", "true",
+        "--data.init_args.augment", "flip_crop", "--data.init_args.feature_views", "3",
     ]
 
 
-def _metrics(result: dict) -> dict:
-    return result["per_seed"][0]["metrics"]
+def _run(tmp_path: Path, cache: str, seed: int, run: str) -> tuple[dict, dict]:
+    """Metrics and learned prompt tensors of one run."""
+    result = run_experiment("fit", _args(tmp_path, tmp_path / cache, seed, run), show_summary=False)
+    row = result["per_seed"][0]
+    return row["metrics"], load_file(row["prompts"])
 
 
 def test_cold_and_warm_runs_give_identical_metrics(tmp_path) -> None:
-    cold = run_experiment("fit", _args(tmp_path, tmp_path / "cache_a", 1), show_summary=False)
+    cold, cold_ctx = _run(tmp_path, "cache_a", 1, "cold")
     assert len(list((tmp_path / "cache_a" / "features").glob("*.safetensors"))) == 3
-    warm = run_experiment("fit", _args(tmp_path, tmp_path / "cache_a", 1), show_summary=False)
-    assert _metrics(warm) == _metrics(cold)
+    warm, warm_ctx = _run(tmp_path, "cache_a", 1, "warm")
+    assert warm == cold and set(cold) >= {"base", "new"}
+    assert all(torch.equal(warm_ctx[k], cold_ctx[k]) for k in cold_ctx)  # the learned prompts too, bit for bit
     # a cache built by another seed's run serves the same features: seed 1 warm on it equals seed 1 cold
-    run_experiment("fit", _args(tmp_path, tmp_path / "cache_b", 2), show_summary=False)
-    other = run_experiment("fit", _args(tmp_path, tmp_path / "cache_b", 1), show_summary=False)
-    assert _metrics(other) == _metrics(cold)
-    assert set(_metrics(cold)) >= {"base", "new"}
+    _run(tmp_path, "cache_b", 2, "other2")
+    other, other_ctx = _run(tmp_path, "cache_b", 1, "other1")
+    assert other == cold
+    assert all(torch.equal(other_ctx[k], cold_ctx[k]) for k in cold_ctx)
 
 
 def test_feature_extraction_leaves_the_global_generator_untouched(tmp_path) -> None:

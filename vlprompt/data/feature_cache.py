@@ -37,6 +37,8 @@ def feature_cache_key(*, backbone: VLBackbone, data_identity: dict, split: str, 
         "indices": indices,
         "transform": transform,
         "views": views,
+        # entries written before views were seeded per item (global-RNG views) must not be reused
+        "view_seeding": "sha256(key/view/item)",
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
