@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("vlprompt")
 
-USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,import} ...
+USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,import,tta,generate} ...
 
   fit        train a prompt learner and evaluate it (all seeds), writing a result JSON
   validate   evaluate on the validation split(s)
