@@ -268,9 +268,11 @@ def validate_config(stage: str, cfg: Any) -> None:
 
 
 def _progress_enabled(cfg: Any) -> bool:
+    from vlprompt.progress import progress_enabled
+
     if cfg.progress is not None:
         return bool(cfg.progress)
-    return not os.environ.get("CI") and cfg.trainer.enable_progress_bar is not False
+    return progress_enabled() and cfg.trainer.enable_progress_bar is not False
 
 
 def _learner_label(cfg: Any) -> str:
@@ -412,9 +414,11 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     cfg = cli.config
     validate_config(stage, cfg)
     seeds: list[int] = list(cfg.seeds)
+    from vlprompt.progress import progress_enabled
+
     if cfg.progress is not None:
         cfg.trainer.enable_progress_bar = bool(cfg.progress)
-    elif os.environ.get("CI"):
+    elif not progress_enabled():
         cfg.trainer.enable_progress_bar = False
     config = yaml.safe_load(cli.parser.dump(cfg, skip_none=False, skip_check=True))
     run_id = cfg.run_id or (Path(resume_dir).name if resume_dir else new_run_id(_learner_label(cfg)))

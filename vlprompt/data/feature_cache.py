@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from vlprompt.backbones.base import VLBackbone
+from vlprompt.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def extract_features(backbone: VLBackbone, dataset: Dataset, *, views: int = 1, 
     all_views, labels = [], None
     for _ in range(views):
         feats, ys = [], []
-        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        for x, y in progress(loader, desc=f"extracting features (view {len(all_views) + 1}/{views})", unit="batch"):
             feats.append(backbone.encode_image(x.to(device)).cpu())
             ys.append(torch.as_tensor(y))
         all_views.append(torch.cat(feats))
