@@ -51,6 +51,10 @@ def _resolve_names(node: Any, key: str | None = None) -> Any:
     if isinstance(cp, str) and "." not in cp:
         group = _KEY_GROUPS.get(key or "")
         path = registry.resolve_class_path(cp, group=group) if group else registry.resolve_class_path(cp)
+        if path is None and key in _OVERRIDDEN:
+            # the command line replaces this class: an unusable name in a config file must not stop the run
+            out["class_path"] = _OVERRIDDEN[key]
+            return out
         if path is None:
             failures = [f for k in ([group] if group else list(registry.GROUPS))
                         if (f := registry.get_registry(k).failure(cp)) is not None]
@@ -65,6 +69,23 @@ def _resolve_names(node: Any, key: str | None = None) -> Any:
             )
         out["class_path"] = path
     return out
+
+
+#: config keys whose class_path the command line sets (filled by build_cli while it parses)
+_OVERRIDDEN: dict[str, str] = {}
+
+
+def _overridden_keys(argv: list[str]) -> dict[str, str]:
+    """Keys such as ``learner`` whose class is chosen on the command line (``--model.learner[.class_path] X``),
+    with that class path (``argv`` already has registered names resolved)."""
+    keys = {}
+    for i, arg in enumerate(argv[:-1]):
+        if arg.startswith("--") and "=" not in arg:
+            parts = arg[2:].split(".")
+            parts = parts[:-1] if parts[-1] == "class_path" else parts
+            if parts and parts[-1] in _KEY_GROUPS and not argv[i + 1].startswith(("-", "{")) and "." in argv[i + 1]:
+                keys[parts[-1]] = argv[i + 1]
+    return keys
 
 
 def _yaml_loader(text: str) -> Any:
@@ -173,12 +194,18 @@ def build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     """Parse ``argv`` (LightningCLI syntax) without running anything."""
     check_config_files(argv)
     argv = _resolve_argv(argv)
+    _OVERRIDDEN.clear()
+    _OVERRIDDEN.update(_overridden_keys(argv))
     try:
         return _build_cli(stage, argv)
     except ValueError as exc:
-        if type(exc).__name__ in {"DataError", "LearnerError", "ConfigError", "ResultError", "RunError"}:
+        from vlprompt.cli import _user_error
+
+        if _user_error(exc) is not None:  # ours (possibly wrapped by jsonargparse): its message is the right one
             raise
         raise ConfigError(f"invalid config value: {exc}") from exc
+    finally:
+        _OVERRIDDEN.clear()
 
 
 def _build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
