@@ -179,3 +179,15 @@ def test_progress_bars_on_by_default_off_with_one_flag_or_in_ci(monkeypatch) -> 
     for name in ("cpu.yaml",):
         assert "enable_progress_bar" not in (REPO / "configs" / "trainer" / name).read_text()
     assert "enable_progress_bar" not in Path(QUICK).read_text()
+
+
+def test_warmup_rule_applies_only_to_learners_that_train(monkeypatch) -> None:
+    from vlprompt.experiment import VlpromptCLI, build_cli, validate_config
+
+    monkeypatch.setattr(VlpromptCLI, "instantiate_classes", lambda self: None)
+    zs = build_cli("fit", ["--config", QUICK, "--config", str(REPO / "configs/learners/zero_shot/default.yaml"),
+                           "--trainer.max_epochs", "1"])
+    validate_config("fit", zs.config)  # zero-shot trains nothing: no warm-up to exceed
+    coop = build_cli("fit", ["--config", QUICK, "--trainer.max_epochs", "1"])
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        validate_config("fit", coop.config)

@@ -283,7 +283,7 @@ def validate_config(stage: str, cfg: Any) -> None:
     init = getattr(model, "init_args", model)
     warmup = getattr(init, "warmup_epochs", None)
     if stage == "fit" and max_epochs is not None and max_epochs >= 0 and isinstance(warmup, int) and warmup > 0 \
-            and max_epochs <= warmup:
+            and max_epochs <= warmup and _learner_trainable(cfg):
         raise ConfigError(
             f"trainer.max_epochs={max_epochs} <= model.warmup_epochs={warmup}: every epoch would be warm-up at the "
             f"constant warm-up lr, so nothing is learned. Raise --trainer.max_epochs above {warmup} or lower "
@@ -292,6 +292,18 @@ def validate_config(stage: str, cfg: Any) -> None:
     batch_size = getattr(data_init, "batch_size", None)
     if isinstance(batch_size, int) and batch_size < 1:
         raise ConfigError(f"data batch_size={batch_size} must be >= 1, e.g. --data.init_args.batch_size 32")
+
+
+def _learner_trainable(cfg: Any) -> bool:
+    """The ``trainable`` attribute of the configured learner class (True when it cannot be told)."""
+    import importlib
+
+    path = str(getattr(getattr(cfg.model, "learner", None), "class_path", "") or "")
+    try:
+        module, name = path.rsplit(".", 1)
+        return bool(getattr(getattr(importlib.import_module(module), name), "trainable", True))
+    except (ValueError, ImportError, AttributeError):
+        return True
 
 
 def _progress_enabled(cfg: Any) -> bool:
