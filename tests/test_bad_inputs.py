@@ -162,3 +162,32 @@ def test_warnings_are_printed_once_per_run() -> None:
     rec = logging.LogRecord("vlprompt.data", logging.WARNING, __file__, 1, "split differs", None, None)
     info = logging.LogRecord("vlprompt.data", logging.INFO, __file__, 1, "seed done", None, None)
     assert once.filter(rec) and not once.filter(rec) and once.filter(info) and once.filter(info)
+
+
+def test_progress_bars_on_by_default_off_with_one_flag_or_in_ci(monkeypatch) -> None:
+    from vlprompt.experiment import build_cli
+    from vlprompt.progress import progress_enabled
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("VLPROMPT_PROGRESS", raising=False)
+    assert progress_enabled()
+    monkeypatch.setenv("CI", "true")
+    assert not progress_enabled()
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("VLPROMPT_PROGRESS", "0")  # what `vlprompt --no-progress ...` sets
+    assert not progress_enabled()
+    for name in ("cpu.yaml",):
+        assert "enable_progress_bar" not in (REPO / "configs" / "trainer" / name).read_text()
+    assert "enable_progress_bar" not in Path(QUICK).read_text()
+
+
+def test_warmup_rule_applies_only_to_learners_that_train(monkeypatch) -> None:
+    from vlprompt.experiment import VlpromptCLI, build_cli, validate_config
+
+    monkeypatch.setattr(VlpromptCLI, "instantiate_classes", lambda self: None)
+    zs = build_cli("fit", ["--config", QUICK, "--config", str(REPO / "configs/learners/zero_shot/default.yaml"),
+                           "--trainer.max_epochs", "1"])
+    validate_config("fit", zs.config)  # zero-shot trains nothing: no warm-up to exceed
+    coop = build_cli("fit", ["--config", QUICK, "--trainer.max_epochs", "1"])
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        validate_config("fit", coop.config)

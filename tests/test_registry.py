@@ -216,3 +216,17 @@ def test_using_a_broken_plugin_says_failed_to_load(site: Path) -> None:
               {"vlpfake_broken": BROKEN_MODULE})
     with pytest.raises(ConfigError, match="'fake_broken' under 'learner' failed to load: .*frobnicate"):
         _resolve_names({"learner": {"class_path": "fake_broken"}})
+
+
+def test_full_class_path_still_works_when_a_name_is_registered_twice(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlprompt.experiment import ConfigError, VlpromptCLI, build_cli
+
+    make_dist(site, "vlp-fake-two", "0.1", {"vlprompt.learners": {"coop": "vlpfake_other:Other"}},
+              {"vlpfake_other": "class Other:\n    pass\n"})
+    monkeypatch.setattr(VlpromptCLI, "instantiate_classes", lambda self: None)
+    quick = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    with pytest.raises(ConfigError, match="registered twice"):
+        build_cli("fit", ["--config", quick])  # the quickstart names `coop`
+    cli = build_cli("fit", ["--config", quick, "--model.learner.class_path", "vlprompt.learners.coop.CoOp"])
+    assert cli.config.model.learner.class_path == "vlprompt.learners.coop.CoOp"
+    assert cli.config.model.learner.init_args.n_ctx == 4  # the config's other values still apply

@@ -39,17 +39,27 @@ def _vlprompt(args: list[str], signal_spec: str | None) -> subprocess.CompletedP
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path: Path) -> None:
+def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path: Path, monkeypatch, capsys) -> None:
+    from vlprompt import cli
+
     killer = tmp_path / "killer.yaml"
     killer.write_text("trainer:\n  callbacks:\n    - class_path: vlprompt.runs.SignalAt\n")
     base = _args(tmp_path, "killed", "--config", str(killer), "--run_id", "r1")
     run = tmp_path / "killed" / "runs" / "r1"
+    # one thread everywhere, like the subprocess, so that float reductions match bit for bit
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
 
-    # SIGTERM at the end of seed 2's first epoch: non-zero exit, one line saying what was saved and how to resume
-    term = _vlprompt(["fit", *base], f"{int(signal.SIGTERM)}:2:0")
-    assert term.returncode == 128 + signal.SIGTERM, term.stderr[-2000:]
-    message = [ln for ln in term.stderr.splitlines() if ln.startswith("vlprompt: interrupted")]
-    assert message, term.stderr[-2000:]
+    # a real SIGTERM to this process at the end of seed 2's first epoch: exit 143 and one line saying what was
+    # saved and how to resume (in process, to save a start-up; the SIGKILL below needs a subprocess)
+    monkeypatch.setenv("VLPROMPT_TEST_SIGNAL", f"{int(signal.SIGTERM)}:2:0")
+    code = cli.main(["fit", *base])
+    monkeypatch.delenv("VLPROMPT_TEST_SIGNAL")
+    stderr = capsys.readouterr().err
+    assert code == 128 + signal.SIGTERM, stderr[-2000:]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    message = [ln for ln in stderr.splitlines() if ln.startswith("vlprompt: interrupted")]
+    assert message, stderr[-2000:]
     assert "finished seed(s) [1] saved" in message[0] and "seed 2 checkpointed after epoch 1" in message[0]
     assert f"--resume {run}" in message[0]
     assert (run / "seed1" / "seed.json").is_file() and (run / "seed2" / "checkpoints" / "last.ckpt").is_file()
@@ -61,10 +71,7 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_pa
     assert kill.returncode == -signal.SIGKILL, kill.stderr[-2000:]
     assert json.loads((run / "run.json").read_text())["status"] == "running"
 
-    # resumed again (in this process): seed 1 is read back, seed 2 continues from its checkpoint. One thread,
-    # like the subprocesses, so that float reductions run in the same order (bit-identical comparison)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    # resumed again (in this process): seed 1 is read back, seed 2 continues from its checkpoint
     try:
         resumed = run_experiment("fit", ["--resume", str(run)], show_summary=False)
         full = run_experiment("fit", _args(tmp_path, "full"), show_summary=False)

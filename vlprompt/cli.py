@@ -29,7 +29,8 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   tta        episodic test-time evaluation (TPT, DiffTPT or a baseline learner), writing a result JSON
   generate   fill the generated-view cache of a test set ahead of time (DiffTPT)
 
-Each of fit/validate/test/pretrain takes --help and --print_config.
+Each of fit/validate/test/pretrain takes --help and --print_config. A killed fit/validate/test resumes with
+`vlprompt fit --resume RUN_FOLDER`. `vlprompt --no-progress ...` (or CI=1) turns progress bars off.
 """
 
 
@@ -110,12 +111,17 @@ def _main(argv: list[str] | None) -> int:
     import lightning.pytorch  # noqa: F401 - imported first so that its logging set-up can be redirected
 
     _setup_logging()
+    if "--no-progress" in argv:  # global flag: no progress bars in any command
+        argv.remove("--no-progress")
+        os.environ["VLPROMPT_PROGRESS"] = "0"
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)  # noqa: T201 - console help
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "pretrain":
-        pretrain_main(rest)
+        from vlprompt.progress import progress_enabled
+
+        pretrain_main(rest if progress_enabled() else [*rest, "--trainer.enable_progress_bar", "false"])
         return 0
     if cmd in {"fit", "validate", "test"}:
         from vlprompt.experiment import run_experiment

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import time
 import warnings
@@ -51,6 +50,10 @@ def _resolve_names(node: Any, key: str | None = None) -> Any:
     if isinstance(cp, str) and "." not in cp:
         group = _KEY_GROUPS.get(key or "")
         path = registry.resolve_class_path(cp, group=group) if group else registry.resolve_class_path(cp)
+        if path is None and key in _OVERRIDDEN:
+            # the command line replaces this class: an unusable name in a config file must not stop the run
+            out["class_path"] = _OVERRIDDEN[key]
+            return out
         if path is None:
             failures = [f for k in ([group] if group else list(registry.GROUPS))
                         if (f := registry.get_registry(k).failure(cp)) is not None]
@@ -65,6 +68,23 @@ def _resolve_names(node: Any, key: str | None = None) -> Any:
             )
         out["class_path"] = path
     return out
+
+
+#: config keys whose class_path the command line sets (filled by build_cli while it parses)
+_OVERRIDDEN: dict[str, str] = {}
+
+
+def _overridden_keys(argv: list[str]) -> dict[str, str]:
+    """Keys such as ``learner`` whose class is chosen on the command line (``--model.learner[.class_path] X``),
+    with that class path (``argv`` already has registered names resolved)."""
+    keys = {}
+    for i, arg in enumerate(argv[:-1]):
+        if arg.startswith("--") and "=" not in arg:
+            parts = arg[2:].split(".")
+            parts = parts[:-1] if parts[-1] == "class_path" else parts
+            if parts and parts[-1] in _KEY_GROUPS and not argv[i + 1].startswith(("-", "{")) and "." in argv[i + 1]:
+                keys[parts[-1]] = argv[i + 1]
+    return keys
 
 
 def _yaml_loader(text: str) -> Any:
@@ -173,12 +193,18 @@ def build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     """Parse ``argv`` (LightningCLI syntax) without running anything."""
     check_config_files(argv)
     argv = _resolve_argv(argv)
+    _OVERRIDDEN.clear()
+    _OVERRIDDEN.update(_overridden_keys(argv))
     try:
         return _build_cli(stage, argv)
     except ValueError as exc:
-        if type(exc).__name__ in {"DataError", "LearnerError", "ConfigError", "ResultError", "RunError"}:
+        from vlprompt.cli import _user_error
+
+        if _user_error(exc) is not None:  # ours (possibly wrapped by jsonargparse): its message is the right one
             raise
         raise ConfigError(f"invalid config value: {exc}") from exc
+    finally:
+        _OVERRIDDEN.clear()
 
 
 def _build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
@@ -256,7 +282,7 @@ def validate_config(stage: str, cfg: Any) -> None:
     init = getattr(model, "init_args", model)
     warmup = getattr(init, "warmup_epochs", None)
     if stage == "fit" and max_epochs is not None and max_epochs >= 0 and isinstance(warmup, int) and warmup > 0 \
-            and max_epochs <= warmup:
+            and max_epochs <= warmup and _learner_trainable(cfg):
         raise ConfigError(
             f"trainer.max_epochs={max_epochs} <= model.warmup_epochs={warmup}: every epoch would be warm-up at the "
             f"constant warm-up lr, so nothing is learned. Raise --trainer.max_epochs above {warmup} or lower "
@@ -267,10 +293,24 @@ def validate_config(stage: str, cfg: Any) -> None:
         raise ConfigError(f"data batch_size={batch_size} must be >= 1, e.g. --data.init_args.batch_size 32")
 
 
+def _learner_trainable(cfg: Any) -> bool:
+    """The ``trainable`` attribute of the configured learner class (True when it cannot be told)."""
+    import importlib
+
+    path = str(getattr(getattr(cfg.model, "learner", None), "class_path", "") or "")
+    try:
+        module, name = path.rsplit(".", 1)
+        return bool(getattr(getattr(importlib.import_module(module), name), "trainable", True))
+    except (ValueError, ImportError, AttributeError):
+        return True
+
+
 def _progress_enabled(cfg: Any) -> bool:
+    from vlprompt.progress import progress_enabled
+
     if cfg.progress is not None:
         return bool(cfg.progress)
-    return not os.environ.get("CI") and cfg.trainer.enable_progress_bar is not False
+    return progress_enabled() and cfg.trainer.enable_progress_bar is not False
 
 
 def _learner_label(cfg: Any) -> str:
@@ -412,9 +452,11 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     cfg = cli.config
     validate_config(stage, cfg)
     seeds: list[int] = list(cfg.seeds)
+    from vlprompt.progress import progress_enabled
+
     if cfg.progress is not None:
         cfg.trainer.enable_progress_bar = bool(cfg.progress)
-    elif os.environ.get("CI"):
+    elif not progress_enabled():
         cfg.trainer.enable_progress_bar = False
     config = yaml.safe_load(cli.parser.dump(cfg, skip_none=False, skip_check=True))
     run_id = cfg.run_id or (Path(resume_dir).name if resume_dir else new_run_id(_learner_label(cfg)))

@@ -309,6 +309,9 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ResultError(f"{p}: cannot read result file ({exc.strerror or exc}); check the path.") from exc
+    except UnicodeDecodeError as exc:
+        raise ResultError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); the file is corrupt or not a "
+                          "result. Delete it and re-run the experiment.") from exc
     try:
         result = json.loads(text)
     except json.JSONDecodeError as exc:

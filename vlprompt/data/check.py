@@ -154,7 +154,9 @@ def _decode(report: CheckReport, source: ImageListSource, *, skip: set[str]) -> 
     bad: dict[str, str] = {}
     done: list[list[str]] = []
     decoded = 0
-    for split in source.splits:
+    from vlprompt.progress import progress
+
+    for split in progress(source.splits, desc="decoding images (per split)", unit="split"):
         paths = source.paths(split)
         if any(paths == other for other in done):
             continue
@@ -260,9 +262,9 @@ def preflight_images(sources, *, full: bool = False, progress: bool = False) -> 
     bad: list[tuple[str, str]] = []
     iterator = todo
     if progress:
-        from tqdm.auto import tqdm
+        from vlprompt.progress import progress as bar
 
-        iterator = tqdm(todo, desc=f"checking images ({'full decode' if full else 'headers'})", unit="img", leave=False)
+        iterator = bar(todo, desc=f"checking images ({'full decode' if full else 'headers'})", unit="img")
     for p in iterator:
         error = check(p) if os.path.isfile(p) else "missing"
         if error is not None:

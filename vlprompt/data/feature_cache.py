@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.base import TensorImageDataset
+from vlprompt.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def extract_features(
         loader = DataLoader(
             flat, batch_size=bs, shuffle=False, num_workers=workers, generator=torch.Generator().manual_seed(0),
         )
-        for x, y in loader:
+        for x, y in progress(loader, desc=f"extracting features ({views} view(s))", unit="batch"):
             feats.append(backbone.encode_image(x.to(device)).cpu())
             ys.append(torch.as_tensor(y))
     n = len(dataset)  # type: ignore[arg-type]

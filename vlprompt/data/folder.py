@@ -381,7 +381,11 @@ def read_classnames_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"class-names file {path} does not exist; pass an existing file (lines '<folder> <class "
                         f"name>' or a JSON object {{folder: name}}) or leave classnames_file unset")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"class-names file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+                        f"UTF-8 with lines '<folder> <class name>'") from exc
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
@@ -392,6 +396,8 @@ def read_classnames_file(path: Path) -> dict[str, str]:
                                                  for k, v in data.items()):
             raise DataError(f"class-names file {path} must be a JSON object mapping folder names to non-empty "
                             f"class names")
+        if not data:
+            raise DataError(f"class-names file {path} is an empty JSON object; map each folder to its class name")
         return {k: v.strip() for k, v in data.items()}
     mapping: dict[str, str] = {}
     for n, folder, name in key_name_lines(text, path=path, key="folder", fix="fix the line"):
