@@ -398,3 +398,13 @@ def test_vpt_imports_reference_names(bb) -> None:
         vpt.import_reference_state(_ivlp_reference_state(2, 3, 2, 2, 32, 32))
     with pytest.raises(LearnerError, match="set the prompt depth to 2"):
         _setup(VPT, bb, n_ctx=3, prompt_depth=1).import_reference_state(state)
+
+
+def test_ivlp_language_only_shallow_imports_a_ctx_only_state(bb) -> None:
+    ivlp = _setup(IVLP, bb, n_ctx_text=4, n_ctx_vision=0, prompt_depth_text=1)
+    ctx = torch.randn(4, 32)
+    assert torch.equal(ivlp.import_reference_state({"prompt_learner.ctx": ctx})["ctx"], ctx)
+    with pytest.raises(LearnerError, match="'coop'"):
+        _setup(IVLP, bb, n_ctx_text=4, n_ctx_vision=2, prompt_depth_text=1, prompt_depth_vision=1).import_reference_state(
+            {"prompt_learner.ctx": ctx}
+        )

@@ -125,6 +125,8 @@ class IVLP(PromptLearner):
         owner = type(self).__name__.lower()
         ref = reference_keys(state)
         kind = guess_reference_learner(ref)
+        if kind == "coop" and self.n_ctx_vision == 0 and self.depth_text == 1:
+            kind = "ivlp"  # shallow, language-only IVLP saves only `ctx`, like CoOp
         if kind != "ivlp":
             raise LearnerError(
                 f"{owner}: this state dict was saved by the reference {kind!r} trainer, not IVLP/PromptSRC: import it "
