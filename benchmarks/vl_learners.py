@@ -5,7 +5,8 @@ random images for 5 classes (EuroSAT's base half: 5 classes), at each method's p
 measured at the same batch 4, the baseline of the ratios, and at its own paper batch 32). Backbones: the
 embedded toy CLIP (48 px; prompt depths capped at its 6 image / 4 text layers) and a random ViT-B/16
 (``OpenCLIPBackbone(model="ViT-B-16", pretrained=None)``, 224 px, the papers' depths). Each (backbone,
-learner) runs in a fresh subprocess; peak memory = the process's peak resident set size minus its resident
+learner) runs in a fresh subprocess; ``cpu s`` is the process's CPU time per step (steadier than wall time
+when other processes share the cores; with one thread it is the step's compute); peak memory = the process's peak resident set size minus its resident
 size after building the backbone and the learner (CPU; what training adds on top of the frozen model).
 
     python benchmarks/vl_learners.py                       # toy CLIP and ViT-B/16, 3 timed steps each
@@ -84,15 +85,18 @@ def one(backbone_name: str, learner_name: str, kwargs: dict, batch: int, steps: 
         opt.step()
 
     step()  # warm-up (PromptSRC also computes its frozen template features here, once)
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     times.sort()
+    cpu.sort()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "sec_per_step": times[len(times) // 2],
+        "cpu_sec_per_step": cpu[len(cpu) // 2],
         "peak_extra_mib": max(0, peak - base_rss) / 1024,
         "params": sum(p.numel() for p in params),
         "threads": torch.get_num_threads(),
@@ -117,7 +121,8 @@ def main() -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, load {os.getloadavg()[0]:.2f}")
     for backbone in args.backbones:
         print(f"\n## backbone {backbone}: {args.steps} timed steps, 5 classes")
-        print(f"{'learner':>22} {'batch':>5} {'params':>9} {'s/step':>8} {'x coop':>7} {'peak MiB':>9} {'x coop':>7}")
+        print(f"{'learner':>22} {'batch':>5} {'params':>9} {'s/step':>8} {'x coop':>7} {'cpu s':>8} {'x coop':>7} "
+              f"{'peak MiB':>9} {'x coop':>7}")
         base = None
         for name, learner, toy_kw, b16_kw, batch in ROWS:
             spec = {"backbone": backbone, "learner": learner, "kwargs": toy_kw if backbone == "toy" else b16_kw, "batch": batch}
@@ -133,6 +138,7 @@ def main() -> None:
                 base = r
             print(
                 f"{name:>22} {batch:>5} {r['params']:>9} {r['sec_per_step']:>8.3f} {r['sec_per_step'] / base['sec_per_step']:>7.2f} "
+                f"{r['cpu_sec_per_step']:>8.3f} {r['cpu_sec_per_step'] / base['cpu_sec_per_step']:>7.2f} "
                 f"{r['peak_extra_mib']:>9.1f} {r['peak_extra_mib'] / max(base['peak_extra_mib'], 1e-9):>7.2f}",
                 flush=True,
             )
