@@ -398,3 +398,45 @@ def test_vpt_imports_reference_names(bb) -> None:
         vpt.import_reference_state(_ivlp_reference_state(2, 3, 2, 2, 32, 32))
     with pytest.raises(LearnerError, match="set the prompt depth to 2"):
         _setup(VPT, bb, n_ctx=3, prompt_depth=1).import_reference_state(state)
+
+
+def test_ivlp_language_only_shallow_imports_a_ctx_only_state(bb) -> None:
+    ivlp = _setup(IVLP, bb, n_ctx_text=4, n_ctx_vision=0, prompt_depth_text=1)
+    ctx = torch.randn(4, 32)
+    assert torch.equal(ivlp.import_reference_state({"prompt_learner.ctx": ctx})["ctx"], ctx)
+    with pytest.raises(LearnerError, match="'coop'"):
+        _setup(IVLP, bb, n_ctx_text=4, n_ctx_vision=2, prompt_depth_text=1, prompt_depth_vision=1).import_reference_state(
+            {"prompt_learner.ctx": ctx}
+        )
+
+
+def test_reference_name_helpers() -> None:
+    from vlprompt.vl_layers import PromptConfigError, guess_reference_learner, reference_keys, resolve_depth
+
+    t = torch.zeros(1)
+    state = {
+        "module.prompt_learner.ctx": t, "prompt_learner.token_prefix": t, "prompt_learner.ZS_image_encoder.proj": t,
+        "image_encoder.VPT": t, "image_encoder.conv1.weight": t, "text_encoder.transformer.resblocks.3.VPT_shallow": t,
+        "text_encoder.positional_embedding": t, "logit_scale": t,
+    }
+    assert set(reference_keys(state)) == {"ctx", "image_encoder.VPT", "text_encoder.transformer.resblocks.3.VPT_shallow"}
+    assert guess_reference_learner({"ctx", "proj.weight"}) == "maple"
+    assert guess_reference_learner({"ctx", "meta_net.linear1.weight"}) == "cocoop"
+    assert guess_reference_learner({"ctx"}) == "coop"
+    assert guess_reference_learner({"image_encoder.VPT"}) == "vpt"
+    assert guess_reference_learner({"ctx", "image_encoder.VPT"}) == "ivlp"
+    with pytest.raises(PromptConfigError, match="not a tensor"):
+        reference_keys({"ctx": [1, 2]})
+    assert resolve_depth(None, paper=9, layers=4, name="d", owner="x") == 4
+    assert resolve_depth(None, paper=9, layers=12, name="d", owner="x") == 9
+    with pytest.raises(PromptConfigError, match="between 1"):
+        resolve_depth(13, paper=9, layers=12, name="d", owner="x")
+
+
+def test_class_prompts_lead_text(bb) -> None:
+    prompts = ClassPrompts(bb, NAMES, 2, lead_text="a photo of a")
+    assert torch.equal(prompts.tokens, bb.tokenize([f"a photo of a {n}." for n in NAMES]))
+    with pytest.raises(ValueError, match="fewer than n_ctx"):
+        ClassPrompts(bb, NAMES, 5, lead_text="a photo of a")
+    with pytest.raises(ValueError, match="class_token_position='end'"):
+        ClassPrompts(bb, NAMES, 2, lead_text="a photo of a", position="front")

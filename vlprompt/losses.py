@@ -1,9 +1,10 @@
 """Training losses shared by prompt learners: pure functions with shapes in their docstrings.
 
 PromptSRC's self-regulating consistency losses (Khattak et al., "Self-regulating Prompts: Foundational
-Model Adaptation without Forgetting", ICCV 2023, Sec. 3.2.1-3.2.2, eq. 2-4), with the reductions of the
-reference code (muzairkhattak/PromptSRC, ``trainers/promptsrc.py``): L1 with ``mean`` reduction between
-*normalised* features, and a KL divergence summed and divided by the number of logits.
+Model Adaptation without Forgetting", ICCV 2023, "mutual agreement maximization": L_SCL-image,
+L_SCL-text, L_SCL-logits), with the reductions of the reference code (muzairkhattak/PromptSRC,
+``trainers/promptsrc.py``): L1 with ``mean`` reduction between *normalised* features, and a KL divergence
+summed and divided by the number of logits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ __all__ = ["feature_l1_loss", "logit_kl_loss"]
 
 
 def feature_l1_loss(prompted: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between L2-normalised features (``L_SCL-text`` / ``L_SCL-image``, eq. 2-3).
+    """Mean absolute difference between L2-normalised features (PromptSRC ``L_SCL-text`` / ``L_SCL-image``).
 
     Args:
         prompted: features of the prompted model ``[N, D]`` (normalised here).
@@ -30,7 +31,7 @@ def feature_l1_loss(prompted: torch.Tensor, frozen: torch.Tensor) -> torch.Tenso
 
 
 def logit_kl_loss(logits: torch.Tensor, frozen_logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
-    """``KL(softmax(frozen/T) || softmax(logits/T)) * T^2 / (B * C)`` (``L_SCL-logits``, eq. 4).
+    """``KL(softmax(frozen/T) || softmax(logits/T)) * T^2 / (B * C)`` (PromptSRC ``L_SCL-logits``).
 
     The reference calls ``F.kl_div(log_softmax(logits/T), log_softmax(frozen/T), reduction='sum',
     log_target=True) * T * T / logits.numel()``: the zero-shot distribution is the target, the sum runs over

@@ -7,7 +7,8 @@
   appended after the patch tokens at the first layer's input (eq. 4, VPT-shallow), replaced by new learned
   tokens at layers ``1..J-1`` (eq. 5, VPT-deep), as the MaPLe repository's modified CLIP does.
 - :class:`GaussianPromptAggregation`: PromptSRC's Gaussian-weighted prompt aggregation over epochs
-  (Khattak et al., ICCV 2023, Sec. 3.2.3, eq. 6); :func:`gaussian_epoch_weights` its weights.
+  (Khattak et al., ICCV 2023, "regulating prompts with self-ensembling"); :func:`gaussian_epoch_weights`
+  its weights.
 - Helpers for importing prompt tensors saved by the Dassl-based reference repositories
   (muzairkhattak/multimodal-prompt-learning, muzairkhattak/PromptSRC): :func:`reference_keys`,
   :func:`guess_reference_learner`, :func:`reference_deep_prompts`, :func:`take_reference_tensor`.
@@ -132,7 +133,7 @@ def gaussian_epoch_weights(max_epochs: int, mean: float, std: float) -> torch.Te
 
 
 class GaussianPromptAggregation:
-    """Running ``sum_e w_e * theta_e`` of tensors at the end of each epoch ``e`` (PromptSRC eq. 6).
+    """Running ``sum_e w_e * theta_e`` of tensors at the end of each epoch ``e`` (PromptSRC GPA).
 
     Call :meth:`update` at the end of every training epoch (0-based ``epoch``); :meth:`result` returns the
     aggregate once all ``max_epochs`` epochs were added, else ``None`` (the reference only swaps in the

@@ -125,6 +125,8 @@ class IVLP(PromptLearner):
         owner = type(self).__name__.lower()
         ref = reference_keys(state)
         kind = guess_reference_learner(ref)
+        if kind == "coop" and self.n_ctx_vision == 0 and self.depth_text == 1:
+            kind = "ivlp"  # shallow, language-only IVLP saves only `ctx`, like CoOp
         if kind != "ivlp":
             raise LearnerError(
                 f"{owner}: this state dict was saved by the reference {kind!r} trainer, not IVLP/PromptSRC: import it "
@@ -132,7 +134,11 @@ class IVLP(PromptLearner):
             )
         wt, wv = self.backbone.text_width, self.backbone.vision_width
         try:
-            out = {"ctx": take_reference_tensor(ref, "ctx", (self.n_ctx_text, wt), owner=owner, meaning="text context [n_ctx_text, text width]")}
+            out = {
+                "ctx": take_reference_tensor(
+                    ref, "ctx", (self.n_ctx_text, wt), owner=owner, meaning="text context [n_ctx_text, text width]"
+                )
+            }
             deep_t = reference_deep_prompts(ref, "text_encoder")
             check_reference_depth(list(deep_t), list(range(1, self.depth_text)), owner=owner, what="text prompts")
             for i in deep_t:

@@ -120,7 +120,9 @@ class MaPLe(PromptLearner):
         ref = reference_keys(state)
         kind = guess_reference_learner(ref)
         if kind != "maple":
-            raise LearnerError(f"maple: this state dict was saved by the reference {kind!r} trainer, not MaPLe: import it with that learner")
+            raise LearnerError(
+                f"maple: this state dict was saved by the reference {kind!r} trainer, not MaPLe: import it with that learner"
+            )
         wt, wv, n = self.backbone.text_width, self.backbone.vision_width, self.n_ctx
         layers = sorted(int(k.split(".")[1]) for k in ref if k.startswith("compound_prompts_text."))
         try:
@@ -129,7 +131,9 @@ class MaPLe(PromptLearner):
                     f"maple: the reference state has {len(layers)} compound text prompts (depth {len(layers) + 1}) but "
                     f"this learner has prompt_depth={self.depth}: set prompt_depth: {len(layers) + 1}"
                 )
-            take = lambda key, shape, meaning: take_reference_tensor(ref, key, shape, owner="maple", meaning=meaning)  # noqa: E731
+            def take(key: str, shape: tuple[int, ...], meaning: str) -> torch.Tensor:
+                return take_reference_tensor(ref, key, shape, owner="maple", meaning=meaning)
+
             out = {
                 "ctx": take("ctx", (n, wt), "text context [n_ctx, text width]"),
                 "proj.weight": take("proj.weight", (wv, wt), "Linear(text width -> vision width)"),

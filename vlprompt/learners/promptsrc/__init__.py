@@ -1,7 +1,8 @@
 """PromptSRC: Self-regulating Prompts (Khattak, Wasim, Naseer, Khan, Yang, Khan; ICCV 2023).
 
 Prompts: IVLP (:mod:`vlprompt.learners.ivlp`), 4 + 4 tokens, depth 9 in both towers, text context from
-"a photo of a". Training loss (eq. 2-5, reductions of ``trainers/promptsrc.py`` in muzairkhattak/PromptSRC)::
+"a photo of a". Training loss (the paper's L_SCL terms, with the reductions of ``trainers/promptsrc.py`` in
+muzairkhattak/PromptSRC)::
 
     L = CE(logits, y)
         + text_loss_weight  * L1(norm(prompted text feats), norm(frozen text feats))     # 25, L_SCL-text
@@ -13,9 +14,10 @@ classes and divided by their count (:func:`vlprompt.losses.logit_kl_loss`). The 
 class are the mean of the frozen model's *unnormalised* features over the 60 ImageNet templates
 (:data:`~vlprompt.learners.promptsrc.templates.IMAGENET_TEMPLATES`), then normalised; the frozen image
 features come from the backbone without prompts; zero-shot logits = ``scale * cos`` between the two.
-Gaussian prompt aggregation (GPA, eq. 6): at the end of each epoch ``e = 1..E`` the learned tensors are added
-with weight ``N(e; gpa_mean, gpa_std^2)`` (normalised over the ``E`` epochs); after the last epoch the
-aggregate replaces the prompts, so it is what is evaluated and saved (base-to-new: mean 15, std 1, E = 20).
+Gaussian prompt aggregation (GPA, "regulating prompts with self-ensembling"): at the end of each epoch
+``e = 1..E`` the learned tensors are added with weight ``N(e; gpa_mean, gpa_std^2)`` (normalised over the
+``E`` epochs); after the last epoch the aggregate replaces the prompts, so it is what is evaluated and saved
+(base-to-new: mean 15, std 1, E = 20).
 
 Deliberate differences: the reference aggregates the whole model state (frozen CLIP weights included,
 which only changes them by float rounding since the weights sum to 1); only the learned prompts are

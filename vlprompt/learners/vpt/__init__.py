@@ -97,10 +97,16 @@ class VPT(PromptLearner):
         ref = reference_keys(state)
         kind = guess_reference_learner(ref)
         if kind != "vpt":
-            raise LearnerError(f"vpt: this state dict was saved by the reference {kind!r} trainer, not VPT: import it with that learner")
+            raise LearnerError(
+                f"vpt: this state dict was saved by the reference {kind!r} trainer, not VPT: import it with that learner"
+            )
         try:
             width = self.backbone.vision_width
-            out = {"visual.shallow": take_reference_tensor(ref, "image_encoder.VPT", (self.n_ctx, width), owner="vpt", meaning="[n_ctx, vision width]")}
+            out = {
+                "visual.shallow": take_reference_tensor(
+                    ref, "image_encoder.VPT", (self.n_ctx, width), owner="vpt", meaning="[n_ctx, vision width]"
+                )
+            }
             deep = reference_deep_prompts(ref, "image_encoder")
             check_reference_depth(list(deep), list(range(1, self.depth)), owner="vpt", what="visual prompts")
             for i in deep:
