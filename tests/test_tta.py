@@ -267,3 +267,27 @@ def test_causal_prefix_truncation_is_exact(backbone):
         ref = backbone.clip.encode_text(tokens)
         ours = backbone.encode_text_embeddings(emb, idx)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+class _VisualPromptLearner(ZeroShot):
+    """A third-party-style learner that tunes visual prompt tokens (opts in through tunable_parameters)."""
+
+    modifies_image_encoder = True
+
+    def build(self, backbone, classnames):
+        super().build(backbone, classnames)
+        self.vis = torch.nn.Parameter(torch.zeros(2, backbone.vision_width).normal_(0, 0.02))
+
+    def encode_images(self, images):
+        return self.backbone.encode_image(images, prompts=self.vis)
+
+
+def test_image_side_learner_is_re_encoded_each_step(backbone):
+    learner = TPT(_VisualPromptLearner(), views=16, selection=0.25, steps=2)
+    learner.setup(backbone, NAMES)
+    assert set(learner.tunable_parameters()) == {"vis"}
+    before = learner.snapshot_tunable()
+    opt = learner.make_optimizer(list(learner.tunable_parameters().values()))
+    out = learner.adapt(learner.build_views(torch.rand(3, 32, 32)), opt)
+    assert out.features is None and len(out.losses) == 2
+    assert not torch.allclose(learner.learner.vis, before["vis"])
