@@ -252,3 +252,42 @@ def test_label_subset_mismatch_is_a_clear_error():
     assert sorted(proto.task["label_spaces"][space]) == ["blue solid shape", "red dotted shape"]
     loader = proto.test_dataloader()[0]
     assert len(loader.dataset) == 5
+
+
+def test_causal_prefix_truncation_is_exact(backbone):
+    """The text tower stops at the last pooled token (causal mask): same features as the full context."""
+    from vlprompt.backbones.open_clip import _causal_prefix
+
+    tokens = backbone.tokenize(["a photo of a red shape.", "a photo of a large checkered shape on a noisy background."])
+    emb, idx = backbone.embed_tokens(tokens), backbone.pool_index(tokens)
+    mask = backbone._text.attn_mask
+    assert _causal_prefix(mask, idx, None, 1, tokens.shape[1]) == int(idx.max()) + 1 < tokens.shape[1]
+    assert _causal_prefix(None, idx, None, 1, tokens.shape[1]) == tokens.shape[1]
+    with torch.no_grad():
+        ref = backbone.clip.encode_text(tokens)
+        ours = backbone.encode_text_embeddings(emb, idx)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+class _VisualPromptLearner(ZeroShot):
+    """A third-party-style learner that tunes visual prompt tokens (opts in through tunable_parameters)."""
+
+    modifies_image_encoder = True
+
+    def build(self, backbone, classnames):
+        super().build(backbone, classnames)
+        self.vis = torch.nn.Parameter(torch.zeros(2, backbone.vision_width).normal_(0, 0.02))
+
+    def encode_images(self, images):
+        return self.backbone.encode_image(images, prompts=self.vis)
+
+
+def test_image_side_learner_is_re_encoded_each_step(backbone):
+    learner = TPT(_VisualPromptLearner(), views=16, selection=0.25, steps=2)
+    learner.setup(backbone, NAMES)
+    assert set(learner.tunable_parameters()) == {"vis"}
+    before = learner.snapshot_tunable()
+    opt = learner.make_optimizer(list(learner.tunable_parameters().values()))
+    out = learner.adapt(learner.build_views(torch.rand(3, 32, 32)), opt)
+    assert out.features is None and len(out.losses) == 2
+    assert not torch.allclose(learner.learner.vis, before["vis"])

@@ -55,3 +55,28 @@ def test_generate_fills_the_cache_and_resumes(repo, tmp_path, monkeypatch):
     assert [f.stat().st_mtime_ns for f in files] == stamp
     result = run_tta([*args, "--results_dir", str(tmp_path / "res")], show_summary=False)
     assert result["test_time"]["method"] == "difftpt" and result["test_time"]["generated"] == 4
+
+
+def test_published_protocol_configs_name_registered_plugins(repo):
+    import yaml
+
+    from vlprompt import registry
+
+    for protocol, n in (("domain_shift", 5), ("cross_dataset", 10)):
+        cfg = yaml.safe_load((repo / "configs/protocols/test_time" / f"{protocol}.yaml").read_text())["data"]
+        assert cfg["class_path"] == "test_time" and len(cfg["init_args"]["targets"]) == n
+        for target in [cfg["init_args"]["dataset"], *cfg["init_args"]["targets"]]:
+            assert target["class_path"] in registry.get_registry("datasets").names()
+
+
+def test_tpt_on_real_eurosat_images(repo, shared_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(repo)
+    result = run_tta([
+        "--config", "configs/protocols/test_time/cross_dataset.yaml", "--config", "configs/backbones/toyclip.yaml",
+        "--config", "configs/learners/tpt/augmix.yaml", "--model.learner.init_args.views", "8",
+        "--model.learner.init_args.selection", "0.25", "--data.init_args.images_per_set", "2",
+        "--data.init_args.dataset", '{"class_path": "eurosat", "init_args": {"root": "%s"}}' % shared_data,
+        "--data.init_args.targets", '[{"class_path": "eurosat", "init_args": {"root": "%s"}}]' % shared_data,
+        "--results_dir", str(tmp_path),
+    ], show_summary=False)
+    assert "eurosat" in result["per_seed"][0]["metrics"] and result["test_time"]["augmix"] is True

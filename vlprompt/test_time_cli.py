@@ -40,7 +40,7 @@ class TestTimeCLI(LightningCLI):
         parser.add_argument("--seeds", type=list[int], default=[1, 2, 3], help="seeds, one run each (views are random)")
         parser.add_argument("--results_dir", type=str, default="results", help="where the result JSON is written")
         parser.add_argument("--benchmark", type=str | None, default=None, help="leaderboard group (default: from the dataset)")
-        parser.add_argument("--prompts", type=str | None, default=None, help="learned prompts (safetensors) to start from")
+        parser.add_argument("--prompts", type=str | None, default=None, help="learned prompts (safetensors) to start from; '{seed}' in the path is replaced by each run's seed")
         parser.link_arguments("data", "model.task", compute_fn=lambda data: data.task, apply_on="instantiate")
 
 
@@ -79,7 +79,7 @@ def run_tta(argv: list[str], *, show_summary: bool = True) -> dict:
         data.seed = seed
         if cfg.prompts:
             # prompts trained on other classes are the point of transfer (class-agnostic learners only)
-            model.learner.load_prompts(cfg.prompts, check_classnames=False)
+            model.learner.load_prompts(cfg.prompts.replace("{seed}", str(seed)), check_classnames=False)
         trainer.test(model, datamodule=data, verbose=False)
         row: dict[str, Any] = {"seed": seed, "metrics": _metrics(model.eval_results["test"])}
         row["test_time_stats"] = {k: round(v, 5) for k, v in model.eval_stats.items()}
@@ -88,6 +88,9 @@ def run_tta(argv: list[str], *, show_summary: bool = True) -> dict:
         log.info("seed %d: %s (%.3f s/image)", seed, row["metrics"], model.eval_stats.get("mean_seconds", float("nan")))
     assert model is not None and data is not None
     config = yaml.safe_load(cli.parser.dump(cfg, skip_none=False, skip_check=True))
+    learner_config = dict(config.get("model", {}).get("learner", {}) or {})
+    if cfg.prompts:  # loaded prompts make another entrant (e.g. TPT vs TPT+CoOp) on the leaderboard
+        learner_config["init_args"] = {**(learner_config.get("init_args") or {}), "prompts_from": cfg.prompts}
     identity = data.dataset.identity()
     settings_fn = getattr(model.learner, "tta_settings", None)
     result = make_result(
@@ -95,7 +98,7 @@ def run_tta(argv: list[str], *, show_summary: bool = True) -> dict:
         benchmark=cfg.benchmark or _benchmark(identity),
         dataset=data.dataset.name,
         learner=_plugin_name("learners", model.learner),
-        learner_config=config.get("model", {}).get("learner", {}),
+        learner_config=learner_config,
         backbone=model.backbone.info.to_dict(),
         data=data.identity(),
         shots=None,

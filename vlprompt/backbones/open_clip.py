@@ -355,6 +355,9 @@ class OpenCLIPBackbone(VLBackbone):
         x = embeddings.to(self.dtype) + text.positional_embedding.to(self.dtype)
         mask = text.attn_mask
         mask = mask.to(self.dtype) if mask is not None else None
+        keep = _causal_prefix(mask, pool_index, deep_prompts, deep_prompt_start, x.shape[1])
+        if keep < x.shape[1]:  # causal attention: later tokens never reach the pooled one (exact, faster)
+            x, mask = x[:, :keep], mask[:keep, :keep]
         x = _run_blocks(
             text.transformer, x, mask, deep_prompts, lambda h, p: _replace_span(h, p, deep_prompt_start)
         )
@@ -417,6 +420,21 @@ def _expand_prompt(p: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Ten
     if p.dim() == 2:
         p = p.unsqueeze(0)
     return p.expand(batch, -1, -1) if p.shape[0] == 1 else p
+
+
+def _causal_prefix(mask, pool_index: torch.Tensor, deep_prompts, start: int, length: int) -> int:
+    """Tokens needed to compute the pooled states under a causal ``mask``: up to the last pooled index (and
+    any deep prompt span); ``length`` when the mask is absent or not causal."""
+    if mask is None or pool_index.numel() == 0 or mask.shape[-1] != length:
+        return length
+    causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=mask.device), diagonal=1)
+    if not torch.equal(torch.isinf(mask) & (mask < 0), causal):
+        return length
+    keep = int(pool_index.max()) + 1
+    for p in deep_prompts or []:
+        if p is not None:
+            keep = max(keep, start + int(p.shape[-2]))
+    return min(length, keep)
 
 
 def _replace_span(h: torch.Tensor, p: torch.Tensor, start: int) -> torch.Tensor:
