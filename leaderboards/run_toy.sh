@@ -17,7 +17,7 @@ done
 for dataset in toy_archive toy_swatches; do
   for learner in zero_shot/default coop/ctx4_init coop/ctx16_rand; do
     vlprompt fit --config configs/protocols/base2new.yaml "${common[@]}" \
-      --config configs/datasets/$dataset.yaml --config configs/learners/$learner.yaml
+      --config configs/datasets/$dataset.yaml --config configs/learners/$learner.yaml --data.init_args.feature_cache true
   done
 done
 for learner in zero_shot/default coop/ctx4_init kgcoop/default; do
