@@ -13,6 +13,13 @@ for dataset in toy_colors toy_patterns toy_places toy_mixtures toy_backdrops; do
       --config configs/datasets/$dataset.yaml --config configs/learners/$learner.yaml
   done
 done
+# base-to-new trade-off probes (vlprompt/data/toyworld/tradeoff.py): zero-shot and both CoOp configurations
+for dataset in toy_archive toy_swatches; do
+  for learner in zero_shot/default coop/ctx4_init coop/ctx16_rand; do
+    vlprompt fit --config configs/protocols/base2new.yaml "${common[@]}" \
+      --config configs/datasets/$dataset.yaml --config configs/learners/$learner.yaml --data.init_args.feature_cache true
+  done
+done
 for learner in zero_shot/default coop/ctx4_init kgcoop/default; do
   vlprompt fit --config configs/protocols/toy_domain_shift.yaml "${common[@]}" --config configs/learners/$learner.yaml
 done

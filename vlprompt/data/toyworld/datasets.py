@@ -145,10 +145,17 @@ class ToyClassification(ClassificationSource):
         self.test_style = test_style
         self.world_seed = world_seed
         self.per_class = dict(zip(("train", "val", "test"), per_class))
+        self._defs = self.class_definitions()
+
+    def class_definitions(self) -> list[tuple[str, dict[str, str]]]:
+        """(class name, fixed attributes) by label: the spec's classes in a fixed pseudo-random order.
+
+        Subclasses may override this to define the label order (and so the base/new halves) themselves.
+        """
         defs = _classes(self.spec)
         order = list(range(len(defs)))
         random.Random(_stable_seed(self.spec, "label-order")).shuffle(order)
-        self._defs = [defs[i] for i in order]
+        return [defs[i] for i in order]
 
     @property
     def classnames(self) -> list[str]:
