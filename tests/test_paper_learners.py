@@ -350,7 +350,7 @@ def test_learner_trains_one_epoch_through_the_cli(config, tmp_path) -> None:
         "fit",
         [
             "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "learners" / config),
-            "--seeds", "[1]", "--trainer.max_epochs", "1", "--results_dir", str(tmp_path / "results"),
+            "--seeds", "[1]", "--trainer.max_epochs", "1", "--model.warmup_epochs", "0", "--results_dir", str(tmp_path / "results"),
             "--trainer.default_root_dir", str(tmp_path / "runs"),
             "--data.init_args.dataset.init_args.per_class", "[2, 1, 2]", "--data.init_args.shots", "2",
         ],
@@ -364,15 +364,18 @@ def test_learner_trains_one_epoch_through_the_cli(config, tmp_path) -> None:
 def test_cones_stage2_runs_from_a_cones_run(tmp_path) -> None:
     common = [
         "--config", str(CONFIGS / "quickstart.yaml"), "--seeds", "[1]", "--trainer.max_epochs", "1",
-        "--results_dir", str(tmp_path / "results"), "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--model.warmup_epochs", "0", "--results_dir", str(tmp_path / "results"), "--trainer.default_root_dir", str(tmp_path / "runs"),
         "--data.init_args.dataset.init_args.per_class", "[2, 1, 2]", "--data.init_args.shots", "2",
     ]
-    first = run_experiment("fit", [*common, "--config", str(CONFIGS / "learners/cones/default.yaml")], show_summary=False)
+    first = run_experiment(
+        "fit", [*common, "--config", str(CONFIGS / "learners/cones/default.yaml"), "--model.warmup_epochs", "0"],
+        show_summary=False,
+    )
     prompts = first["per_seed"][0]["prompts"]
     second = run_experiment(
         "fit",
         [*common, "--config", str(CONFIGS / "learners/cones/stage2.yaml"), "--model.learner.init_args.concepts_from",
-         prompts, "--model.learner.init_args.fit_steps", "5"],
+         prompts, "--model.learner.init_args.fit_steps", "5", "--model.warmup_epochs", "0"],
         show_summary=False,
     )
     assert second["learner"] == "cones_stage2" and 0 <= second["per_seed"][0]["metrics"]["hm"] <= 100

@@ -23,7 +23,8 @@ def _fast(tmp_path: Path, config: str, epochs: int, *extra: str) -> list[str]:
         "--config", QUICK, "--config", str(CONFIGS / "learners" / config), "--seeds", "[1]",
         "--trainer.max_epochs", str(epochs), "--data.init_args.batch_size", "16",
         "--results_dir", str(tmp_path / "results"), "--trainer.default_root_dir", str(tmp_path / "runs"),
-        "--data.init_args.dataset.init_args.per_class", "[4, 2, 4]", "--data.init_args.shots", "4", *extra,
+        "--data.init_args.dataset.init_args.per_class", "[4, 2, 4]", "--data.init_args.shots", "4",
+        *(["--model.warmup_epochs", "0"] if epochs <= 1 else []), *extra,
     ]
 
 
