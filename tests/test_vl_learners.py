@@ -440,3 +440,25 @@ def test_class_prompts_lead_text(bb) -> None:
         ClassPrompts(bb, NAMES, 5, lead_text="a photo of a")
     with pytest.raises(ValueError, match="class_token_position='end'"):
         ClassPrompts(bb, NAMES, 2, lead_text="a photo of a", position="front")
+
+
+def test_promptsrc_aggregate_survives_a_state_dict_round_trip(bb, tmp_path) -> None:
+    """Resume checkpoints hold the learner's state: a run interrupted after epoch 0 and restored into a new
+    learner ends with the same Gaussian aggregate as an uninterrupted one (loaded with weights_only)."""
+    kw = dict(prompt_depth_text=2, prompt_depth_vision=2, gpa_mean=1.0, gpa_std=1.0)
+    full, first = _setup(PromptSRC, bb, seed=5, **kw), _setup(PromptSRC, bb, seed=5, **kw)
+    for learner in (full, first):
+        learner.on_train_epoch_end(0, 2)
+    torch.save(first.state_dict(), tmp_path / "ckpt.pt")
+    resumed = _setup(PromptSRC, bb, seed=9, **kw)
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    with torch.no_grad():
+        for learner in (full, resumed):
+            for p in learner.parameters():
+                if p.requires_grad:
+                    p.add_(0.5)
+    for learner in (full, resumed):
+        learner.on_train_epoch_end(1, 2)
+        learner.on_fit_end()
+    for (name, a), b in zip(full.learned_state().items(), resumed.learned_state().values()):
+        assert torch.equal(a, b), name

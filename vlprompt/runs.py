@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Checkpoint
 import torch
 
 from vlprompt.atomic import atomic_path, atomic_write_text, check_writable, sha256_file
@@ -261,9 +262,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class ResumeCheckpoint(pl.Callback):
+class ResumeCheckpoint(Checkpoint):
     """Save ``last.ckpt`` (atomically) at the end of every training epoch, with the RNG states, so a resumed
-    seed draws the same batches as an uninterrupted one. The module's ``on_save_checkpoint`` keeps only the
+    seed draws the same batches as an uninterrupted one. As a ``Checkpoint`` callback it runs after the
+    module's own epoch-end hook, so learner state updated there (e.g. PromptSRC's running aggregate) is saved. The module's ``on_save_checkpoint`` keeps only the
     learner's tensors (never the frozen backbone)."""
 
     def __init__(self, path: Path) -> None:

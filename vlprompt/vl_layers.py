@@ -165,6 +165,16 @@ class GaussianPromptAggregation:
             self._sum = {k: self._sum[k] + weighted[k] for k in self._sum}
         self._seen.add(epoch)
 
+    def state_dict(self) -> dict:
+        """The running state (tensors, ints and lists only: loadable with ``weights_only=True``)."""
+        return {"sum": self._sum, "seen": sorted(self._seen), "max_epochs": self._max_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (a resumed run continues the same aggregate)."""
+        self._sum = None if state.get("sum") is None else dict(state["sum"])
+        self._seen = set(int(e) for e in state.get("seen", []))
+        self._max_epochs = state.get("max_epochs")
+
     def result(self) -> dict[str, torch.Tensor] | None:
         """The aggregate if every epoch ``0..max_epochs-1`` was added, else ``None``."""
         if self._sum is None or self._max_epochs is None or len(self._seen) != self._max_epochs:

@@ -21,8 +21,8 @@ Gaussian prompt aggregation (GPA, "regulating prompts with self-ensembling"): at
 
 Deliberate differences: the reference aggregates the whole model state (frozen CLIP weights included,
 which only changes them by float rounding since the weights sum to 1); only the learned prompts are
-aggregated here. The running aggregate is not part of Lightning checkpoints, so a resumed run restarts the
-aggregation. Other differences: those of :class:`~vlprompt.learners.ivlp.IVLP`.
+aggregated here. The running aggregate is part of the learner's state (``get_extra_state``), so resume
+checkpoints carry it and a resumed run continues the same aggregate. Other differences: those of :class:`~vlprompt.learners.ivlp.IVLP`.
 """
 
 from __future__ import annotations
@@ -156,6 +156,13 @@ class PromptSRC(IVLP):
     def on_train_epoch_end(self, epoch: int, max_epochs: int) -> None:
         if self.gpa:
             self.aggregation.update(dict(self.named_parameters()), epoch, max_epochs)
+
+    def get_extra_state(self) -> dict:
+        """The running GPA aggregate travels with the learner's state (and so with resume checkpoints)."""
+        return {"gpa": self.aggregation.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.aggregation.load_state_dict(state.get("gpa", {}))
 
     def on_fit_end(self) -> None:
         if not self.gpa:
