@@ -1,12 +1,12 @@
 """Low-rank prompt machinery shared by DePT and EPT (a sibling of :mod:`vlprompt.layers`).
 
 - :class:`LowRankEmbeddingUpdate`: DePT's pair ``A [s, r]``, ``B [r, d]`` whose product offsets the frozen
-  input token embeddings at ``s`` consecutive positions (Shi & Lipani, ICLR 2024, eq. 2: ``E' = E + A B``).
+  input token embeddings at ``s`` consecutive positions (Shi & Lipani, ICLR 2024, method section: ``E' = E + A B``).
 - :class:`PromptFusion`: EPT's prompt fusion, the short prompt enriched by attending over itself and the
   low-rank offsets ``A B`` (Lan et al. 2024, "Efficient Prompt Tuning by Multi-Space Projection and Prompt
-  Fusion", Sec. 3.2; the attention form is our choice, see the class).
+  Fusion", its "prompt fusion" module; the attention form is our choice, see the class).
 - :class:`MultiSpaceProjection`: EPT's multi-space projection, the prompt projected into ``K`` subspaces
-  combined by a gating network's softmax weights (Sec. 3.3; the projection form is our choice).
+  combined by a gating network's softmax weights (its "multi-space projection" module; the projection form is our choice).
 - :func:`decomposed_budget`: trainable parameters of a decomposed prompt, to match CoOp's ``n_ctx * d``.
 """
 
@@ -68,7 +68,7 @@ class LowRankEmbeddingUpdate(nn.Module):
 
 
 class PromptFusion(nn.Module):
-    """EPT prompt fusion: ``P + alpha * softmax(P K^T / sqrt(d)) K`` with knowledge ``K = [P; A B]``.
+    """EPT prompt fusion: ``P + alpha * softmax(P M^T / sqrt(d)) M`` with knowledge ``M = [P; A B]``.
 
     The paper fuses the short prompt with "the low-rank matrices and the short prompt as additional knowledge
     sources"; it gives no public code. We read it as one attention step of the short prompt over the rows of

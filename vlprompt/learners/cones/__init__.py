@@ -1,12 +1,15 @@
 """ConES: Concept Embedding Search (Yi, Qin, Xu, Guo, Wang, Zhang, Li, Lao; arXiv 2305.18993, 2023).
 
 Instead of learning prompt tokens that pass through the text encoder at every step, ConES optimises the
-class "concept embeddings" directly in the joint space (Sec. 3): the classifier of class ``i`` is a free
+class "concept embeddings" directly in the joint space: the classifier of class ``i`` is a free
 vector ``c_i [D]``, initialised from the text encoder's feature of ``template.format(class_i)`` (the
 zero-shot classifier), and trained with the task loss (here cross-entropy on ``scale * cos(f(x), c_i)``).
 A training step therefore costs no text-encoder pass (the paper: about an hour down to ten minutes on its
 personalised-generation task, reported); ``benchmarks/paper_learners.py`` measures the per-step speed-up
 against CoOp.
+
+Source: we could read the paper's abstract and public summaries, not its full text; equation numbers are
+therefore not cited, and every form below that the abstract does not fix is marked as our choice.
 
 Classes without a searched embedding (new classes in base-to-new) are the paper's open question for
 classification; the fallback is a config choice, ``new_class_fallback``:
@@ -17,7 +20,7 @@ classification; the fallback is a config choice, ``new_class_fallback``:
 - ``none``: refuse: switching to a label space with unseen classes raises :class:`LearnerError`.
 A known class keeps its searched embedding in every label space.
 
-Second stage (paper Sec. 3.3: the searched embeddings initialise a following tuning run): the
+Second stage (the paper: the searched embeddings initialise a following tuning run): the
 ``cones_stage2`` learner (:class:`vlprompt.learners.cones.stage2.ConESPromptTuning`) fits a CoOp context so that
 the text encoder reproduces the concept embeddings saved by a ConES run, then trains it like CoOp.
 
@@ -83,6 +86,7 @@ class ConES(PromptLearner):
         return torch.stack([self._zs_cache[c] for c in classnames])
 
     def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
+        self._zs_cache = {}  # features of another backbone must not leak in
         zs = self._zero_shot(classnames)
         self.concepts = nn.Parameter(zs.clone())
         self.register_buffer("train_zero_shot", zs.clone(), persistent=False)

@@ -1,5 +1,5 @@
 """ConES second stage: CoOp context initialised from searched concept embeddings (ConES, arXiv 2305.18993,
-Sec. 3.3: the searched embeddings "can be further utilized in the next stage").
+the searched embeddings "can be further utilized in the next stage").
 
 The paper feeds its searched embeddings to a following fine-tuning stage; for CLIP classification we chose
 (no public code): fit CoOp's unified context ``[M, Wt]`` (from ``ctx_init``) for ``fit_steps`` Adam steps at

@@ -3,12 +3,15 @@ Parameter-Efficient Fine-tuning"), applied to CLIP's text encoder.
 
 A soft prompt of length ``L`` (here CoOp's ``n_ctx = 16`` context vectors) is decomposed into a shorter prompt
 ``P [m, d]`` (``m < L``) and a low-rank pair ``A [s, r]``, ``B [r, d]`` whose product offsets the frozen input
-token embeddings of the words that follow the prompt (eq. 2: ``E' = E + A B``); the prompt of class ``i`` is
+token embeddings of the words that follow the prompt (``E' = E + A B``); the prompt of class ``i`` is
 ``[SOS] P_1 .. P_m  (words of class_i + A B)``. Fewer prompt tokens make every text-encoder pass
 shorter, hence the paper's time and memory savings (>20% at equal parameter count, reported). ``P`` and
-``A, B`` train with two learning rates (Sec. 2: a larger one for the prompt, a smaller one for the pair),
+``A, B`` train with two learning rates (the paper: a larger one for the prompt, a smaller one for the pair),
 implemented as two optimiser parameter groups (:meth:`optimizer_groups`): the prompt at the configured
 ``lr``, the pair at ``lowrank_lr_scale * lr``.
+
+Source: we could read the paper's abstract and public summaries, not its full text; equation numbers are
+therefore not cited, and every form below that the abstract does not fix is marked as our choice.
 
 Where the paper (written for T5 / encoder inputs) is silent for CLIP, we chose (and made configurable):
 - the "words" are the tokens of ``f"{words_before} {classname}{words_after}"`` (default: class name and

@@ -3,11 +3,14 @@ Zhao, Wang; arXiv 2405.11464, 2024), applied to CLIP's text encoder.
 
 EPT starts from DePT's decomposition (:mod:`vlprompt.learners.dept`): a short prompt ``P [m, d]`` plus
 low-rank ``A [s, r] B [r, d]`` offsetting the word embeddings. Two additions:
-- **prompt fusion** (Sec. 3.2): the short prompt is enriched with the low-rank matrices and itself as extra
-  knowledge sources, :class:`vlprompt.lowrank.PromptFusion`: ``P_f = P + alpha softmax(P K^T/sqrt d) K``,
-  ``K = [P; A B]``;
-- **multi-space projection** (Sec. 3.3): ``P_f`` is projected into ``K`` subspaces whose outputs a gating
+- **prompt fusion**: the short prompt is enriched with the low-rank matrices and itself as extra
+  knowledge sources, :class:`vlprompt.lowrank.PromptFusion`: ``P_f = P + alpha softmax(P M^T/sqrt d) M``,
+  ``M = [P; A B]``;
+- **multi-space projection**: ``P_f`` is projected into ``K`` subspaces whose outputs a gating
   network combines with learned softmax weights, :class:`vlprompt.lowrank.MultiSpaceProjection`.
+
+Source: we could read the paper's abstract and public summaries, not its full text; equation numbers are
+therefore not cited, and every form below that the abstract does not fix is marked as our choice.
 
 No public code exists; choices where the paper is silent or does not fit CLIP (all configurable):
 - fusion is one parameter-free attention step scaled by a learnable scalar ``alpha`` (init ``fusion_init``

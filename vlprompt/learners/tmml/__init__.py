@@ -1,7 +1,8 @@
 """TMML: Task-Oriented Multi-Modal Mutual Learning (Long, Zhao, Yuan, Tan, Liu, Zhou, Wang, Wang; ICCV 2023,
 arXiv 2303.17169), family ``multimodal``.
 
-Three parts (the paper's Sec. 3; it has no public code, so the forms below are our reading, all documented):
+Three parts (the paper's method; it has no public code and we implemented from its description, not its
+equations, which we could not consult: the forms below are our reading, all documented):
 
 - **CTP, class-aware text prompts** (image -> text). CoCoOp adds one image-conditioned bias to every class's
   context; CTP conditions class ``i``'s context on the image information *related to label i*: the class's
