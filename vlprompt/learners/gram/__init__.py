@@ -37,7 +37,8 @@ class GRAM(PromptLearner):
     """Wraps ``inner``: meta-learned prompt initialisation + regulated gradients.
 
     Args:
-        inner: the prompt learner to wrap (``class_path: coop`` ...); it must have trainable tensors.
+        inner: the prompt learner to wrap (``class_path: coop`` ...); it must have trainable tensors. Default:
+            ``CoOp()`` with its defaults (the paper's main host method).
         meta: a meta artifact written by ``vlprompt meta-train`` (safetensors), or ``None`` (identity regulator,
             the inner learner's own initialisation).
         use_init: start from the artifact's prompt initialisation (``False``: only regulate gradients).
@@ -48,13 +49,17 @@ class GRAM(PromptLearner):
 
     def __init__(
         self,
-        inner: PromptLearner,
+        inner: PromptLearner | None = None,
         meta: str | None = None,
         *,
         use_init: bool = True,
         use_regulator: bool = True,
     ) -> None:
         super().__init__()
+        if inner is None:
+            from vlprompt.learners.coop import CoOp
+
+            inner = CoOp()
         if not isinstance(inner, PromptLearner):
             raise LearnerError(f"gram: inner={inner!r} is not a prompt learner; give e.g. inner: {{class_path: coop}}")
         if isinstance(inner, GRAM):
