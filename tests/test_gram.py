@@ -250,3 +250,14 @@ def test_meta_train_cli_refuses_bad_config(tmp_path) -> None:
     cfg.write_text("inner: {class_path: zero_shot}\nout: x.safetensors\nbackbone: {class_path: toyclip}\n")
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert main(["--config", str(cfg)]) == 2
+
+
+def test_shipped_toy_artifact_is_intact() -> None:
+    from vlprompt.backbones.open_clip import file_sha256
+
+    path = Path(__file__).resolve().parents[1] / "vlprompt" / "learners" / "gram" / "assets" / "gram_coop_toy.safetensors"
+    card = json.loads(Path(str(path) + ".json").read_text())
+    assert file_sha256(path) == card["sha256"]
+    art = load_artifact(path)
+    assert art.inner_class == "vlprompt.learners.coop.CoOp" and art.inner_config["n_ctx"] == 4
+    assert art.backbone["model"] == "vlprompt-toyclip" and art.backbone["checkpoint_sha256"] and tuple(art.init["ctx"].shape)[0] == 4

@@ -464,9 +464,9 @@ def meta_train(cfg: dict, *, command: list[str] | None = None, config_text: str 
                                      first_order=first_order, use_images=use_images)
             loss.backward()
         opt.step()
-        history.append({"step": step, "query_loss_before": round(before, 5), "query_loss_after": round(float(loss), 5)})
+        history.append({"step": step, "query_loss_before": round(before, 5), "query_loss_after": round(float(loss.detach()), 5)})
         if step % max(1, steps // 10) == 0 or step == steps - 1:
-            log.info("meta-step %d/%d: query loss %.4f (before adaptation %.4f)", step + 1, steps, float(loss), before)
+            log.info("meta-step %d/%d: query loss %.4f (before adaptation %.4f)", step + 1, steps, float(loss.detach()), before)
     provenance = {
         "method": "GRAM (Li et al., ICCV 2023, arXiv 2303.06571), re-implementation without official code",
         "config": cfg, "config_text": config_text, "command": command or sys.argv, "seed": seed,

@@ -58,6 +58,14 @@ def backbone_identity(backbone) -> dict:
     return {k: info.get(k) for k in _BACKBONE_KEYS}
 
 
+def same_backbone(a: dict, b: dict) -> bool:
+    """Same weights: equal model and checkpoint sha256 when both are known (file paths differ between installs),
+    else equal name, model and pretrained tag."""
+    if a.get("checkpoint_sha256") and b.get("checkpoint_sha256"):
+        return a.get("model") == b.get("model") and a["checkpoint_sha256"] == b["checkpoint_sha256"]
+    return all(a.get(k) == b.get(k) for k in ("name", "model", "pretrained"))
+
+
 @dataclass
 class MetaArtifact:
     """What :func:`load_artifact` returns."""
@@ -74,7 +82,7 @@ class MetaArtifact:
         """Refuse an artifact made for another backbone, inner learner or tensor shapes (e.g. another n_ctx)."""
         where = f"GRAM meta artifact {self.path!r}"
         mine = backbone_identity(backbone)
-        if {k: self.backbone.get(k) for k in _BACKBONE_KEYS} != mine:
+        if not same_backbone(self.backbone, mine):
             raise LearnerError(
                 f"{where} was meta-trained on backbone {self.backbone} but this run uses {mine}. Meta-train one for "
                 "this backbone (`vlprompt meta-train`) or use meta: null."
