@@ -35,7 +35,7 @@ def no_instantiation(monkeypatch):
 
 
 EXPERIMENT_YAMLS = sorted(
-    p for p in CONFIGS.rglob("*.yaml") if "pretrain" not in p.parts and p.name != "quickstart.yaml"
+    p for p in CONFIGS.rglob("*.yaml") if "pretrain" not in p.parts and "meta" not in p.parts and p.name != "quickstart.yaml"
 )
 
 

@@ -28,6 +28,7 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   import     vlprompt import dassl CHECKPOINT --learner NAME --classnames FILE --out prompts.safetensors
   tta        episodic test-time evaluation (TPT, DiffTPT or a baseline learner), writing a result JSON
   generate   fill the generated-view cache of a test set ahead of time (DiffTPT)
+  meta-train meta-learn a GRAM prompt initialisation + gradient regulator (vlprompt meta-train --config FILE)
 
 Each of fit/validate/test/pretrain takes --help and --print_config. A killed fit/validate/test resumes with
 `vlprompt fit --resume RUN_FOLDER`. `vlprompt --no-progress ...` (or CI=1) turns progress bars off.
@@ -132,6 +133,10 @@ def _main(argv: list[str] | None) -> int:
         from vlprompt.test_time_cli import main as test_time_main
 
         return test_time_main(cmd, rest)
+    if cmd == "meta-train":
+        from vlprompt.meta import main as meta_main
+
+        return meta_main(rest)
     if cmd == "list":
         from vlprompt.registry import list_main
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 #: which registry group a class_path under a config key belongs to
 _KEY_GROUPS = {"learner": "learners", "backbone": "backbones", "dataset": "datasets", "data": "protocols"}
+_KEY_GROUPS["inner"] = "learners"  # a wrapping learner's inner learner (e.g. gram)
 
 
 class ConfigError(ValueError):

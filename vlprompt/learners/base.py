@@ -178,6 +178,13 @@ class PromptLearner(nn.Module, abc.ABC):
     def on_fit_end(self) -> None:
         """Hook: called by the host module once training has finished, before evaluation and saving."""
 
+    def transform_gradients(self) -> None:
+        """Hook: called by the host module after backward, before each optimiser step. No-op by default.
+
+        A learner may rewrite the ``.grad`` of its own parameters in place here (e.g. GRAM's meta-learned
+        gradient regulator, Li et al. ICCV 2023); gradient clipping and weight decay apply afterwards.
+        """
+
     def optimizer_groups(self) -> list[dict]:
         """Optimiser parameter groups (torch ``param_groups`` dicts) over the trainable parameters.
 

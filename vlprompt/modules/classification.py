@@ -107,6 +107,10 @@ class PromptClassifier(pl.LightningModule):
     def on_fit_end(self) -> None:
         self.learner.on_fit_end()
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Let the learner transform its own gradients (generic hook; default no-op)."""
+        self.learner.transform_gradients()
+
     def _eval_step(self, batch, dataloader_idx: int, sets: list) -> None:
         name, space = sets[dataloader_idx]
         self._use_space(space)
