@@ -63,6 +63,15 @@ def test_evaluated_checkpoint_counts_but_fewer_seeds_never_win() -> None:
     assert rows == [ckpt]  # alone, an explicitly evaluated checkpoint is a row
 
 
+def test_test_time_results_are_rows_and_unknown_stages_are_not() -> None:
+    tta = _result(seeds=3, command="vlprompt tta --config x.yaml", extra={"stage": "tta"})
+    rows, left = _rows([tta])
+    assert rows == [tta] and not left
+    odd = _result(seeds=3, command="vlprompt frobnicate", extra={"stage": "frobnicate"})
+    rows, left = _rows([odd])
+    assert rows == [] and "unknown stage 'frobnicate'" in left[0][1]
+
+
 def test_a_short_smoke_run_on_another_split_does_not_replace_a_full_run() -> None:
     full = _result(epochs=50, created="2026-01-01T00:00:00+00:00")
     smoke = _result(epochs=1, created="2026-02-01T00:00:00+00:00")

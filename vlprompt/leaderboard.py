@@ -36,7 +36,7 @@ __all__ = ["build_leaderboards", "leaderboard_main", "CSV_COLUMNS", "SELECTION_R
 DEFAULT_OUT = "leaderboards-local"
 
 SELECTION_RULES: tuple[str, ...] = (
-    "Only complete results count: a `vlprompt fit`, or a `vlprompt test` that evaluated a saved checkpoint "
+    "Only complete results count: a `vlprompt fit`, a `vlprompt tta` (test-time evaluation), or a `vlprompt test` that evaluated a saved checkpoint "
     "(`--prompts`) or a learner with nothing to train; a `vlprompt test` of an untrained learner is skipped.",
     "One row per dataset, learner configuration, backbone checkpoint (sha256), shots and data split (split-file "
     "sha256 or data identity): results on another split or another checkpoint get their own row, marked "
@@ -172,7 +172,7 @@ def eligibility(result: Mapping[str, Any]) -> str | None:
     if result.get("complete") is False:
         return "incomplete run (not every seed finished)"
     stage = _stage(result)
-    if stage == "fit":
+    if stage in {"fit", "tta"}:  # tta: episodic test-time evaluation, complete in itself
         return None
     if stage in {"test", "validate"}:
         if result.get("evaluated_checkpoint") or _nothing_to_train(result):
