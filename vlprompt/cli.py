@@ -28,6 +28,7 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   import     vlprompt import dassl CHECKPOINT --learner NAME --classnames FILE --out prompts.safetensors
   tta        episodic test-time evaluation (TPT, DiffTPT or a baseline learner), writing a result JSON
   generate   fill the generated-view cache of a test set ahead of time (DiffTPT)
+  sweep      vlprompt sweep --config sweeps/NAME.yaml [--workers N] [--executor local|slurm]: a grid of runs
 
 Each of fit/validate/test/pretrain takes --help and --print_config.
 """
@@ -138,6 +139,10 @@ def _main(argv: list[str] | None) -> int:
         from vlprompt.reference_import import import_main
 
         return import_main(rest)
+    if cmd == "sweep":
+        from vlprompt.sweep import sweep_main
+
+        return sweep_main(rest)
     if cmd == "leaderboard":
         from vlprompt.leaderboard import leaderboard_main
 
