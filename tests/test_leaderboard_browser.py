@@ -1,10 +1,11 @@
 """The HTML leaderboard in a real headless browser (Debian's chromium, driven by selenium).
 
 Needs: apt-get install -y chromium chromium-driver, and selenium (pip). Skips with the reason otherwise.
-The screenshot is kept under pytest's tmp dir (path logged) as the test artifact.
+The screenshot is kept under pytest's tmp dir (path logged), and copied to $VLPROMPT_ARTIFACTS when set.
 """
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def test_html_leaderboard_in_headless_chromium(tmp_path):
         shot = tmp_path / "leaderboard.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         log.info("screenshot: %s", shot)
+        keep = os.environ.get("VLPROMPT_ARTIFACTS")  # CI: keep the screenshot as an artifact
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, Path(keep) / "leaderboard_base2new_toy.png")
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
     finally:

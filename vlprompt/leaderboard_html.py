@@ -176,7 +176,7 @@ def _averages(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-td:first-child,th:first-child{text-align:left}th{background:#f0f0f0;cursor:pointer;user-select:none}
+td:first-child,th:first-child,td:not([data-sort]){text-align:left}th{background:#f0f0f0;cursor:pointer;user-select:none}
 th.asc::after{content:" \\25B2"}th.desc::after{content:" \\25BC"}
 tr.reported td{background:#fff6e0;font-style:italic}.badge{background:#e08a00;color:#fff;border-radius:3px;padding:0 .4em;font-size:.8em}
 .note{color:#555;font-size:.9em}.plot{min-height:420px}
