@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("vlprompt")
 
-USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,import,tta,generate} ...
+USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,import,tta,generate,meta-train,sweep} ...
 
   fit        train a prompt learner and evaluate it (all seeds), writing a result JSON
   validate   evaluate on the validation split(s)
@@ -29,6 +29,7 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   tta        episodic test-time evaluation (TPT, DiffTPT or a baseline learner), writing a result JSON
   generate   fill the generated-view cache of a test set ahead of time (DiffTPT)
   meta-train meta-learn a GRAM prompt initialisation + gradient regulator (vlprompt meta-train --config FILE)
+  sweep      vlprompt sweep --config sweeps/NAME.yaml [--workers N] [--executor local|slurm]: a grid of runs
 
 Each of fit/validate/test/pretrain takes --help and --print_config. A killed fit/validate/test resumes with
 `vlprompt fit --resume RUN_FOLDER`. `vlprompt --no-progress ...` (or CI=1) turns progress bars off.
@@ -149,6 +150,10 @@ def _main(argv: list[str] | None) -> int:
         from vlprompt.reference_import import import_main
 
         return import_main(rest)
+    if cmd == "sweep":
+        from vlprompt.sweep import sweep_main
+
+        return sweep_main(rest)
     if cmd == "leaderboard":
         from vlprompt.leaderboard import leaderboard_main
 

@@ -483,6 +483,9 @@ def leaderboard_main(argv: Sequence[str]) -> int:
     build.add_argument("results_dir", help="folder of result JSON files (searched recursively)")
     build.add_argument("--out", default=DEFAULT_OUT,
                        help=f"output folder (default: {DEFAULT_OUT}; the committed leaderboards/ only when named)")
+    build.add_argument("--html", action="store_true", help="also write index.html (tables and plots) per leaderboard")
+    build.add_argument("--reported", default="leaderboards/reported",
+                       help="folder of reported paper numbers (*.yaml) shown in the HTML (default: leaderboards/reported)")
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:  # argparse already printed usage / help
@@ -496,7 +499,15 @@ def leaderboard_main(argv: Sequence[str]) -> int:
         return 2
     report: list[tuple[str, str]] = []
     try:
+        if args.html:  # reported numbers are checked before anything is written
+            from vlprompt.leaderboard_html import load_reported
+
+            load_reported(args.reported)
         paths = build_leaderboards(results_dir, args.out, report=report)
+        if args.html and paths:
+            from vlprompt.leaderboard_html import build_html_leaderboards
+
+            paths = sorted(paths + build_html_leaderboards(results_dir, args.out, reported_dir=args.reported))
     except (ResultError, OSError) as exc:
         log.error("%s", exc)
         return 1

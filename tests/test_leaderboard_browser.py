@@ -1,0 +1,73 @@
+"""The HTML leaderboard in a real headless browser (Debian's chromium, driven by selenium).
+
+Needs: apt-get install -y chromium chromium-driver, and selenium (pip). Skips with the reason otherwise.
+The screenshot is kept under pytest's tmp dir (path logged), and copied to $VLPROMPT_ARTIFACTS when set.
+"""
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vlprompt.leaderboard import leaderboard_main
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+
+_CHROME = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+_DRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(_CHROME is None or _DRIVER is None,
+                    reason="no chromium/chromedriver binary on PATH (apt-get install -y chromium chromium-driver)")
+def test_html_leaderboard_in_headless_chromium(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
+    from selenium.webdriver.common.by import By
+
+    results = tmp_path / "results" / "base2new" / "toy"
+    for d in ("toy_colors", "toy_patterns", "toy_places"):
+        shutil.copytree(REPO / "leaderboards" / "results" / "base2new" / "toy" / d, results / d)
+    out = tmp_path / "out"
+    assert leaderboard_main(["build", str(tmp_path / "results"), "--out", str(out), "--html",
+                             "--reported", str(REPO / "leaderboards" / "reported")]) == 0
+    page = out / "base2new" / "toy" / "index.html"
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = _CHROME
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1300,2400"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=_DRIVER))
+    try:
+        driver.get(page.as_uri())
+        # plots render: each plot div holds plotly's SVG
+        for div in ("plot-scatter", "plot-bars"):
+            svgs = driver.find_elements(By.CSS_SELECTOR, f"#{div} svg.main-svg")
+            assert svgs, f"{div} did not render"
+        assert driver.find_elements(By.CSS_SELECTOR, "#plot-scatter .scatterlayer .point")
+        # tables hold the right rows: 4 entrants per dataset, 3 reported rows
+        for i in range(3):
+            assert len(driver.find_elements(By.CSS_SELECTOR, f"#table-dataset-{i} tbody tr")) == 4
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#table-reported tbody tr.reported")) == 3
+        # sorting works: click the HM header of the average table twice -> descending
+        table = driver.find_element(By.ID, "table-average")
+        hm_col = [th.text for th in table.find_elements(By.TAG_NAME, "th")].index("hm")
+        th = table.find_elements(By.TAG_NAME, "th")[hm_col]
+        th.click()
+        th.click()
+        vals = [float(r.find_elements(By.TAG_NAME, "td")[hm_col].text)
+                for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        assert vals == sorted(vals, reverse=True)
+        shot = tmp_path / "leaderboard.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        log.info("screenshot: %s", shot)
+        keep = os.environ.get("VLPROMPT_ARTIFACTS")  # CI: keep the screenshot as an artifact
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, Path(keep) / "leaderboard_base2new_toy.png")
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()

@@ -1,0 +1,66 @@
+"""vlprompt sweep: grid expansion, checks before any cell runs, failing cells recorded, resume skips done cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlprompt.sweep import SweepError, expand_cells, load_sweep, run_sweep, sweep_main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = str(REPO / "configs" / "quickstart.yaml")
+
+
+def _spec(tmp_path: Path, grid: dict, **extra) -> Path:
+    spec = {
+        "name": "t", "stage": "fit",
+        "args": ["--config", QUICK, "--results_dir", str(tmp_path / "results"),
+                 "--data.init_args.dataset.init_args.per_class", "[8, 4, 8]", "--model.warmup_epochs", "0"],
+        "grid": grid, "executor": "local", "workers": 2, **extra,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_grid_expansion_is_a_product_with_stable_ids(tmp_path):
+    spec = load_sweep(_spec(tmp_path, {"learner": ["zero_shot/default", "coop/ctx4_init"], "shots": [1, 2],
+                                       "seeds": [[1, 2]], "trainer.max_epochs": [1]}))
+    cells = expand_cells(spec)
+    assert len(cells) == 4 and len({c.cell_id for c in cells}) == 4
+    assert cells[0].argv[-8:] == ("--config", "configs/learners/zero_shot/default.yaml", "--data.init_args.shots", "1",
+                                  "--seeds", "[1, 2]", "--trainer.max_epochs", "1")
+    assert [c.cell_id for c in expand_cells(spec)] == [c.cell_id for c in cells]
+
+
+@pytest.mark.parametrize("grid, match", [
+    ({"lerner": ["coop"]}, "grid key 'lerner' is neither a shorthand"),
+    ({"learner": ["nosuch/default"]}, r"cell \[learner=nosuch/default\]: .*nosuch/default.yaml: no such file"),
+    ({"trainer.max_epochz": [1]}, r"cell \[trainer.max_epochz=1\]"),
+    ({"model.init_args.learner.class_path": ["nosuch_learner"]}, r"cell \[model.init_args.learner.class_path=nosuch"),
+])
+def test_bad_sweep_fails_before_any_cell_runs(tmp_path, grid, match, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SweepError, match=match):
+        run_sweep(load_sweep(_spec(tmp_path, grid)), out=tmp_path / "out")
+    assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_two_cell_sweep_local_workers_failure_recorded_and_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # cell 1 trains (CoOp, toy CLIP, 1 epoch); cell 2 asks for more shots than the data has: fails at run time
+    path = _spec(tmp_path, {"shots": [2, 12], "seeds": [[1]], "trainer.max_epochs": [1]})
+    out = tmp_path / "out"
+    assert sweep_main(["--config", str(path), "--out", str(out)]) == 1  # not all done
+    spec = load_sweep(path)
+    status = run_sweep(spec, out=out, workers=1)  # resume: the done cell is skipped, the failed one retried
+    done, failed = (status[c.cell_id] for c in expand_cells(spec))
+    assert done[0] == "done" and Path(done[1]).is_file()
+    assert failed[0] == "failed" and "shots=12" in failed[1]
+    results = sorted((tmp_path / "results").rglob("*.json"))
+    assert len(results) == 1  # the done cell did not run twice
+    assert (out / "cells").is_dir()
