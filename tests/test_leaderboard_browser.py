@@ -4,6 +4,8 @@ Needs: apt-get install -y chromium chromium-driver, and selenium (pip). Skips wi
 The screenshot is kept under pytest's tmp dir (path logged), and copied to $VLPROMPT_ARTIFACTS when set.
 """
 
+import collections
+import csv
 import logging
 import os
 import shutil
@@ -47,9 +49,12 @@ def test_html_leaderboard_in_headless_chromium(tmp_path):
             svgs = driver.find_elements(By.CSS_SELECTOR, f"#{div} svg.main-svg")
             assert svgs, f"{div} did not render"
         assert driver.find_elements(By.CSS_SELECTOR, "#plot-scatter .scatterlayer .point")
-        # tables hold the right rows: 4 entrants per dataset, 3 reported rows
-        for i in range(3):
-            assert len(driver.find_elements(By.CSS_SELECTOR, f"#table-dataset-{i} tbody tr")) == 4
+        # tables hold the right rows: as many entrants per dataset as the built CSV, 3 reported rows
+        with open(out / "base2new" / "toy" / "results.csv", newline="") as f:
+            per_dataset = collections.Counter(row["dataset"] for row in csv.DictReader(f))
+        assert sorted(per_dataset) == ["toy_colors", "toy_patterns", "toy_places"]
+        for i, dataset in enumerate(sorted(per_dataset)):
+            assert len(driver.find_elements(By.CSS_SELECTOR, f"#table-dataset-{i} tbody tr")) == per_dataset[dataset] >= 4
         assert len(driver.find_elements(By.CSS_SELECTOR, "#table-reported tbody tr.reported")) == 3
         # sorting works: click the HM header of the average table twice -> descending
         table = driver.find_element(By.ID, "table-average")
