@@ -24,19 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def _run(argv: list[str]) -> tuple[int, str]:
     from vlprompt import cli
+    from vlprompt.data.check import WarningCollector
 
-    collect = _Collect()
+    collect = WarningCollector()
     root = logging.getLogger()
     root.addHandler(collect)
     out, err = io.StringIO(), io.StringIO()

@@ -47,8 +47,8 @@ class CheckReport:
                 "warnings": self.warnings, "facts": self.facts}
 
 
-class _Collect(logging.Handler):
-    """Collects warning records of the data loggers while a source is built."""
+class WarningCollector(logging.Handler):
+    """Collects the messages of warning (and worse) records, e.g. of the data loggers while a source is built."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.WARNING)
@@ -64,7 +64,7 @@ def _build(source_cls: type, root: str, *, strict: bool) -> tuple[object, list[s
     kwargs = {k: v for k, v in (("strict_checksum", strict), ("check_files", False), ("on_corrupt", "fail"))
               if k in params}
     logger = logging.getLogger("vlprompt.data")
-    handler, propagate, level = _Collect(), logger.propagate, logger.level
+    handler, propagate, level = WarningCollector(), logger.propagate, logger.level
     logger.addHandler(handler)
     logger.propagate = False
     logger.setLevel(logging.WARNING)
