@@ -165,16 +165,20 @@ class ToyClassification(ClassificationSource):
         """The attributes each class fixes, by label."""
         return [dict(attrs) for _, attrs in self._defs]
 
+    def class_styles(self, split: str = "train") -> list[str]:
+        """Rendering style of each class (by label) in ``split``: one style for every class by default."""
+        return [self.style if split == "train" else self.test_style] * len(self._defs)
+
     def _generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in self.per_class:
             raise KeyError(f"split {split!r} of {self.name}: known splits are {list(self.per_class)}")
         n = self.per_class[split]
-        style = self.style if split == "train" else self.test_style
-        key = (self.spec, split, style, self.world_seed, n)
+        styles = self.class_styles(split)
+        key = (self.spec, split, tuple(styles), self.world_seed, n)
         if key not in _GENERATED:  # shared by every instance (seeds, targets, learners of one process)
             g = torch.Generator().manual_seed(_stable_seed(self.spec, split, self.world_seed))
             images, labels = [], []
-            for label, (_, attrs) in enumerate(self._defs):
+            for label, ((_, attrs), style) in enumerate(zip(self._defs, styles)):
                 fixed = {k: torch.full((n,), _VALUE_INDEX[k][v]) for k, v in attrs.items()}
                 scene = sample_scene(n, generator=g, fixed=fixed)
                 img, _ = render(scene, generator=g, style=style)

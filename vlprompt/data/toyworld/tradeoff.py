@@ -30,16 +30,8 @@ import itertools
 import math
 import random
 
-import torch
-
-from vlprompt.data.toyworld.datasets import (
-    _GENERATED,
-    _VALUE_INDEX,
-    TEXTURE_NAMES,
-    ToyClassification,
-    _stable_seed,
-)
-from vlprompt.data.toyworld.render import STYLES, TEXTURES, render, sample_scene
+from vlprompt.data.toyworld.datasets import TEXTURE_NAMES, ToyClassification, _stable_seed
+from vlprompt.data.toyworld.render import STYLES, TEXTURES
 
 _ARCHIVE_COLOURS = ("red", "yellow", "green", "blue", "purple", "pink")
 _ARCHIVE_TEXTURES = ("solid", "horizontal stripes", "checkered", "dotted")
@@ -79,32 +71,13 @@ class ToyArchive(ToyClassification):
         random.Random(_stable_seed(self.spec, "label-order")).shuffle(defs)
         return defs
 
-    def class_styles(self) -> list[str]:
-        """Rendering style of each class (by label) in the train split."""
+    def class_styles(self, split: str = "train") -> list[str]:
+        """Base labels (``< ceil(C/2)``) in ``native_style``, the rest in ``native_new_style``, in every split;
+        an explicit ``style``/``test_style`` renders every class alike."""
+        if not self.per_half:
+            return super().class_styles(split)
         m = math.ceil(len(self._defs) / 2)
-        if not self.per_half:
-            return [self.style] * len(self._defs)
         return [self.native_style if label < m else self.native_new_style for label in range(len(self._defs))]
-
-    def _generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.per_half:
-            return super()._generate(split)
-        if split not in self.per_class:
-            raise KeyError(f"split {split!r} of {self.name}: known splits are {list(self.per_class)}")
-        n = self.per_class[split]
-        styles = self.class_styles()
-        key = (self.spec, split, tuple(styles), self.world_seed, n)
-        if key not in _GENERATED:
-            g = torch.Generator().manual_seed(_stable_seed(self.spec, split, self.world_seed))
-            images, labels = [], []
-            for label, ((_, attrs), style) in enumerate(zip(self._defs, styles)):
-                fixed = {k: torch.full((n,), _VALUE_INDEX[k][v]) for k, v in attrs.items()}
-                scene = sample_scene(n, generator=g, fixed=fixed)
-                img, _ = render(scene, generator=g, style=style)
-                images.append((img * 255).round().to(torch.uint8))
-                labels.append(torch.full((n,), label, dtype=torch.long))
-            _GENERATED[key] = (torch.cat(images), torch.cat(labels))
-        return _GENERATED[key]
 
     def identity(self) -> dict:
         out = super().identity()
