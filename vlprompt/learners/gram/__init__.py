@@ -27,13 +27,14 @@ import torch
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.learners.wrapper import WrappedLearner
 from vlprompt.learners.gram.artifact import MetaArtifact, load_artifact
 from vlprompt.learners.gram.regulator import identity_regulator, regulate
 
 log = logging.getLogger(__name__)
 
 
-class GRAM(PromptLearner):
+class GRAM(WrappedLearner):
     """Wraps ``inner``: meta-learned prompt initialisation + regulated gradients.
 
     Args:
@@ -80,12 +81,8 @@ class GRAM(PromptLearner):
 
     # ------------------------------------------------------------------ properties of the inner learner
     @property
-    def modifies_image_encoder(self) -> bool:  # type: ignore[override]
-        return bool(self.inner.modifies_image_encoder)
-
-    @property
-    def transfers_to_new_classes(self) -> bool:  # type: ignore[override]
-        return bool(self.inner.transfers_to_new_classes)
+    def wrapped(self) -> PromptLearner:
+        return self.inner
 
     # ------------------------------------------------------------------ lifecycle
     def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
@@ -112,19 +109,7 @@ class GRAM(PromptLearner):
         if self.inner._backbone is not None:
             self.inner.set_classnames(classnames)
 
-    # ------------------------------------------------------------------ forward: the inner learner's
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.inner.encode_images(images)
-
-    def text_features(self) -> torch.Tensor:
-        return self.inner.text_features()
-
-    def cached_text_features(self) -> torch.Tensor:
-        return self.inner.cached_text_features()
-
-    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.inner.logits(image_features)
-
+    # ------------------------------------------------------------------ loss: the inner learner's
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
         return self.inner.loss(logits, targets, image_features)
 
@@ -149,23 +134,9 @@ class GRAM(PromptLearner):
         return self.inner.optimizer_groups()
 
     # ------------------------------------------------------------------ learned tensors: the inner learner's names
-    def learned_state(self) -> dict[str, torch.Tensor]:
-        return self.inner.learned_state()
-
     def set_learned_state(self, state: dict[str, torch.Tensor], *, strict: bool = True) -> None:
         self.inner.set_learned_state(state, strict=strict)
         self.invalidate_text_cache()
 
-    def load_prompts(self, path: str | Path, *, check_classnames: bool = True) -> None:
-        self.inner.load_prompts(path, check_classnames=check_classnames)
-
     def import_reference_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.inner.import_reference_state(state)
-
-    def tunable_parameters(self):
-        return self.inner.tunable_parameters()
-
-    def invalidate_text_cache(self) -> None:
-        super().invalidate_text_cache()
-        if hasattr(self, "inner"):
-            self.inner.invalidate_text_cache()

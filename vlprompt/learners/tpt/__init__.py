@@ -28,6 +28,7 @@ from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.tta_views import TPTViews
 from vlprompt.layers import chunked_text_encoding
 from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.learners.wrapper import WrappedLearner
 from vlprompt.modules.test_time import TestTimeMethod
 from vlprompt.tta import TTAError, TTAStep, check_views, confident_indices, tpt_step
 
@@ -39,7 +40,7 @@ def default_prompt_learner() -> PromptLearner:
     return CoOp(n_ctx=None, ctx_init="a photo of a")
 
 
-class TPT(PromptLearner, TestTimeMethod):
+class TPT(WrappedLearner, TestTimeMethod):
     """Test-time prompt tuning on top of a prompt learner.
 
     Args:
@@ -93,12 +94,8 @@ class TPT(PromptLearner, TestTimeMethod):
 
     # ------------------------------------------------------------------ delegation to the tuned learner
     @property
-    def modifies_image_encoder(self) -> bool:  # type: ignore[override]
-        return self.learner.modifies_image_encoder
-
-    @property
-    def transfers_to_new_classes(self) -> bool:  # type: ignore[override]
-        return self.learner.transfers_to_new_classes
+    def wrapped(self) -> PromptLearner:
+        return self.learner
 
     def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
         self.learner.setup(backbone, classnames)
@@ -108,31 +105,6 @@ class TPT(PromptLearner, TestTimeMethod):
     def on_classnames_changed(self, classnames: list[str]) -> None:
         if self.learner.classnames != classnames:
             self.learner.set_classnames(classnames)
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.learner.encode_images(images)
-
-    def text_features(self) -> torch.Tensor:
-        return self.learner.text_features()
-
-    def cached_text_features(self) -> torch.Tensor:
-        return self.learner.cached_text_features()
-
-    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.learner.logits(image_features)
-
-    def tunable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        return self.learner.tunable_parameters()
-
-    def invalidate_text_cache(self) -> None:
-        self._text_cache = None
-        self.learner.invalidate_text_cache()
-
-    def learned_state(self) -> dict[str, torch.Tensor]:
-        return self.learner.learned_state()
-
-    def load_prompts(self, path, *, check_classnames: bool = True) -> None:
-        self.learner.load_prompts(path, check_classnames=check_classnames)
 
     # ------------------------------------------------------------------ test-time method
     def build_views(self, image: torch.Tensor) -> torch.Tensor:
