@@ -12,7 +12,8 @@ the backbone applies its own mean/std normalisation.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -70,6 +71,9 @@ class VLBackbone(nn.Module, abc.ABC):
     supports_visual_prompts: bool
     preprocess: PreprocessConfig
     info: BackboneInfo
+    #: what the backbone can predict: ``classification`` (image-text similarity) and, for vision-language
+    #: segmentation models (VLSMs), ``segmentation`` (a mask decoder, see :meth:`record_activations`).
+    tasks: tuple[str, ...] = ("classification",)
 
     def train(self, mode: bool = True) -> "VLBackbone":  # noqa: D102 - frozen: always eval
         return super().train(False)
@@ -138,6 +142,39 @@ class VLBackbone(nn.Module, abc.ABC):
     def logit_scale(self) -> torch.Tensor:
         """The pretrained temperature, already exponentiated (a 0-d float32 tensor)."""
 
+    # ----------------------------------------------------------------- segmentation (VLSMs only)
+    @contextlib.contextmanager
+    def record_activations(self) -> Iterator["ActivationRecord"]:
+        """Record, during every :meth:`encode_image` call made inside the context, what the mask decoder reads.
+
+        The host segmentation module wraps the learner's own image encoding (``learner.encode_images``, with
+        whatever visual prompts the learner inserts) in this context, so learners never call the decoder and
+        never know the task. Backbones without a decoder raise :class:`BackboneError`.
+        """
+        self.require_task("segmentation", "record_activations()")
+        raise NotImplementedError  # pragma: no cover - VLSM backbones override
+        yield  # pragma: no cover
+
+    def decode_masks(
+        self, record: "ActivationRecord", conditional: torch.Tensor, *, output_size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Mask logits ``[B, H, W]`` from recorded activations of ``B`` images and one conditional (projected
+        text) embedding per image ``[B, D]`` (e.g. the learner's text feature of that image's prompt).
+
+        ``output_size`` defaults to the input image size. Backbones without a decoder raise :class:`BackboneError`.
+        """
+        self.require_task("segmentation", "decode_masks()")
+        raise NotImplementedError  # pragma: no cover
+
+    def require_task(self, task: str, who: str) -> None:
+        """Raise a clear error if this backbone cannot serve ``task`` (asked for by ``who``)."""
+        if task not in self.tasks:
+            raise BackboneError(
+                f"{who} needs a backbone that serves {task!r}, but backbone {self.info.name!r} (model "
+                f"{self.info.model!r}) serves {list(self.tasks)}. For segmentation use a vision-language "
+                "segmentation model (class_path: clipseg) or the embedded toy VLSM."
+            )
+
     # ----------------------------------------------------------------- helpers
     def require_visual_prompts(self, who: str) -> None:
         """Raise a clear error if ``who`` asks for visual prompts that this image tower cannot take."""
@@ -147,3 +184,17 @@ class VLBackbone(nn.Module, abc.ABC):
                 f"(model {self.info.model!r}) has no plain transformer image tower. Use a ViT model "
                 "(e.g. model: ViT-B-16) or a learner that only prompts the text encoder (e.g. coop)."
             )
+
+
+@dataclass
+class ActivationRecord:
+    """What a VLSM's decoder reads, filled by :meth:`VLBackbone.record_activations`.
+
+    ``activations``: the image encoder's hidden states at the decoder's extract layers, each ``[B, T, Wv]``
+    (class token + patch tokens, visual prompt tokens already removed); ``image_size``: ``(H, W)`` of the
+    encoded images. Backbones may keep further private entries in ``extra``.
+    """
+
+    activations: list[torch.Tensor] = field(default_factory=list)
+    image_size: tuple[int, int] | None = None
+    extra: dict = field(default_factory=dict)

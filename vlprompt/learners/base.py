@@ -50,6 +50,9 @@ class PromptLearner(nn.Module, abc.ABC):
     """
 
     family: ClassVar[str] = "text"
+    #: the tracks the learner serves: ``classification`` and/or ``segmentation`` (prompted VLSM mask decoding).
+    #: A host module refuses a learner whose ``tasks`` lacks its track, before any work starts.
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "segmentation")
     trainable: ClassVar[bool] = True
     modifies_image_encoder: ClassVar[bool] = False
     transfers_to_new_classes: ClassVar[bool] = True
@@ -158,6 +161,16 @@ class PromptLearner(nn.Module, abc.ABC):
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of image features ``[B, D]`` over the current class names."""
         return cosine_logits(image_features, self.cached_text_features(), self.backbone.logit_scale)
+
+    def paired_text_features(self, image_features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Text feature ``[B, D]`` of each image's own prompt: row ``index[b]`` of the class text features for
+        image ``b`` (image features ``[B, D]``, ``index [B]`` long into :attr:`classnames`).
+
+        Segmentation conditions the mask decoder on it (one prompt per image). The default indexes the shared
+        :meth:`cached_text_features`; instance-conditioned learners (CoCoOp) override it to encode only the
+        ``B`` needed prompts.
+        """
+        return self.cached_text_features()[index.to(device=image_features.device)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of images ``[B, 3, H, W]``."""
