@@ -261,3 +261,52 @@ def test_shipped_toy_artifact_is_intact() -> None:
     art = load_artifact(path)
     assert art.inner_class == "vlprompt.learners.coop.CoOp" and art.inner_config["n_ctx"] == 4
     assert art.backbone["model"] == "vlprompt-toyclip" and art.backbone["checkpoint_sha256"] and tuple(art.init["ctx"].shape)[0] == 4
+
+
+def _write_shards(tmp_path, n_shards: int, per_shard: int) -> str:
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    for s in range(n_shards):
+        with wds.TarWriter(str(tmp_path / f"pairs-{s:03d}.tar")) as sink:
+            for i in range(per_shard):
+                k = s * per_shard + i
+                buf = io.BytesIO()
+                Image.new("RGB", (40, 30), color=(k * 23 % 255, 90, 200 - k * 7 % 200)).save(buf, format="PNG")
+                sink.write({"__key__": f"{k:05d}", "png": buf.getvalue(), "txt": f"a {'red' if k % 2 else 'blue'} square {k}"})
+    return str(tmp_path / f"pairs-{{000..{n_shards - 1:03d}}}.tar")
+
+
+def test_webdataset_corpus_streams_shards_and_spills_images_to_disk(backbone, tmp_path) -> None:
+    pytest.importorskip("webdataset")
+    urls = _write_shards(tmp_path, 2, 5)
+    src = {"source": "webdataset", "urls": urls, "spill_dir": str(tmp_path)}
+    corpus = encode_corpus(backbone, src, seed=1, keep_images=True, chunk=3)
+    assert len(corpus) == 10 and corpus.captions[0] == "a blue square 0" and corpus.captions[-1] == "a red square 9"
+    images = corpus.get_images([0, 9])
+    assert images.shape == (2, 3, 32, 32) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    # the same pixels as the caption-file reader gives for the same image
+    from PIL import Image
+
+    from vlprompt.meta import _pil_input
+    expected = _pil_input(Image.new("RGB", (40, 30), color=(9 * 23 % 255, 90, 200 - 9 * 7 % 200)), 32)
+    assert torch.allclose(images[1], (expected * 255).round() / 255, atol=1e-6)
+    limited = encode_corpus(backbone, {**src, "size": 4}, seed=1, keep_images=False)
+    assert len(limited) == 4 and limited.images is None
+    with pytest.raises(MetaError, match="keep_images=False"):
+        limited.get_images([0])
+
+
+def test_webdataset_corpus_bad_inputs(backbone, tmp_path) -> None:
+    pytest.importorskip("webdataset")
+    urls = _write_shards(tmp_path, 1, 3)
+    with pytest.raises(MetaError, match="does not exist"):
+        encode_corpus(backbone, {"source": "webdataset", "urls": str(tmp_path / "nope-{000..001}.tar")}, seed=1, keep_images=False)
+    with pytest.raises(MetaError, match="needs corpus.urls"):
+        encode_corpus(backbone, {"source": "webdataset"}, seed=1, keep_images=False)
+    with pytest.raises(MetaError, match="set corpus.caption_key"):
+        encode_corpus(backbone, {"source": "webdataset", "urls": urls, "caption_key": "json"}, seed=1, keep_images=False)
+    with pytest.raises(MetaError, match="set corpus.image_key"):
+        encode_corpus(backbone, {"source": "webdataset", "urls": urls, "image_key": "jpg"}, seed=1, keep_images=False)

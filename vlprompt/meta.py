@@ -4,7 +4,9 @@ Re-implementation from the paper (no official code). Pipeline:
 
 1. **Corpus** of image-text pairs, read in chunks: the embedded toy world (rendered scenes + captions, styles mixed so
    that pseudo-domains exist) or a CSV / JSON-lines file of ``image path, caption`` (paths relative to the file).
-   Webdataset shards are not supported (not implemented in this version).
+   or webdataset shards (``.tar`` files of ``<key>.jpg``/``.png`` + ``<key>.txt``, as img2dataset writes CC3M), read
+   as a stream with the ``webdataset`` package; their images, resized to the model's input, spill to a memory-mapped
+   file instead of memory, so pre-training-scale corpora need disk, not RAM.
 2. **Cross-modal hierarchical clustering** (paper Sec. 3, "CHC") on the frozen backbone's features: each pair is
    ``z = [f_img / |f_img|, f_txt / |f_txt|] / sqrt(2)``; k-means (k-means++ seeding, Lloyd iterations, seeded) at two
    levels: ``coarse`` clusters = pseudo-domains, then ``fine`` clusters inside each = pseudo-classes.
@@ -72,16 +74,103 @@ def toy_corpus(size: int, *, image_size: int, seed: int, chunk: int = 64) -> Ite
         done += b
 
 
+def _pil_input(im, image_size: int) -> torch.Tensor:
+    """A PIL image as a model input ``[3, S, S]`` in ``[0, 1]``: shorter side resized to ``S``, centre crop."""
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    img = pil_to_tensor(im.convert("RGB")).float() / 255.0
+    return center_crop(resize(img, image_size, antialias=True), [image_size, image_size])
+
+
 def _load_image(path: Path, image_size: int) -> torch.Tensor:
     from PIL import Image
-    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
     try:
         with Image.open(path) as im:
-            img = pil_to_tensor(im.convert("RGB")).float() / 255.0
+            return _pil_input(im, image_size)
     except (OSError, ValueError) as exc:
         raise MetaError(f"cannot read image {str(path)!r} ({exc}); fix or remove its row") from exc
-    return center_crop(resize(img, image_size, antialias=True), [image_size, image_size])
+
+
+def _shard_urls(urls: str | list[str]) -> list[str]:
+    """Expand brace patterns (``cc3m-{000000..000009}.tar``) and check that local shards exist before any work."""
+    import braceexpand
+
+    patterns = [urls] if isinstance(urls, str) else list(urls)
+    out = [u for pat in patterns for u in braceexpand.braceexpand(str(pat))]
+    if not out:
+        raise MetaError("corpus.urls is empty: give webdataset shard paths, e.g. shards/cc3m-{000000..000009}.tar")
+    missing = [u for u in out if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
+    if missing:
+        raise MetaError(f"webdataset shard {missing[0]!r} does not exist ({len(missing)} of {len(out)} shards missing); "
+                        "check corpus.urls")
+    return out
+
+
+def webdataset_pairs(urls: str | list[str], *, image_key: str = "jpg;jpeg;png;webp", caption_key: str = "txt",
+                     image_size: int, limit: int | None = None) -> Iterator[tuple[torch.Tensor, str]]:
+    """Stream ``(image [3, S, S] in [0, 1], caption)`` from webdataset shards (``image_key`` may list alternatives
+    separated by ``;``). The first sample's keys are checked before any work; a sample missing them is an error
+    naming its key and shard."""
+    try:
+        import webdataset as wds
+    except ImportError as exc:
+        raise MetaError("corpus.source 'webdataset' needs the webdataset package: pip install webdataset") from exc
+    shards = _shard_urls(urls)
+    wanted = [k.strip().lower() for k in image_key.split(";") if k.strip()]
+    stream = wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode("pil")
+    n = 0
+    try:
+        for sample in stream:
+            keys = {k.lower(): k for k in sample if not k.startswith("__")}
+            img_k = next((keys[k] for k in wanted if k in keys), None)
+            cap_k = keys.get(caption_key.lower())
+            if img_k is None or cap_k is None:
+                col = "image_key" if img_k is None else "caption_key"
+                raise MetaError(
+                    f"webdataset sample {sample.get('__key__')!r} in {sample.get('__url__')!r} has no "
+                    f"{image_key if img_k is None else caption_key!r} entry (it holds {sorted(keys)}); set corpus.{col}"
+                )
+            cap = sample[cap_k]
+            cap = cap.decode("utf-8") if isinstance(cap, bytes) else str(cap)
+            yield _pil_input(sample[img_k], image_size), cap.strip()
+            n += 1
+            if limit is not None and n >= limit:
+                return
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, MetaError):
+            raise
+        raise MetaError(f"webdataset shards {shards[0]!r}...: unreadable ({exc})") from exc
+    if n == 0:
+        raise MetaError(f"webdataset shards {shards[0]!r}... hold no samples")
+
+
+class ImageSpill:
+    """Append-only uint8 image store on disk, memory-mapped when read (``[N, 3, S, S]``); deleted at exit."""
+
+    def __init__(self, image_size: int, directory: str | Path | None = None) -> None:
+        import atexit
+        import os
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="vlprompt-corpus-", suffix=".u8", dir=directory)
+        os.close(fd)
+        self.path = Path(name)
+        atexit.register(self.path.unlink, missing_ok=True)
+        self.image_size = image_size
+        self.count = 0
+
+    def append(self, images: torch.Tensor) -> None:
+        """Add images ``[b, 3, S, S]`` in ``[0, 1]``."""
+        with self.path.open("ab") as fh:
+            fh.write((images * 255).round().to(torch.uint8).contiguous().numpy().tobytes())
+        self.count += int(images.shape[0])
+
+    def tensor(self) -> torch.Tensor:
+        """The stored images as a memory-mapped uint8 tensor ``[N, 3, S, S]`` (pages are read on access)."""
+        s = self.image_size
+        flat = torch.from_file(str(self.path), shared=False, size=self.count * 3 * s * s, dtype=torch.uint8)
+        return flat.view(self.count, 3, s, s)
 
 
 def caption_rows(path: str | Path, *, image_column: str = "image", caption_column: str = "caption") -> Iterator[tuple[Path, str]]:
@@ -138,12 +227,15 @@ class Corpus:
     def get_images(self, idx: list[int]) -> torch.Tensor:
         if self.images is not None:
             return self.images[idx].float() / 255.0
+        if not self.paths:
+            raise MetaError("this corpus was encoded without keeping its images (keep_images=False)")
         return torch.stack([_load_image(self.paths[i], self.image_size) for i in idx])
 
 
 @torch.no_grad()
 def encode_corpus(backbone, source: dict, *, seed: int, keep_images: bool, chunk: int = 64) -> Corpus:
-    """Encode a corpus config (``{source: toyworld, size}`` or ``{source: captions, path, ...}``) in chunks."""
+    """Encode a corpus config in chunks: ``{source: toyworld, size}``, ``{source: captions, path, image_column,
+    caption_column}`` or ``{source: webdataset, urls, image_key, caption_key, size (optional limit), spill_dir}``."""
     size = backbone.preprocess.image_size
     kind = source.get("source", "toyworld")
     img_f, txt_f, caps, imgs, paths = [], [], [], [], []
@@ -167,16 +259,38 @@ def encode_corpus(backbone, source: dict, *, seed: int, keep_images: bool, chunk
 
         chunks = _chunks()
     elif kind == "webdataset":
-        raise MetaError("corpus source 'webdataset' is not supported in this version; convert the shards to a CSV of image path + caption")
+        if "urls" not in source:
+            raise MetaError("corpus.source 'webdataset' needs corpus.urls (shard paths, e.g. shards/cc3m-{000000..000009}.tar)")
+        pairs = webdataset_pairs(source["urls"], image_key=source.get("image_key", "jpg;jpeg;png;webp"),
+                                 caption_key=source.get("caption_key", "txt"), image_size=size,
+                                 limit=int(source["size"]) if source.get("size") is not None else None)
+
+        def _wds_chunks() -> Iterator[tuple[torch.Tensor, list[str]]]:
+            buf: list[tuple[torch.Tensor, str]] = []
+            for pair in pairs:
+                buf.append(pair)
+                if len(buf) == chunk:
+                    yield torch.stack([i for i, _ in buf]), [c for _, c in buf]
+                    buf = []
+            if buf:
+                yield torch.stack([i for i, _ in buf]), [c for _, c in buf]
+
+        chunks = _wds_chunks()
     else:
-        raise MetaError(f"corpus.source={kind!r} is unknown; use 'toyworld' or 'captions' (CSV / JSON lines)")
+        raise MetaError(f"corpus.source={kind!r} is unknown; use 'toyworld', 'captions' (CSV / JSON lines) or 'webdataset'")
+    spill = ImageSpill(size, source.get("spill_dir")) if keep_images and kind == "webdataset" else None
     for images, captions in chunks:
         img_f.append(F.normalize(backbone.encode_image(images).float(), dim=-1))
         txt_f.append(F.normalize(backbone.encode_text(backbone.tokenize(captions)).float(), dim=-1))
         caps.extend(captions)
         if keep_images and kind == "toyworld":
             imgs.append((images * 255).round().to(torch.uint8))
-    return Corpus(torch.cat(img_f), torch.cat(txt_f), caps, torch.cat(imgs) if imgs else None, paths, size)
+        if spill is not None:
+            spill.append(images)
+    stored = torch.cat(imgs) if imgs else (spill.tensor() if spill is not None else None)
+    if kind == "webdataset" and spill is None:
+        log.info("webdataset corpus: images not kept (the inner learner reads image features only)")
+    return Corpus(torch.cat(img_f), torch.cat(txt_f), caps, stored, paths, size)
 
 
 # ---------------------------------------------------------------------------------------------- clustering
