@@ -184,10 +184,12 @@ def _load_tokenizer(folder: Path, vocab_size: int):
         tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - rewrap with the folder and the fix
         raise BackboneError(f"could not load the tokenizer of {str(folder)!r}: {exc}") from exc
-    if len(tok) != vocab_size:
+    ids = set(tok.get_vocab().values())
+    if len(ids) != vocab_size or max(ids, default=-1) >= vocab_size:  # an added token may share an id (a pad at 0)
         raise BackboneError(
-            f"the tokenizer loaded from {str(folder)!r} has {len(tok)} tokens but the model's text vocabulary has "
-            f"{vocab_size} (config.json text_config.vocab_size). An offline CLIPTokenizer.from_pretrained can silently "
+            f"the tokenizer loaded from {str(folder)!r} has {len(ids)} token ids (largest {max(ids, default=-1)}) but "
+            f"the model's text vocabulary has {vocab_size} (config.json text_config.vocab_size). An offline "
+            "CLIPTokenizer.from_pretrained can silently "
             "return an almost empty tokenizer; refusing to tokenise with it. Save the processor's tokenizer files into "
             "the folder, or run `python -c \"from vlprompt.backbones.clipseg import write_clip_tokenizer; "
             f"write_clip_tokenizer('{folder}')\"` (CLIP's BPE vocabulary, 49408 tokens)."
