@@ -37,6 +37,10 @@ Deliberate differences from TuneVLSeg:
 * Images come in ``[0, 1]`` at ``preprocess.image_size`` and are normalised here (the folder's
   ``preprocessor_config.json``; without one CLIPSeg's processor values: 352 px, ImageNet mean/std, bilinear).
   TuneVLSeg resizes with cv2 bicubic to 352 and normalises with the same mean/std.
+* :meth:`decode_masks` resizes the logits bilinearly when an ``output_size`` other than the decoder's output
+  (= the input size for the published model) is asked for; TuneVLSeg only reshapes.
+* Inside one :meth:`record_activations` context only the first :meth:`encode_image` call is recorded (the
+  learner's own prompted encoding; PromptSRC's later frozen encoding is counted, not decoded).
 """
 
 from __future__ import annotations
