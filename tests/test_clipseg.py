@@ -397,3 +397,28 @@ def test_registered_learner_classifies_on_the_tiny_vlsm(info) -> None:
     finally:
         bb.model.load_state_dict(state)
         bb.freeze()
+
+
+def _pad_tokenizer(folder: Path, pad_id: int | None) -> None:
+    """Name ``<|pad|>`` as the pad token; ``pad_id`` puts it into vocab.json sharing that id (as the toy VLSM folder
+    does with id 0), ``None`` lets the tokenizer append it as a new id after the vocabulary."""
+    if pad_id is not None:
+        vocab = json.loads((folder / "vocab.json").read_text())
+        (folder / "vocab.json").write_text(json.dumps({**vocab, "<|pad|>": pad_id}, ensure_ascii=False))
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        cfg = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({**cfg, "pad_token": "<|pad|>"}))
+
+
+def test_tokenizer_with_an_added_pad_token(tmp_path) -> None:
+    """A pad token sharing id 0 (the toy VLSM folder's tokenizer) is accepted and gives open_clip's ids; one appended
+    beyond the model's embedding table is refused."""
+    shared, beyond = tmp_path / "shared", tmp_path / "beyond"
+    for folder, pad_id in ((shared, 0), (beyond, None)):
+        shutil.copytree(tiny_vlsm_folder(), folder)
+        _pad_tokenizer(folder, pad_id)
+    bb = CLIPSegBackbone(str(shared))
+    texts = ["a red circle!", "the polyp"]
+    assert torch.equal(bb.tokenize(texts), open_clip.get_tokenizer("ViT-B-16")(texts, context_length=bb.context_length))
+    with pytest.raises(BackboneError, match=r"49409 token ids \(largest 49408\)"):
+        CLIPSegBackbone(str(beyond))
