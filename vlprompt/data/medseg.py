@@ -70,6 +70,18 @@ class SegRecord:
     where: str = ""  # where it was read from (annotation file and record index), for errors
 
 
+class FileLoader:
+    """``loader(i) -> (RGB PIL image, boolean mask)`` of record ``i`` (picklable, for loader workers)."""
+
+    def __init__(self, records: Sequence[SegRecord]) -> None:
+        self.records = records
+
+    def __call__(self, i: int) -> tuple[Image.Image, np.ndarray]:
+        rec = self.records[i]
+        image = read_image(rec.image)
+        return image, read_mask(rec.masks, size=image.size, image=str(rec.image))
+
+
 def _inside(name: str) -> bool:
     """Whether the relative file name ``name`` stays inside its folder (no absolute path, no ``..``)."""
     p = PurePosixPath(name.replace("\\", "/"))
@@ -127,12 +139,7 @@ class FileSegmentationSource(SegmentationSource):
         if prompt is None:
             check_prompt_index(records, prompt_index, where=f"{self.title or self.name} split {split!r}")
 
-        def load(i: int):
-            rec = records[i]
-            image = read_image(rec.image)
-            return image, read_mask(rec.masks, size=image.size, image=str(rec.image))
-
-        return SegmentationDataset(records, load, preprocess=preprocess, prompt_index=prompt_index, prompt=prompt,
+        return SegmentationDataset(records, FileLoader(records), preprocess=preprocess, prompt_index=prompt_index, prompt=prompt,
                                    augment=augment, seed=seed, stop_at_end=self.stop_at_end)
 
     def identity(self) -> dict:
