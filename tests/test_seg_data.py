@@ -50,7 +50,9 @@ def make_medvlsm(root: Path, n: int = 3, prompts: dict | None = None) -> Path:
         for i in range(n):
             stem = f"{split}{i}"
             _write_pair(root, stem)
-            anns.append({"img_name": f"{stem}.png", "mask_name": f"{stem}.png", "prompts": prompts or PROMPTS})
+            anns.append({"bbox": [2, 3, 9, 11], "cat": 0, "segment_id": stem, "img_name": f"{stem}.png",  # medvlsm keys
+                         "mask_name": f"{stem}.png", "sentences": [{"idx": 0, "sent_id": i, "sent": ""}],
+                         "prompts": prompts or PROMPTS, "sentences_num": 1})
         (root / "anns" / f"{split}.json").write_text(json.dumps(anns))
     return root
 
@@ -363,6 +365,7 @@ def test_toy_categories_unique_per_image():
     _, masks, recs = mod._GENERATED[key]
     assert all(m.any() for m in masks)
     assert len({r.category for r in recs}) == 4
+    assert all(len(set(r.present)) == 3 and r.category in r.present for r in recs)  # 3 distinct of 4 categories
 
 
 def test_registered_and_convert_cli(tmp_path):
