@@ -423,3 +423,29 @@ def test_datasets_pickle_and_load_in_workers(tmp_path):
     batch = next(iter(DataLoader(ds, batch_size=4, num_workers=1)))
     assert batch["image"].shape == (4, 3, 16, 16) and batch["mask"].shape == (4, 1, 16, 16)
     assert list(batch["prompt"]) == [ds[i]["prompt"] for i in range(4)]  # same draws in a worker
+
+
+def test_data_check_compares_published_sizes(tmp_path):
+    from vlprompt.data.check import check_dataset
+
+    make_medvlsm(tmp_path / "kvasir_polyp")
+    report = check_dataset("kvasir_seg", str(tmp_path))
+    assert report.ok and report.facts["expected"]["train"] == 800
+    assert any("expected 800" in w and "not comparable" in w for w in report.warnings)
+    strict = check_dataset("kvasir_seg", str(tmp_path), strict=True)
+    assert not strict.ok and any("expected 100" in p for p in strict.problems)
+
+
+def test_kvasir_release_without_lists_and_missing_mask(tmp_path):
+    root = tmp_path / "Kvasir-SEG"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(40):
+        _write_pair(root, f"id{i:03d}", mask_ext=".png")
+    src = KvasirSEGRelease(str(tmp_path))
+    assert src.split_files == {} and sum(src.size(s) for s in SPLITS) == 40
+    again = KvasirSEGRelease(str(tmp_path))
+    assert [r.name for r in again.records["test"]] == [r.name for r in src.records["test"]]
+    os.remove(root / "masks" / "id007.png")
+    with pytest.raises(DataError, match=r"id007\.png has no mask"):
+        KvasirSEGRelease(str(tmp_path))
