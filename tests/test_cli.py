@@ -34,8 +34,22 @@ def no_instantiation(monkeypatch):
     monkeypatch.setattr(VlpromptCLI, "instantiate_classes", lambda self: None)
 
 
+def _segmentation_dataset_yaml(path: Path) -> bool:
+    """A dataset config naming a segmentation source (parsed on top of a segmentation protocol, not the quickstart;
+    tests/test_seg_data.py checks their class paths and arguments)."""
+    if "datasets" not in path.parts:
+        return False
+    import yaml
+
+    from vlprompt.registry import get_registry
+
+    name = yaml.safe_load(path.read_text())["data"]["init_args"]["dataset"]["class_path"]
+    return name in get_registry("datasets") and getattr(get_registry("datasets").get(name), "task", "") == "segmentation"
+
+
 EXPERIMENT_YAMLS = sorted(
     p for p in CONFIGS.rglob("*.yaml") if "pretrain" not in p.parts and "meta" not in p.parts and p.name != "quickstart.yaml"
+    and not _segmentation_dataset_yaml(p)
 )
 
 
