@@ -66,10 +66,33 @@ def pretrain_main(args: list[str]) -> None:
     from vlprompt.pretrain import CaptionData, CLIPPretraining
 
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended", category=UserWarning)
+    if _pretrain_selects_class(args):  # the config names its LightningModule / DataModule (e.g. toydiffusion.yaml)
+        LightningCLI(
+            args=["fit", *args], save_config_callback=None, subclass_mode_model=True, subclass_mode_data=True,
+            parser_kwargs={"fit": {"prog": "vlprompt pretrain"}},
+        )
+        return
     LightningCLI(
         CLIPPretraining, CaptionData, args=["fit", *args], save_config_callback=None,
         parser_kwargs={"fit": {"prog": "vlprompt pretrain"}},
     )
+
+
+def _pretrain_selects_class(args: list[str]) -> bool:
+    """Whether a ``--config`` given to ``vlprompt pretrain`` names its model class (``model: {class_path: ...}``).
+
+    Configs without it (``configs/pretrain/toyclip.yaml``) pretrain the toy CLIP, as before.
+    """
+    import yaml
+
+    for i, arg in enumerate(args):
+        path = args[i + 1] if arg == "--config" and i + 1 < len(args) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if path and os.path.isfile(path):
+            with open(path) as f:
+                cfg = yaml.safe_load(f) or {}
+            if isinstance(cfg.get("model"), dict) and "class_path" in cfg["model"]:
+                return True
+    return any(a.startswith("--model.class_path") or a == "--model" for a in args)
 
 
 _USER_ERRORS = ("DataError", "BackboneError", "LearnerError", "ConfigError", "RegistryError", "ResultError", "RunError")
