@@ -4,9 +4,9 @@
 # for every entrant and seed). Entrants: zero-shot, CoOp (4 vectors from "a photo of a", 16 shots per class
 # of the clean source rendering, one prompt file per seed), TPT and TPT+CoOp (TPT starting from those prompts).
 # DiffTPT uses the embedded generator (toy_diffusion, configs/learners/difftpt/toy.yaml); its generated views
-# are made once by `vlprompt generate` and cached. The committed TPT rows were run with TPT_SEEDS='[1]' and
-# the DiffTPT row with DIFFTPT_SEEDS='[1]' (time); zero-shot and CoOp are deterministic, so their 3 seeds
-# agree exactly.
+# are made once by `vlprompt generate` and cached (the committed DiffTPT row has 3 seeds; the generate
+# run used --seeds '[1]', which does not change the views). The committed TPT rows were run with
+# TPT_SEEDS='[1]' (time); zero-shot and CoOp are deterministic, so their 3 seeds agree exactly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
