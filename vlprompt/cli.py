@@ -21,7 +21,7 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   fit        train a prompt learner and evaluate it (all seeds), writing a result JSON
   validate   evaluate on the validation split(s)
   test       evaluate on the test split(s) (zero-shot learners need no fit)
-  pretrain   pretrain the toy CLIP or the toy VLSM on the toy world (LightningCLI)
+  pretrain   pretrain the toy CLIP, the toy VLSM or the toy diffusion generator on the toy world (LightningCLI)
   list       vlprompt list learners|backbones|datasets|protocols [--errors]
   data       vlprompt data check NAME --root DIR [--strict] [--decode] | data convert NAME --root DIR --out DIR
   leaderboard  vlprompt leaderboard build RESULTS_DIR [--out leaderboards]
