@@ -27,7 +27,6 @@ id) and HF at the first ``eos_token_id`` (49407): the same position because open
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -157,13 +156,9 @@ def open_clip_bpe_files() -> tuple[dict[str, int], list[str]]:
     48,894 merges, then start/end of text as 49406/49407), with HF's special token spellings, plus
     :data:`PAD_TOKEN` as a second name of id 0.
     """
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from vlprompt.backbones.clipseg import clip_bpe_tokens
 
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    byte_tokens = list(bytes_to_unicode().values())
-    tokens = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m.split()) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    tokens, merges = clip_bpe_tokens()
     vocab = {tok: i for i, tok in enumerate(tokens)}
     if len(vocab) != 49408:
         raise ValueError(f"derived BPE vocabulary has {len(vocab)} entries, expected 49408")

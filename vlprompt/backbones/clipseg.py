@@ -79,6 +79,18 @@ _LOCK = threading.Lock()
 
 
 # ----------------------------------------------------------------------------- tokenizer files
+def clip_bpe_tokens() -> tuple[list[str], list[str]]:
+    """CLIP's BPE vocabulary in id order (49408 tokens: 256 byte tokens, the same with ``</w>``, the 48,894 merges,
+    then ``<|startoftext|>``/``<|endoftext|>``) and its merge lines, from open_clip's ``bpe_simple_vocab_16e6.txt.gz``."""
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    tokens = list(bytes_to_unicode().values())
+    tokens = tokens + [v + "</w>" for v in tokens] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return tokens, merges
+
+
 def write_clip_tokenizer(folder: str | os.PathLike) -> Path:
     """Write CLIP BPE tokenizer files (``vocab.json``, ``merges.txt``, ``tokenizer_config.json``,
     ``special_tokens_map.json``) that ``transformers.CLIPTokenizer`` loads offline, derived from open_clip's
@@ -87,14 +99,9 @@ def write_clip_tokenizer(folder: str | os.PathLike) -> Path:
     Tokens equal open_clip's tokenizer output (the adapter pads with id 0 itself, as open_clip does). Returns the
     folder.
     """
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    vocab, merges = clip_bpe_tokens()
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
                "pad_token": "<|endoftext|>"}
     files = {
