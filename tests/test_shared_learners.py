@@ -309,3 +309,117 @@ def test_learner_trains_one_epoch_through_the_cli(name: str, tmp_path) -> None:
     row = result["per_seed"][0]
     assert result["learner"] == name and row["epochs"] == 1
     assert 0 <= row["metrics"]["hm"] <= 100 and Path(row["prompts"]).is_file()
+
+
+# ------------------------------------------------------------------------------------ segmentation (tiny VLSM)
+
+PHRASES = ["a red circle", "blue square on the left", "small green triangle"]
+
+
+@pytest.fixture(scope="module")
+def vlsm():
+    from vlprompt.testing import tiny_vlsm
+
+    return tiny_vlsm()
+
+
+def _call(layer, x, mask):
+    out = layer(x, mask)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _ref_masks(vlsm, phrases: list[str], images: torch.Tensor, index: torch.Tensor, text: list[torch.Tensor],
+               visual: list[torch.Tensor]) -> torch.Tensor:
+    """``BaseMultimodalCLIPSeg.model_forward`` (TuneVLSeg) on the tiny CLIPSeg: mask logits ``[B, H, W]``."""
+    model, depth, n = vlsm.model, len(text), text[0].shape[0]
+    # image tower: prompts appended before pre_layrnorm, overwritten after layers idx < J; decoder inputs are the
+    # hidden states seen by the next layer (``output_hidden_states`` collected at the top of each iteration)
+    vm = model.clip.vision_model
+    h = vm.embeddings(vlsm.normalize(images), interpolate_pos_encoding=True)
+    h = vm.pre_layrnorm(torch.cat([h, visual[0].expand(h.shape[0], -1, -1)], dim=1))
+    states = []
+    for idx, layer in enumerate(vm.encoder.layers, 1):
+        states.append(h)
+        h = _call(layer, h, None)
+        if idx < depth:
+            h = h.clone()
+            h[:, -n:] = visual[idx]
+        if idx > max(model.extract_layers):
+            break
+    states.append(h)
+    acts = [states[i + 1] for i in model.extract_layers]
+    # text tower: phrases padded to the longest, context inserted after the start token, pooled at EOS + n
+    tokens = vlsm.tokenize([f"{p}." for p in phrases])
+    tokens = tokens[:, : int(vlsm.pool_index(tokens).max()) + 1]
+    tm = model.clip.text_model
+    emb = tm.embeddings.token_embedding(tokens)
+    x = torch.cat([emb[:, :1], text[0].expand(len(phrases), -1, -1), emb[:, 1:-1], emb[:, -1:]], dim=1)
+    x = x + tm.embeddings.position_embedding.weight[: x.shape[1]]
+    causal = torch.full((x.shape[1], x.shape[1]), torch.finfo(x.dtype).min).triu_(1)[None, None]
+    for idx, layer in enumerate(tm.encoder.layers, 1):
+        x = _call(layer, x, causal)
+        if idx < depth:
+            x = x.clone()
+            x[:, 1 : n + 1] = text[idx]
+    x = tm.final_layer_norm(x)
+    pooled = x[torch.arange(len(phrases)), vlsm.pool_index(tokens) + n]
+    cond = model.clip.text_projection(pooled)[index]
+    # decoder: deepest activation first, FiLM at conditional_layer, class token and prompt tokens dropped
+    dec = model.decoder
+    out = torch.zeros(model.config.reduce_dim)
+    for i, (act, layer, reduce) in enumerate(zip(acts[::-1], dec.layers, dec.reduces)):
+        out = reduce(act) + out
+        if i == dec.conditional_layer:
+            out = (dec.film_mul(cond) * out.permute(1, 0, 2) + dec.film_add(cond)).permute(1, 0, 2)
+        out = _call(layer, out, None)
+    out = out[:, 1:-n].permute(0, 2, 1)
+    side = int(out.shape[-1] ** 0.5)
+    return dec.transposed_convolution(out.reshape(out.shape[0], out.shape[1], side, side)).squeeze(1)
+
+
+def _segment(learner, vlsm, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    with vlsm.record_activations() as record:
+        feats = learner.encode_images(images)
+    return vlsm.decode_masks(record, learner.paired_text_features(feats, index))
+
+
+@pytest.mark.parametrize("name,kw", [("shared_separate", {"shared_dim": 16}), ("shared_attention", {"dim_feedforward": 48})])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_segmentation_mask_logits_equal_the_reference(vlsm, name: str, kw: dict, depth: int) -> None:
+    torch.manual_seed(3)
+    learner = get_registry("learners").get(name)(n_ctx=3, prompt_depth=depth, **kw)
+    learner.setup(vlsm, PHRASES)
+    learner.eval()
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    index = torch.tensor([2, 0, 1, 2])
+    with torch.no_grad():
+        ours = _segment(learner, vlsm, images, index)
+        ref = _ref_masks(vlsm, PHRASES, images, index, learner.joint.text(), learner.joint.visual())
+    assert ours.shape == ref.shape == (4, 64, 64)
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5), (ours - ref).abs().max()
+    if depth == 2:  # discriminative: the deepest prompts of each tower move the masks far beyond the tolerance
+        with torch.no_grad():
+            text, visual = learner.joint.text(), learner.joint.visual()
+            g = torch.Generator().manual_seed(0)
+            moved_t = _ref_masks(vlsm, PHRASES, images, index, [text[0], text[1] + 0.05 * torch.randn(text[1].shape, generator=g)], visual)
+            moved_v = _ref_masks(vlsm, PHRASES, images, index, text, [visual[0], visual[1] + 0.05 * torch.randn(visual[1].shape, generator=g)])
+        assert (moved_t - ref).abs().max() > 1e-2 and (moved_v - ref).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("name", ["shared_separate", "shared_attention"])
+def test_segmentation_step_trains_every_tensor_and_depth_is_checked(vlsm, name: str) -> None:
+    cls = get_registry("learners").get(name)
+    assert "segmentation" in cls.tasks
+    torch.manual_seed(0)
+    learner = cls(n_ctx=2, prompt_depth=2, **({"dim_feedforward": 32} if name == "shared_attention" else {}))
+    learner.setup(vlsm, PHRASES)
+    learner.train()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    masks = (torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    logits = _segment(learner, vlsm, images, torch.tensor([1, 0]))
+    F.binary_cross_entropy_with_logits(logits, masks).backward()
+    missing = [k for k, p in learner.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    limit = min(vlsm.text_layers, vlsm.vision_layers)
+    with pytest.raises(LearnerError, match=f"prompt_depth={limit + 1} but the backbone's tower has {limit}"):
+        cls(prompt_depth=limit + 1).setup(vlsm, PHRASES)
