@@ -268,7 +268,7 @@ def check_reference_depth(found: Sequence[int], expected: Sequence[int], *, owne
 
 
 # ---------------------------------------------------------------------------------------- joint prompts
-# TuneVLSeg's joint multimodal strategies (Adhikari et al., ACCV 2024, Sec. 3, multimodal prompt tuning;
+# TuneVLSeg's joint multimodal strategies (Adhikari et al., ACCV 2024, arXiv 2410.05239, multimodal prompt tuning;
 # reference naamiinepal/tunevlseg, src/models/core_models/coop/context_learner/): one learned tensor per
 # prompted layer feeds both towers through a projector (`shared_separate`, `shared_attention` learners).
 

@@ -1,6 +1,7 @@
 """Shared Attention: TuneVLSeg's joint prompts with a transformer layer as the joint projector (Adhikari et
-al., "TuneVLSeg: Prompt Tuning Benchmark for Vision-Language Segmentation Models", ACCV 2024, Sec. 3,
-multimodal prompt tuning strategies).
+al., "TuneVLSeg: Prompt Tuning Benchmark for Vision-Language Segmentation Models", ACCV 2024, method section:
+the multimodal prompt-tuning strategies; arXiv 2410.05239). The paper's full text was not available offline, so
+equation (1) below is numbered locally and restates what the reference code computes.
 
 For each prompted layer ``i = 0..J-1`` one learned tensor ``c_i [n, Wt + Wv]`` goes through a transformer
 encoder layer ``T_i`` whose output is split by width into the text and the visual prompts::

@@ -1,6 +1,7 @@
 """Shared Separate: TuneVLSeg's joint prompts from a shared low-dimensional space, projected separately to
 each tower (Adhikari et al., "TuneVLSeg: Prompt Tuning Benchmark for Vision-Language Segmentation Models",
-ACCV 2024, Sec. 3, multimodal prompt tuning strategies).
+ACCV 2024, method section: the multimodal prompt-tuning strategies; arXiv 2410.05239). The paper's full text
+was not available offline, so equation (1) below is numbered locally and restates what the reference computes.
 
 For each prompted layer ``i = 0..J-1`` one learned tensor ``c_i [n, d]`` lives in a shared space of small
 width ``d`` (``shared_dim``, reference config 64) and is mapped to both towers by its own projections::
