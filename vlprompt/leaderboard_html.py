@@ -374,7 +374,12 @@ def _dice_figure(rows: Sequence[dict[str, Any]], layout: Mapping[str, Any]) -> A
 
 
 def overlay_paths(result: Mapping[str, Any]) -> list[Path]:
-    """The overlay PNGs a result lists under ``artifacts`` keys ending in ``/overlays`` (e.g. ``seed1/overlays``),
+    """The overlay PNGs of ``result`` (see :func:`_overlay_entries`), in order."""
+    return [p for _, p in _overlay_entries(result)]
+
+
+def _overlay_entries(result: Mapping[str, Any]) -> list[tuple[str, Path]]:
+    """``(key prefix, path)`` of the overlay PNGs a result lists under ``artifacts`` keys ending in ``/overlays`` (e.g. ``seed1/overlays``),
     sorted by key then path. A value is a path (a PNG, or a folder whose ``*.png`` are taken), a list of paths, or
     a mapping with ``path`` / ``paths``. Relative paths are taken from the working directory, else from the result
     file's folder. Missing files are skipped with a warning."""
@@ -382,8 +387,9 @@ def overlay_paths(result: Mapping[str, Any]) -> list[Path]:
     if not isinstance(artifacts, Mapping):
         return []
     base = Path(str(result.get("_path", "."))).parent
-    out: list[Path] = []
+    out: list[tuple[str, Path]] = []
     for key in sorted(k for k in artifacts if isinstance(k, str) and k.endswith("/overlays")):
+        prefix = key[: -len("/overlays")]
         value = artifacts[key]
         if isinstance(value, Mapping):
             value = value.get("paths", value.get("path"))
@@ -395,9 +401,9 @@ def overlay_paths(result: Mapping[str, Any]) -> list[Path]:
             if not p.is_absolute() and not p.exists() and (base / p).exists():
                 p = base / p
             if p.is_dir():
-                out += sorted(p.glob("*.png"))
+                out += [(prefix, q) for q in sorted(p.glob("*.png"))]
             elif p.is_file() and p.suffix.lower() == ".png":
-                out.append(p)
+                out.append((prefix, p))
             else:
                 log.warning("%s: overlay %s (artifacts[%r]) is not a PNG file or folder; skipped",
                             result.get("_rel", "result"), item, key)
@@ -429,19 +435,22 @@ def _segmentation_parts(rows: Sequence[dict[str, Any]], figs: Mapping[str, Any])
     for i, dataset in enumerate(sorted({str(r["dataset"]) for r in seg})):
         figures = []
         for r in sorted((r for r in seg if str(r["dataset"]) == dataset), key=learner_label):
-            paths = overlay_paths(r)
-            for p in paths[:MAX_OVERLAYS_PER_ROW]:
+            entries = _overlay_entries(r)
+            row = []
+            for prefix, p in entries[:MAX_OVERLAYS_PER_ROW]:
                 uri = _png_data_uri(p)
                 if uri is None:
                     continue
-                caption = f"{learner_label(r)}: {p.name}"
-                figures.append(f'<figure><img src="{uri}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>')
-            if len(paths) > MAX_OVERLAYS_PER_ROW:
-                figures.append(f'<p class="note">{_e(learner_label(r))}: {len(paths) - MAX_OVERLAYS_PER_ROW} more '
-                               "overlay(s) not embedded</p>")
+                caption = f"{learner_label(r)}, {prefix}: {p.name}"
+                row.append(f'<figure><img src="{uri}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>')
+            if len(entries) > MAX_OVERLAYS_PER_ROW:
+                row.append(f'<p class="note">{_e(learner_label(r))}: {len(entries) - MAX_OVERLAYS_PER_ROW} more '
+                           "overlay(s) not embedded</p>")
+            if row:
+                figures.append(f'<div class="gallery">{"".join(row)}</div>')
         if figures:
             shown += 1
-            parts += [f"<h3>{_e(dataset)}</h3>", f'<div class="gallery" id="gallery-{i}">{"".join(figures)}</div>']
+            parts += [f"<h3>{_e(dataset)}</h3>", f'<div id="gallery-{i}">{"".join(figures)}</div>']
     if not shown:
         parts.append('<p class="note" id="no-overlays">No overlays: these results list no <code>*/overlays</code> '
                      "artifacts.</p>")
