@@ -24,4 +24,4 @@ vlprompt tta "${common[@]}" --config configs/learners/zero_shot/default.yaml
 vlprompt tta "${common[@]}" "${coop[@]}" --prompts "$prompts"
 vlprompt tta "${common[@]}" --config configs/learners/tpt/default.yaml --seeds "$TPT_SEEDS"
 vlprompt tta "${common[@]}" --config configs/learners/tpt/default.yaml --prompts "$prompts" --seeds "$TPT_SEEDS"
-vlprompt leaderboard build "$RESULTS" --out leaderboards
+vlprompt leaderboard build "$RESULTS" --out leaderboards --html --plotly shared

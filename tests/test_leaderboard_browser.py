@@ -119,3 +119,29 @@ def test_segmentation_leaderboard_in_headless_chromium(tmp_path):
         assert not errors, errors
     finally:
         driver.quit()
+
+
+@pytest.mark.skipif(_CHROME is None or _DRIVER is None,
+                    reason="no chromium/chromedriver binary on PATH (apt-get install -y chromium chromium-driver)")
+def test_committed_page_with_shared_plotly_renders_from_file_url():
+    """The committed pages load plotly.js from leaderboards/assets/ with a relative <script src>: it works from
+    file:// (no server, no network)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
+    from selenium.webdriver.common.by import By
+
+    page = REPO / "leaderboards" / "base2new" / "toy" / "index.html"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = _CHROME
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1300,2400"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=_DRIVER))
+    try:
+        driver.get(page.as_uri())
+        assert driver.execute_script("return typeof Plotly") == "object"
+        for div in ("plot-scatter", "plot-bars"):
+            assert driver.find_elements(By.CSS_SELECTOR, f"#{div} svg.main-svg"), f"{div} did not render"
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()

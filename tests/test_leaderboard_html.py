@@ -118,3 +118,19 @@ def test_segmentation_page_without_overlays_says_so(tmp_path):
     (page,) = [p for p in build_html_leaderboards(tmp_path / "results", tmp_path / "out", reported_dir=None)]
     text = page.read_text()
     assert 'id="no-overlays"' in text and "<img" not in text and 'id="plot-dice"' in text
+
+
+def test_committed_html_rebuilds_byte_for_byte(tmp_path):
+    """leaderboards/**/index.html and the shared plotly asset are what `vlprompt leaderboard build leaderboards/results
+    --out leaderboards --html --plotly shared` writes from the committed result JSONs."""
+    committed = REPO / "leaderboards"
+    pages = sorted(p.relative_to(committed) for p in committed.rglob("index.html"))
+    assert {p.parent.as_posix() for p in pages} >= {"base2new/toy", "transfer/toy", "test_time/toy", "base2new/gram-toy"}
+    written = build_html_leaderboards(committed / "results", tmp_path, reported_dir=REPORTED, plotly="shared")
+    rebuilt = sorted(p.relative_to(tmp_path) for p in written)
+    (asset,) = [p for p in rebuilt if p.parts[0] == "assets"]
+    assert sorted(p for p in rebuilt if p.name == "index.html") == pages
+    for rel in [*pages, asset]:
+        assert (tmp_path / rel).read_bytes() == (committed / rel).read_bytes(), f"{rel} differs: rebuild it"
+    page = (committed / pages[0]).read_text()
+    assert f'src="../../assets/{asset.name}"' in page and "plotly.js v" not in page

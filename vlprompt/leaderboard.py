@@ -510,6 +510,9 @@ def leaderboard_main(argv: Sequence[str]) -> int:
     build.add_argument("--out", default=DEFAULT_OUT,
                        help=f"output folder (default: {DEFAULT_OUT}; the committed leaderboards/ only when named)")
     build.add_argument("--html", action="store_true", help="also write index.html (tables and plots) per leaderboard")
+    build.add_argument("--plotly", choices=("inline", "shared"), default="inline",
+                       help="with --html: plotly.js inlined in every page (default), or one shared file in "
+                            "<out>/assets/ that the pages load from beside them (the committed leaderboards/)")
     build.add_argument("--reported", default="leaderboards/reported",
                        help="folder of reported paper numbers (*.yaml) shown in the HTML (default: leaderboards/reported)")
     push = sub.add_parser("push", help="upload leaderboards (W&B Tables and plots) to a tracking service")
@@ -545,7 +548,8 @@ def leaderboard_main(argv: Sequence[str]) -> int:
         if args.html and paths:
             from vlprompt.leaderboard_html import build_html_leaderboards
 
-            paths = sorted(paths + build_html_leaderboards(results_dir, args.out, reported_dir=args.reported))
+            paths = sorted(paths + build_html_leaderboards(results_dir, args.out, reported_dir=args.reported,
+                                                                   plotly=args.plotly))
     except (ResultError, OSError) as exc:
         log.error("%s", exc)
         return 1

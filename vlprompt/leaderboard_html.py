@@ -206,8 +206,11 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 
 
 def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
-                reported: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The whole page (str) for one leaderboard; ``rows`` as :func:`~vlprompt.leaderboard.select_results` gives."""
+                reported: Sequence[Mapping[str, Any]] = (), *, plotly_src: str | None = None) -> str:
+    """The whole page (str) for one leaderboard; ``rows`` as :func:`~vlprompt.leaderboard.select_results` gives.
+
+    plotly.js is inlined, or, with ``plotly_src`` (a relative path, see :func:`build_html_leaderboards`), loaded by a
+    classic ``<script src>`` from a file beside the pages (works from ``file://``, no network)."""
     import plotly.offline
 
     from vlprompt.leaderboard import _backbone_label, _ordered_metrics, learner_label
@@ -268,10 +271,13 @@ def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
                       "run other <code>--data.init_args.shots</code> values to get curves.</p>"]
     parts += _segmentation_parts(rows, figs)
 
-    plotly_js = plotly.offline.get_plotlyjs()
+    if plotly_src is None:
+        script = f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>'
+    else:
+        script = f'<script type="text/javascript" src="{_e(plotly_src)}" charset="utf-8"></script>'
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{_e(title)}</title>",
-        f"<style>{_CSS}</style>", f'<script type="text/javascript">{plotly_js}</script>', "</head>", "<body>",
+        f"<style>{_CSS}</style>", script, "</head>", "<body>",
         *parts, f"<script>{_SORT_JS}</script>", "</body>", "</html>", "",
     ])
 
@@ -457,31 +463,55 @@ def _segmentation_parts(rows: Sequence[dict[str, Any]], figs: Mapping[str, Any])
     return parts
 
 
+def plotly_asset_name() -> str:
+    """File name of the shared plotly.js asset: ``plotly-<plotly.js version>.min.js``."""
+    import plotly.offline
+
+    return f"plotly-{plotly.offline.get_plotlyjs_version()}.min.js"
+
+
 def build_html_leaderboards(results_dir: str | Path, out_dir: str | Path, *,
-                            reported_dir: str | Path | None = REPORTED_DIR) -> list[Path]:
+                            reported_dir: str | Path | None = REPORTED_DIR, plotly: str = "inline") -> list[Path]:
     """Write ``<out_dir>/<protocol>/<benchmark>/index.html`` for every leaderboard of ``results_dir``.
 
     Reported numbers are read first (so a bad YAML fails before anything is written); a page shows the entries
     whose ``protocol`` matches. Returns the written paths (sorted).
+
+    ``plotly``: ``inline`` (default) puts plotly.js (~4.7 MB) into every page, so a page is one self-contained file;
+    ``shared`` writes it once to ``<out_dir>/assets/plotly-<version>.min.js`` and each page loads it with a relative
+    classic ``<script src>``, which browsers load from ``file://`` as well (no network; the folder must stay
+    together). The committed ``leaderboards/`` use ``shared``.
     """
     from vlprompt.atomic import atomic_write_text
     from vlprompt.leaderboard import load_results_tolerant, select_results
 
+    if plotly not in ("inline", "shared"):
+        raise ValueError(f"plotly={plotly!r}: use 'inline' (plotly.js in every page) or 'shared' (one file in assets/)")
     reported = load_reported(reported_dir) if reported_dir is not None else []
     results, _ = load_results_tolerant(Path(results_dir))
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         groups[(str(r["protocol"]), str(r["benchmark"]))].append(r)
     written = []
+    asset = Path(out_dir) / "assets" / plotly_asset_name()
+    if plotly == "shared" and groups:
+        from plotly.offline import get_plotlyjs
+
+        asset.parent.mkdir(parents=True, exist_ok=True)
+        js = get_plotlyjs()
+        if not asset.exists() or asset.read_text(encoding="utf-8") != js:
+            atomic_write_text(asset, js)
+        written.append(asset)
     for protocol, benchmark in sorted(groups):
         rows, _ = select_results(groups[(protocol, benchmark)])
         if not rows:
             continue
-        page = render_html(protocol, benchmark, rows, [e for e in reported if e["protocol"] == protocol])
         path = Path(out_dir) / _safe(protocol) / _safe(benchmark) / "index.html"
+        src = os.path.relpath(asset, path.parent).replace(os.sep, "/") if plotly == "shared" else None
+        page = render_html(protocol, benchmark, rows, [e for e in reported if e["protocol"] == protocol], plotly_src=src)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text(encoding="utf-8") != page:
             atomic_write_text(path, page)
         written.append(path)
-    return written
+    return sorted(written)
 
