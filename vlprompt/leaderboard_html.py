@@ -2,9 +2,13 @@
 
 Beside each ``<out>/<protocol>/<benchmark>/README.md`` this writes ``index.html``: sortable tables (per dataset
 and the average over datasets), a base-vs-new scatter, HM (or primary metric) bars per dataset and few-shot
-curves (primary metric against shots), drawn with plotly. plotly.js is inlined once per page, so the page needs
-no network when it is viewed. Rows are the ones :func:`vlprompt.leaderboard.select_results` picks, so the HTML
-and the Markdown always agree.
+curves (primary metric against shots), drawn with plotly; for segmentation results (``dice`` / ``iou`` metrics)
+Dice bars and an overlay gallery (PNGs listed under ``artifacts`` keys ending in ``/overlays``, embedded as data
+URIs). plotly.js is inlined once per page (``plotly="inline"``), or written once to ``<out>/assets/`` and loaded by
+a relative classic ``<script src>`` (``plotly="shared"``, the committed ``leaderboards/``); either way the page needs
+no network when it is viewed, also from ``file://``. Rows are the ones :func:`vlprompt.leaderboard.select_results`
+picks, so the HTML and the Markdown always agree. :func:`build_figures` is shared with
+``vlprompt leaderboard push --wandb``.
 
 Numbers that papers report come from ``leaderboards/reported/*.yaml`` (see :func:`load_reported`); each entry
 must name its source. They are shown in their own table and as hollow diamonds in the scatter, labelled
