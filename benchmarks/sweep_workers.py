@@ -69,11 +69,15 @@ def main() -> None:
             path = root / f"sweep{workers}.yaml"
             path.write_text(yaml.safe_dump(spec))
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "vlprompt.cli", "sweep", "--config", str(path), "--out",
-                            str(root / f"out{workers}")], env=env, check=True, capture_output=True, cwd=REPO)
+            proc = subprocess.run([sys.executable, "-m", "vlprompt.cli", "sweep", "--config", str(path), "--out",
+                                   str(root / f"out{workers}")], env=env, capture_output=True, text=True, cwd=REPO)
             times[f"sweep, {workers} worker(s)"] = time.perf_counter() - t0
             done = len(list((root / f"sweep{workers}").rglob("*.json")))
-            assert done == n_cells, f"sweep with {workers} worker(s) wrote {done} results, expected {n_cells}"
+            if proc.returncode != 0 or done != n_cells:
+                print(f"sweep with {workers} worker(s): exit {proc.returncode}, {done}/{n_cells} results\n"
+                      f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+                for cell in sorted((root / f"out{workers}" / "cells").glob("*.json")):
+                    print(cell.read_text())
     base = times["one by one"]
     print(f"{'variant':<22} {'seconds':>8} {'speed-up vs one by one':>24}")
     for name, t in times.items():

@@ -20,15 +20,19 @@ WANDB_YAML = str(REPO / "configs" / "trainer" / "wandb.yaml")
 
 @pytest.fixture
 def wandb_offline(tmp_path, monkeypatch):
-    """W&B offline into a temporary WANDB_DIR, with no credentials anywhere (no key, empty netrc)."""
-    pytest.importorskip("wandb")
+    """W&B offline into a temporary WANDB_DIR, with no credentials anywhere (no key, empty netrc). W&B keeps the
+    settings of the first run of a process (here: another test's WANDB_MODE=disabled), so its session is torn down
+    before and after."""
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     (tmp_path / "netrc").write_text("")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    return tmp_path / "wandb-dir"
+    yield tmp_path / "wandb-dir"
+    wandb.teardown()
 
 
 def test_summary_metrics_puts_dashboard_keys_first():

@@ -51,6 +51,14 @@ def is_logged_in() -> bool:
         return False
 
 
+def _mode(offline: bool) -> str:
+    """The explicit ``wandb.init(mode=...)``: ``disabled`` when ``WANDB_MODE=disabled``, else offline / online. Given
+    explicitly because W&B's process-wide settings keep the mode of the first run of the process."""
+    if os.environ.get("WANDB_MODE", "").lower() == "disabled":
+        return "disabled"
+    return "offline" if offline else "online"
+
+
 def choose_offline(offline: bool, where: str) -> bool:
     """The ``offline`` to use: as asked, or ``True`` (with one warning) when online is asked but no credentials exist.
 
@@ -83,6 +91,7 @@ class WandbLogger(_LightningWandbLogger):
         offline = choose_offline(offline, str(save_dir))
         if entity is not None:
             kwargs["entity"] = entity
+        kwargs.setdefault("mode", _mode(offline))
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(project=project, offline=offline, save_dir=save_dir, **kwargs)
 
@@ -168,7 +177,7 @@ def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leade
             continue
         metrics = _ordered_metrics(rows)
         rep = [e for e in reported if e["protocol"] == protocol]
-        run = wandb.init(project=project, entity=entity, dir=save_dir, mode="offline" if offline else None,
+        run = wandb.init(project=project, entity=entity, dir=save_dir, mode=_mode(offline),
                          job_type="leaderboard", name=f"leaderboard-{protocol}-{benchmark}",
                          group=f"leaderboard/{protocol}", tags=[f"protocol:{protocol}", f"benchmark:{benchmark}"],
                          config={"protocol": protocol, "benchmark": benchmark, "results_dir": str(results_dir),
