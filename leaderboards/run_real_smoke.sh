@@ -16,4 +16,4 @@ for learner in zero_shot/default coop/ctx4_init; do
     --data.init_args.dataset.init_args.root "$DATA" --data.init_args.shots 8 --config configs/learners/$learner.yaml \
     --benchmark real-smoke --results_dir leaderboards/results
 done
-vlprompt leaderboard build leaderboards/results --out leaderboards
+vlprompt leaderboard build leaderboards/results --out leaderboards --html --plotly shared

@@ -29,4 +29,4 @@ vlprompt tta "${common[@]}" --config configs/learners/tpt/default.yaml --seeds "
 vlprompt tta "${common[@]}" --config configs/learners/tpt/default.yaml --prompts "$prompts" --seeds "$TPT_SEEDS"
 vlprompt generate "${common[@]}" --config configs/learners/difftpt/toy.yaml --seeds "$DIFFTPT_SEEDS"
 vlprompt tta "${common[@]}" --config configs/learners/difftpt/toy.yaml --seeds "$DIFFTPT_SEEDS"
-vlprompt leaderboard build "$RESULTS" --out leaderboards
+vlprompt leaderboard build "$RESULTS" --out leaderboards --html --plotly shared

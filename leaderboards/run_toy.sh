@@ -23,4 +23,4 @@ done
 for learner in zero_shot/default coop/ctx4_init kgcoop/default; do
   vlprompt fit --config configs/protocols/toy_domain_shift.yaml "${common[@]}" --config configs/learners/$learner.yaml
 done
-vlprompt leaderboard build leaderboards/results --out leaderboards
+vlprompt leaderboard build leaderboards/results --out leaderboards --html --plotly shared

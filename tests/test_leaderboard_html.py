@@ -63,3 +63,74 @@ def test_html_content_and_reproducible(toy_results, tmp_path):
     build_html_leaderboards(toy_results, out2, reported_dir=REPORTED)
     same = (out2 / "base2new" / "toy" / "index.html").read_bytes() == page.encode()
     assert same, "two builds of the same results differ"
+
+
+# --------------------------------------------------------------------------- segmentation pages
+def test_segmentation_page_has_dice_bars_and_overlay_gallery(tmp_path):
+    from seg_fixtures import write_seg_results
+
+    write_seg_results(tmp_path / "results", tmp_path / "overlays")
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    assert leaderboard_main(["build", str(tmp_path / "results"), "--out", str(out1), "--html", "--reported",
+                             str(REPORTED)]) == 0
+    page = (out1 / "referring" / "seg-toy" / "index.html").read_text()
+    assert 'id="plot-dice"' in page and 'id="plot-bars"' not in page and 'id="plot-scatter"' not in page
+    assert "Dice / IoU of the predicted masks" in page and "<h2>Dice per dataset</h2>" in page
+    # table columns dice and iou, with mean ± std over the 2 seeds
+    assert "72.30 ± 1.13" in page and "<th data-col=\"4\">dice</th>" in page
+    # gallery: kvasir (coop only; zero_shot has none) and toy_referring (coop + zero_shot), 4 of 6 overlays per row
+    assert page.count('<img src="data:image/png;base64,') == 3 * 4
+    assert 'id="gallery-0"' in page and 'id="gallery-1"' in page and "2 more overlay(s) not embedded" in page
+    assert "coop, seed2: 00.png" in page and "<script src" not in page
+    build_html_leaderboards(tmp_path / "results", out2, reported_dir=REPORTED)
+    assert (out2 / "referring" / "seg-toy" / "index.html").read_bytes() == page.encode()
+
+
+def test_overlay_paths_forms_and_missing_files(tmp_path, caplog):
+    from vlprompt.leaderboard_html import overlay_paths
+
+    folder = tmp_path / "ov"
+    folder.mkdir()
+    for name in ("b.png", "a.png", "c.txt"):
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = {"_path": str(tmp_path / "r" / "x.json"), "artifacts": {
+        "seed2/overlays": {"path": str(folder)},           # a folder: its *.png, sorted
+        "seed1/overlays": [str(folder / "b.png"), "../ov/a.png", str(tmp_path / "gone.png")],  # relative to the JSON
+        "seed1/prompts": {"path": str(folder / "a.png")},   # not an overlay key
+    }}
+    (tmp_path / "r").mkdir()
+    with caplog.at_level(logging.WARNING):
+        paths = overlay_paths(result)
+    assert [p.name for p in paths] == ["b.png", "a.png", "a.png", "b.png"]
+    assert "gone.png" in caplog.text
+    assert overlay_paths({"artifacts": None}) == [] and overlay_paths({}) == []
+
+
+def test_segmentation_page_without_overlays_says_so(tmp_path):
+    from seg_fixtures import write_seg_results
+
+    for p in write_seg_results(tmp_path / "results", tmp_path / "overlays"):
+        import json
+
+        data = json.loads(p.read_text())
+        data["artifacts"] = {}
+        p.write_text(json.dumps(data))
+    (page,) = [p for p in build_html_leaderboards(tmp_path / "results", tmp_path / "out", reported_dir=None)]
+    text = page.read_text()
+    assert 'id="no-overlays"' in text and "<img" not in text and 'id="plot-dice"' in text
+
+
+def test_committed_html_rebuilds_byte_for_byte(tmp_path):
+    """leaderboards/**/index.html and the shared plotly asset are what `vlprompt leaderboard build leaderboards/results
+    --out leaderboards --html --plotly shared` writes from the committed result JSONs."""
+    committed = REPO / "leaderboards"
+    pages = sorted(p.relative_to(committed) for p in committed.rglob("index.html"))
+    assert {p.parent.as_posix() for p in pages} >= {"base2new/toy", "transfer/toy", "test_time/toy", "base2new/gram-toy"}
+    written = build_html_leaderboards(committed / "results", tmp_path, reported_dir=REPORTED, plotly="shared")
+    rebuilt = sorted(p.relative_to(tmp_path) for p in written)
+    (asset,) = [p for p in rebuilt if p.parts[0] == "assets"]
+    assert sorted(p for p in rebuilt if p.name == "index.html") == pages
+    for rel in [*pages, asset]:
+        assert (tmp_path / rel).read_bytes() == (committed / rel).read_bytes(), f"{rel} differs: rebuild it"
+    page = (committed / pages[0]).read_text()
+    assert f'src="../../assets/{asset.name}"' in page and "plotly.js v" not in page

@@ -28,6 +28,7 @@ from vlprompt.metrics import harmonic_mean
 from vlprompt.modules.classification import PromptClassifier
 from vlprompt.protocols.base2new import ClassificationProtocol
 from vlprompt.results import make_result, print_summary, write_result
+from vlprompt.tracking import end_seed_logging, start_seed_logging
 
 log = logging.getLogger(__name__)
 
@@ -437,6 +438,38 @@ def _instantiate(cli: VlpromptCLI) -> None:
         raise ConfigError(f"invalid config value: {exc}") from exc
 
 
+def _seed_run_info(cfg: Any, config: dict, stage: str, data: Any, learner: Any, seed: int, run_id: str) -> dict:
+    """What loggers get before a seed runs (:func:`vlprompt.tracking.start_seed_logging`)."""
+    return {"config": config, "stage": stage, "seed": seed, "run_id": run_id, "protocol": data.name,
+            "benchmark": cfg.benchmark or _benchmark(data.dataset.identity()), "dataset": data.dataset.name,
+            "learner": _plugin_name("learners", learner), "family": str(getattr(learner, "family", "?"))}
+
+
+def _eval_results(model: PromptClassifier, trainer: Any, stage: str) -> dict[str, float]:
+    """The evaluation accuracies of ``stage``; in a ``ddp_spawn`` parent process (whose module did not run the
+    evaluation) they are rebuilt from the counts the processes logged."""
+    results = model.eval_results.get(stage)
+    if results is None:
+        results = model.eval_results_from(dict(trainer.callback_metrics), stage)
+    return results
+
+
+def _ddp_secondary_redirect(cfg: Any, show_summary: bool) -> bool:
+    """In a DDP rank > 0 re-launched by Lightning (``--trainer.strategy ddp``), write the run folder and result JSON
+    to a throw-away folder: rank 0 writes the real ones. Returns ``show_summary`` (off on those ranks)."""
+    import tempfile
+
+    from vlprompt.distributed import is_secondary_process
+
+    if not is_secondary_process():
+        return show_summary
+    scratch = tempfile.mkdtemp(prefix="vlprompt-rank-")
+    cfg.results_dir = str(Path(scratch) / "results")
+    cfg.trainer.default_root_dir = str(Path(scratch) / "runs")
+    log.debug("DDP rank > 0: run folder and result JSON go to %s", scratch)
+    return False
+
+
 def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) -> dict | None:
     """Run ``stage`` for every seed and write one result JSON; returns the result. ``show_summary`` prints
     the rich table of per-seed and mean metrics.
@@ -452,6 +485,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     cli = build_cli(stage, argv)
     cfg = cli.config
     validate_config(stage, cfg)
+    show_summary = _ddp_secondary_redirect(cfg, show_summary)
     seeds: list[int] = list(cfg.seeds)
     from vlprompt.progress import progress_enabled
 
@@ -493,6 +527,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                 model, data, trainer = cli.model, cli.datamodule, cli.trainer
                 data.seed = seed
                 learner = model.learner
+                start_seed_logging(trainer, _seed_run_info(cfg, config, stage, data, learner, seed, run_id))
                 if len(per_seed) == 0 and not getattr(run, "_preflight_done", False):
                     _preflight(cfg, data, cfg.results_dir)
                     run._preflight_done = True
@@ -518,11 +553,12 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     log.info("%s has nothing to train: evaluating it", type(learner).__name__)
                 if stage == "validate":
                     trainer.validate(model, datamodule=data, verbose=False)
-                    results = model.eval_results["val"]
+                    results = _eval_results(model, trainer, "val")
                 else:
                     trainer.test(model, datamodule=data, verbose=False)
-                    results = model.eval_results["test"]
+                    results = _eval_results(model, trainer, "test")
                 row["metrics"] = _metrics(results)
+                end_seed_logging(trainer, row["metrics"])
                 row["wall_seconds"] = round(time.time() - t0, 2)
                 run.save_seed(seed, row)
                 per_seed.append(row)

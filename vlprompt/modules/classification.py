@@ -121,12 +121,43 @@ class PromptClassifier(pl.LightningModule):
         counts[1] += int(targets.numel())
 
     def _eval_end(self, stage: str) -> None:
+        self._reduce_counts(stage)
         results = {name: 100.0 * c / max(1, n) for name, (c, n) in self._counts.items()}
         self._counts = {}
         self.eval_results[stage] = results
         for name, acc in results.items():
             self.log(f"{stage}/{name}_acc", acc)
         self._space = None
+
+    def _reduce_counts(self, stage: str) -> None:
+        """Under DDP, sum each evaluation set's correct / total counts over processes (every process then holds the
+        one-process counts; each image is evaluated in exactly one process) and log them as
+        ``<stage>/<name>_correct`` / ``_total``, from which :meth:`eval_results_from` rebuilds the accuracies in a
+        ``ddp_spawn`` parent process. A no-op on one process."""
+        from vlprompt.distributed import is_distributed
+
+        if not is_distributed(self._trainer):
+            return
+        names = [name for name, _ in self.task.get("val_sets" if stage == "val" else "test_sets", [])]
+        names += [n for n in self._counts if n not in names]
+        counts = torch.tensor([self._counts.get(n, [0, 0]) for n in names], dtype=torch.float64,
+                              device=self.device).reshape(-1, 2)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        self._counts = {n: [int(c), int(t)] for n, (c, t) in zip(names, counts.cpu().tolist()) if t > 0}
+        for name, (c, t) in self._counts.items():
+            self.log(f"{stage}/{name}_correct", float(c), rank_zero_only=True)
+            self.log(f"{stage}/{name}_total", float(t), rank_zero_only=True)
+
+    def eval_results_from(self, metrics: dict, stage: str) -> dict[str, float]:
+        """Accuracies per evaluation set rebuilt from logged ``<stage>/<name>_correct`` / ``_total`` counts (what a
+        ``ddp_spawn`` parent process gets back in ``trainer.callback_metrics``), in the task's set order."""
+        names = [name for name, _ in self.task.get("val_sets" if stage == "val" else "test_sets", [])]
+        out = {}
+        for name in names:
+            c, t = metrics.get(f"{stage}/{name}_correct"), metrics.get(f"{stage}/{name}_total")
+            if c is not None and t is not None:
+                out[name] = 100.0 * int(round(float(c))) / max(1, int(round(float(t))))
+        return out
 
     def on_validation_epoch_start(self) -> None:
         self._require_task()

@@ -254,8 +254,11 @@ class ClassificationProtocol(pl.LightningDataModule):
     def _loader(self, ds, *, train: bool) -> DataLoader:
         cached = isinstance(getattr(ds, "dataset", None), FeatureDataset)
         workers = 0 if cached else decode_workers(ds, self.num_workers)
+        from vlprompt.distributed import eval_sampler
+
         return DataLoader(
             ds, batch_size=self.batch_size if train else self._eval_batch(), shuffle=train,
+            sampler=None if train else eval_sampler(self.trainer, ds),  # DDP: each image evaluated exactly once
             drop_last=self._drop_last(len(ds), train=train),
             num_workers=workers, persistent_workers=False,
         )
@@ -264,7 +267,16 @@ class ClassificationProtocol(pl.LightningDataModule):
         """Dassl's rule: drop the incomplete last batch in training only, and only if one full batch exists."""
         return bool(self.drop_last and train and n_items >= self.batch_size)
 
+    def _check_same_draw(self) -> None:
+        """Under DDP: the few-shot draw must be the same in every process (it is seeded by the run seed)."""
+        from vlprompt.distributed import check_same_in_every_process, fingerprint, is_distributed
+
+        if self.shots is not None and is_distributed(self.trainer):
+            check_same_in_every_process(self.trainer, fingerprint(self._fewshot_indices("train", self.shots)),
+                                        f"few-shot draw of {self.dataset.name} (seed {self.seed})")
+
     def train_dataloader(self) -> DataLoader:
+        self._check_same_draw()
         return self._loader(self._dataset("train", self.train_space, self.shots, train=True), train=True)
 
     def val_dataloader(self) -> list[DataLoader]:
