@@ -295,3 +295,60 @@ def test_every_segmentation_learner_trains_one_step_and_evaluates(info) -> None:
     size = bb.preprocess.image_size
     assert logits.shape == (4, size, size) and torch.isfinite(logits).all()
     assert not any(p.requires_grad for p in bb.parameters())
+
+
+# ------------------------------------------------------------------------------------ leaderboard
+
+
+def test_segmentation_leaderboard_table(tmp_path: Path) -> None:
+    import csv
+
+    from vlprompt.leaderboard import build_leaderboards
+    from vlprompt.metrics import summarize_seeds
+    from vlprompt.results import SCHEMA
+
+    root = tmp_path / "results"
+    for learner, dice in (("coop", [60.0, 64.0, 62.0]), ("zero_shot", [40.0, 40.0, 40.0])):
+        per_seed = [{"dice": d, "iou": d - 10} for d in dice]
+        result = {
+            "schema": SCHEMA, "protocol": "segmentation", "benchmark": "toy", "dataset": "toy_seg", "learner": learner,
+            "learner_config": {}, "backbone": {"name": "clipseg", "model": "toyvlsm", "pretrained": "embedded",
+                                               "checkpoint_sha256": "ab" * 32, "precision": "fp32"},
+            "data": {"name": "toy_seg"}, "shots": None, "seeds": [1, 2, 3],
+            "per_seed": [{"seed": i + 1, "metrics": m} for i, m in enumerate(per_seed)],
+            "summary": summarize_seeds(per_seed), "config": {}, "command": f"vlprompt fit --model.learner {learner}",
+            "versions": {"vlprompt": "0.1.0"}, "device": "cpu", "wall_seconds": 1.0,
+            "created": "2026-12-02T01:00:00.000+00:00", "git": {"commit": None, "dirty": None},
+        }
+        path = root / "segmentation/toy/toy_seg" / f"{learner}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+    out = tmp_path / "lb"
+    build_leaderboards(root, out)
+    text = (out / "segmentation/toy/README.md").read_text()
+    assert "| learner | backbone | shots | seeds | Dice | IoU |" in text
+    assert "62.00 ± 2.00" in text and "52.00 ± 2.00" in text and "40.00 ± 0.00" in text
+    assert "best-validation-Dice" in text and "top-1 accuracy" not in text
+    with open(out / "segmentation/toy/results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[0]["dice"]) == pytest.approx(62.0) and float(rows[0]["iou_std"]) == pytest.approx(2.0)
+
+
+def test_overlay_panels_and_wandb_masks() -> None:
+    import numpy as np
+
+    from vlprompt.overlays import overlay_panels, wandb_mask_images
+
+    image = torch.zeros(3, 8, 8)
+    mask = torch.zeros(8, 8)
+    mask[:4] = 1
+    prob = torch.zeros(8, 8)
+    prob[:, :4] = 0.9
+    pic = np.asarray(overlay_panels(image, mask, prob))
+    k = pic.shape[0] // 8
+    assert pic.shape[1] == 3 * pic.shape[0]
+    assert tuple(pic[0, 0]) == (0, 0, 0)  # the plain image
+    assert pic[0, 8 * k, 1] > 0 and pic[-1, 8 * k, 1] == 0  # ground truth (top half) tinted green
+    assert pic[-1, 16 * k, 0] > 0 and pic[-1, 24 * k - 1, 0] == 0  # prediction (left half) tinted red
+    images = wandb_mask_images([{"image": image, "mask": mask, "prob": prob, "prompt": "a polyp", "name": "x.png"}])
+    assert len(images) == 1 and set(images[0]._masks) == {"ground_truth", "prediction"}

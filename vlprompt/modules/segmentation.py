@@ -228,6 +228,20 @@ class PromptSegmenter(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
+        self._log_masks_to_wandb()
+
+    def _log_masks_to_wandb(self) -> None:
+        """With a W&B logger (``configs/trainer/wandb.yaml``), log the overlay samples as W&B mask layers."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in (self.loggers or []) if isinstance(lg, WandbLogger)]
+        if not loggers or not self.overlay_samples:
+            return
+        from vlprompt.overlays import wandb_mask_images
+
+        images = wandb_mask_images(self.overlay_samples, threshold=self.threshold)
+        for lg in loggers:
+            lg.experiment.log({"test/masks": images})
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
