@@ -90,6 +90,67 @@ def tiny_clip(*, precision: Precision = "fp32") -> OpenCLIPBackbone:
         return OpenCLIPBackbone(TINY_MODEL, pretrained=None, precision=precision)
 
 
+#: seed of the tiny VLSM's random weights
+TINY_VLSM_SEED = 4321
+_vlsm_dir: Path | None = None
+
+
+def tiny_vlsm_config() -> dict:
+    """``CLIPSegConfig`` keywords of the tiny test VLSM: ViT of 4 layers (width 32, patch 16, weights for 48 px run
+    at 64 px, so position embeddings are interpolated as for the published CLIPSeg at 352 px), text tower of 2
+    layers (width 32, context 32, CLIP's 49408-token vocabulary), D=32, decoder reading layers 0 and 1 with the
+    refined (complex) transposed convolution."""
+    return {
+        "text_config": {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                        "num_attention_heads": 2, "max_position_embeddings": 32},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2,
+                          "image_size": 48, "patch_size": 16},
+        "projection_dim": 32, "extract_layers": [0, 1], "reduce_dim": 16, "decoder_num_attention_heads": 2,
+        "decoder_intermediate_size": 32, "conditional_layer": 0, "use_complex_transposed_convolution": True,
+    }
+
+
+def save_random_clipseg(folder: str | Path, config: dict, *, seed: int, image_size: int,
+                        mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)) -> Path:
+    """Save a randomly initialised ``CLIPSegForImageSegmentation`` (``config``: ``CLIPSegConfig`` keywords, weights
+    from ``seed``; the global RNG is left untouched) as a folder :class:`~vlprompt.backbones.clipseg.CLIPSegBackbone`
+    loads: weights, ``preprocessor_config.json`` (``image_size``, ``mean``/``std``, bilinear) and CLIP's tokenizer."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
+    from vlprompt.backbones.clipseg import write_clip_tokenizer
+
+    folder = Path(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPSegForImageSegmentation(CLIPSegConfig(**config))
+    model.save_pretrained(str(folder))
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ViTImageProcessor", "do_resize": True, "do_normalize": True, "resample": 2,
+        "size": {"height": image_size, "width": image_size}, "image_mean": list(mean), "image_std": list(std),
+    }, indent=2))
+    write_clip_tokenizer(folder)
+    return folder
+
+
+def tiny_vlsm_folder() -> Path:
+    """The tiny VLSM's folder (written once per process into a temp dir, removed at exit)."""
+    global _vlsm_dir
+    with _REGISTER_LOCK:
+        if _vlsm_dir is None or not (_vlsm_dir / "config.json").is_file():
+            root = Path(tempfile.mkdtemp(prefix="vlprompt-tiny-vlsm-"))
+            atexit.register(shutil.rmtree, root, True)
+            _vlsm_dir = save_random_clipseg(root / "tiny-clipseg", tiny_vlsm_config(), seed=TINY_VLSM_SEED, image_size=64)
+        return _vlsm_dir
+
+
+def tiny_vlsm(*, precision: Precision = "fp32"):
+    """A tiny randomly initialised CLIPSeg behind :class:`~vlprompt.backbones.clipseg.CLIPSegBackbone` (the same
+    adapter as a real CLIPSeg folder); identical weights on every call, cached per process."""
+    from vlprompt.backbones.clipseg import CLIPSegBackbone
+
+    return CLIPSegBackbone(str(tiny_vlsm_folder()), precision=precision)
+
+
 # ---------------------------------------------------------------------------------------------- contract
 
 
@@ -314,4 +375,7 @@ def _check(
     _check_backbone(name, backbone, backbone_before, "at the end of the check")
 
 
-__all__ = ["TINY_MODEL", "check_learner", "tiny_clip", "tiny_clip_config"]
+__all__ = [
+    "TINY_MODEL", "check_learner", "save_random_clipseg", "tiny_clip", "tiny_clip_config", "tiny_vlsm",
+    "tiny_vlsm_config", "tiny_vlsm_folder",
+]
