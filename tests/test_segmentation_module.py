@@ -210,12 +210,12 @@ def test_host_module_chosen_by_protocol(tmp_path: Path) -> None:
     assert host_classes(["--config", str(cfg), "--data", "base2new"])[0] is PromptClassifier
 
 
-def _config(tmp_path: Path, learner: str, epochs: int = 2) -> Path:
+def _config(tmp_path: Path, learner: str, epochs: int = 2, backbone: str = "class_path: seg_fakes.FakeVLSM") -> Path:
     cfg = tmp_path / "seg.yaml"
     cfg.write_text(f"""
 model:
   backbone:
-    class_path: seg_fakes.FakeVLSM
+    {backbone}
   learner:
     class_path: {learner}
   overlays: 2
@@ -352,3 +352,18 @@ def test_overlay_panels_and_wandb_masks() -> None:
     assert pic[-1, 16 * k, 0] > 0 and pic[-1, 24 * k - 1, 0] == 0  # prediction (left half) tinted red
     images = wandb_mask_images([{"image": image, "mask": mask, "prob": prob, "prompt": "a polyp", "name": "x.png"}])
     assert len(images) == 1 and set(images[0]._masks) == {"ground_truth", "prediction"}
+
+
+@pytest.mark.parametrize("learner", ["cocoop", "zero_shot"])
+def test_fit_on_the_tiny_clipseg(tmp_path: Path, learner: str) -> None:
+    """The same run through the real CLIPSeg adapter (tiny random weights): instance-conditioned and untrained."""
+    from vlprompt.experiment import run_experiment
+    from vlprompt.testing import tiny_vlsm_folder
+
+    backbone = f"class_path: clipseg\n    init_args:\n      pretrained: {tiny_vlsm_folder()}"
+    result = run_experiment("fit", ["--config", str(_config(tmp_path, learner, epochs=1, backbone=backbone)),
+                                    "--seeds", "[1]", "--results_dir", str(tmp_path / "results")], show_summary=False)
+    row = result["per_seed"][0]
+    assert 0 <= row["metrics"]["dice"] <= 100 and 0 <= row["metrics"]["iou"] <= 100
+    assert result["backbone"]["name"] and len(row["artifacts"]) == 2
+    assert ("checkpoint_selection" in result) == (learner != "zero_shot")
