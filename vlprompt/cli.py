@@ -23,7 +23,7 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   test       evaluate on the test split(s) (zero-shot learners need no fit)
   pretrain   pretrain a CLIP on the toy world (LightningCLI)
   list       vlprompt list learners|backbones|datasets|protocols [--errors]
-  data       vlprompt data check NAME --root DIR [--strict] [--decode]
+  data       vlprompt data check NAME --root DIR [--strict] [--decode] | data convert NAME --root DIR --out DIR
   leaderboard  vlprompt leaderboard build RESULTS_DIR [--out leaderboards]
   import     vlprompt import dassl CHECKPOINT --learner NAME --classnames FILE --out prompts.safetensors
   tta        episodic test-time evaluation (TPT, DiffTPT or a baseline learner), writing a result JSON

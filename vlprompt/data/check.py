@@ -16,6 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -98,6 +99,8 @@ def check_dataset(name: str, root: str, *, strict: bool = False, decode: bool = 
     if "root" not in init_params and len([p for p in init_params.values() if p.kind == p.POSITIONAL_OR_KEYWORD]) < 2:
         report.facts["files"] = f"{name} is generated in memory (no files, no --root needed): nothing to check"
         return report
+    if getattr(source_cls, "task", "classification") == "segmentation":
+        return check_segmentation(report, source_cls, root, strict=strict, decode=decode)
     try:
         source, logged = _build(source_cls, root, strict=strict)
     except DataError as exc:
@@ -204,7 +207,10 @@ def data_main(argv: list[str]) -> int:
     check.add_argument("--root", required=True, help="the data root (the folder that contains e.g. eurosat/)")
     check.add_argument("--strict", action="store_true", help="a non-official split file is a problem")
     check.add_argument("--decode", action="store_true", help="decode every image once (slow on large datasets)")
+    add_convert_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "convert":
+        return convert_main(args)
     console = Console() if sys.stdout.isatty() else Console(width=200)
     try:
         report = check_dataset(args.name, args.root, strict=args.strict, decode=args.decode)
@@ -278,3 +284,141 @@ def preflight_images(sources, *, full: bool = False, progress: bool = False) -> 
             f"`vlprompt data check {name} --root DIR --decode` lists them all; --check_images none skips this check"
         )
     log.info("checked %d image(s) (%s)", len(todo), "full decode" if full else "headers")
+
+
+# --------------------------------------------------------------------------- segmentation
+def check_segmentation(report: CheckReport, source_cls: type, root: str, *, strict: bool = False,
+                       decode: bool = False) -> CheckReport:
+    """Check a file-backed segmentation source: layout and annotations (the source's own errors), every image
+    paired with existing mask(s) of its size, every mask binary (decoded: masks are small), empty masks counted
+    per split, split sizes against the published ones (a warning, a problem with ``strict``), prompt keys, and
+    with ``decode`` every image decoded once. Nothing is written into the data root."""
+    from vlprompt.data.seg_dataset import mask_value_problem, prompt_keys, read_image
+
+    params = inspect.signature(source_cls.__init__).parameters
+    kwargs = {"check_files": False} if "check_files" in params else {}
+    try:
+        source, logged = _build_with(source_cls, root, kwargs)
+    except DataError as exc:
+        report.problems.append(str(exc))
+        return report
+    report.warnings.extend(logged)
+    sizes = {split: source.size(split) for split in source.records}
+    report.facts["sizes"] = sizes
+    published = getattr(source, "published_sizes", None)
+    if published:
+        report.facts["expected"] = published
+        for split, n in published.items():
+            if split == "from" or n is None or sizes.get(split) == n:
+                continue
+            msg = (f"split {split!r} has {sizes.get(split)} records, expected {n} ({published['from']}): a subset or "
+                   f"different annotation files; numbers on it are not comparable with published ones (see "
+                   f"{source.card})")
+            (report.problems if strict else report.warnings).append(msg)
+    keys = sorted({k for recs in source.records.values() for r in recs for k in prompt_keys(r.prompts)},
+                  key=lambda k: int(k[1:]))
+    report.facts["prompt_keys"] = keys
+    file_problems = source.file_problems(sizes=True)
+    report.facts["unpaired_or_mismatched"] = len(file_problems)
+    report.problems.extend(file_problems[:_SHOW])
+    if len(file_problems) > _SHOW:
+        report.problems.append(f"... and {len(file_problems) - _SHOW} more file problem(s) like the above")
+    empty: dict[str, int] = {}
+    not_binary: list[str] = []
+    unreadable: list[str] = []
+    from PIL import Image
+
+    from vlprompt.progress import progress
+
+    for split, records in source.records.items():
+        empty[split] = 0
+        for rec in progress(records, desc=f"checking masks ({split})", unit="img"):
+            if not rec.image.is_file() or not rec.masks or not all(m.is_file() for m in rec.masks):
+                continue
+            union = None
+            for m in rec.masks:
+                try:
+                    with Image.open(m) as im:
+                        grey = np.asarray(im.convert("L"))
+                except Exception as exc:  # noqa: BLE001
+                    unreadable.append(f"{m}: {type(exc).__name__}: {exc}")
+                    continue
+                problem = mask_value_problem(grey)
+                if problem is not None:
+                    not_binary.append(f"{m}: {problem}")
+                    continue
+                union = grey if union is None else np.maximum(union, grey)
+            if union is not None and not (union >= 128).any():
+                empty[split] += 1
+            if decode:
+                try:
+                    read_image(rec.image)
+                except DataError as exc:
+                    unreadable.append(str(exc))
+    report.facts["empty_masks"] = empty
+    report.facts["non_binary_masks"] = len(not_binary)
+    report.facts["unreadable"] = len(unreadable)
+    if not_binary:
+        report.problems.append(f"{len(not_binary)} mask(s) are not binary 0/255 (first: {'; '.join(not_binary[:_SHOW])})")
+    if unreadable:
+        report.problems.append(f"{len(unreadable)} file(s) cannot be decoded (first: {'; '.join(unreadable[:_SHOW])}): "
+                               f"replace them with intact copies")
+    return report
+
+
+def _build_with(source_cls: type, root: str, kwargs: dict) -> tuple[object, list[str]]:
+    logger = logging.getLogger("vlprompt.data")
+    handler, propagate, level = WarningCollector(), logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)
+    try:
+        source = source_cls(root, **kwargs)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        logger.setLevel(level)
+    return source, handler.messages
+
+
+def add_convert_parser(sub) -> None:
+    """``vlprompt data convert NAME --root DIR --out DIR``: the arguments."""
+    conv = sub.add_parser("convert", help="write a segmentation dataset into the medvlsm layout with generated prompts")
+    conv.add_argument("name", help="registered segmentation dataset (kvasir_seg_release, busi_release, toy_seg, ...)")
+    conv.add_argument("--root", default=None, help="the data root (the folder that contains the dataset folder)")
+    conv.add_argument("--folder", default=None, help="the dataset folder under --root, when not the default")
+    conv.add_argument("--out", required=True, help="the new medvlsm dataset folder (images/, masks/, anns/)")
+    conv.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    conv.add_argument("--noun", default=None, help="generate prompts for this target class (default: the dataset's "
+                      "prompt spec; a source without one keeps its own prompts)")
+    conv.add_argument("--context", default=None, help="text appended to every prompt, e.g. 'in the chest X-ray'")
+    conv.add_argument("--no-colour", dest="colour", action="store_false", help="do not name the target's colour")
+
+
+def convert_main(args) -> int:
+    """Run ``vlprompt data convert``; 0 on success, 1 with the error printed."""
+    import dataclasses
+
+    from vlprompt.data.medseg import PROMPT_SPECS, PromptSpec, convert_to_medvlsm
+    from vlprompt.registry import get_registry
+
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    try:
+        source_cls = get_registry("datasets").get(args.name)
+        params = inspect.signature(source_cls.__init__).parameters
+        kwargs = {"folder": args.folder} if args.folder is not None and "folder" in params else {}
+        source = source_cls(args.root, **kwargs) if "root" in params else source_cls(**kwargs)
+        spec = PROMPT_SPECS.get(args.name)
+        if args.noun is not None:
+            spec = PromptSpec(noun=args.noun, context=spec.context if spec else "")
+        if spec is not None and args.context is not None:
+            spec = dataclasses.replace(spec, context=args.context)
+        if spec is not None and not args.colour:
+            spec = dataclasses.replace(spec, colour=False)
+        summary = convert_to_medvlsm(source, args.out, spec=spec, overwrite=args.overwrite)
+    except (DataError, LookupError) as exc:
+        console.print(f"vlprompt data convert: {exc}", markup=False, highlight=False)
+        return 1
+    console.print(f"wrote {summary['out']}: sizes {summary['sizes']}, empty masks {summary['empty_masks']}; check it "
+                  f"with `vlprompt data check medvlsm --root {summary['out']}`", markup=False, highlight=False)
+    return 0

@@ -38,6 +38,8 @@ class SegmentationSource(abc.ABC):
     name: str = ""
     #: marks the source kind for protocols and ``vlprompt list datasets``
     task: str = "segmentation"
+    #: the ``prompt_index`` a protocol uses when its config names none (TuneVLSeg's runs use p1, the class name)
+    default_prompt_index: int = 1
 
     @abc.abstractmethod
     def size(self, split: str) -> int:

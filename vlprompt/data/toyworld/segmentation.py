@@ -1,0 +1,186 @@
+"""The toy segmentation benchmark: referring segmentation in the toy world, with a domain shift.
+
+Each image holds ``num_objects`` small objects (distinct colours and grid cells, as ``ToyReferring``); one
+is the target, and its **category** (the shape: circle, square, triangle, diamond) is unique in the image,
+so every prompt below names exactly one object. Records carry TuneVLSeg-style prompt keys (a ladder like
+medvlsm's, from the category alone to a full referring expression):
+
+- ``p0``: empty; ``p1``: the category (``circle``), the default, like TuneVLSeg's class-name prompt p1;
+- ``p2``: colour + category (``red circle``);
+- ``p3``: the referring phrase the toy VLSM is pretrained on (``the red dotted circle``, ``ToyReferring``);
+- ``p4``: p3 + the position (``the red dotted circle in the top left``).
+
+**Domains.** The toy VLSM is pretrained on clean renderings (the "natural images" of the toy world). Real
+medical data differs from the pretraining data, so the benchmark renders its images in shifted domains:
+
+- ``scan`` (this module): an ultrasound-like rendering: colours mostly washed out (30 % kept), multiplicative
+  speckle noise, a blur, low contrast and a fan-shaped vignette;
+- any toy-world render style (``clean``, ``noise``, ``low_contrast``, ``blur``, ``sketch``).
+
+Registered sources: ``toy_seg`` trains (and validates) on clean renderings and tests on ``scan``
+renderings (domain generalisation: the test domain is never seen); ``toy_seg_scan`` uses ``scan`` for every
+split (the TuneVLSeg setting: prompts are learnt on the shifted domain itself). Images are generated
+deterministically from ``(name, split, world_seed)``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vlprompt.backbones.base import PreprocessConfig
+from vlprompt.data.seg_dataset import SegmentationDataset, check_prompt_index
+from vlprompt.data.segmentation import SPLITS, SegmentationSource
+from vlprompt.data.toyworld.captions import POSITION_PHRASES, referring_phrase, scene_attributes
+from vlprompt.data.toyworld.render import SHAPES, STYLES, render, sample_scene
+
+DOMAINS = ("scan", *STYLES)
+CATEGORIES = SHAPES
+
+
+def scan_domain(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Ultrasound-like rendering of clean images ``[B, 3, S, S]`` in ``[0, 1]`` (same shape, deterministic)."""
+    b, _, s, _ = images.shape
+    grey = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
+    x = 0.3 * images + 0.7 * grey
+    x = x * (1.0 + 0.35 * torch.randn(b, 1, s, s, generator=generator))
+    x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    x = 0.45 + 0.55 * (x - 0.5)
+    coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    r = torch.sqrt((xx - 0.5) ** 2 + yy**2)  # distance from the probe at the top centre
+    x = x * (1.0 - 0.45 * (r / r.max()) ** 2)[None, None]
+    return x.clamp(0.0, 1.0)
+
+
+@dataclass
+class ToySegRecord:
+    """One toy item: name, prompts and the target's category."""
+
+    name: str
+    prompts: dict = field(default_factory=dict)
+    category: str = ""
+
+
+def _seed(*parts: object) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+_GENERATED: dict[tuple, tuple[torch.Tensor, torch.Tensor, list[ToySegRecord]]] = {}
+
+
+class ToySegmentation(SegmentationSource):
+    """Toy-world referring segmentation (see the module docstring).
+
+    Args:
+        sizes: number of samples of the ``train``, ``val`` and ``test`` splits.
+        num_objects: objects per image (2..4; one is the target).
+        style: domain of ``train`` and ``val``; ``None`` is the source's native one.
+        test_style: domain of ``test``; ``None`` is the source's native one.
+        world_seed: seed of the world (same seed, same images on every machine).
+    """
+
+    name = "toy_seg"
+    family = "segmentation toy world"
+    default_prompt_index = 1
+    native_style = "clean"
+    native_test_style = "scan"
+
+    def __init__(
+        self,
+        *,
+        sizes: tuple[int, int, int] = (256, 64, 256),
+        num_objects: int = 3,
+        style: str | None = None,
+        test_style: str | None = None,
+        world_seed: int = 0,
+    ) -> None:
+        self.style = self.native_style if style is None else style
+        self.test_style = self.native_test_style if test_style is None else test_style
+        for value in (self.style, self.test_style):
+            if value not in DOMAINS:
+                raise ValueError(f"style {value!r} is not a toy segmentation domain; known: {list(DOMAINS)}")
+        if len(sizes) != 3 or min(sizes) < 1:
+            raise ValueError(f"sizes={sizes!r} must be three positive counts (train, val, test)")
+        if not 2 <= num_objects <= len(CATEGORIES):
+            raise ValueError(f"num_objects={num_objects} must be between 2 and {len(CATEGORIES)} (the target's "
+                             f"category must be unique in its image)")
+        self.sizes = dict(zip(SPLITS, sizes))
+        self.num_objects = num_objects
+        self.world_seed = world_seed
+
+    def split_style(self, split: str) -> str:
+        return self.test_style if split == "test" else self.style
+
+    def _generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list[ToySegRecord]]:
+        if split not in self.sizes:
+            raise KeyError(f"split {split!r} of {self.name}: known splits are {list(self.sizes)}")
+        n, style = self.sizes[split], self.split_style(split)
+        key = (self.name, split, n, self.num_objects, style, self.world_seed)
+        if key not in _GENERATED:
+            g = torch.Generator().manual_seed(_seed(self.name, split, self.world_seed))
+            scene = sample_scene(n, generator=g, num_objects=self.num_objects)
+            target = torch.randint(0, self.num_objects, (n,), generator=g)
+            # distinct categories per image: a category phrase refers to exactly one object
+            order = torch.argsort(torch.rand(n, len(CATEGORIES), generator=g), dim=1)[:, : self.num_objects]
+            scene.shape = order
+            images, masks = render(scene, generator=g, style="clean" if style == "scan" else style)
+            if style == "scan":
+                images = scan_domain(images, g)
+            records = []
+            for i in range(n):
+                attrs = scene_attributes(scene, i, int(target[i]))
+                phrase = referring_phrase(attrs)
+                prompts = {"p0": "", "p1": attrs["shape"], "p2": f"{attrs['colour']} {attrs['shape']}", "p3": phrase,
+                           "p4": f"{phrase} {POSITION_PHRASES[attrs['position']][0]}"}
+                records.append(ToySegRecord(name=f"{self.name}-{split}-{i:05d}", prompts=prompts,
+                                            category=attrs["shape"]))
+            _GENERATED[key] = ((images * 255).round().to(torch.uint8), masks[torch.arange(n), target], records)
+        return _GENERATED[key]
+
+    @property
+    def records(self) -> dict[str, list[ToySegRecord]]:
+        return {split: self._generate(split)[2] for split in SPLITS}
+
+    def size(self, split: str) -> int:
+        if split not in self.sizes:
+            raise KeyError(f"split {split!r} of {self.name}: known splits are {list(self.sizes)}")
+        return self.sizes[split]
+
+    def dataset(
+        self,
+        split: str,
+        *,
+        preprocess: PreprocessConfig | None,
+        prompt_index: int = 0,
+        prompt: str | None = None,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> SegmentationDataset:
+        images, masks, records = self._generate(split)
+        if prompt is None:
+            check_prompt_index(records, prompt_index, where=f"{self.name} split {split!r}")
+        return SegmentationDataset(records, lambda i: (images[i], masks[i]), preprocess=preprocess,
+                                   prompt_index=prompt_index, prompt=prompt, augment=augment, seed=seed)
+
+    def load_item(self, split: str, i: int) -> tuple[Image.Image, np.ndarray]:
+        """PIL image and boolean mask of item ``i`` (native 48 px), e.g. for ``vlprompt data convert``."""
+        images, masks, _ = self._generate(split)
+        return Image.fromarray(images[i].permute(1, 2, 0).numpy()), masks[i].numpy()
+
+    def identity(self) -> dict:
+        return {"name": self.name, "kind": "toyworld", "style": self.style, "test_style": self.test_style,
+                "sizes": self.sizes, "num_objects": self.num_objects, "world_seed": self.world_seed}
+
+
+class ToySegmentationScan(ToySegmentation):
+    """Toy segmentation with every split in the ultrasound-like ``scan`` domain (the TuneVLSeg setting)."""
+
+    name = "toy_seg_scan"
+    native_style = "scan"
+    native_test_style = "scan"
