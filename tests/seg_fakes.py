@@ -93,7 +93,8 @@ class FakeSegSource(SegmentationSource):
         return self.SIZES[split]
 
     def dataset(self, split, *, preprocess: PreprocessConfig, prompt_index=0, prompt=None, augment=False, seed=0):
-        ds = _Items(self.SIZES[split], preprocess.image_size, {"train": 1, "val": 2, "test": 3}[split])
+        size = preprocess.image_size if preprocess is not None else 32
+        ds = _Items(self.SIZES[split], size, {"train": 1, "val": 2, "test": 3}[split])
         if prompt is not None:
             for item in ds.items:
                 item["prompt"] = prompt

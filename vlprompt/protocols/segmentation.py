@@ -61,7 +61,7 @@ class SegmentationProtocol(pl.LightningDataModule):
     Args:
         dataset: a registered segmentation source (``class_path: kvasir_seg`` / a toy segmentation benchmark).
         prompt_index: prompt key ``p{k}`` of every record; ``-1`` draws a random key other than ``p0`` per item
-            and epoch (TuneVLSeg).
+            and epoch (TuneVLSeg); ``None`` uses the source's ``default_prompt_index`` (TuneVLSeg's runs: 1).
         prompt: one fixed prompt for every item (overrides ``prompt_index``).
         shots: training images, drawn with the run seed (``None``: the whole train split).
         val_size / test_size: evaluation images, a fixed subset (``None``: the whole split).
@@ -79,7 +79,7 @@ class SegmentationProtocol(pl.LightningDataModule):
         self,
         dataset: SegmentationSource,
         *,
-        prompt_index: int = 0,
+        prompt_index: int | None = None,
         prompt: str | None = None,
         shots: int | None = None,
         val_size: int | None = None,
@@ -101,6 +101,8 @@ class SegmentationProtocol(pl.LightningDataModule):
         for key, value in (("shots", shots), ("val_size", val_size), ("test_size", test_size)):
             if value is not None and value < 1:
                 raise DataError(f"{key}={value} must be a positive number of images or null (all)")
+        if prompt_index is None:
+            prompt_index = int(getattr(dataset, "default_prompt_index", 0))
         if prompt_index < -1:
             raise DataError(f"prompt_index={prompt_index} must be -1 (random key other than p0) or a key index >= 0")
         self.dataset = dataset
@@ -157,10 +159,12 @@ class SegmentationProtocol(pl.LightningDataModule):
         return self._loader(self.split_dataset("test"), train=False)
 
     def preflight(self, *, full: bool, progress: bool) -> None:
-        """Checks before training: the split sizes (the source's own checks run when it builds its splits)."""
+        """Checks before training: every split is non-empty and builds with this ``prompt_index`` / ``prompt``
+        (the source's record checks, e.g. a record lacking the prompt key), without decoding images."""
         for split in ("train", "val", "test"):
             if self.dataset.size(split) < 1:
                 raise DataError(f"split {split!r} of {self.dataset.name} is empty; check the dataset's annotations")
+            self.dataset.dataset(split, preprocess=None, prompt_index=self.prompt_index, prompt=self.prompt)
 
     def identity(self) -> dict:
         return {"protocol": self.name, "shots": self.shots, "seed": self.seed, "prompt_index": self.prompt_index,
