@@ -160,7 +160,9 @@ def test_non_binary_mask(tmp_path):
     root = make_medvlsm(tmp_path / "ds")
     Image.fromarray(np.full((20, 24), 128, np.uint8)).save(root / "masks" / "train1.png")
     Image.fromarray((np.arange(20 * 24).reshape(20, 24) % 2).astype(np.uint8)).save(root / "masks" / "train2.png")
-    ds = MedVLSMDataset(str(root)).dataset("train", preprocess=PP, prompt_index=1)
+    with pytest.raises(DataError, match=r"mask .*train1\.png is not binary.*binarise"):
+        MedVLSMDataset(str(root))  # before any work: every mask is decoded at start-up
+    ds = MedVLSMDataset(str(root), check_masks=False).dataset("train", preprocess=PP, prompt_index=1)
     with pytest.raises(DataError, match=r"mask .*train1\.png is not binary.*binarise"):
         ds[1]
     with pytest.raises(DataError, match=r"train2\.png is not binary.*label map"):
@@ -399,3 +401,22 @@ def test_dataset_configs_name_registered_sources_with_valid_arguments(name):
     if published:
         text = path.read_text()
         assert "reported" in text and all(str(n) in text for k, n in published.items() if k != "from" and n)
+
+
+def test_datasets_pickle_and_load_in_workers(tmp_path):
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    from vlprompt.data.toyworld.segmentation import ToySegmentation
+
+    src = MedVLSMDataset(str(make_medvlsm(tmp_path / "ds", n=4)))
+    ds = src.dataset("train", preprocess=PP, prompt_index=-1, augment=True, seed=5)
+    ds.set_epoch(3)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert [clone[i]["prompt"] for i in range(4)] == [ds[i]["prompt"] for i in range(4)]
+    toy = ToySegmentation(sizes=(4, 2, 2)).dataset("train", preprocess=None, prompt_index=2)
+    assert torch.equal(pickle.loads(pickle.dumps(toy))[1]["mask"], toy[1]["mask"])
+    batch = next(iter(DataLoader(ds, batch_size=4, num_workers=1)))
+    assert batch["image"].shape == (4, 3, 16, 16) and batch["mask"].shape == (4, 1, 16, 16)
+    assert list(batch["prompt"]) == [ds[i]["prompt"] for i in range(4)]  # same draws in a worker

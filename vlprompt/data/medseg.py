@@ -70,6 +70,18 @@ class SegRecord:
     where: str = ""  # where it was read from (annotation file and record index), for errors
 
 
+class FileLoader:
+    """``loader(i) -> (RGB PIL image, boolean mask)`` of record ``i`` (picklable, for loader workers)."""
+
+    def __init__(self, records: Sequence[SegRecord]) -> None:
+        self.records = records
+
+    def __call__(self, i: int) -> tuple[Image.Image, np.ndarray]:
+        rec = self.records[i]
+        image = read_image(rec.image)
+        return image, read_mask(rec.masks, size=image.size, image=str(rec.image))
+
+
 def _inside(name: str) -> bool:
     """Whether the relative file name ``name`` stays inside its folder (no absolute path, no ``..``)."""
     p = PurePosixPath(name.replace("\\", "/"))
@@ -127,12 +139,7 @@ class FileSegmentationSource(SegmentationSource):
         if prompt is None:
             check_prompt_index(records, prompt_index, where=f"{self.title or self.name} split {split!r}")
 
-        def load(i: int):
-            rec = records[i]
-            image = read_image(rec.image)
-            return image, read_mask(rec.masks, size=image.size, image=str(rec.image))
-
-        return SegmentationDataset(records, load, preprocess=preprocess, prompt_index=prompt_index, prompt=prompt,
+        return SegmentationDataset(records, FileLoader(records), preprocess=preprocess, prompt_index=prompt_index, prompt=prompt,
                                    augment=augment, seed=seed, stop_at_end=self.stop_at_end)
 
     def identity(self) -> dict:
@@ -174,7 +181,7 @@ class FileSegmentationSource(SegmentationSource):
                                         f"replace it with an intact copy")
         return problems
 
-    def _finish(self, *, check_files: bool) -> None:
+    def _finish(self, *, check_files: bool, check_masks: bool = False) -> None:
         for split in SPLITS:
             if not self.records.get(split):
                 raise DataError(f"{self.title}: split {split!r} has no items under {self.dataset_dir}; see {self.card}")
@@ -184,6 +191,14 @@ class FileSegmentationSource(SegmentationSource):
                 more = f" (and {len(problems) - 1} more; `vlprompt data check {self.name} --root ...` lists all)" \
                     if len(problems) > 1 else ""
                 raise DataError(f"{self.title}: {problems[0]}{more}")
+            if check_masks:
+                self.check_masks()
+
+    def check_masks(self) -> None:
+        """Decode every mask once; a :class:`DataError` names the first that is unreadable or not binary."""
+        for records in self.records.values():
+            for rec in records:
+                read_mask(rec.masks, image=str(rec.image))
 
     def load_item(self, split: str, i: int) -> tuple[Image.Image, np.ndarray]:
         """Decoded image and boolean mask of item ``i`` of ``split`` (native size)."""
@@ -202,6 +217,8 @@ class MedVLSMDataset(FileSegmentationSource):
             generic ``medvlsm`` source means ``root`` itself is the dataset folder).
         stop_at_end: append ``.`` to prompts (TuneVLSeg's ``insert_stop_at_last``, on in its experiments).
         check_files: at start-up, check that every image and mask exists and that sizes match (file headers).
+        check_masks: with ``check_files``, also decode every mask once at start-up and refuse a non-binary one
+            (before any training; masks are small); off, a bad mask fails when its item is read.
     """
 
     name = "medvlsm"
@@ -218,6 +235,7 @@ class MedVLSMDataset(FileSegmentationSource):
         folder: str | None = None,
         stop_at_end: bool = False,
         check_files: bool = True,
+        check_masks: bool = True,
     ) -> None:
         self.root = resolve_data_root(root)
         self.dataset_dir = self.root / (self.folder if folder is None else folder)
@@ -225,7 +243,7 @@ class MedVLSMDataset(FileSegmentationSource):
         self._require_layout()
         self.anns_files = {split: self.dataset_dir / "anns" / f"{split}.json" for split in SPLITS}
         self.records = {split: self._read_anns(split) for split in SPLITS}
-        self._finish(check_files=check_files)
+        self._finish(check_files=check_files, check_masks=check_masks)
 
     def _dirs(self, split: str) -> tuple[Path, Path]:
         img, msk = self.split_dirs.get(split, ("images", "masks"))
@@ -410,7 +428,7 @@ class KvasirSEGRelease(FileSegmentationSource):
     folder_candidates = ("kvasir_seg", "Kvasir-SEG", "kvasir-seg")
 
     def __init__(self, root: str | None = None, *, folder: str | None = None, split_dir: str | None = None,
-                 use_split_lists: bool = True, check_files: bool = True) -> None:
+                 use_split_lists: bool = True, check_files: bool = True, check_masks: bool = True) -> None:
         self.root = resolve_data_root(root)
         self.dataset_dir = _find_dir(self.root, folder, self.folder_candidates, what=self.title, card=self.card)
         images_dir, masks_dir = self.dataset_dir / "images", self.dataset_dir / "masks"
@@ -440,7 +458,7 @@ class KvasirSEGRelease(FileSegmentationSource):
             self.records[split].append(SegRecord(name=images[stem].name, image=images[stem], masks=(masks[stem],),
                                                  prompts={"p0": "", "p1": PROMPT_SPECS[self.name].p1()},
                                                  where=f"{images[stem]}"))
-        self._finish(check_files=check_files)
+        self._finish(check_files=check_files, check_masks=check_masks)
 
     def _split_files(self, split_dir: str | None) -> dict[str, Path]:
         dirs = [Path(split_dir)] if split_dir else [self.dataset_dir / "splits_mediaeval2020", self.dataset_dir]
@@ -501,7 +519,8 @@ class BUSIRelease(FileSegmentationSource):
     family = "segmentation (original release)"
     folder_candidates = ("busi", "Dataset_BUSI_with_GT", "BUSI")
 
-    def __init__(self, root: str | None = None, *, folder: str | None = None, check_files: bool = True) -> None:
+    def __init__(self, root: str | None = None, *, folder: str | None = None, check_files: bool = True,
+                 check_masks: bool = True) -> None:
         self.root = resolve_data_root(root)
         self.dataset_dir = _find_dir(self.root, folder, self.folder_candidates, what=self.title, card=self.card)
         images: dict[str, Path] = {}
@@ -539,7 +558,7 @@ class BUSIRelease(FileSegmentationSource):
             self.records[split].append(SegRecord(name=images[stem].name, image=images[stem], masks=files,
                                                  prompts={"p0": "", "p1": p1}, category=category,
                                                  where=str(images[stem])))
-        self._finish(check_files=check_files)
+        self._finish(check_files=check_files, check_masks=check_masks)
 
     def _identity_extra(self) -> dict:
         return {"split_rule": "crc32 80/10/10", "merged_masks": self.merged}

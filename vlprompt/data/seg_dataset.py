@@ -17,8 +17,9 @@ so prompt selection, preprocessing and augmentation are the same everywhere.
   largest value is below the threshold while not all zero (0/1 label maps), is not binary and is refused,
   naming the file. Several mask files of one image (BUSI ``_mask_1``) are merged by union.
 - **Preprocessing** (TuneVLSeg / medvlsm eval transforms): the whole image is resized to ``S x S`` with the
-  backbone's interpolation (no crop, so no mask pixel is lost), PIL-side for files exactly as the
-  classification transforms do; the mask is resized with nearest neighbour (PIL ``NEAREST``, medvlsm's
+  backbone's interpolation (no crop, so no mask pixel is lost: ``resize_mode`` ``squash``, what CLIPSeg's
+  processor does; another ``resize_mode`` is not applied to segmentation), PIL-side for files exactly as the
+  classification transforms do (tensors of the toy world: in float, bicubic when the mode is PIL-only); the mask is resized with nearest neighbour (PIL ``NEAREST``, medvlsm's
   ``NEAREST_EXACT``) and thresholded again. The one train augmentation is a horizontal flip (probability
   0.5) applied to image and mask together; it swaps the words ``left`` and ``right`` in the prompt, whose
   location phrases would otherwise become wrong (TuneVLSeg leaves flips off; its affine/brightness
@@ -52,7 +53,11 @@ _INTERP = {
     "bicubic": InterpolationMode.BICUBIC,
     "bilinear": InterpolationMode.BILINEAR,
     "nearest": InterpolationMode.NEAREST,
+    "lanczos": InterpolationMode.LANCZOS,  # PIL only (a CLIPSeg processor may ask for it)
+    "box": InterpolationMode.BOX,
+    "hamming": InterpolationMode.HAMMING,
 }
+_TENSOR_INTERP = {"bicubic", "bilinear", "nearest"}
 _KEY = re.compile(r"^p(\d+)$")
 
 
@@ -213,8 +218,8 @@ def prepare_pair(
         if flip:
             img = img.flip(-1)
         if preprocess is not None and tuple(img.shape[-2:]) != (preprocess.image_size,) * 2:
-            img = TF.resize(img, [preprocess.image_size] * 2, interpolation=_INTERP.get(
-                preprocess.interpolation, InterpolationMode.BICUBIC), antialias=True)
+            mode = preprocess.interpolation if preprocess.interpolation in _TENSOR_INTERP else "bicubic"
+            img = TF.resize(img, [preprocess.image_size] * 2, interpolation=_INTERP[mode], antialias=True)
     if preprocess is not None and mask_img.size != (preprocess.image_size,) * 2:
         mask_img = mask_img.resize((preprocess.image_size,) * 2, Image.Resampling.NEAREST)
     out_mask = torch.from_numpy(np.asarray(mask_img) >= MASK_THRESHOLD).float()[None]

@@ -67,6 +67,16 @@ class ToySegRecord:
     category: str = ""
 
 
+class TensorLoader:
+    """``loader(i) -> (uint8 image [3, S, S], boolean mask [S, S])`` (picklable, for loader workers)."""
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        self.images, self.masks = images, masks
+
+    def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.masks[i]
+
+
 def _seed(*parts: object) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
@@ -165,7 +175,7 @@ class ToySegmentation(SegmentationSource):
         images, masks, records = self._generate(split)
         if prompt is None:
             check_prompt_index(records, prompt_index, where=f"{self.name} split {split!r}")
-        return SegmentationDataset(records, lambda i: (images[i], masks[i]), preprocess=preprocess,
+        return SegmentationDataset(records, TensorLoader(images, masks), preprocess=preprocess,
                                    prompt_index=prompt_index, prompt=prompt, augment=augment, seed=seed)
 
     def load_item(self, split: str, i: int) -> tuple[Image.Image, np.ndarray]:
