@@ -21,7 +21,7 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   fit        train a prompt learner and evaluate it (all seeds), writing a result JSON
   validate   evaluate on the validation split(s)
   test       evaluate on the test split(s) (zero-shot learners need no fit)
-  pretrain   pretrain a CLIP on the toy world (LightningCLI)
+  pretrain   pretrain the toy CLIP or the toy VLSM on the toy world (LightningCLI)
   list       vlprompt list learners|backbones|datasets|protocols [--errors]
   data       vlprompt data check NAME --root DIR [--strict] [--decode] | data convert NAME --root DIR --out DIR
   leaderboard  vlprompt leaderboard build RESULTS_DIR [--out leaderboards]
@@ -57,15 +57,41 @@ def _setup_logging() -> None:
         lg.setLevel(level if level == "DEBUG" else "WARNING")
 
 
+def _pretrain_selects_classes(args: list[str]) -> bool:
+    """Whether a ``--config`` file of ``vlprompt pretrain`` names its model class (``model: {class_path: ...}``)."""
+    import yaml
+
+    for i, a in enumerate(args):
+        path = args[i + 1] if a == "--config" and i + 1 < len(args) else a.split("=", 1)[1] if a.startswith("--config=") else None
+        if path and os.path.isfile(path):
+            with open(path) as fh:
+                cfg = yaml.safe_load(fh) or {}
+            if isinstance(cfg.get("model"), dict) and "class_path" in cfg["model"]:
+                return True
+    return any(a.startswith("--model.class_path") or a.startswith("--model=") for a in args)
+
+
 def pretrain_main(args: list[str]) -> None:
-    """``vlprompt pretrain``: LightningCLI over :class:`CLIPPretraining` and :class:`CaptionData` (fit)."""
+    """``vlprompt pretrain``: LightningCLI (fit) over the model and data the config names.
+
+    A config whose ``model``/``data`` give a ``class_path`` (e.g. ``configs/pretrain/toyvlsm.yaml``: the toy VLSM)
+    selects any LightningModule/LightningDataModule; otherwise the toy CLIP's :class:`CLIPPretraining` and
+    :class:`CaptionData` (``configs/pretrain/toyclip.yaml``).
+    """
     import warnings
 
+    import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
 
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended", category=UserWarning)
+    if _pretrain_selects_classes(args):
+        LightningCLI(
+            pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+            args=["fit", *args], save_config_callback=None, parser_kwargs={"fit": {"prog": "vlprompt pretrain"}},
+        )
+        return
     from vlprompt.pretrain import CaptionData, CLIPPretraining
 
-    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended", category=UserWarning)
     LightningCLI(
         CLIPPretraining, CaptionData, args=["fit", *args], save_config_callback=None,
         parser_kwargs={"fit": {"prog": "vlprompt pretrain"}},

@@ -267,6 +267,8 @@ class ToyReferring:
         target = torch.randint(0, num_objects, (size,), generator=g)
         self.images = (images * 255).round().to(torch.uint8)
         self.masks = masks[torch.arange(size), target]
+        self.scene = scene  # attribute indices of every object (e.g. to name an object absent from an image)
+        self.target = target  # index of the referred object in each image
         self.phrases = [referring_phrase(scene_attributes(scene, i, int(target[i]))) for i in range(size)]
 
     def __len__(self) -> int:
