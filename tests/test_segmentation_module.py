@@ -367,3 +367,19 @@ def test_fit_on_the_tiny_clipseg(tmp_path: Path, learner: str) -> None:
     assert 0 <= row["metrics"]["dice"] <= 100 and 0 <= row["metrics"]["iou"] <= 100
     assert result["backbone"]["name"] and len(row["artifacts"]) == 2
     assert ("checkpoint_selection" in result) == (learner != "zero_shot")
+
+
+def test_checkpoint_keeps_best_state_for_resume(tmp_path: Path) -> None:
+    """A resumed seed continues with the best epoch seen before the kill (checkpoint loaded weights_only)."""
+    module = PromptSegmenter(fake_vlsm(), CoOp())
+    best = {k: torch.full_like(v, 0.25) for k, v in module.learner.learned_state().items()}
+    module.best = {"dice": 55.5, "epoch": 3, "state": best}
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    assert not any(k.startswith("backbone.") for k in ckpt["state_dict"])
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    loaded = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    fresh = PromptSegmenter(fake_vlsm(), CoOp())
+    fresh.on_load_checkpoint(loaded)
+    assert fresh.best["dice"] == 55.5 and fresh.best["epoch"] == 3
+    assert all(torch.equal(fresh.best["state"][k], best[k]) for k in best)
