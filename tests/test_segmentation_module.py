@@ -383,3 +383,20 @@ def test_checkpoint_keeps_best_state_for_resume(tmp_path: Path) -> None:
     fresh.on_load_checkpoint(loaded)
     assert fresh.best["dice"] == 55.5 and fresh.best["epoch"] == 3
     assert all(torch.equal(fresh.best["state"][k], best[k]) for k in best)
+
+
+SEG_YAMLS = ["protocols/segmentation.yaml", "learners/coop/tunevlseg.yaml", "learners/cocoop/tunevlseg.yaml",
+             "learners/vpt/tunevlseg.yaml", "learners/maple/tunevlseg.yaml", "learners/zero_shot/segmentation.yaml",
+             "datasets/toy_seg.yaml", "datasets/kvasir_seg_release.yaml"]
+
+
+@pytest.mark.parametrize("name", SEG_YAMLS)
+def test_segmentation_yamls_parse_on_top_of_the_seg_quickstart(name: str, monkeypatch) -> None:
+    from vlprompt.experiment import VlpromptCLI, build_cli
+
+    monkeypatch.setattr(VlpromptCLI, "instantiate_classes", lambda self: None)
+    repo = Path(__file__).resolve().parents[1]
+    c = build_cli("fit", ["--config", str(repo / "configs/seg_quickstart.yaml"), "--config", str(repo / "configs" / name)])
+    assert c.config.data.class_path == "vlprompt.protocols.segmentation.SegmentationProtocol"
+    assert c.config.model.learner.class_path.count(".") >= 1
+    assert c.config.model.lr == 2e-4 and c.config.model.lambda_ce == 0.2

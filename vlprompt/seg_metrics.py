@@ -22,6 +22,7 @@ and ``configs/model/*/clipseg.yaml``. Facts carried over:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +30,9 @@ from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss
 from torch import nn
 from torchmetrics.classification import BinaryJaccardIndex
 from torchmetrics.functional.segmentation import dice_score
+
+# torchmetrics warns about its default `average` even when it is given explicitly (as here: micro per sample)
+warnings.filterwarnings("ignore", message=r"dice_score metric currently defaults to `average=micro`")
 
 #: MONAI DiceLoss's default smooth_nr = smooth_dr (the reference's Dice smoothing)
 DICE_SMOOTH = 1e-5
