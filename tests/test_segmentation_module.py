@@ -400,3 +400,18 @@ def test_segmentation_yamls_parse_on_top_of_the_seg_quickstart(name: str, monkey
     assert c.config.data.class_path == "vlprompt.protocols.segmentation.SegmentationProtocol"
     assert c.config.model.learner.class_path.count(".") >= 1
     assert c.config.model.lr == 2e-4 and c.config.model.lambda_ce == 0.2
+
+
+def test_training_set_is_told_each_epoch(tmp_path: Path) -> None:
+    """prompt_index -1 draws prompts per (seed, epoch, item): the module calls the training set's set_epoch."""
+    import lightning.pytorch as pl
+
+    from vlprompt.protocols.segmentation import SegmentationProtocol
+
+    data = SegmentationProtocol(FakeSegSource(), batch_size=4, seed=1)
+    module = PromptSegmenter(fake_vlsm(), CoOp(), overlays=0, task=data.task)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert trainer.train_dataloader.dataset.dataset.epochs == [0, 1]
+    assert module.best["epoch"] in (0, 1) and module.best["dice"] is not None
