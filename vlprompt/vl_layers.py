@@ -12,10 +12,15 @@
 - Helpers for importing prompt tensors saved by the Dassl-based reference repositories
   (muzairkhattak/multimodal-prompt-learning, muzairkhattak/PromptSRC): :func:`reference_keys`,
   :func:`guess_reference_learner`, :func:`reference_deep_prompts`, :func:`take_reference_tensor`.
+- Joint prompts of TuneVLSeg's shared strategies (Adhikari et al., ACCV 2024): :class:`JointPrompts` (one learned
+  tensor projected to both towers, per-step pairing of stochastic projectors), :class:`JointPromptLearner` (their
+  text/image plumbing), :func:`mlp_projection` and :func:`layer_copies` (the reference's projector builders).
 """
 
 from __future__ import annotations
 
+import abc
+import copy
 import logging
 import math
 import re
@@ -25,7 +30,8 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import DeepPrompts, count_tokens, random_context
+from vlprompt.layers import ClassPrompts, DeepPrompts, count_tokens, deep_prompt_list, random_context, text_features
+from vlprompt.learners.base import LearnerError, PromptLearner
 
 log = logging.getLogger(__name__)
 
@@ -258,4 +264,171 @@ def check_reference_depth(found: Sequence[int], expected: Sequence[int], *, owne
         raise PromptConfigError(
             f"{owner}: the reference state has {what} for layers {list(found)} but this learner prompts layers "
             f"{list(expected)}: set the prompt depth to {max(found, default=0) + 1} to match the checkpoint"
+        )
+
+
+# ---------------------------------------------------------------------------------------- joint prompts
+# TuneVLSeg's joint multimodal strategies (Adhikari et al., ACCV 2024, arXiv 2410.05239, multimodal prompt tuning;
+# reference naamiinepal/tunevlseg, src/models/core_models/coop/context_learner/): one learned tensor per
+# prompted layer feeds both towers through a projector (`shared_separate`, `shared_attention` learners).
+
+
+def mlp_projection(
+    in_dim: int, out_dim: int, *, intermediate_dim: int | Sequence[int] | None = None, final_norm: bool = False
+) -> nn.Module:
+    """The reference's prompt projection ``in_dim -> out_dim`` (``BaseProjectorLearner.get_mlp_projection``).
+
+    Without ``intermediate_dim``: one ``nn.Linear`` (``final_norm`` is then ignored, as in the reference).
+    With hidden widths ``h_1..h_k``: ``Linear -> ReLU`` per hidden width (weights re-drawn Kaiming-normal for
+    ReLU), then ``Linear(h_k, out_dim)`` (no bias when ``final_norm``) and ``LayerNorm(out_dim)`` if
+    ``final_norm``. Parameters are drawn in the reference's order, so equal seeds give equal weights.
+    """
+    if intermediate_dim is None:
+        return nn.Linear(in_dim, out_dim)
+    hidden = (intermediate_dim,) if isinstance(intermediate_dim, int) else tuple(intermediate_dim)
+    if not hidden or any(h < 1 for h in hidden):
+        raise PromptConfigError(f"intermediate_dim={intermediate_dim!r} must be positive widths (or null for one Linear)")
+    layers = nn.Sequential(nn.Linear(in_dim, hidden[0]), nn.ReLU(inplace=True))
+    for a, b in zip(hidden, hidden[1:]):
+        layers.extend((nn.Linear(a, b), nn.ReLU(inplace=True)))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    layers.append(nn.Linear(hidden[-1], out_dim, bias=not final_norm))
+    if final_norm:
+        layers.append(nn.LayerNorm(out_dim))
+    return layers
+
+
+def layer_copies(module: nn.Module, depth: int, *, unified: bool) -> nn.ModuleList:
+    """``depth`` deep copies of ``module`` (every layer starts from the same weights, then trains apart), or
+    ``[module]`` when ``unified`` (one projector serves every layer: :meth:`JointPrompts.projector` maps any
+    layer to it). The reference's ``use_unified_projection``."""
+    if unified:
+        return nn.ModuleList([module])
+    return nn.ModuleList([copy.deepcopy(module) for _ in range(depth)])
+
+
+class JointPrompts(nn.Module, abc.ABC):
+    """One learned tensor ``context [J, n, d]`` projected into text prompts ``[n, Wt]`` and visual prompts
+    ``[n, Wv]`` for layers ``0..J-1`` (TuneVLSeg's joint strategies; subclasses define :meth:`project`).
+
+    Layer 0's prompts are the shallow ones (text: after the start token; image: after the patch tokens),
+    layers ``1..J-1`` replace them (deep prompting, as MaPLe/VPT-deep). ``context`` starts N(0, std^2)
+    (the reference's ``init_random_context_vectors``; joint learners take no word initialisation).
+
+    Stochastic projectors (dropout) are evaluated once per training step for both towers, as the
+    reference does (its first tower's call caches the other tower's half): while training with autograd,
+    the first of :meth:`text` / :meth:`visual` projects every layer and keeps the other tower's half, which
+    the other call takes if the learner's tensors have not changed since (no optimiser step in between);
+    each kept half is used once. Deterministic projectors simply project on each call.
+    """
+
+    def __init__(self, depth: int, n_ctx: int, dim: int, *, std: float = 0.02) -> None:
+        super().__init__()
+        if n_ctx < 1:
+            raise PromptConfigError(f"n_ctx={n_ctx} must be at least 1")
+        if depth < 1:
+            raise PromptConfigError(f"prompt_depth={depth} must be at least 1")
+        self.depth = depth
+        self.n_ctx = n_ctx
+        self.context = nn.Parameter(random_context(n_ctx, dim, n_cls=depth, std=std))
+        self._kept: dict[str, tuple[tuple, list[torch.Tensor]]] = {}
+
+    #: True when :meth:`project` is random in training mode (dropout): pair the towers per step
+    stochastic: bool = False
+
+    @abc.abstractmethod
+    def project(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(text, visual)``: ``J`` text prompts ``[n, Wt]`` and ``J`` visual prompts ``[n, Wv]``."""
+
+    def _state_key(self) -> tuple:
+        return tuple((id(p), p._version) for p in self.parameters())
+
+    def _take(self, tower: str) -> list[torch.Tensor]:
+        kept = self._kept.pop(tower, None)
+        if kept is not None and kept[0] == self._state_key():
+            return kept[1]
+        text, visual = self.project()
+        if self.stochastic and self.training and torch.is_grad_enabled():
+            other = "visual" if tower == "text" else "text"
+            self._kept = {other: (self._state_key(), visual if other == "visual" else text)}
+        else:
+            self._kept = {}
+        return text if tower == "text" else visual
+
+    def text(self) -> list[torch.Tensor]:
+        """Text prompts ``[n, Wt]`` for layers ``0..J-1``."""
+        return self._take("text")
+
+    def visual(self) -> list[torch.Tensor]:
+        """Visual prompts ``[n, Wv]`` for layers ``0..J-1``."""
+        return self._take("visual")
+
+    def train(self, mode: bool = True) -> "JointPrompts":
+        self._kept = {}
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_kept": {}}  # kept halves hold autograd graphs: never copied or pickled
+
+
+class JointPromptLearner(PromptLearner):
+    """Plumbing of the joint (shared-space) multimodal learners: text prompts ``[SOS] p_1..p_n <class>. [EOS]``
+    with deep text prompts at layers ``1..J-1``, visual prompt tokens appended after the patch tokens with
+    deep replacements (both from :class:`JointPrompts`); logits ``scale * cos``.
+
+    One depth ``J`` for both towers, checked against the shallower tower (the reference's
+    ``max_network_depth = min(text layers, vision layers)``). Subclasses implement :meth:`make_prompts`.
+    """
+
+    family = "multimodal"
+    modifies_image_encoder = True
+
+    def __init__(self, n_ctx: int, prompt_depth: int, *, init_std: float = 0.02, suffix_text: str = ".") -> None:
+        super().__init__()
+        name = type(self).__name__
+        if n_ctx < 1:
+            raise LearnerError(f"{name}: n_ctx={n_ctx} must be at least 1")
+        if prompt_depth < 1:
+            raise LearnerError(f"{name}: prompt_depth={prompt_depth} must be at least 1 (1 = shallow prompts)")
+        self.n_ctx = n_ctx
+        self.prompt_depth = prompt_depth
+        self.init_std = init_std
+        self.suffix_text = suffix_text
+        self.prompts: ClassPrompts | None = None
+
+    @abc.abstractmethod
+    def make_prompts(self, backbone: VLBackbone, depth: int) -> JointPrompts:
+        """The :class:`JointPrompts` of this strategy for the backbone's widths (raise PromptConfigError)."""
+
+    def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
+        owner = type(self).__name__
+        try:
+            self.depth = resolve_depth(
+                self.prompt_depth, paper=1, layers=min(backbone.text_layers, backbone.vision_layers),
+                name="prompt_depth", owner=owner,
+            )
+            self.joint = self.make_prompts(backbone, self.depth)
+        except PromptConfigError as exc:
+            raise LearnerError(str(exc)) from exc
+
+    def on_classnames_changed(self, classnames: list[str]) -> None:
+        device = self.joint.context.device if hasattr(self, "joint") else None
+        try:
+            self.prompts = ClassPrompts(self.backbone, classnames, self.n_ctx, suffix_text=self.suffix_text)
+        except ValueError as exc:
+            raise LearnerError(f"{type(self).__name__}: {exc}") from exc
+        if device is not None:
+            self.prompts.to(device)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        visual = self.joint.visual()
+        return self.backbone.encode_image(images, prompts=visual[0], deep_prompts=deep_prompt_list(visual[1:]))
+
+    def text_features(self) -> torch.Tensor:
+        text = self.joint.text()
+        return text_features(
+            self.backbone, self.prompts(text[0]), self.prompts.pool_index, deep_prompts=deep_prompt_list(text[1:])
         )
