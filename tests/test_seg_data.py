@@ -50,7 +50,9 @@ def make_medvlsm(root: Path, n: int = 3, prompts: dict | None = None) -> Path:
         for i in range(n):
             stem = f"{split}{i}"
             _write_pair(root, stem)
-            anns.append({"img_name": f"{stem}.png", "mask_name": f"{stem}.png", "prompts": prompts or PROMPTS})
+            anns.append({"bbox": [2, 3, 9, 11], "cat": 0, "segment_id": stem, "img_name": f"{stem}.png",  # medvlsm keys
+                         "mask_name": f"{stem}.png", "sentences": [{"idx": 0, "sent_id": i, "sent": ""}],
+                         "prompts": prompts or PROMPTS, "sentences_num": 1})
         (root / "anns" / f"{split}.json").write_text(json.dumps(anns))
     return root
 
@@ -363,6 +365,7 @@ def test_toy_categories_unique_per_image():
     _, masks, recs = mod._GENERATED[key]
     assert all(m.any() for m in masks)
     assert len({r.category for r in recs}) == 4
+    assert all(len(set(r.present)) == 3 and r.category in r.present for r in recs)  # 3 distinct of 4 categories
 
 
 def test_registered_and_convert_cli(tmp_path):
@@ -420,3 +423,29 @@ def test_datasets_pickle_and_load_in_workers(tmp_path):
     batch = next(iter(DataLoader(ds, batch_size=4, num_workers=1)))
     assert batch["image"].shape == (4, 3, 16, 16) and batch["mask"].shape == (4, 1, 16, 16)
     assert list(batch["prompt"]) == [ds[i]["prompt"] for i in range(4)]  # same draws in a worker
+
+
+def test_data_check_compares_published_sizes(tmp_path):
+    from vlprompt.data.check import check_dataset
+
+    make_medvlsm(tmp_path / "kvasir_polyp")
+    report = check_dataset("kvasir_seg", str(tmp_path))
+    assert report.ok and report.facts["expected"]["train"] == 800
+    assert any("expected 800" in w and "not comparable" in w for w in report.warnings)
+    strict = check_dataset("kvasir_seg", str(tmp_path), strict=True)
+    assert not strict.ok and any("expected 100" in p for p in strict.problems)
+
+
+def test_kvasir_release_without_lists_and_missing_mask(tmp_path):
+    root = tmp_path / "Kvasir-SEG"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(40):
+        _write_pair(root, f"id{i:03d}", mask_ext=".png")
+    src = KvasirSEGRelease(str(tmp_path))
+    assert src.split_files == {} and sum(src.size(s) for s in SPLITS) == 40
+    again = KvasirSEGRelease(str(tmp_path))
+    assert [r.name for r in again.records["test"]] == [r.name for r in src.records["test"]]
+    os.remove(root / "masks" / "id007.png")
+    with pytest.raises(DataError, match=r"id007\.png has no mask"):
+        KvasirSEGRelease(str(tmp_path))

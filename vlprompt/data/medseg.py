@@ -442,9 +442,9 @@ class KvasirSEGRelease(FileSegmentationSource):
             raise DataError(f"{self.title}: no images in {images_dir}; see {self.card}")
         missing = sorted(set(images) - set(masks))
         if missing:
-            raise DataError(f"{self.title}: image {images[missing[0]]} has no mask {masks_dir / (missing[0] + '.jpg')} "
-                            f"({len(missing)} image(s) without mask): every image needs a mask of the same name in "
-                            f"masks/; restore it from the release archive")
+            raise DataError(f"{self.title}: image {images[missing[0]]} has no mask (expected {masks_dir}/{missing[0]}.jpg "
+                            f"or another image extension; {len(missing)} image(s) without mask): every image needs a "
+                            f"mask of the same name in masks/; restore it from the release archive")
         orphans = sorted(set(masks) - set(images))
         if orphans:
             log.warning("%s: %d mask(s) without image ignored (first: %s)", self.title, len(orphans), masks[orphans[0]])

@@ -24,6 +24,17 @@ so prompt selection, preprocessing and augmentation are the same everywhere.
   0.5) applied to image and mask together; it swaps the words ``left`` and ``right`` in the prompt, whose
   location phrases would otherwise become wrong (TuneVLSeg leaves flips off; its affine/brightness
   augmentations are not reproduced).
+
+Deliberate differences from the references (TuneVLSeg ``configs/experiment/coop/clipseg.yaml`` and
+``ImageTextMaskDataset``; medvlsm ``ImageTextMaskDataset``):
+
+- TuneVLSeg resizes images with OpenCV ``INTER_CUBIC`` (albumentations) and masks with OpenCV nearest; medvlsm
+  with torchvision on PIL images. vlprompt follows the backbone's own processor (PIL, its interpolation), so
+  image pixels differ slightly from TuneVLSeg's, and mask borders by up to one pixel (PIL's nearest samples
+  pixel centres).
+- TuneVLSeg feeds ``mask / 255`` (soft for JPEG masks) to the loss and ``mask.long()`` (1 only where the
+  value is exactly 255) to the metrics; vlprompt thresholds once at 128 and uses the same binary mask for
+  both, so a JPEG mask's 247..254 foreground pixels count as foreground.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ medvlsm's, from the category alone to a full referring expression):
 **Domains.** The toy VLSM is pretrained on clean renderings (the "natural images" of the toy world). Real
 medical data differs from the pretraining data, so the benchmark renders its images in shifted domains:
 
-- ``scan`` (this module): an ultrasound-like rendering: colours mostly washed out (30 % kept), multiplicative
-  speckle noise, a blur, low contrast and a fan-shaped vignette;
+- ``scan`` (this module): an ultrasound-like rendering: colours half washed out, multiplicative speckle
+  noise, a blur, lower contrast and a fan-shaped vignette darkening away from the probe at the top;
 - any toy-world render style (``clean``, ``noise``, ``low_contrast``, ``blur``, ``sketch``).
 
 Registered sources: ``toy_seg`` trains (and validates) on clean renderings and tests on ``scan``
@@ -47,14 +47,14 @@ def scan_domain(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     """Ultrasound-like rendering of clean images ``[B, 3, S, S]`` in ``[0, 1]`` (same shape, deterministic)."""
     b, _, s, _ = images.shape
     grey = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
-    x = 0.3 * images + 0.7 * grey
-    x = x * (1.0 + 0.35 * torch.randn(b, 1, s, s, generator=generator))
+    x = 0.5 * images + 0.5 * grey
+    x = x * (1.0 + 0.25 * torch.randn(b, 1, s, s, generator=generator))
     x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    x = 0.45 + 0.55 * (x - 0.5)
+    x = 0.45 + 0.7 * (x - 0.5)
     coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     r = torch.sqrt((xx - 0.5) ** 2 + yy**2)  # distance from the probe at the top centre
-    x = x * (1.0 - 0.45 * (r / r.max()) ** 2)[None, None]
+    x = x * (1.0 - 0.35 * (r / r.max()) ** 2)[None, None]
     return x.clamp(0.0, 1.0)
 
 
@@ -65,6 +65,7 @@ class ToySegRecord:
     name: str
     prompts: dict = field(default_factory=dict)
     category: str = ""
+    present: tuple[str, ...] = ()  # categories of every object in the image (the target's included)
 
 
 class TensorLoader:
@@ -148,8 +149,9 @@ class ToySegmentation(SegmentationSource):
                 phrase = referring_phrase(attrs)
                 prompts = {"p0": "", "p1": attrs["shape"], "p2": f"{attrs['colour']} {attrs['shape']}", "p3": phrase,
                            "p4": f"{phrase} {POSITION_PHRASES[attrs['position']][0]}"}
+                present = tuple(CATEGORIES[int(k)] for k in scene.shape[i])
                 records.append(ToySegRecord(name=f"{self.name}-{split}-{i:05d}", prompts=prompts,
-                                            category=attrs["shape"]))
+                                            category=attrs["shape"], present=present))
             _GENERATED[key] = ((images * 255).round().to(torch.uint8), masks[torch.arange(n), target], records)
         return _GENERATED[key]
 
