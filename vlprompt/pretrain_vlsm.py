@@ -11,7 +11,10 @@ As in CLIPSeg (Lüddecke & Ecker, CVPR 2022, Sec. 3), the decoder's condition is
 of the phrase, applied by FiLM, and the CLIP is frozen. Deliberate differences from the paper's training: the
 data are toy referring scenes, not PhraseCut; a fraction ``negative_fraction`` of samples names a colour that is
 absent from the image and has an empty target mask (so the decoder learns to answer "nothing here"); the loss is
-Dice + BCE instead of BCE alone.
+Dice + BCE instead of BCE alone; the shipped config applies FiLM at the last decoder stage (``conditional_layer:
+2``, where the shallowest, colour-local activations are added) instead of CLIPSeg's first stage (``0``): with ``0``,
+600 CPU steps left the decoder phrase-agnostic (held-out Dice 0.550 with the right phrase, 0.548 with an absent
+one), while ``2`` reached 0.745 / 0.320 in 650 steps (README, "The embedded toy VLSM").
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ class VLSMPretraining(pl.LightningModule):
         eval_every, eval_samples: steps between held-out Dice evaluations, and their size.
         final_eval_samples: size of the held-out evaluation written into the card.
         export_dir: the HF folder written by ``on_fit_end``; ``<export_dir>.card.json`` and ``.report.json`` beside it.
+        init_decoder_from: a folder exported by an earlier run (same decoder settings) whose decoder weights this run
+            continues from; the card then embeds that run's card (``<folder>.card.json``) and weights sha256.
     """
 
     def __init__(
@@ -142,7 +147,7 @@ class VLSMPretraining(pl.LightningModule):
         decoder_intermediate_size: int = 256, conditional_layer: int = 0, use_complex_transposed_convolution: bool = False,
         lambda_dice: float = 1.0, lambda_bce: float = 1.0, lr: float = 2e-3, weight_decay: float = 1e-4,
         warmup_steps: int = 100, eval_every: int = 250, eval_samples: int = 256, final_eval_samples: int = 1000,
-        export_dir: str = "runs/pretrain/vlprompt-toyvlsm",
+        export_dir: str = "runs/pretrain/vlprompt-toyvlsm", init_decoder_from: str | None = None,
     ) -> None:
         super().__init__()
         import segmentation_models_pytorch as smp
@@ -154,6 +159,7 @@ class VLSMPretraining(pl.LightningModule):
             conditional_layer=conditional_layer, use_complex_transposed_convolution=use_complex_transposed_convolution,
         )
         self.vlsm.clip.requires_grad_(False)
+        self._init_card = self._load_decoder(init_decoder_from) if init_decoder_from else None
         self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
         self.bce = smp.losses.SoftBCEWithLogitsLoss()
         self.tokenizer = open_clip.get_tokenizer(clip_model)
@@ -161,6 +167,18 @@ class VLSMPretraining(pl.LightningModule):
         self.samples_seen = 0
         self.last_eval: dict = {}
         self._text_cache: dict[bytes, torch.Tensor] = {}  # frozen text tower: one feature per distinct phrase
+
+    def _load_decoder(self, folder: str) -> dict:
+        from safetensors.torch import load_file
+
+        path = Path(folder) / "model.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"init_decoder_from={folder!r} has no model.safetensors; pass a folder exported by this pretraining")
+        state = {k.removeprefix("decoder."): v.float() for k, v in load_file(str(path)).items() if k.startswith("decoder.")}
+        self.vlsm.decoder.load_state_dict(state, strict=True)  # a different decoder config fails here, before training
+        card = Path(str(Path(folder)) + ".card.json")
+        return {"folder": str(folder), "model_sha256": sha256_file(path),
+                "card": json.loads(card.read_text()) if card.is_file() else None}
 
     def on_fit_start(self) -> None:
         self._device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device)
@@ -260,6 +278,7 @@ class VLSMPretraining(pl.LightningModule):
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "hparams": dict(self.hparams),
+            "continued_from": self._init_card,
             "final_heldout_dice": self.run_eval(samples=self.hparams.final_eval_samples, log_metrics=False),
         }
         atomic_write_text(folder.parent / f"{folder.name}.card.json", json.dumps(card, indent=2) + "\n")
