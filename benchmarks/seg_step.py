@@ -10,6 +10,7 @@ the ratios (``x coop``). Backbones:
 * ``toy``: the embedded toy VLSM (``ToyVLSM()``) when its folder is shipped, otherwise the tiny random test
   VLSM (``vlprompt.testing.tiny_vlsm()``), named in the output;
 * ``tiny``: the tiny random test VLSM (64 px);
+* ``folder``: any CLIPSeg folder given with ``--folder`` (e.g. a toy VLSM folder not shipped yet);
 * ``clipseg``: a random CLIPSeg of the published size (``CIDAS/clipseg-rd64-refined``'s architecture: ViT-B/16,
   text 512 x 12, D 512, reduce_dim 64, extract layers 3/6/9, refined transposed convolution) at 352 px, saved
   once into a temp folder and loaded through the same adapter.
@@ -79,6 +80,10 @@ def _backbone(name: str, folder: str | None, precision: str):
         from vlprompt.backbones.clipseg import CLIPSegBackbone
 
         return CLIPSegBackbone(folder, precision=precision), "random CLIPSeg rd64-refined size, 352 px"
+    if name == "folder":
+        from vlprompt.backbones.clipseg import CLIPSegBackbone
+
+        return CLIPSegBackbone(folder, precision=precision), f"CLIPSeg folder {folder}"
     if name == "toy":
         from vlprompt.backbones.clipseg import TOY_VLSM_FOLDER, ToyVLSM
 
@@ -162,7 +167,8 @@ def one(spec: dict, steps: int, threads: int | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbones", nargs="+", default=["toy", "clipseg"], choices=["toy", "tiny", "clipseg"])
+    parser.add_argument("--backbones", nargs="+", default=["toy", "clipseg"], choices=["toy", "tiny", "clipseg", "folder"])
+    parser.add_argument("--folder", default=None, help="CLIPSeg folder for --backbones folder")
     parser.add_argument("--learners", nargs="+", default=None, help="row names' learners to run (default: all registered)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="timed steps (median printed) after one warm-up step")
@@ -185,7 +191,9 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="vlprompt-seg-step-") as tmp:
         for backbone in args.backbones:
-            folder = None
+            folder = args.folder if backbone == "folder" else None
+            if backbone == "folder" and not folder:
+                parser.error("--backbones folder needs --folder PATH")
             if backbone == "clipseg":
                 from vlprompt.testing import save_random_clipseg
 

@@ -302,7 +302,7 @@ def test_folder_errors(tmp_path) -> None:
     # an (almost) empty tokenizer, as CLIPTokenizer.from_pretrained can return offline: refused
     (bad / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1}))
     (bad / "merges.txt").write_text("#version: 0.2\n")
-    with pytest.raises(BackboneError, match=r"has [23] tokens but the model's text vocabulary has 49408"):
+    with pytest.raises(BackboneError, match=r"has [23] token ids \(largest [12]\) but the model's text vocabulary has 49408"):
         CLIPSegBackbone(str(bad))
     write_clip_tokenizer(bad)
     assert CLIPSegBackbone(str(bad)).tokenize(["a"]).shape == (1, 32)

@@ -37,6 +37,10 @@ Deliberate differences from TuneVLSeg:
 * Images come in ``[0, 1]`` at ``preprocess.image_size`` and are normalised here (the folder's
   ``preprocessor_config.json``; without one CLIPSeg's processor values: 352 px, ImageNet mean/std, bilinear).
   TuneVLSeg resizes with cv2 bicubic to 352 and normalises with the same mean/std.
+* :meth:`decode_masks` resizes the logits bilinearly when an ``output_size`` other than the decoder's output
+  (= the input size for the published model) is asked for; TuneVLSeg only reshapes.
+* Inside one :meth:`record_activations` context only the first :meth:`encode_image` call is recorded (the
+  learner's own prompted encoding; PromptSRC's later frozen encoding is counted, not decoded).
 """
 
 from __future__ import annotations
@@ -184,10 +188,12 @@ def _load_tokenizer(folder: Path, vocab_size: int):
         tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - rewrap with the folder and the fix
         raise BackboneError(f"could not load the tokenizer of {str(folder)!r}: {exc}") from exc
-    if len(tok) != vocab_size:
+    ids = set(tok.get_vocab().values())
+    if len(ids) != vocab_size or max(ids, default=-1) >= vocab_size:  # an added token may share an id (a pad at 0)
         raise BackboneError(
-            f"the tokenizer loaded from {str(folder)!r} has {len(tok)} tokens but the model's text vocabulary has "
-            f"{vocab_size} (config.json text_config.vocab_size). An offline CLIPTokenizer.from_pretrained can silently "
+            f"the tokenizer loaded from {str(folder)!r} has {len(ids)} token ids (largest {max(ids, default=-1)}) but "
+            f"the model's text vocabulary has {vocab_size} (config.json text_config.vocab_size). An offline "
+            "CLIPTokenizer.from_pretrained can silently "
             "return an almost empty tokenizer; refusing to tokenise with it. Save the processor's tokenizer files into "
             "the folder, or run `python -c \"from vlprompt.backbones.clipseg import write_clip_tokenizer; "
             f"write_clip_tokenizer('{folder}')\"` (CLIP's BPE vocabulary, 49408 tokens)."
