@@ -63,3 +63,33 @@ def encode_conditioned_prompts(
         else:
             feats.append(_encode_rows(backbone, prompts, ctx_rows, classes))
     return torch.cat(feats).view(batch, n_cls, -1)
+
+
+def encode_paired_prompts(
+    backbone: VLBackbone,
+    prompts: ClassPrompts,
+    ctx: torch.Tensor,
+    classes: torch.Tensor,
+    *,
+    chunk_size: int,
+    recompute: bool = False,
+) -> torch.Tensor:
+    """Text features ``[B, D]`` of one prompt per image: ``[SOS] ctx[b] [CLASS classes[b]] . [EOS]`` for per-image
+    contexts ``ctx [B, n, Wt]`` and class indices ``classes [B]`` into ``prompts``.
+
+    Row ``b`` equals row ``(b, classes[b])`` of :func:`encode_conditioned_prompts` but only ``B`` prompts are
+    encoded, not ``B x C`` (segmentation conditions each image's mask on its own prompt).
+    """
+    check_chunk_size(chunk_size)
+    if prompts.position != "end":
+        raise ValueError(f"conditioned prompts put the class token at the end, not {prompts.position!r}")
+    if classes.shape != ctx.shape[:1]:
+        raise ValueError(f"expected one class index per context, got {tuple(classes.shape)} for {tuple(ctx.shape)}")
+    classes = classes.to(device=ctx.device)
+    feats = []
+    for rows in torch.arange(ctx.shape[0], device=ctx.device).split(chunk_size):
+        if recompute and torch.is_grad_enabled():
+            feats.append(_checkpoint(_encode_rows, backbone, prompts, ctx[rows], classes[rows], use_reentrant=False))
+        else:
+            feats.append(_encode_rows(backbone, prompts, ctx[rows], classes[rows]))
+    return torch.cat(feats)

@@ -209,10 +209,66 @@ def build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
         _OVERRIDDEN.clear()
 
 
+def _data_class_path(argv: list[str]) -> str | None:
+    """The ``data`` class path the arguments select (last ``--config`` file or ``--data`` flag wins), or None."""
+    found: str | None = None
+
+    def from_value(value: Any) -> str | None:
+        if isinstance(value, dict):
+            cp = value.get("class_path")
+            return cp if isinstance(cp, str) else None
+        return value if isinstance(value, str) and value and not value.startswith(("{", "[")) else None
+
+    for i, arg in enumerate(argv):
+        value: Any = None
+        if arg == "--config" and i + 1 < len(argv) or arg.startswith("--config="):
+            path = argv[i + 1] if arg == "--config" else arg.split("=", 1)[1]
+            try:
+                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError, UnicodeDecodeError):
+                continue
+            value = from_value(loaded.get("data")) if isinstance(loaded, dict) else None
+        elif arg in ("--data", "--data.class_path") and i + 1 < len(argv):
+            raw = argv[i + 1]
+            value = from_value(yaml.safe_load(raw) if raw.startswith("{") else raw)
+        elif arg.startswith(("--data=", "--data.class_path=")):
+            value = from_value(arg.split("=", 1)[1])
+        if value:
+            found = value
+    return found
+
+
+def host_classes(argv: list[str]) -> tuple[type, type]:
+    """(Lightning module class, data module base class) for the protocol the arguments select.
+
+    A protocol names its host module with a ``host_module`` import path (e.g. the segmentation protocol's
+    :class:`~vlprompt.modules.segmentation.PromptSegmenter`); protocols without one (classification) are hosted
+    by :class:`PromptClassifier`. Generic: no protocol or module is named here but the classification default.
+    """
+    import importlib
+
+    path = _data_class_path(argv)
+    if path and "." not in path:
+        path = registry.resolve_class_path(path, group="protocols") or path
+    if not path or "." not in path:
+        return PromptClassifier, ClassificationProtocol
+    try:
+        module, name = path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return PromptClassifier, ClassificationProtocol  # the parser reports the bad class path
+    host = getattr(cls, "host_module", None)
+    if not isinstance(host, str) or not isinstance(cls, type):
+        return PromptClassifier, ClassificationProtocol
+    module, name = host.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name), cls
+
+
 def _build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
+    model_class, data_class = host_classes(argv)
     return VlpromptCLI(
-        PromptClassifier,
-        ClassificationProtocol,
+        model_class,
+        data_class,
         subclass_mode_data=True,
         run=False,
         args=argv,
@@ -387,6 +443,10 @@ def _preflight(cfg: Any, data: Any, results_dir: str) -> None:
     from vlprompt.data.check import preflight_images
 
     check_writable(results_dir, "results_dir", ConfigError)
+    own = getattr(data, "preflight", None)
+    if callable(own):  # a protocol with its own checks (e.g. segmentation)
+        own(full=cfg.check_images == "full", progress=_progress_enabled(cfg))
+        return
     if cfg.check_images != "none":
         spaces = list((data.task or {}).get("label_spaces", {}))
         sources = {id(data.dataset): data.dataset}
@@ -558,6 +618,9 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     trainer.test(model, datamodule=data, verbose=False)
                     results = _eval_results(model, trainer, "test")
                 row["metrics"] = _metrics(results)
+                report = getattr(model, "seed_report", None)
+                if callable(report):  # module-specific extras (e.g. kept epoch, overlay PNGs) in the seed folder
+                    row.update(report(run.seed_dir(seed)))
                 end_seed_logging(trainer, row["metrics"])
                 row["wall_seconds"] = round(time.time() - t0, 2)
                 run.save_seed(seed, row)
@@ -612,7 +675,13 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
             result["resumed"] = True
         artifacts = {f"seed{r['seed']}/prompts": {"path": r["prompts"], "sha256": r.get("prompts_sha256")}
                      for r in per_seed if r.get("prompts")}
+        for r in per_seed:
+            for name, p in (r.get("artifacts") or {}).items():
+                artifacts[f"seed{r['seed']}/{name}"] = {"path": p, "sha256": _sha256(p) if Path(p).is_file() else None}
         result["artifacts"] = artifacts
+        fields = getattr(model, "result_fields", None)
+        if callable(fields):
+            result.update(fields())
         if evaluated is not None:
             result["evaluated_checkpoint"] = evaluated
         path = write_result(result, cfg.results_dir)

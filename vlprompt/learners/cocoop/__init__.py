@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.conditional import check_chunk_size, encode_conditioned_prompts
+from vlprompt.conditional import check_chunk_size, encode_conditioned_prompts, encode_paired_prompts
 from vlprompt.layers import ClassPrompts, context_from_words, cosine_logits, random_context
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.reference_import import import_context_state
@@ -122,6 +122,13 @@ class CoCoOp(PromptLearner):
             self.backbone, self.prompts, ctx, chunk_size=self.chunk_size, recompute=self.recompute and self.training
         )
         return cosine_logits(image_features, texts, self.backbone.logit_scale)
+
+    def paired_text_features(self, image_features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Text feature ``[B, D]`` of each image's own prompt ``t_{index[b]}(x_b)`` (eq. 1), for segmentation:
+        only the ``B`` needed prompts are encoded (row ``b`` equals ``logits``' prompt ``(b, index[b])``)."""
+        ctx = self.conditioned_context(image_features)
+        return encode_paired_prompts(self.backbone, self.prompts, ctx, index, chunk_size=self.chunk_size,
+                                     recompute=self.recompute and self.training)
 
     def import_reference_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The reference's ``prompt_learner`` state: ``ctx``, ``meta_net.linear{1,2}.{weight,bias}`` (kept under

@@ -54,6 +54,10 @@ class ConES(PromptLearner):
     """
 
     family = "text"
+    #: classification only: concept embeddings are searched per training class name, whereas segmentation
+    #: prompts are free phrases that change per image (and per epoch with prompt_index -1), so a segmentation
+    #: run would search embeddings for placeholder names and train nothing that its test prompts use.
+    tasks = ("classification",)
 
     def __init__(
         self,

@@ -50,12 +50,17 @@ def load_concepts(path: str | Path, classnames: list[str]) -> torch.Tensor:
 class ConESPromptTuning(CoOp):
     """CoOp whose context is first fitted to reproduce ConES concept embeddings.
 
+    Classification only (``tasks``): its targets are ConES's per-class concept embeddings (segmentation prompts
+    are free phrases, see :class:`~vlprompt.learners.cones.ConES`); plain ``coop`` serves segmentation.
+
     Args (besides CoOp's ``n_ctx``, ``ctx_init``, ``class_token_position``, ``init_std``; unified context only):
         concepts_from: a ConES ``prompts.safetensors``; ``None`` = zero-shot features of ``template``.
         template: template of the zero-shot targets when ``concepts_from`` is ``None``.
         fit_steps: Adam steps of the fit (0 = no fit).
         fit_lr: Adam learning rate of the fit.
     """
+
+    tasks = ("classification",)
 
     def __init__(
         self,

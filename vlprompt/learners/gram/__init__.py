@@ -47,6 +47,9 @@ class GRAM(WrappedLearner):
     """
 
     family = "meta-learned"
+    #: classification only: the meta-learned prompt initialisation and gradient regulator are learned on
+    #: image-text classification episodes (vlprompt.meta) and have not been meta-learned for a mask decoder.
+    tasks = ("classification",)
 
     def __init__(
         self,

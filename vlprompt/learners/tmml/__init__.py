@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import ClassPrompts, context_from_words, random_context, template_features, text_features
+from vlprompt.conditional import encode_paired_prompts
+from vlprompt.layers import TEXT_CHUNK, ClassPrompts, context_from_words, random_context, template_features, text_features
 from vlprompt.learners.base import LearnerError, PromptLearner
 
 
@@ -171,6 +172,23 @@ class TMML(PromptLearner):
         )
         self._last = (image, text) if self.training else None
         return logits
+
+    def paired_text_features(self, image_features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """CTP text feature ``[B, D]`` of each image's own prompt ``w_{index[b]}(x_b)``, for segmentation: only the
+        ``B`` needed prompts are encoded (row ``b`` equals :meth:`prompted_text_features` ``[b, index[b]]``).
+        ``image_features`` is :meth:`encode_images`' ``[B, 1 + HW, D]``. TFT and the contrastive loss tune the
+        image feature of the classifier and do not enter the mask decoder, which reads the image encoder's
+        activations."""
+        if image_features.dim() != 3:
+            raise LearnerError(
+                f"TMML needs pooled features and patch tokens [B, 1+HW, D] from its encode_images(), got shape "
+                f"{tuple(image_features.shape)}"
+            )
+        index = index.to(device=image_features.device)
+        queries = self.class_queries[index].unsqueeze(1)  # [B, 1, D]
+        related = attend(queries, image_features[:, 1:], self.attn_temperature)[:, 0]  # [B, D]
+        ctx = self.ctx.unsqueeze(0) + self.meta_net(related).unsqueeze(1)  # [B, M, Wt]
+        return encode_paired_prompts(self.backbone, self.prompts, ctx, index, chunk_size=TEXT_CHUNK)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, targets)

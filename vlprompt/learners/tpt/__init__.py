@@ -55,6 +55,9 @@ class TPT(WrappedLearner, TestTimeMethod):
     """
 
     family = "test-time"
+    #: classification only: the test-time objective is the marginal entropy of class logits over augmented views,
+    #: which has no counterpart for a mask decoder (TuneVLSeg has no test-time strategy). DiffTPT inherits this.
+    tasks = ("classification",)
     #: ``vlprompt fit`` trains the wrapped learner's prompts as that learner would (e.g. CoOp); the
     #: per-image tuning itself runs only under ``vlprompt tta``
     trainable = True

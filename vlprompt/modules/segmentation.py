@@ -1,0 +1,287 @@
+"""One generic Lightning module for prompt-learned segmentation on a VLSM: backbone and learner injected.
+
+The same learner plugins as classification serve segmentation (TuneVLSeg, Adhikari et al. ACCV 2024): the
+prompts of a batch play the role of class names, the learner encodes the images (inserting its visual prompts,
+if any) while the backbone records what its mask decoder reads, the learner gives the text feature of each
+image's own prompt, and the backbone decodes mask logits from both:
+
+    learner.set_classnames(unique prompts of the batch)
+    with backbone.record_activations() as rec:
+        feats = learner.encode_images(images)
+    text = learner.paired_text_features(feats, prompt_index)      # [B, D]
+    logits = backbone.decode_masks(rec, text)                      # [B, H, W]
+    loss = dice + 0.2 * bce                                        # vlprompt.seg_metrics
+
+Loop-level choices follow the reference (naamiinepal/tunevlseg ``ImageTextMaskModule`` and its configs):
+AdamW lr 2e-4, ReduceLROnPlateau(mode=min, factor=0.2, patience=5) on the validation loss each epoch, and the
+learned tensors of the epoch with the best validation Dice are kept (the reference tests its best-``val_dice``
+checkpoint; ties keep the earlier epoch, as Lightning's ModelCheckpoint). Deliberate differences:
+
+- weight decay (default 0.01) applies only to Linear/Conv weights (:func:`~vlprompt.seg_metrics.weight_decay_groups`).
+  The reference's default config sets ``weight_decay: 0.0``, which makes it call ``AdamW(all parameters)``
+  with AdamW's own default decay 0.01 on every tensor, prompts included; its hyper-parameter search uses the
+  split groups. Here the split groups are always used;
+- the learner's own :meth:`~vlprompt.learners.base.PromptLearner.loss` (cross-entropy plus regularisers such
+  as KgCoOp's or PromptSRC's) is a classification loss over class logits and is not used: segmentation trains
+  on Dice + BCE only, as every TuneVLSeg strategy does. The learner's epoch-end, fit-end and gradient hooks
+  do run; at fit end the best-validation-Dice tensors replace whatever the fit-end hook left;
+- no early stopping (the reference stops after 12 epochs without a 1e-4 decrease of the validation loss).
+
+Checkpoints hold only the learner's tensors (and the best epoch's copy), never the frozen backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+
+from vlprompt.backbones.base import VLBackbone
+from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.modules.classification import apply_lr_scales
+from vlprompt.seg_metrics import SegmentationScores, dice_bce_loss, weight_decay_groups
+
+log = logging.getLogger(__name__)
+
+#: the class names a learner is built with on the segmentation track (prompts then change per batch)
+SETUP_PROMPTS = ("object",)
+
+
+def require_learner_task(learner: PromptLearner, task: str) -> None:
+    """Raise :class:`LearnerError` if ``learner`` does not declare ``task`` in its ``tasks``."""
+    tasks = tuple(getattr(learner, "tasks", ()))
+    if task not in tasks:
+        raise LearnerError(
+            f"learner {type(learner).__name__} serves {list(tasks)}, not {task!r} (its class declares `tasks`). "
+            f"Pick a learner that serves {task} (e.g. coop, cocoop, vpt, maple) or run it on the other track."
+        )
+
+
+class PromptSegmenter(pl.LightningModule):
+    """Frozen VLSM + prompt learner, trained with Dice + BCE on (image, prompt, mask) batches.
+
+    Args:
+        backbone: a backbone serving ``segmentation`` (``class_path: clipseg`` / the embedded toy VLSM).
+        learner: a prompt learner whose ``tasks`` include ``segmentation``.
+        lr: AdamW learning rate (TuneVLSeg: 2e-4); learner groups with ``lr_scale`` / ``lr`` keep them.
+        weight_decay: AdamW weight decay of Linear/Conv weights (biases, norms, embeddings, prompts: none).
+        lambda_dice / lambda_ce: weights of the Dice and BCE terms (TuneVLSeg: 1 and 0.2).
+        threshold: probability threshold of the metrics (0.5).
+        plateau_factor / plateau_patience: ReduceLROnPlateau on the validation loss (0.2, 5 epochs).
+        keep_best: keep the learned tensors of the best-validation-Dice epoch (TuneVLSeg); ``false`` keeps the last.
+        overlays: test images per seed drawn as overlay PNGs (image, ground truth, prediction) in the run folder.
+        task: evaluation sets; linked from the data module by ``vlprompt fit``.
+    """
+
+    def __init__(
+        self,
+        backbone: VLBackbone,
+        learner: PromptLearner,
+        *,
+        lr: float = 2e-4,
+        weight_decay: float = 0.01,
+        lambda_dice: float = 1.0,
+        lambda_ce: float = 0.2,
+        threshold: float = 0.5,
+        plateau_factor: float = 0.2,
+        plateau_patience: int = 5,
+        keep_best: bool = True,
+        overlays: int = 4,
+        task: dict | None = None,
+    ) -> None:
+        super().__init__()
+        backbone.require_task("segmentation", f"the segmentation module (learner {type(learner).__name__})")
+        require_learner_task(learner, "segmentation")
+        if not learner.transfers_to_new_classes:
+            raise LearnerError(
+                f"{type(learner).__name__} is configured with parameters tied to fixed class names (e.g. class-specific "
+                "context), but segmentation prompts change from batch to batch. Use a class-agnostic configuration "
+                "(for CoOp: class_specific: false)."
+            )
+        if lr <= 0 or weight_decay < 0 or overlays < 0:
+            raise ValueError(f"lr={lr} must be > 0, weight_decay={weight_decay} and overlays={overlays} >= 0")
+        self.backbone = backbone
+        self.learner = learner
+        self.lr, self.weight_decay = lr, weight_decay
+        self.lambda_dice, self.lambda_ce = lambda_dice, lambda_ce
+        self.threshold = threshold
+        self.plateau_factor, self.plateau_patience = plateau_factor, plateau_patience
+        self.keep_best = keep_best
+        self.n_overlays = overlays
+        self.task = task or {}
+        self.strict_loading = False  # checkpoints carry only the learner
+        self.scores = SegmentationScores(threshold=threshold)
+        self.eval_results: dict[str, dict[str, float]] = {}
+        self.best: dict[str, Any] = {"dice": None, "epoch": None, "state": None}
+        self.overlay_samples: list[dict[str, Any]] = []
+        self._prompts: list[str] | None = None
+        self._loss_sum, self._loss_n = 0.0, 0
+        self.learner.setup(self.backbone, list(self.task.get("setup_prompts") or SETUP_PROMPTS))
+
+    # ------------------------------------------------------------------ the segmentation step
+    def _use_prompts(self, prompts: list[str]) -> None:
+        if prompts != self._prompts:
+            self.learner.set_classnames(prompts)
+            self._prompts = prompts
+
+    def mask_logits(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Mask logits ``[B, H, W]`` of images ``[B, 3, H, W]`` (in ``[0, 1]``), each with its own prompt."""
+        unique = list(dict.fromkeys(prompts))
+        self._use_prompts(unique)
+        index = torch.tensor([unique.index(p) for p in prompts], device=images.device)
+        with self.backbone.record_activations() as record:
+            feats = self.learner.encode_images(images)
+        text = self.learner.paired_text_features(feats, index)
+        return self.backbone.decode_masks(record, text, output_size=tuple(images.shape[-2:]))
+
+    def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self.mask_logits(images, prompts)
+
+    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        masks = batch["mask"]
+        masks = masks[:, 0] if masks.dim() == 4 else masks
+        logits = self.mask_logits(batch["image"], list(batch["prompt"]))
+        if logits.shape[-2:] != masks.shape[-2:]:
+            raise RuntimeError(f"the backbone decoded masks of size {tuple(logits.shape[-2:])} for ground-truth masks "
+                               f"of size {tuple(masks.shape[-2:])}")
+        loss = dice_bce_loss(logits, masks, lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce)
+        return logits, masks, loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        logits, masks, loss = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=masks.shape[0])
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        """Tell the training set the epoch (per-epoch random prompts with ``prompt_index: -1``)."""
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        set_epoch = getattr(dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(int(self.current_epoch))
+
+    def on_train_epoch_end(self) -> None:
+        self.learner.on_train_epoch_end(int(self.current_epoch), max(1, int(self.trainer.max_epochs or 1)))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Let the learner transform its own gradients (generic hook; default no-op)."""
+        self.learner.transform_gradients()
+
+    def on_fit_end(self) -> None:
+        self.learner.on_fit_end()
+        if self.keep_best and self.best["state"] is not None:
+            self.learner.set_learned_state(self.best["state"])
+            log.info("kept the learned prompts of epoch %d (best validation Dice %.2f)", self.best["epoch"] + 1,
+                     self.best["dice"])
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_start(self) -> None:
+        self.scores.reset()
+        self._loss_sum, self._loss_n = 0.0, 0
+
+    def _eval_step(self, batch, *, keep_overlays: bool) -> None:
+        logits, masks, loss = self._step(batch)
+        self.scores.update(logits, masks)
+        self._loss_sum += float(loss) * masks.shape[0]
+        self._loss_n += int(masks.shape[0])
+        room = self.n_overlays - len(self.overlay_samples)
+        if keep_overlays and room > 0:
+            for i in range(min(room, masks.shape[0])):
+                self.overlay_samples.append({
+                    "image": batch["image"][i].detach().float().cpu(), "mask": masks[i].detach().float().cpu(),
+                    "prob": torch.sigmoid(logits[i].detach().float()).cpu(), "prompt": str(batch["prompt"][i]),
+                    "name": str(batch["name"][i]) if "name" in batch else str(len(self.overlay_samples)),
+                })
+
+    def _eval_end(self, stage: str) -> dict[str, float]:
+        results = self.scores.compute()
+        results["loss"] = self._loss_sum / max(1, self._loss_n)
+        self.eval_results[stage] = {"dice": results["dice"], "iou": results["iou"]}
+        for k, v in results.items():
+            self.log(f"{stage}/{k}", v)
+        self._prompts = None
+        return results
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, keep_overlays=False)
+
+    def on_validation_epoch_end(self) -> None:
+        results = self._eval_end("val")
+        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
+            dice = results["dice"]
+            if self.best["dice"] is None or dice > self.best["dice"]:
+                state = {k: v.clone() for k, v in self.learner.learned_state().items()}
+                self.best = {"dice": dice, "epoch": int(self.current_epoch), "state": state}
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+        self.overlay_samples = []
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, keep_overlays=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+        self._log_masks_to_wandb()
+
+    def _log_masks_to_wandb(self) -> None:
+        """With a W&B logger (``configs/trainer/wandb.yaml``), log the overlay samples as W&B mask layers."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in (self.loggers or []) if isinstance(lg, WandbLogger)]
+        if not loggers or not self.overlay_samples:
+            return
+        from vlprompt.overlays import wandb_mask_images
+
+        images = wandb_mask_images(self.overlay_samples, threshold=self.threshold)
+        for lg in loggers:
+            lg.experiment.log({"test/masks": images})
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        groups = [g for g in self.learner.optimizer_groups() if g["params"]]
+        if not groups:
+            raise RuntimeError(f"{type(self.learner).__name__} has no trainable parameters: evaluate it with `vlprompt test`")
+        opt = torch.optim.AdamW(weight_decay_groups(self.learner, groups, self.weight_decay), lr=self.lr)
+        apply_lr_scales(opt)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=self.plateau_factor, patience=self.plateau_patience)
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch", "frequency": 1}}
+
+    # ------------------------------------------------------------------ checkpoints: learner only
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.")}
+        checkpoint["vlprompt"] = {"backbone": self.backbone.info.to_dict(), "classnames": self.learner.train_classnames}
+        checkpoint["vlprompt_best"] = dict(self.best)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        best = checkpoint.get("vlprompt_best")
+        if isinstance(best, dict):
+            self.best = dict(best)
+
+    # ------------------------------------------------------------------ what the run records
+    def result_fields(self) -> dict[str, Any]:
+        """Fields added to the result JSON: how the saved prompts were chosen."""
+        if not self.learner.trainable:
+            return {}
+        return {"checkpoint_selection": "best validation Dice epoch (TuneVLSeg)" if self.keep_best else "last epoch"}
+
+    def seed_report(self, seed_dir: Path) -> dict[str, Any]:
+        """Per-seed extras: the kept epoch and the overlay PNGs written into ``seed_dir`` (``artifacts``)."""
+        from vlprompt.overlays import save_overlays
+
+        out: dict[str, Any] = {}
+        if self.keep_best and self.best["epoch"] is not None:
+            out["selected_epoch"] = int(self.best["epoch"]) + 1
+            out["selected_val_dice"] = round(float(self.best["dice"]), 4)
+        if self.overlay_samples:
+            paths = save_overlays(self.overlay_samples, Path(seed_dir) / "overlays", threshold=self.threshold)
+            out["artifacts"] = {f"overlay{i}": str(p) for i, p in enumerate(paths)}
+        return out

@@ -1,0 +1,158 @@
+"""Loss, metrics and optimiser groups of the segmentation track, as pure functions (TuneVLSeg protocol).
+
+Reference: TuneVLSeg (Adhikari et al., ACCV 2024), naamiinepal/tunevlseg ``src/models/image_text_mask_module.py``
+and ``configs/model/*/clipseg.yaml``. Facts carried over:
+
+- loss ``lambda_dice * Dice + lambda_ce * BCE`` on the mask logits with ``lambda_dice = 1``, ``lambda_ce = 0.2``
+  (MONAI ``DiceCELoss(sigmoid=True)``: soft Dice per sample with smoothing 1e-5 in numerator and denominator,
+  averaged over samples, plus ``BCEWithLogits`` averaged over pixels). Here the two terms come from
+  segmentation-models-pytorch (``DiceLoss`` from logits, ``SoftBCEWithLogitsLoss``), arranged so that the Dice
+  term is per sample with the same smoothing. **Deliberate difference**: on a sample whose ground truth is empty,
+  smp sets the Dice term to 0 (MONAI's is ``1 - 1e-5 / (sum(sigmoid) + 1e-5)``); the BCE term still penalises
+  false positives there. It changes nothing on datasets without empty masks (toy, Kvasir-SEG).
+- metrics: Dice of the masks thresholded at 0.5, per sample, averaged over the samples of the evaluated split,
+  with ``zero_division = 1`` (an empty prediction of an empty mask scores 1), as the reference's
+  ``torchmetrics.Dice(average="samples", threshold=0.5, zero_division=1)``; IoU is the reference's
+  ``JaccardIndex(task="binary", threshold=0.5, zero_division=1)``: one confusion matrix accumulated over all
+  pixels of the split (dataset-level IoU, not a per-sample mean). Both come from torchmetrics
+  (``dice_score`` samplewise, ``BinaryJaccardIndex``); reported in percent.
+- weight decay: only weights of ``Linear``/``Conv`` layers (and tensors named ``*proj_weight``) decay; biases,
+  norms, embeddings and raw prompt vectors do not (the reference's ``get_optim_groups``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss
+from torch import nn
+from torchmetrics.classification import BinaryJaccardIndex
+from torchmetrics.functional.segmentation import dice_score
+
+# torchmetrics warns about its default `average` even when it is given explicitly (as here: micro per sample)
+warnings.filterwarnings("ignore", message=r"dice_score metric currently defaults to `average=micro`")
+
+#: MONAI DiceLoss's default smooth_nr = smooth_dr (the reference's Dice smoothing)
+DICE_SMOOTH = 1e-5
+
+_DICE = DiceLoss(mode="multilabel", from_logits=True, smooth=DICE_SMOOTH)
+_BCE = SoftBCEWithLogitsLoss()
+
+
+def _check(logits: torch.Tensor, masks: torch.Tensor) -> None:
+    if logits.dim() != 3 or logits.shape != masks.shape:
+        raise ValueError(f"expected mask logits and masks of the same shape [B, H, W], got {tuple(logits.shape)} "
+                         f"and {tuple(masks.shape)}")
+
+
+def dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Soft Dice loss averaged over samples: ``mean_b (1 - (2 sum(p m) + s) / (sum p + sum m + s))`` with
+    ``p = sigmoid(logits)``, ``s = 1e-5``; 0 for a sample with an empty mask (smp). ``logits``/``masks``
+    ``[B, H, W]`` (masks float in ``{0, 1}``) -> scalar.
+
+    smp's multilabel Dice reduces over dims (0, 2) of ``[N, C, P]``; viewing the batch as ``C`` channels of one
+    item (``[1, B, H*W]``) makes it a per-sample Dice.
+    """
+    _check(logits, masks)
+    b = logits.shape[0]
+    return _DICE(logits.reshape(1, b, -1), masks.reshape(1, b, -1).to(logits.dtype))
+
+
+def bce_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy from logits, averaged over all pixels: ``[B, H, W]`` x2 -> scalar (smp)."""
+    _check(logits, masks)
+    return _BCE(logits, masks.to(logits.dtype))
+
+
+def dice_bce_loss(
+    logits: torch.Tensor, masks: torch.Tensor, *, lambda_dice: float = 1.0, lambda_ce: float = 0.2
+) -> torch.Tensor:
+    """TuneVLSeg's training loss ``lambda_dice * dice_loss + lambda_ce * bce_loss`` (defaults 1 and 0.2).
+
+    ``logits [B, H, W]`` mask logits, ``masks [B, H, W]`` float in ``{0, 1}`` -> scalar.
+    """
+    return lambda_dice * dice_loss(logits, masks) + lambda_ce * bce_loss(logits, masks)
+
+
+def dice_per_sample(logits: torch.Tensor, masks: torch.Tensor, *, threshold: float = 0.5) -> torch.Tensor:
+    """Dice ``[B]`` (in ``[0, 1]``) of ``sigmoid(logits) >= threshold`` against ``masks``, one per sample;
+    1 where both prediction and mask are empty (the reference's ``zero_division = 1``).
+
+    ``logits`` and ``masks`` ``[B, H, W]``. torchmetrics ``dice_score`` (samplewise, one foreground class).
+    """
+    _check(logits, masks)
+    preds = (torch.sigmoid(logits.float()) >= threshold).long().unsqueeze(1)
+    target = (masks > 0.5).long().unsqueeze(1)
+    scores = dice_score(preds, target, num_classes=1, average="micro", aggregation_level="samplewise",
+                        input_format="one-hot")
+    return torch.nan_to_num(scores.reshape(-1).float(), nan=1.0)
+
+
+def binary_iou(logits: torch.Tensor, masks: torch.Tensor, *, threshold: float = 0.5) -> torch.Tensor:
+    """Dataset-level IoU (scalar in ``[0, 1]``) of ``sigmoid(logits) > threshold``: intersection over union of all
+    pixels of all samples (``[B, H, W]`` x2); 1 when both are empty. torchmetrics ``BinaryJaccardIndex``."""
+    _check(logits, masks)
+    metric = BinaryJaccardIndex(threshold=threshold, zero_division=1.0).to(logits.device)
+    return metric(torch.sigmoid(logits.float()), (masks > 0.5).long())
+
+
+class SegmentationScores(nn.Module):
+    """Streaming Dice (mean over samples) and IoU (dataset-level) over batches; equals
+    ``dice_per_sample(all).mean()`` and ``binary_iou(all)`` on the concatenated split (tested)."""
+
+    def __init__(self, *, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.iou = BinaryJaccardIndex(threshold=threshold, zero_division=1.0)
+        self.reset()
+
+    def reset(self) -> None:
+        self.dice_sum = 0.0
+        self.count = 0
+        self.iou.reset()
+
+    def update(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Add a batch (``[B, H, W]`` x2); returns its per-sample Dice ``[B]``."""
+        dice = dice_per_sample(logits, masks, threshold=self.threshold)
+        self.dice_sum += float(dice.sum())
+        self.count += int(dice.numel())
+        self.iou.to(logits.device).update(torch.sigmoid(logits.detach().float()), (masks > 0.5).long())
+        return dice
+
+    def compute(self) -> dict[str, float]:
+        """``{"dice": %, "iou": %}`` (percent, as classification accuracies)."""
+        if self.count == 0:
+            raise ValueError("no samples were scored")
+        return {"dice": 100.0 * self.dice_sum / self.count, "iou": 100.0 * float(self.iou.compute())}
+
+
+def weight_decay_groups(
+    module: nn.Module, groups: Sequence[dict], weight_decay: float
+) -> list[dict]:
+    """Split each optimiser group (``{"params": [...], ...}``, e.g. from ``learner.optimizer_groups()``) of
+    ``module``'s parameters into a decayed and a non-decayed group (other keys such as ``lr`` kept).
+
+    Decayed: the ``weight`` of ``nn.Linear`` / convolution modules and tensors whose name ends in
+    ``proj_weight``; not decayed: everything else (biases, norm and embedding weights, prompt vectors), as the
+    reference's ``get_optim_groups``. Empty groups are dropped.
+    """
+    decay: set[int] = set()
+    for mod in module.modules():
+        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)) and getattr(mod, "weight", None) is not None:
+            decay.add(id(mod.weight))
+    for name, p in module.named_parameters():
+        if name.endswith("proj_weight"):
+            decay.add(id(p))
+    out = []
+    for group in groups:
+        rest = {k: v for k, v in group.items() if k != "params"}
+        params = list(group["params"])
+        yes = [p for p in params if id(p) in decay]
+        no = [p for p in params if id(p) not in decay]
+        if yes:
+            out.append({**rest, "params": yes, "weight_decay": weight_decay})
+        if no:
+            out.append({**rest, "params": no, "weight_decay": 0.0})
+    return out
