@@ -337,7 +337,8 @@ def test_segmentation_leaderboard_table(tmp_path: Path) -> None:
 def test_overlay_panels_and_wandb_masks() -> None:
     import numpy as np
 
-    from vlprompt.overlays import overlay_panels, wandb_mask_images
+    from vlprompt.overlays import overlay_panels
+    from vlprompt.wandb_logging import wandb_mask_images
 
     image = torch.zeros(3, 8, 8)
     mask = torch.zeros(8, 8)

@@ -237,7 +237,7 @@ class PromptSegmenter(pl.LightningModule):
         loggers = [lg for lg in (self.loggers or []) if isinstance(lg, WandbLogger)]
         if not loggers or not self.overlay_samples:
             return
-        from vlprompt.overlays import wandb_mask_images
+        from vlprompt.wandb_logging import wandb_mask_images
 
         images = wandb_mask_images(self.overlay_samples, threshold=self.threshold)
         for lg in loggers:
