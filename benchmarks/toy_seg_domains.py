@@ -23,13 +23,10 @@ log = logging.getLogger("toy_seg_domains")
 
 
 def _dice(logits: torch.Tensor, masks: torch.Tensor) -> float:
-    from torchmetrics.functional.segmentation import dice_score
+    """Mean per-sample Dice, the segmentation module's metric (:func:`vlprompt.seg_metrics.dice_per_sample`)."""
+    from vlprompt.seg_metrics import dice_per_sample
 
-    pred = (torch.sigmoid(logits) > 0.5).long()
-    target = masks.long()
-    scores = dice_score(pred[:, None], target[:, None], num_classes=1, include_background=True, average="micro",
-                        input_format="one-hot")
-    return float(scores.mean())
+    return float(dice_per_sample(logits, masks).mean())
 
 
 @torch.no_grad()
