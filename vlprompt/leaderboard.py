@@ -104,6 +104,8 @@ def _backbone_label(result: Mapping[str, Any]) -> str:
     """``model (pretrained tag or checkpoint file name)``."""
     bb = _backbone(result)
     model = str(bb.get("model") or bb.get("name") or "?")
+    if Path(model).is_absolute():  # a local folder recorded as the model name: its name is what identifies it
+        model = Path(model).name
     pretrained = bb.get("pretrained")
     if pretrained:
         return f"{model} ({Path(str(pretrained)).name})"

@@ -45,6 +45,8 @@ Deliberate differences from TuneVLSeg:
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import gzip
 import hashlib
@@ -316,7 +318,7 @@ class CLIPSegBackbone(VLBackbone):
         cfg_sha = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
         self.info = BackboneInfo(
             name=type(self).__name__,
-            model=str(cfg.get("_name_or_path") or getattr(config, "name_or_path", "") or "clipseg"),
+            model=_model_name(str(cfg.get("_name_or_path") or getattr(config, "name_or_path", "") or ""), folder),
             pretrained=str(pretrained),
             checkpoint_sha256=file_sha256(weights),
             precision=precision,
@@ -538,6 +540,16 @@ class ToyVLSM(CLIPSegBackbone):
 
     def __init__(self, pretrained: str = "embedded", *, precision: Precision = "fp32") -> None:
         super().__init__(str(embedded_folder()) if pretrained == "embedded" else pretrained, precision=precision)
+        if pretrained == "embedded":  # provenance names the shipped model, not this machine's install path
+            self.info = dataclasses.replace(self.info, pretrained="embedded")
+
+
+def _model_name(name_or_path: str, folder: Path) -> str:
+    """A portable model name for provenance: a hub name as is, a local path (what transformers records after
+    loading from a folder) as the folder's name."""
+    if not name_or_path or Path(name_or_path).is_absolute() or Path(name_or_path).exists():
+        return folder.name or "clipseg"
+    return name_or_path
 
 
 def _grid(tokens: int, image_size: tuple[int, int] | None, patch: int) -> tuple[int, int]:
