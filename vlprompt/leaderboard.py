@@ -118,6 +118,12 @@ def _weights_id(result: Mapping[str, Any]) -> str:
     return str(bb.get("checkpoint_sha256") or bb.get("pretrained") or "")
 
 
+def _shots_cell(result: Mapping[str, Any]) -> str:
+    """The shots column: the count, or ``all`` when the whole train split was used (``shots: null``)."""
+    shots = result.get("shots")
+    return "all" if shots is None else str(shots)
+
+
 def _shots_key(result: Mapping[str, Any]) -> tuple[int, str]:
     shots = result.get("shots")
     return (0, f"{shots:09d}") if isinstance(shots, int) else (1, str(shots))
@@ -323,7 +329,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
             s = r["summary"]
             n = s.get("n_seeds", len(r.get("per_seed", [])))
             table_rows.append(
-                [learner_label(r) + r.get("_mark", ""), _backbone_label(r), str(r.get("shots")), str(n)]
+                [learner_label(r) + r.get("_mark", ""), _backbone_label(r), _shots_cell(r), str(n)]
                 + [format_mean_std(s, k, missing="–") for k in metrics]
             )
         out += [f"## {dataset}", ""] + _table(["learner", "backbone", "shots", "seeds", *mheads], table_rows) + [""]
@@ -353,7 +359,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
             means["hm"] = harmonic_mean(means["base"], means["new"])
         cells = [f"{means[k]:.2f}" if k in means else "–" for k in metrics]
         first = group[0]
-        avg_rows.append([learner_label(first), _backbone_label(first), str(first.get("shots")), str(len(group)), *cells])
+        avg_rows.append([learner_label(first), _backbone_label(first), _shots_cell(first), str(len(group)), *cells])
     if avg_rows:
         note = "Mean of the per-dataset means, over the datasets where the learner has results"
         note += "; HM is the harmonic mean of the averaged base and new accuracies." if b2n else "."
@@ -368,7 +374,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
         command = str(r.get("command", ""))
         fence = _fence(command)
         out.append(
-            f"- **{_md(r['dataset'])} / {_md(learner_label(r))} / {_md(_backbone_label(r))} / {r.get('shots')} shots**: "
+            f"- **{_md(r['dataset'])} / {_md(learner_label(r))} / {_md(_backbone_label(r))} / {_shots_cell(r)} shots**: "
             f"created {_created_label(r['created'])}, checkpoint sha256 `{str(sha)[:12] if sha else 'unknown'}`, "
             f"vlprompt {version}, file `{r['_rel']}`"
         )

@@ -397,7 +397,7 @@ def print_summary(result: Mapping[str, Any], console: "Console | None" = None) -
     backbone = result.get("backbone") or {}
     title = (
         f"{result.get('dataset', '?')} / {result.get('learner', '?')} / {backbone.get('model', '?')}"
-        f" ({result.get('protocol', '?')}, {result.get('shots', '?')} shots)"
+        f" ({result.get('protocol', '?')}, {'all' if result.get('shots') is None else result.get('shots')} shots)"
     )
     table = Table(title=title, min_width=len(title))
     table.add_column("seed", justify="right")
