@@ -310,3 +310,26 @@ def test_webdataset_corpus_bad_inputs(backbone, tmp_path) -> None:
         encode_corpus(backbone, {"source": "webdataset", "urls": urls, "caption_key": "json"}, seed=1, keep_images=False)
     with pytest.raises(MetaError, match="set corpus.image_key"):
         encode_corpus(backbone, {"source": "webdataset", "urls": urls, "image_key": "jpg"}, seed=1, keep_images=False)
+
+
+def test_gram_meta_trains_and_wraps_a_multimodal_learner(backbone, tmp_path) -> None:
+    """MaPLe (text prompts coupled to visual prompts) as the inner learner: meta-training sees images, the
+    artifact loads into ``gram(maple)`` and a fine-tuning step regulates its gradients."""
+    cfg = _small_cfg(tmp_path / "gram_maple.safetensors")
+    cfg["inner"] = {"class_path": "maple", "init_args": {"n_ctx": 2, "prompt_depth": 2}}
+    card = meta_train(cfg, backbone=backbone)
+    assert len(card["history"]) == 2
+    from vlprompt.learners.maple import MaPLe
+
+    learner = GRAM(inner=MaPLe(n_ctx=2, prompt_depth=2), meta=str(tmp_path / "gram_maple.safetensors"))
+    learner.setup(backbone, NAMES)
+    learner.train()
+    before = {k: v.clone() for k, v in learner.learned_state().items()}
+    images = torch.rand(2, 3, backbone.preprocess.image_size, backbone.preprocess.image_size)
+    loss = torch.nn.functional.cross_entropy(learner(images), torch.tensor([0, 1]))
+    loss.backward()
+    learner.transform_gradients()
+    opt = torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], lr=0.1)
+    opt.step()
+    after = learner.learned_state()
+    assert set(after) == set(before) and any(not torch.equal(before[k], after[k]) for k in after)

@@ -587,7 +587,7 @@ def meta_train(cfg: dict, *, command: list[str] | None = None, config_text: str 
         "cluster_stats": h.stats, "corpus_pairs": len(corpus), "steps": steps, "first_order": first_order,
         "history_first_last": [history[0], history[-1]] if history else [], "seconds": round(time.time() - t0, 2),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "regulator": {k: [round(float(x), 6) for x in v] for k, v in regulator.items()},
+        "regulator": {k: [round(float(x), 6) for x in v.detach()] for k, v in regulator.items()},
     }
     out = save_artifact(cfg["out"], init=init, regulator=regulator, backbone=backbone, inner=inner, provenance=provenance)
     card = {**provenance, "artifact": str(out), "sha256": file_sha256(out), "history": history}
