@@ -24,3 +24,19 @@ b2n=(--config configs/protocols/base2new.yaml --config configs/trainer/cpu.yaml 
 vlprompt fit "${b2n[@]}" --config configs/learners/vpt/vit_b16_c8_ep5_batch4_shallow.yaml
 vlprompt fit "${b2n[@]}" --config configs/learners/gram/vpt_shallow.yaml \
   --model.learner.init_args.meta vlprompt/learners/gram/assets/gram_vpt_toy.safetensors
+# few-shot K = 1, 2, 4, 16 for VPT-shallow and GRAM+VPT-shallow (VPT's schedule: 5 epochs, batch 4, lr 0.0025)
+fs=(--config configs/trainer/cpu.yaml --config configs/backbones/toyclip.yaml --config configs/datasets/toy_patterns.yaml
+    --results_dir leaderboards/results/gram_toy --benchmark gram-toy-fewshot --trainer.default_root_dir /tmp/gramruns
+    --save_prompts false)
+for k in 1 2 4 16; do
+  vlprompt fit --config configs/protocols/fewshot_k$k.yaml "${fs[@]}" --config configs/learners/vpt/vit_b16_c8_ep5_batch4_shallow.yaml
+  vlprompt fit --config configs/protocols/fewshot_k$k.yaml "${fs[@]}" --config configs/learners/gram/vpt_shallow.yaml \
+    --model.learner.init_args.meta vlprompt/learners/gram/assets/gram_vpt_toy.safetensors
+done
+# toy cross-domain transfer (toy_mixtures blurred -> clean / noise / low_contrast / sketch), K = 4, VPT's schedule
+tr=(--config configs/protocols/toy_domain_shift.yaml --config configs/trainer/cpu.yaml --config configs/backbones/toyclip.yaml
+    --results_dir leaderboards/results/gram_toy --benchmark gram-toy-shift --data.init_args.shots 4
+    --trainer.default_root_dir /tmp/gramruns --save_prompts false)
+vlprompt fit "${tr[@]}" --config configs/learners/vpt/vit_b16_c8_ep5_batch4_shallow.yaml
+vlprompt fit "${tr[@]}" --config configs/learners/gram/vpt_shallow.yaml \
+  --model.learner.init_args.meta vlprompt/learners/gram/assets/gram_vpt_toy.safetensors
