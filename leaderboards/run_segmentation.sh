@@ -24,7 +24,7 @@ if [[ $what == toy-extra ]]; then
   for learner in shared_separate/tunevlseg shared_attention/tunevlseg; do
     vlprompt fit "${common[@]}" --config configs/datasets/toy_seg.yaml --config configs/learners/$learner.yaml
   done
-  for name in ivlp promptsrc dept ept tmml; do
+  for name in ivlp promptsrc dept ept tmml; do  # PromptSRC, DePT, EPT, TMML rows: EPOCHS=10, run 2026-12-02
     vlprompt fit "${common[@]}" --config configs/datasets/toy_seg.yaml --model.learner "$name"
   done
 fi
@@ -36,4 +36,4 @@ if [[ $what == real || $what == all ]]; then
     done
   done
 fi
-vlprompt leaderboard build leaderboards/results --out leaderboards
+vlprompt leaderboard build leaderboards/results --out leaderboards --html --plotly shared
