@@ -97,3 +97,17 @@ def test_warmup_cosine_factor_no_warmup_and_degenerate():
     assert warmup_cosine_factor(3, max_epochs=3, warmup_epochs=3, warmup_factor=0.1) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="max_epochs"):
         warmup_cosine_factor(0, max_epochs=0, warmup_epochs=0, warmup_factor=0.1)
+
+
+def test_linear_warmup_cosine_schedule_per_step() -> None:
+    from vlprompt.metrics import linear_warmup_cosine_schedule
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    cfg = linear_warmup_cosine_schedule(opt, max_steps=10, warmup_steps=2)
+    assert cfg["interval"] == "step"
+    f = cfg["scheduler"].lr_lambdas[0]
+    assert f(0) == 0.5 and f(1) == 1.0 and f(2) == 1.0
+    assert abs(f(6) - 0.5) < 1e-12 and f(10) == 0.0 and f(50) == 0.0
+    g = linear_warmup_cosine_schedule(opt, max_steps=-1, warmup_steps=2)["scheduler"].lr_lambdas[0]
+    assert abs(g(5001) - 0.5) < 1e-12  # no max_steps: cosine over 10,000 steps

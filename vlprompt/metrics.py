@@ -132,6 +132,20 @@ def summarize_seeds(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]
     return out
 
 
+def linear_warmup_cosine_schedule(optimizer: torch.optim.Optimizer, *, max_steps: int, warmup_steps: int) -> dict:
+    """Lightning ``lr_scheduler`` config (per step) of the pretraining runs: linear warm-up over ``warmup_steps``
+    (factor ``(step + 1) / warmup_steps``), then a cosine from 1 to 0 until ``max_steps`` (10,000 when the trainer
+    sets no ``max_steps``, i.e. ``max_steps <= 0``), clamped at 0 afterwards."""
+    total = max(1, int(max_steps if max_steps > 0 else 10_000))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))))
+
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+
+
 def warmup_cosine_factor(epoch: int, *, max_epochs: int, warmup_epochs: int, warmup_factor: float) -> float:
     """Learning-rate multiplier for epoch ``epoch`` (0-based).
 

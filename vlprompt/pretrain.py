@@ -29,6 +29,7 @@ from vlprompt.backbones.toyclip import TOY_MODEL  # registers the toy config wit
 from vlprompt.data.toyworld.captions import caption, scene_attributes
 from vlprompt.data.toyworld.datasets import attribute_scenes
 from vlprompt.data.toyworld.render import ATTRIBUTES, BACKGROUNDS, render, sample_scene
+from vlprompt.metrics import linear_warmup_cosine_schedule
 from vlprompt.toyclip_report import attribute_zero_shot
 
 log = logging.getLogger(__name__)
@@ -168,16 +169,8 @@ class CLIPPretraining(pl.LightningModule):
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr, betas=(0.9, 0.98), eps=1e-6,
         )
-        total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000))
-        warm = self.hparams.warmup_steps
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": linear_warmup_cosine_schedule(
+            opt, max_steps=self.trainer.max_steps, warmup_steps=self.hparams.warmup_steps)}
 
     def on_fit_end(self) -> None:
         if self.trainer.global_rank != 0:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from vlprompt.atomic import atomic_write_text, save_safetensors, sha256_file
 from vlprompt.data.toyworld.render import IMAGE_SIZE, STYLES, render, sample_scene
 from vlprompt.generators.toydiffusion import DEFAULT_SCHEDULER, DEFAULT_UNET, build_unet, card_path, config_path, to_model_space
+from vlprompt.metrics import linear_warmup_cosine_schedule
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +154,8 @@ class DiffusionPretraining(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000))
-        warm = self.hparams.warmup_steps
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": linear_warmup_cosine_schedule(
+            opt, max_steps=self.trainer.max_steps, warmup_steps=self.hparams.warmup_steps)}
 
     def export_state(self) -> dict[str, torch.Tensor]:
         """fp16 CPU weights to export: the moving average when kept, else the raw weights."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import shutil
 import sys
@@ -37,6 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from vlprompt.atomic import atomic_write_text, sha256_file
 from vlprompt.backbones.toyclip import TOY_CHECKPOINT, TOY_MODEL  # registers the toy config with open_clip
 from vlprompt.data.toyworld.datasets import ToyReferring
+from vlprompt.metrics import linear_warmup_cosine_schedule
 from vlprompt.toyvlsm_report import TRAIN_SEED_BASE, absent_colour_phrases, acceptance, normalize, OPENAI_MEAN, OPENAI_STD
 
 log = logging.getLogger(__name__)
@@ -244,16 +244,8 @@ class VLSMPretraining(pl.LightningModule):
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,
         )
-        total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000))
-        warm = self.hparams.warmup_steps
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": linear_warmup_cosine_schedule(
+            opt, max_steps=self.trainer.max_steps, warmup_steps=self.hparams.warmup_steps)}
 
     def on_fit_end(self) -> None:
         if self.trainer.global_rank != 0:
