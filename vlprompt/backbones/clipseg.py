@@ -62,7 +62,16 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import ActivationRecord, BackboneError, BackboneInfo, PreprocessConfig, VLBackbone
-from vlprompt.backbones.open_clip import _DTYPES, Precision, _is_offline, file_sha256, resolve_precision
+from vlprompt.backbones.open_clip import (
+    _DTYPES,
+    Precision,
+    _expand_prompt,
+    _is_offline,
+    _replace_span,
+    _replace_tail,
+    file_sha256,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -564,25 +573,6 @@ def _grid(tokens: int, image_size: tuple[int, int] | None, patch: int) -> tuple[
 def _check_deep(deep_prompts, layers: int, tower: str) -> None:
     if deep_prompts is not None and len(deep_prompts) > layers:
         raise BackboneError(f"{len(deep_prompts)} deep prompt layers given but the {tower} tower has {layers} layers")
-
-
-def _expand_prompt(p: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-    p = p.to(dtype)
-    if p.dim() == 2:
-        p = p.unsqueeze(0)
-    return p.expand(batch, -1, -1) if p.shape[0] == 1 else p
-
-
-def _replace_span(h: torch.Tensor, p: torch.Tensor, start: int) -> torch.Tensor:
-    p = _expand_prompt(p, h.shape[0], h.dtype)
-    return torch.cat([h[:, :start], p, h[:, start + p.shape[1] :]], dim=1)
-
-
-def _replace_tail(h: torch.Tensor, p: torch.Tensor, n: int) -> torch.Tensor:
-    p = _expand_prompt(p, h.shape[0], h.dtype)
-    if p.shape[1] != n:
-        raise BackboneError(f"deep visual prompts have {p.shape[1]} tokens but the shallow prompts have {n}")
-    return torch.cat([h[:, :-n], p], dim=1)
 
 
 __all__ = ["CLIPSegBackbone", "ToyVLSM", "TOY_VLSM_FOLDER", "embedded_folder", "DEFAULT_PREPROCESS", "PUBLISHED", "clear_model_cache", "resolve_folder", "write_clip_tokenizer"]
