@@ -64,18 +64,7 @@ def _build(source_cls: type, root: str, *, strict: bool) -> tuple[object, list[s
     params = inspect.signature(source_cls.__init__).parameters
     kwargs = {k: v for k, v in (("strict_checksum", strict), ("check_files", False), ("on_corrupt", "fail"))
               if k in params}
-    logger = logging.getLogger("vlprompt.data")
-    handler, propagate, level = WarningCollector(), logger.propagate, logger.level
-    logger.addHandler(handler)
-    logger.propagate = False
-    logger.setLevel(logging.WARNING)
-    try:
-        source = source_cls(root, **kwargs)
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-        logger.setLevel(level)
-    return source, handler.messages
+    return _build_with(source_cls, root, kwargs)
 
 
 def check_dataset(name: str, root: str, *, strict: bool = False, decode: bool = False,
@@ -367,6 +356,7 @@ def check_segmentation(report: CheckReport, source_cls: type, root: str, *, stri
 
 
 def _build_with(source_cls: type, root: str, kwargs: dict) -> tuple[object, list[str]]:
+    """``source_cls(root, **kwargs)`` and the warnings it logged under ``vlprompt.data`` (kept off the console)."""
     logger = logging.getLogger("vlprompt.data")
     handler, propagate, level = WarningCollector(), logger.propagate, logger.level
     logger.addHandler(handler)
