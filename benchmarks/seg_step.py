@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import rss_kb  # noqa: E402 - benchmarks/ helper (the script directory is on sys.path)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PROMPTS = ["a polyp", "a benign tumour in the breast", "the red circle on the left", "a small blue square"]
@@ -65,14 +67,6 @@ def published_config() -> dict:
         "projection_dim": 512, "extract_layers": [3, 6, 9], "reduce_dim": 64, "decoder_num_attention_heads": 4,
         "decoder_intermediate_size": 2048, "conditional_layer": 0, "use_complex_transposed_convolution": True,
     }
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def _backbone(name: str, folder: str | None, precision: str):
@@ -119,7 +113,7 @@ def one(spec: dict, steps: int, threads: int | None) -> dict:
     params = [p for p in learner.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4)
     dice, bce = smp.losses.DiceLoss("binary", from_logits=True), smp.losses.SoftBCEWithLogitsLoss()
-    base_rss = _rss_kb()
+    base_rss = rss_kb()
 
     def step() -> None:
         learner.train()

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from _timing import rss_kb  # noqa: E402 - benchmarks/ helper (the script directory is on sys.path)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 
@@ -39,14 +41,6 @@ ROWS = [
     ("maple (2 ctx)", "maple", {"n_ctx": 2}, {"n_ctx": 2, "prompt_depth": 9}, 4),
     ("promptsrc 4+4", "promptsrc", {}, {"prompt_depth_text": 9, "prompt_depth_vision": 9}, 4),
 ]
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def one(backbone_name: str, learner_name: str, kwargs: dict, batch: int, steps: int, threads: int | None) -> dict:
@@ -74,7 +68,7 @@ def one(backbone_name: str, learner_name: str, kwargs: dict, batch: int, steps: 
     targets = torch.arange(batch) % len(EUROSAT_BASE)
     params = [p for p in learner.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-    base_rss = _rss_kb()
+    base_rss = rss_kb()
 
     def step() -> None:
         learner.train()
