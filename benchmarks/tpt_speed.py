@@ -16,6 +16,7 @@ Run::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/tpt_speed.py --images 2
     OMP_WAIT_POLICY=PASSIVE python benchmarks/tpt_speed.py --skip-speed --memory-classes 1000 --chunk 50
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/tpt_speed.py --breakdown --classes 10 --images 2 --threads 1
 
 No asserts: the script prints figures only.
 """
@@ -147,6 +148,70 @@ def peak(kind: str, n_classes: int, chunk: int | None, precision: str) -> None:
           f"model+views ({before:.0f} MiB); text step {time.perf_counter() - t0:.1f} s", flush=True)
 
 
+def breakdown(kind: str, n_classes: int, images: int, precision: str = "fp32") -> None:
+    """Seconds per part of one TPT image (median over ``images`` images after one warm-up): building the 64
+    views, the image forward of all views (no grad), the text step (logits with grad, selection, marginal
+    entropy, backward, AdamW step) and the prediction (text forward after the step, logits of view 0); then
+    the whole image through ``learner.adapt`` for comparison, and the zero-shot baseline."""
+    import statistics
+
+    from vlprompt.tta import confident_indices, marginal_entropy
+
+    names = classnames(n_classes)
+    bb = make_backbone(kind, precision)
+    learner = make_learner(bb, names)
+    inner = learner.learner
+    snap = learner.snapshot_tunable()
+    opt = learner.make_optimizer(list(learner.tunable_parameters().values()))
+    state = opt.state_dict()
+    g = torch.Generator().manual_seed(0)
+    pool = [torch.rand(3, 256, 320, generator=g) for _ in range(images + 1)]
+    parts: dict[str, list[float]] = {"views": [], "image forward": [], "text step": [], "prediction": [], "whole (adapt)": []}
+    for i, img in enumerate(pool):
+        learner.restore_tunable(snap)
+        opt.load_state_dict(state)
+        t = [time.perf_counter()]
+        views = learner.build_views(img)
+        t.append(time.perf_counter())
+        with torch.no_grad():
+            feats = inner.encode_images(views)
+        t.append(time.perf_counter())
+        with torch.enable_grad():
+            logits = inner.logits(feats)
+            sel = confident_indices(logits.detach(), learner.selection)
+            loss = marginal_entropy(logits[sel])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        inner.invalidate_text_cache()
+        t.append(time.perf_counter())
+        with torch.no_grad():
+            inner.logits(feats[:1])
+        inner.invalidate_text_cache()
+        t.append(time.perf_counter())
+        learner.restore_tunable(snap)
+        opt.load_state_dict(state)
+        t0 = time.perf_counter()
+        learner.adapt(views, opt)
+        whole = time.perf_counter() - t0
+        if i:
+            for k, a, b in zip(parts, t[:-1], t[1:]):
+                parts[k].append(b - a)
+            parts["whole (adapt)"].append(whole)
+    orig = learner._view_builder.original(pool[0])[None]
+    learner.restore_tunable(snap)
+    with torch.no_grad():
+        learner.cached_text_features()
+        base = timeit(lambda: learner.logits(learner.encode_images(orig)), repeats=3)
+    med = {k: statistics.median(v) for k, v in parts.items()}
+    total = sum(v for k, v in med.items() if k != "whole (adapt)")
+    print(f"{kind} {precision} C={n_classes} views={learner.views} steps=1, median of {images} image(s):", flush=True)
+    for k, v in med.items():
+        share = f"  ({100 * v / total:.0f}% of the parts)" if k != "whole (adapt)" else f"  (parts sum {total:.2f} s)"
+        print(f"  {k:<16} {v:8.3f} s{share}", flush=True)
+    print(f"  zero-shot baseline (original view, cached text) {base:.3f} s; TPT/zero-shot x{med['whole (adapt)'] / base:.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2, help="timed images per setting (median, after 1 warm-up)")
@@ -156,6 +221,9 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only time the parts of one TPT image (views, image forward, text step, prediction) on "
+                             "random ViT-B-16 fp32 with --classes classes, median over --images images")
     parser.add_argument("--_peak", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -166,6 +234,9 @@ def main() -> None:
         return
     print(f"# TPT speed  torch {torch.__version__}  threads {torch.get_num_threads()}  cpus {os.cpu_count()}  "
           f"{platform.processor() or platform.machine()}  load average {os.getloadavg()[0]:.2f}", flush=True)
+    if args.breakdown:
+        breakdown("vitb16", args.classes, args.images)
+        return
     if not args.skip_speed:
         speed("toyclip", 24, args.images)
         speed("vitb16", args.classes, args.images)

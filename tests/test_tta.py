@@ -211,6 +211,61 @@ def test_plain_learner_is_evaluated_on_the_original(backbone):
         assert torch.allclose(module.predict_image(image), module.learner(image[None]), atol=1e-5)
 
 
+def _task(space_names=NAMES):
+    return {"label_spaces": {"source": NAMES, "t": space_names}, "train_space": "source", "test_sets": [["t", "t"]]}
+
+
+def test_module_predicts_with_the_tuned_prompt(backbone):
+    """The module's TPT prediction is the logits after the step (not the untuned prompt's), and equals one
+    :func:`tpt_step` on a fresh copy of the same prompt with the same views."""
+    tuned = TestTimeClassifier(backbone, TPT(_coop(backbone), views=16, selection=0.25, steps=1, lr=5e-2), task=_task())
+    untuned = TestTimeClassifier(backbone, TPT(_coop(backbone), views=16, selection=0.25, steps=0), task=_task())
+    for m in (tuned, untuned):
+        m.on_test_epoch_start()
+        m._use_space("t")
+    image = torch.rand(3, 40, 36)
+    torch.manual_seed(4)
+    got = tuned.predict_image(image)
+    torch.manual_seed(4)
+    before = untuned.predict_image(image)
+    assert (got - before).abs().max() > 1e-3  # tuning reached the prediction
+    ref = _coop(backbone)
+    torch.manual_seed(4)
+    views = tuned.learner.build_views(image)
+    step = tpt_step(ref, views, torch.optim.AdamW([ref.ctx], lr=5e-2), selection=0.25, steps=1)
+    assert torch.allclose(got, step.logits, atol=1e-5)
+    with torch.no_grad():  # steps=0 predicts the untuned prompt on the original view
+        assert torch.allclose(before, _coop(backbone)(views[:1]), atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_loaded_prompts_reach_test_time_logits(backbone, tmp_path, tta):
+    """Prompts loaded after the module is built (as ``vlprompt tta --prompts`` does) are the ones evaluated
+    (plain learner) and the ones TPT resets to before every image (``steps=0``: no tuning)."""
+    trained = _coop(backbone)
+    with torch.no_grad():
+        trained.ctx.add_(0.5 * torch.randn_like(trained.ctx))
+    path = trained.save_prompts(tmp_path / "prompts.safetensors")
+
+    def make():
+        return TPT(_coop(backbone), views=8, selection=0.25, steps=0) if tta else _coop(backbone)
+
+    fresh, loaded = (TestTimeClassifier(backbone, make(), task=_task()) for _ in range(2))
+    loaded.learner.load_prompts(path, check_classnames=False)
+    for m in (fresh, loaded):
+        m.on_test_epoch_start()
+        m._use_space("t")
+    image = torch.rand(3, 32, 32)
+    logits = []
+    for m in (fresh, loaded):
+        torch.manual_seed(2)
+        logits.append(m.predict_image(image))
+    with torch.no_grad():
+        expected = trained(fresh._views.original(image)[None])
+    assert torch.allclose(logits[1], expected, atol=1e-5)
+    assert (logits[1] - logits[0]).abs().max() > 1e-2
+
+
 # ---------------------------------------------------------------- views
 def test_views_original_first_and_augmix_in_range(backbone):
     torch.manual_seed(0)
