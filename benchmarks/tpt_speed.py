@@ -36,6 +36,8 @@ import torch
 
 from _timing import timeit  # noqa: E402 - benchmarks/ helper
 
+_T0 = time.perf_counter()
+
 ADJ = ["red", "small", "striped", "wooden", "spotted", "electric", "golden", "northern", "giant", "common"]
 NOUN = ["fox", "teapot", "warbler", "sports car", "mountain bike", "jellyfish", "espresso machine", "beagle",
         "garden spider", "fire truck", "snorkel", "lighthouse", "grand piano", "hermit crab", "volcano",
@@ -210,6 +212,17 @@ def breakdown(kind: str, n_classes: int, images: int, precision: str = "fp32") -
         share = f"  ({100 * v / total:.0f}% of the parts)" if k != "whole (adapt)" else f"  (parts sum {total:.2f} s)"
         print(f"  {k:<16} {v:8.3f} s{share}", flush=True)
     print(f"  zero-shot baseline (original view, cached text) {base:.3f} s; TPT/zero-shot x{med['whole (adapt)'] / base:.1f}", flush=True)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        inner.encode_images(orig)
+    gflop = counter.get_total_flops() / 1e9
+    rate = gflop * learner.views / med["image forward"]
+    print(f"  image encoder {gflop:.1f} GFLOP per view (torch FlopCounterMode); the {learner.views}-view forward ran at "
+          f"{rate:.1f} GFLOP/s; {learner.views} views in 5 s need {gflop * learner.views / 5:.0f} GFLOP/s for that forward alone",
+          flush=True)
+    print(f"  cpu capability {torch.backends.cpu.get_cpu_capability()}; process CPU time / wall so far "
+          f"{(time.process_time()) / (time.perf_counter() - _T0):.2f}", flush=True)
 
 
 def main() -> None:
