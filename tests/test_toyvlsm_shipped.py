@@ -27,6 +27,20 @@ def test_shipped_folder_matches_its_card() -> None:
     assert report["weights_sha256"] == card["files"]["model.safetensors"]["sha256"]
 
 
+def test_shipped_card_lists_every_pretraining_stage_in_order() -> None:
+    from vlprompt.pretrain_vlsm import card_stages
+
+    card = json.loads(TOYVLSM_CARD.read_text())
+    stages = card_stages(card)
+    assert card["stages"] == stages and len(stages) >= 2
+    assert stages[0]["command"] == "vlprompt pretrain --config configs/pretrain/toyvlsm.yaml"
+    assert stages[0]["init_model_sha256"] is None
+    # each stage continued exactly the weights the previous one exported; the last exported the shipped file
+    assert [s["init_model_sha256"] for s in stages[1:]] == [s["model_sha256"] for s in stages[:-1]]
+    assert stages[-1]["model_sha256"] == card["files"]["model.safetensors"]["sha256"]
+    assert all(s["command"].startswith("vlprompt pretrain --config configs/pretrain/toyvlsm.yaml") for s in stages)
+
+
 @pytest.fixture(scope="module")
 def shipped():
     return load_folder(TOYVLSM_DIR)

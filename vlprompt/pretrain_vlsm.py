@@ -273,8 +273,23 @@ class VLSMPretraining(pl.LightningModule):
             "continued_from": self._init_card,
             "final_heldout_dice": self.run_eval(samples=self.hparams.final_eval_samples, log_metrics=False),
         }
+        card["stages"] = card_stages(card)  # every command of the chain, in order (also nested in continued_from)
         atomic_write_text(folder.parent / f"{folder.name}.card.json", json.dumps(card, indent=2) + "\n")
         log.info("exported %s (%d bytes)", folder, card["bytes"])
+
+
+def card_stages(card: dict) -> list[dict]:
+    """The pretraining stages behind ``card``, oldest first, read from its ``continued_from`` chain: each stage's
+    ``command``, ``steps``, ``wall_seconds``, the weights sha256 it started from (``init_model_sha256``, ``None`` for
+    a fresh decoder) and the one it exported (``model_sha256``)."""
+    chain = []
+    while card:
+        prev = card.get("continued_from") or {}
+        chain.append({"command": card.get("command"), "steps": card.get("steps"),
+                      "wall_seconds": card.get("wall_seconds"), "init_model_sha256": prev.get("model_sha256"),
+                      "model_sha256": card.get("files", {}).get("model.safetensors", {}).get("sha256")})
+        card = prev.get("card")
+    return chain[::-1]
 
 
 def _command() -> str:

@@ -379,8 +379,12 @@ class CAMUS(MedVLSMDataset):
     name, title, folder = "camus", "CAMUS (medvlsm layout)", "camus"
     split_dirs = {"train": ("images/train", "masks/train"), "val": ("images/train", "masks/train"),
                   "test": ("images/test", "masks/test")}
-    published_sizes = {"train": None, "val": 600, "test": 600,
-                       "from": f"val/test counted in {_MEDVLSM}; its train.json is not in the snapshot we read"}
+    published_sizes = {"train": 4800, "val": 600, "test": 600,
+                       "from": f"val/test counted in {_MEDVLSM}; train derived (its train.json is not in the snapshot "
+                               "we read): 1,600 training images (patients 51-450; Adhikari et al., Synthetic Boost, "
+                               "Sec. 2.2, naamiinepal/synthetic-boost@a0c3409 paper/revised_submission.tex) x 3 "
+                               "structures, as in val/test; 1,600 + 200 val = the 1,800 images of camus/images/train "
+                               "counted in naamiinepal/tunevlseg@7956bcd notebooks/TuneVLSeg_UMAP-Image.ipynb"}
 
 
 # ============================================================================ original releases
