@@ -86,3 +86,51 @@ def test_swatches_halves_differ_in_the_attribute_that_separates_them():
     assert len({attrs[i]["colour"] for i in new}) == 6 and "orange" not in {attrs[i]["colour"] for i in new}
     assert names[0] == "orange solid shape" and names[6] == "red solid shape"
     assert ds.style == "noise"
+
+
+# --- the trade-off probes (vlprompt/data/toyworld/tradeoff_probe.py, configs/datasets/tradeoff_probes/) ---
+
+
+def test_probe_is_deterministic_and_not_registered():
+    from vlprompt.data.toyworld.tradeoff_probe import ToyCampaignProbe
+
+    a = ToyCampaignProbe(balanced=True, mild_blur=1.6, base_style="clean", per_class=PER_CLASS)
+    b = ToyCampaignProbe(balanced=True, mild_blur=1.6, base_style="clean", per_class=PER_CLASS)
+    assert a.spec == b.spec and a.spec.startswith("toy_probe-") and a.classnames == b.classnames
+    for split in ("train", "test"):
+        assert torch.equal(a._generate(split)[0], b._generate(split)[0])
+    # another design is another catalogue (its own images and cache key), and probes are not dataset plugins
+    c = ToyCampaignProbe(balanced=True, mild_blur=1.0, base_style="clean", per_class=PER_CLASS)
+    assert c.spec != a.spec and c.identity() != a.identity()
+    assert not any(n.startswith("toy_probe") for n in get_registry("datasets").names())
+
+
+def test_probe_balanced_halves_hold_every_colour_and_texture():
+    from vlprompt.data.toyworld.tradeoff_probe import ToyCampaignProbe
+
+    colours = ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"]
+    ds = ToyCampaignProbe(colours=colours, balanced=True, per_class=PER_CLASS)
+    base, new = split_base_new(32)
+    attrs = ds.class_attributes()
+    for half in (base, new):
+        assert Counter(attrs[i]["colour"] for i in half) == {c: 2 for c in colours}
+        assert Counter(attrs[i]["texture"] for i in half) == {t: 4 for t in ("solid", "horizontal stripes", "checkered", "dotted")}
+    assert [ds.class_styles()[i] for i in base] == ["blur"] * 16 and [ds.class_styles()[i] for i in new] == ["low_contrast"] * 16
+    shapes = ToyCampaignProbe(kind="colour_shape", balanced=True, per_class=PER_CLASS)
+    assert len(shapes.classnames) == 24 and shapes.classnames[0].split()[-1] in ("circle", "square", "triangle", "diamond")
+
+
+def test_probe_cast_touches_only_its_half_and_bad_designs_are_refused():
+    from vlprompt.data.toyworld.tradeoff_probe import ToyCampaignProbe
+
+    warm = ToyCampaignProbe(balanced=True, base_style="clean", new_style="clean", cast=[1.0, 0.75, 0.45], per_class=(1, 1, 2))
+    xw, yw = warm._generate("test")
+    base = yw < 12
+    assert float(xw[base][:, 2].float().mean()) < 0.6 * float(xw[base][:, 0].float().mean())  # blue dimmed on base
+    assert float(xw[~base][:, 2].float().mean()) > 0.6 * float(xw[~base][:, 0].float().mean())  # new half untouched
+    with pytest.raises(ValueError, match="mild_blur"):
+        ToyCampaignProbe(mild_blur=3.0)
+    with pytest.raises(ValueError, match="colours"):
+        ToyCampaignProbe(colours=["mauve"])
+    with pytest.raises(ValueError, match="kind"):
+        ToyCampaignProbe(kind="colour_size")

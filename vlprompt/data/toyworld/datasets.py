@@ -19,6 +19,7 @@ from vlprompt.data.toyworld.render import (
     BACKGROUNDS,
     COLOURS,
     POSITIONS,
+    SHAPES,
     SIZES,
     STYLES,
     TEXTURES,
@@ -83,6 +84,7 @@ _VALUE_INDEX = {
     "size": {v: i for i, v in enumerate(SIZES)},
     "position": {v: i for i, v in enumerate(POSITIONS)},
     "background": {v: i for i, v in enumerate(BACKGROUNDS)},
+    "shape": {v: i for i, v in enumerate(SHAPES)},  # no built-in dataset fixes it; tradeoff_probe's colour_shape does
 }
 
 
