@@ -64,3 +64,17 @@ def test_two_cell_sweep_local_workers_failure_recorded_and_resume(tmp_path, monk
     results = sorted((tmp_path / "results").rglob("*.json"))
     assert len(results) == 1  # the done cell did not run twice
     assert (out / "cells").is_dir()
+
+
+def test_local_cells_are_not_killed_after_submitits_default_timeout(tmp_path):
+    # submitit's AutoExecutor defaults to timeout_min=5 on every executor, the local one included: a 3-seed toy
+    # cell was killed after about 2 minutes ("timed-out and not checkpointable") before local cells got a week.
+    from vlprompt.sweep import LOCAL_TIMEOUT_MIN, _make_executor
+
+    grid = {"learner": ["zero_shot/default"]}
+    ex = _make_executor(load_sweep(_spec(tmp_path, grid)), tmp_path / "out")
+    assert ex.parameters["timeout_min"] == LOCAL_TIMEOUT_MIN >= 24 * 60
+    ex = _make_executor(load_sweep(_spec(tmp_path, grid, timeout_min=90)), tmp_path / "out")
+    assert ex.parameters["timeout_min"] == 90
+    with pytest.raises(SweepError, match="timeout_min must be a positive number of minutes per cell, got 0"):
+        load_sweep(_spec(tmp_path, grid, timeout_min=0))

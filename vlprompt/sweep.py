@@ -15,6 +15,7 @@ A sweep file::
     executor: local                     # local (N worker processes on this machine) | slurm
     workers: 2
     slurm: {slurm_partition: gpu, timeout_min: 120, gpus_per_node: 1}   # submitit's update_parameters
+    timeout_min: 10080                  # per cell; default: 7 days locally, submitit's default (5) on SLURM
 
 Shorthand axes: ``learner``, ``dataset``, ``protocol``, ``backbone`` (config files under ``configs/<kind>s/``),
 ``trainer`` (``configs/trainer/``), ``shots``, ``seeds``. Every other key must be a dotted LightningCLI key.
@@ -56,7 +57,10 @@ __all__ = ["SweepError", "Cell", "load_sweep", "expand_cells", "cell_status", "r
 _FILE_AXES = {"learner": "learners", "dataset": "datasets", "protocol": "protocols", "backbone": "backbones",
               "trainer": "trainer"}
 _VALUE_AXES = {"shots": "--data.init_args.shots", "seeds": "--seeds"}
-_TOP_KEYS = {"name", "stage", "args", "grid", "executor", "workers", "slurm", "out"}
+_TOP_KEYS = {"name", "stage", "args", "grid", "executor", "workers", "slurm", "out", "timeout_min"}
+# submitit's AutoExecutor kills a job after timeout_min (default 5) on every executor, the local one included;
+# a toy cell with 3 seeds takes longer than that, so local cells get a week unless the sweep file says otherwise.
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 EXECUTORS = ("local", "slurm")
 
 
@@ -119,6 +123,9 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
             )
     if not isinstance(spec["workers"], int) or spec["workers"] < 1:
         raise SweepError(f"{p}: workers must be a positive integer, got {spec['workers']!r}")
+    timeout = spec.get("timeout_min")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+        raise SweepError(f"{p}: timeout_min must be a positive number of minutes per cell, got {timeout!r}")
     return spec
 
 
@@ -219,6 +226,11 @@ def _make_executor(spec: Mapping[str, Any], out: Path) -> Any:
     cluster = spec["executor"]
     executor = submitit.AutoExecutor(folder=str(out / "submitit" / "%j"), cluster=cluster)
     params: dict[str, Any] = {"name": f"vlprompt-{spec['name']}"}
+    timeout = spec.get("timeout_min")
+    if timeout is None and cluster == "local":
+        timeout = LOCAL_TIMEOUT_MIN
+    if timeout is not None:
+        params["timeout_min"] = int(timeout)
     if cluster == "slurm":  # submitit's own names: slurm_partition, timeout_min, gpus_per_node, cpus_per_task, ...
         params.update(dict(spec.get("slurm") or {}))
     executor.update_parameters(**params)
@@ -259,6 +271,9 @@ def run_sweep(spec: Mapping[str, Any], *, out: str | os.PathLike | None = None, 
                     log.info("cell [%s] done: %s", cell.label(), path)
                 except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the sweep goes on
                     msg = _last_error_line(exc)
+                    if "timed-out" in msg:
+                        msg += (f" (the cell ran past timeout_min={ex.parameters.get('timeout_min', '?')} minutes: "
+                                "raise timeout_min in the sweep file, then run the sweep again to resume the cell)")
                     _record(root, cell, "failed", msg)
                     log.error("cell [%s] failed: %s", cell.label(), msg)
             if running:
