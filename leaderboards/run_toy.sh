@@ -4,9 +4,10 @@
 #             datasets; zero-shot and both CoOp configurations on the trade-off probes toy_archive, toy_swatches
 #   zoo       base2new/toy: CoCoOp, MaPLe, PromptSRC, VPT, IVLP (configs/learners/<name>/toy.yaml) on all seven
 #   papers    base2new/toy: DePT, EPT, ConES, TMML on all seven
-#   fewshot   fewshot/toy: CoOp, CoCoOp, MaPLe, PromptSRC on toy_patterns, K = 1, 2, 4, 8, 16
+#   fewshot   fewshot/toy: CoOp, CoCoOp, MaPLe, PromptSRC, DePT, EPT, ConES, TMML on toy_patterns, K = 1, 2, 4, 8, 16
 #   transfer  transfer/toy: toy_mixtures (blurred) -> the same classes clean / noisy / faded / as sketches
-# e.g. leaderboards/run_toy.sh zoo fewshot. The leaderboards are rebuilt at the end.
+# e.g. leaderboards/run_toy.sh zoo fewshot. The leaderboards are rebuilt at the end. The same cells as sweeps (resumable,
+# N local workers or SLURM): sweeps/toy_papers.yaml, toy_fewshot.yaml, toy_fewshot_papers.yaml, toy_base_rerun.yaml.
 # KgCoOp needs the example plugin: pip install -e plugins/vlprompt-kgcoop
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +53,7 @@ if wants papers; then
 fi
 if wants fewshot; then
   for k in 1 2 4 8 16; do
-    for learner in coop/ctx4_init cocoop/toy maple/toy promptsrc/toy; do
+    for learner in coop/ctx4_init cocoop/toy maple/toy promptsrc/toy dept/toy_budget16 ept/toy_budget16 cones/default tmml/default; do
       vlprompt fit --config configs/protocols/fewshot_k$k.yaml "${common[@]}" \
         --config configs/datasets/toy_patterns.yaml --data.init_args.feature_cache true --config configs/learners/$learner.yaml
     done
