@@ -44,6 +44,11 @@ def _colour_texture(colour: str, texture: str) -> tuple[str, dict[str, str]]:
     return f"{colour} {TEXTURE_NAMES[texture]} shape", {"colour": colour, "texture": texture}
 
 
+def n_base(num_classes: int) -> int:
+    """How many labels form the base half: ``ceil(C/2)``, the base-to-new protocol's split (labels below it)."""
+    return math.ceil(num_classes / 2)
+
+
 class ToyArchive(ToyClassification):
     """Toy world: 24 colour x texture classes; base half blurred, new half faded (see module docstring).
 
@@ -78,7 +83,7 @@ class ToyArchive(ToyClassification):
         an explicit ``style``/``test_style`` renders every class alike."""
         if not self.per_half:
             return super().class_styles(split)
-        m = math.ceil(len(self._defs) / 2)
+        m = n_base(len(self._defs))
         return [self.native_style if label < m else self.native_new_style for label in range(len(self._defs))]
 
     def identity(self) -> dict:

@@ -26,14 +26,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import random
 
 import torch
 import torch.nn.functional as F
 
-from vlprompt.data.toyworld.datasets import TEXTURE_NAMES, ToyClassification, _stable_seed
+from vlprompt.data.toyworld.datasets import ToyClassification, _stable_seed
 from vlprompt.data.toyworld.render import COLOURS, SHAPES, STYLES, TEXTURES
+from vlprompt.data.toyworld.tradeoff import _ARCHIVE_COLOURS, _ARCHIVE_TEXTURES, _colour_texture, n_base
 
 _KINDS = ("colour_texture", "colour_shape")
 #: post-processed splits, keyed by (design spec, split, images per class); read-only tensors
@@ -89,10 +89,10 @@ class ToyCampaignProbe(ToyClassification):
 
     def class_definitions(self) -> list[tuple[str, dict[str, str]]]:
         d = self.design
-        colours = d["colours"] or ["red", "yellow", "green", "blue", "purple", "pink"]
+        colours = d["colours"] or list(_ARCHIVE_COLOURS)
         if d["kind"] == "colour_texture":
-            second = d["textures"] or ["solid", "horizontal stripes", "checkered", "dotted"]
-            defs = [(f"{c} {TEXTURE_NAMES[t]} shape", {"colour": c, "texture": t}) for c, t in itertools.product(colours, second)]
+            second = d["textures"] or list(_ARCHIVE_TEXTURES)
+            defs = [_colour_texture(c, t) for c, t in itertools.product(colours, second)]
         else:
             second = d["shapes"] or list(SHAPES)
             defs = [(f"{c} {s}", {"colour": c, "shape": s}) for c, s in itertools.product(colours, second)]
@@ -108,14 +108,14 @@ class ToyCampaignProbe(ToyClassification):
         return base + new
 
     def class_styles(self, split: str = "train") -> list[str]:
-        m = math.ceil(len(self._defs) / 2)
+        m = n_base(len(self._defs))
         return [self.design["base_style"] if label < m else self.design["new_style"] for label in range(len(self._defs))]
 
     def _generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         key = (self.spec, split, self.world_seed, self.per_class.get(split))
         if key not in _PROCESSED:
             images, labels = super()._generate(split)
-            m = math.ceil(len(self._defs) / 2)
+            m = n_base(len(self._defs))
             x = images.float()
             base = labels < m
             f = self.design["mild_blur"]
