@@ -8,6 +8,12 @@ machine the 2-worker speed-up is capped by the free cores.
 
     python benchmarks/sweep_workers.py
     python benchmarks/sweep_workers.py --datasets toy_colors toy_patterns toy_places --seeds 1 2 3 --epochs 5
+    python benchmarks/sweep_workers.py --toy-leaderboard --epochs 2   # every learner x toy dataset x seeds 1-3
+
+``--toy-leaderboard`` takes the cells of the toy base-to-new leaderboard (``sweeps/toy_leaderboard.yaml``: every
+built-in learner's toy config and the KgCoOp plugin x the seven toy datasets x seeds [1, 2, 3], one result per
+cell); ``--epochs`` caps every cell's schedule so that the three variants fit in one sitting on 2 cores (the
+learners' own toy schedules make each variant hours long there).
 """
 
 from __future__ import annotations
@@ -31,7 +37,12 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["toy_colors", "toy_patterns"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1])
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--toy-leaderboard", action="store_true",
+                    help="learners, datasets and seeds of sweeps/toy_leaderboard.yaml (overrides the three above)")
     args = ap.parse_args()
+    if args.toy_leaderboard:
+        grid = yaml.safe_load((REPO / "sweeps/toy_leaderboard.yaml").read_text())["grid"]
+        args.learners, args.datasets, args.seeds = grid["learner"], grid["dataset"], grid["seeds"][0]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
            "VLPROMPT_LOG_LEVEL": "WARNING"}
     n_cells = len(args.learners) * len(args.datasets)
@@ -81,7 +92,7 @@ def main() -> None:
     base = times["one by one"]
     print(f"{'variant':<22} {'seconds':>8} {'speed-up vs one by one':>24}")
     for name, t in times.items():
-        print(f"{name:<22} {t:8.1f} {base / t:24.2f}")
+        print(f"{name:<22} {t:8.1f} {base / t:24.2f}   ({t / n_cells:.1f} s per cell)")
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlprompt.sweep import SweepError, expand_cells, load_sweep, run_sweep, sweep_main
+from vlprompt.sweep import SweepError, check_cells, expand_cells, load_sweep, run_sweep, sweep_main
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
@@ -78,3 +78,15 @@ def test_local_cells_are_not_killed_after_submitits_default_timeout(tmp_path):
     assert ex.parameters["timeout_min"] == 90
     with pytest.raises(SweepError, match="timeout_min must be a positive number of minutes per cell, got 0"):
         load_sweep(_spec(tmp_path, grid, timeout_min=0))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_committed_sweep_files_name_existing_configs_and_their_first_cell_parses(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    spec = load_sweep(path)
+    cells = expand_cells(spec)
+    assert len({c.cell_id for c in cells}) == len(cells) > 0
+    for cell in cells:
+        configs = [cell.argv[i + 1] for i, a in enumerate(cell.argv) if a == "--config"]
+        assert configs and all((REPO / c).is_file() for c in configs), (cell.label(), configs)
+    check_cells(spec, cells[:1], tmp_path / "out")  # the full parser on one cell (every cell shares its keys)
