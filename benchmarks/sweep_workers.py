@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("serial", "sweep1", "sweep2")  # one by one; vlprompt sweep with 1 and with 2 local workers
 
 
 def main() -> None:
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["toy_colors", "toy_patterns"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1])
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                    help="which variants to time (default: all three); speed-ups are printed against the first")
     ap.add_argument("--toy-leaderboard", action="store_true",
                     help="learners, datasets and seeds of sweeps/toy_leaderboard.yaml (overrides the three above)")
     args = ap.parse_args()
@@ -62,7 +65,7 @@ def main() -> None:
                         "--results_dir", str(root / "warm"), "--trainer.default_root_dir", str(root / "warm-runs")],
                        env=env, check=True, capture_output=True)
         t0 = time.perf_counter()
-        for learner in args.learners:
+        for learner in (args.learners if "serial" in args.variants else []):
             for dataset in args.datasets:
                 subprocess.run([sys.executable, "-m", "vlprompt.cli", "fit", *common,
                                 "--config", str(REPO / f"configs/datasets/{dataset}.yaml"),
@@ -70,8 +73,9 @@ def main() -> None:
                                 "--trainer.max_epochs", str(args.epochs), "--results_dir", str(root / "serial"),
                                 "--trainer.default_root_dir", str(root / "serial-runs")],
                                env=env, check=True, capture_output=True)
-        times["one by one"] = time.perf_counter() - t0
-        for workers in (1, 2):
+        if "serial" in args.variants:
+            times["one by one"] = time.perf_counter() - t0
+        for workers in [w for w in (1, 2) if f"sweep{w}" in args.variants]:
             spec = {"name": f"bench{workers}", "stage": "fit",
                     "args": [*common, "--results_dir", str(root / f"sweep{workers}")],
                     "grid": {"learner": args.learners, "dataset": args.datasets, "seeds": [args.seeds],
@@ -89,8 +93,9 @@ def main() -> None:
                       f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
                 for cell in sorted((root / f"out{workers}" / "cells").glob("*.json")):
                     print(cell.read_text())
-    base = times["one by one"]
-    print(f"{'variant':<22} {'seconds':>8} {'speed-up vs one by one':>24}")
+    first = next(iter(times))
+    base = times[first]
+    print(f"{'variant':<22} {'seconds':>8} {'speed-up vs ' + first:>24}")
     for name, t in times.items():
         print(f"{name:<22} {t:8.1f} {base / t:24.2f}   ({t / n_cells:.1f} s per cell)")
     print(f"load average after: {os.getloadavg()}")
