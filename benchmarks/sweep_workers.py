@@ -64,16 +64,16 @@ def main() -> None:
                         str(REPO / "configs/learners/zero_shot/default.yaml"), "--seeds", "[1]",
                         "--results_dir", str(root / "warm"), "--trainer.default_root_dir", str(root / "warm-runs")],
                        env=env, check=True, capture_output=True)
-        t0 = time.perf_counter()
-        for learner in (args.learners if "serial" in args.variants else []):
-            for dataset in args.datasets:
-                subprocess.run([sys.executable, "-m", "vlprompt.cli", "fit", *common,
-                                "--config", str(REPO / f"configs/datasets/{dataset}.yaml"),
-                                "--config", str(REPO / f"configs/learners/{learner}.yaml"), "--seeds", seeds,
-                                "--trainer.max_epochs", str(args.epochs), "--results_dir", str(root / "serial"),
-                                "--trainer.default_root_dir", str(root / "serial-runs")],
-                               env=env, check=True, capture_output=True)
         if "serial" in args.variants:
+            t0 = time.perf_counter()
+            for learner in args.learners:
+                for dataset in args.datasets:
+                    subprocess.run([sys.executable, "-m", "vlprompt.cli", "fit", *common,
+                                    "--config", str(REPO / f"configs/datasets/{dataset}.yaml"),
+                                    "--config", str(REPO / f"configs/learners/{learner}.yaml"), "--seeds", seeds,
+                                    "--trainer.max_epochs", str(args.epochs), "--results_dir", str(root / "serial"),
+                                    "--trainer.default_root_dir", str(root / "serial-runs")],
+                                   env=env, check=True, capture_output=True)
             times["one by one"] = time.perf_counter() - t0
         for workers in [w for w in (1, 2) if f"sweep{w}" in args.variants]:
             spec = {"name": f"bench{workers}", "stage": "fit",
