@@ -6,6 +6,8 @@ without running it: ``metrics: {dice, iou}`` per seed and ``artifacts["seed<N>/o
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -31,8 +33,9 @@ def _overlay(path: Path, shade: int) -> Path:
 
 def write_seg_results(results_dir: Path, overlays_dir: Path, *, overlays_per_seed: int = 3) -> list[Path]:
     """Write the :data:`SEG_ROWS` results (protocol ``referring``, benchmark ``seg-toy``, 2 seeds) and their overlay
-    PNGs; returns the result paths. Overlay paths are absolute, except kvasir/coop's, which are relative to the
-    result file's folder (both forms occur)."""
+    PNGs; returns the result paths. Overlays inside ``results_dir`` are recorded as ``results:<path in the tree>``
+    (what a run writes, see :func:`vlprompt.results.portable_path`), others as absolute paths (a result written
+    before paths were made portable); kvasir/coop's are relative to the result file's folder (all forms occur)."""
     paths = []
     for k, (dataset, learner, seeds) in enumerate(SEG_ROWS):
         per_seed, artifacts = [], {}
@@ -51,13 +54,14 @@ def write_seg_results(results_dir: Path, overlays_dir: Path, *, overlays_per_see
         result.update(stage="fit", complete=True, created=f"2026-12-01T00:00:0{k}+00:00")
         result["artifacts"] = artifacts
         path = write_result(result, results_dir)
-        if dataset == "kvasir_seg" and learner == "coop":  # relative to the result file's folder
-            import json
-            import os
-
+        inside = overlays_dir.resolve().is_relative_to(results_dir.resolve())
+        if (dataset == "kvasir_seg" and learner == "coop") or not inside:
             data = json.loads(path.read_text())
-            data["artifacts"] = {key: [os.path.relpath(p, path.parent) for p in value]
-                                 for key, value in data["artifacts"].items()}
+            if dataset == "kvasir_seg" and learner == "coop":  # relative to the result file's folder
+                data["artifacts"] = {key: [os.path.relpath(p, path.parent) for p in value]
+                                     for key, value in artifacts.items()}
+            else:  # absolute, as a result from before portable paths
+                data["artifacts"] = artifacts
             path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         paths.append(path)
     return paths

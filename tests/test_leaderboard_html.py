@@ -69,7 +69,7 @@ def test_html_content_and_reproducible(toy_results, tmp_path):
 def test_segmentation_page_has_dice_bars_and_overlay_gallery(tmp_path):
     from seg_fixtures import write_seg_results
 
-    write_seg_results(tmp_path / "results", tmp_path / "overlays")
+    write_seg_results(tmp_path / "results", tmp_path / "results" / "overlays")  # recorded as results:<path>
     out1, out2 = tmp_path / "a", tmp_path / "b"
     assert leaderboard_main(["build", str(tmp_path / "results"), "--out", str(out1), "--html", "--reported",
                              str(REPORTED)]) == 0
@@ -134,3 +134,29 @@ def test_committed_html_rebuilds_byte_for_byte(tmp_path):
         assert (tmp_path / rel).read_bytes() == (committed / rel).read_bytes(), f"{rel} differs: rebuild it"
     page = (committed / pages[0]).read_text()
     assert f'src="../../assets/{asset.name}"' in page and "plotly.js v" not in page
+
+
+@pytest.mark.parametrize("engine", ["auto", "orjson"])
+def test_pages_do_not_depend_on_plotly_json_engine(tmp_path, engine):
+    """plotly's global JSON engine ("auto" takes orjson where installed, which writes "±" raw where json writes
+    "\\u00b1") does not reach the pages: the builder chooses the engine explicitly, and restores the global.
+    The orjson case runs where orjson is installed (it is no dependency; CI's clean environment lacks it)."""
+    import plotly.io as pio
+
+    if engine == "orjson":
+        pytest.importorskip("orjson")
+    results = REPO / "leaderboards" / "results" / "segmentation" / "toy"
+    previous = pio.json.config.default_engine
+    try:
+        pio.json.config.default_engine = "json"
+        a = build_html_leaderboards(results, tmp_path / "a", reported_dir=REPORTED, plotly="shared")
+        pio.json.config.default_engine = engine
+        b = build_html_leaderboards(results, tmp_path / "b", reported_dir=REPORTED, plotly="shared")
+        assert pio.json.config.default_engine == engine
+    finally:
+        pio.json.config.default_engine = previous
+    assert [p.relative_to(tmp_path / "a") for p in a] == [p.relative_to(tmp_path / "b") for p in b]
+    for p, q in zip(a, b):
+        assert p.read_bytes() == q.read_bytes(), p
+    page = next(p for p in a if p.name == "index.html").read_text(encoding="utf-8")
+    assert "\\u00b1" in page

@@ -22,7 +22,7 @@ from vlprompt.results import (
     write_result,
 )
 
-BACKBONE = {"name": "ToyCLIP", "model": "toyclip-s", "pretrained": "/ckpt/toyclip.pt",
+BACKBONE = {"name": "ToyCLIP", "model": "toyclip-s", "pretrained": "weights/toyclip.pt",
             "checkpoint_sha256": "ab" * 32, "precision": "fp32"}
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.metrics import harmonic_mean
-from vlprompt.results import ResultError, _safe, format_mean_std, load_result, metric_keys, parse_created
+from vlprompt.results import ResultError, _safe, format_mean_std, load_result, metric_keys, migrate_results, parse_created
 
 log = logging.getLogger(__name__)
 
@@ -520,6 +520,25 @@ def _push_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_main(args: argparse.Namespace) -> int:
+    """``vlprompt leaderboard migrate RESULTS_DIR [--check]``: only path strings change (see
+    :func:`vlprompt.results.portable_path`); metrics, checksums and keys stay as they are."""
+    root = Path(args.results_dir)
+    if not root.is_dir():
+        log.error("results folder %r does not exist or is not a directory", str(root))
+        return 2
+    try:
+        changed = migrate_results(root, check=args.check)
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    verb = "would rewrite" if args.check else "rewrote"
+    for path in changed:
+        log.info("%s %s", verb, path)
+    log.info("%s %d of the result files under %s to portable paths", verb, len(changed), root)
+    return 1 if (args.check and changed) else 0
+
+
 def leaderboard_main(argv: Sequence[str]) -> int:
     """``vlprompt leaderboard build RESULTS_DIR [--out DIR]`` / ``push RESULTS_DIR --wandb``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="vlprompt leaderboard", description="Build leaderboards from result JSONs.")
@@ -544,12 +563,18 @@ def leaderboard_main(argv: Sequence[str]) -> int:
     push.add_argument("--save_dir", default=None, help="where W&B writes its run folders (default: $WANDB_DIR, else runs)")
     push.add_argument("--reported", default="leaderboards/reported",
                       help="folder of reported paper numbers (*.yaml), pushed as the 'reported' table")
+    migrate = sub.add_parser("migrate", help="rewrite result files to the portable path form (no machine paths)")
+    migrate.add_argument("results_dir", help="folder of result JSON files (searched recursively), rewritten in place")
+    migrate.add_argument("--check", action="store_true",
+                         help="only list the files that would change; exit 1 if any would")
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:  # argparse already printed usage / help
         return int(exc.code or 0)
     if args.action == "push":
         return _push_main(args)
+    if args.action == "migrate":
+        return _migrate_main(args)
     results_dir = Path(args.results_dir)
     if not results_dir.is_dir():
         log.error(

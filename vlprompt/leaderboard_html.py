@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.metrics import harmonic_mean
-from vlprompt.results import ResultError, _safe, format_mean_std
+from vlprompt.results import (
+    EXTERNAL_SCHEME, PACKAGE_SCHEME, RESULTS_SCHEME, ResultError, _safe, format_mean_std, resolve_recorded_path,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReportedError", "load_reported", "render_html", "build_html_leaderboards", "build_figures", "overlay_paths",
+__all__ = ["PLOTLY_JSON_ENGINE", "ReportedError", "load_reported", "render_html", "build_html_leaderboards", "build_figures", "overlay_paths",
            "primary_metric", "REPORTED_DIR"]
 
 #: default folder of reported (paper) numbers, relative to the working directory
@@ -149,9 +151,23 @@ def _table_html(table_id: str, headers: Sequence[str], rows: Sequence[Sequence[t
     return "".join(out)
 
 
+#: plotly's JSON engine for every page: the standard library's, chosen explicitly. plotly's default ("auto")
+#: takes orjson where it is installed, which writes non-ASCII characters raw ("±") where json writes "\u00b1", so a
+#: page would depend on the machine that built it.
+PLOTLY_JSON_ENGINE = "json"
+
+
 def _figure_div(fig: Any, div_id: str) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                       config={"displaylogo": False, "responsive": True})
+    import plotly.io as pio
+
+    config = pio.json.config
+    previous = config.default_engine
+    config.default_engine = PLOTLY_JSON_ENGINE  # to_html has no engine argument: set it for this call only
+    try:
+        return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                           config={"displaylogo": False, "responsive": True})
+    finally:
+        config.default_engine = previous
 
 
 def _averages(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
@@ -397,6 +413,8 @@ def _overlay_entries(result: Mapping[str, Any]) -> list[tuple[str, Path]]:
     if not isinstance(artifacts, Mapping):
         return []
     base = Path(str(result.get("_path", "."))).parent
+    rel = result.get("_rel")
+    root = Path(str(result["_path"])).parents[len(Path(rel).parts) - 1] if rel and result.get("_path") else None
     out: list[tuple[str, Path]] = []
     for key in sorted(k for k in artifacts if isinstance(k, str) and k.endswith("/overlays")):
         prefix = key[: -len("/overlays")]
@@ -407,7 +425,16 @@ def _overlay_entries(result: Mapping[str, Any]) -> list[tuple[str, Path]]:
         for item in items:
             if not isinstance(item, (str, os.PathLike)):
                 continue
-            p = Path(item)
+            text = os.fspath(item)
+            if text.startswith((PACKAGE_SCHEME, RESULTS_SCHEME, EXTERNAL_SCHEME)):  # portable form (results.py)
+                found = resolve_recorded_path(text, results_root=root)
+                if found is None:
+                    log.warning("%s: overlay %s (artifacts[%r]) was recorded outside the results tree and the "
+                                "working directory; not embedded", result.get("_rel", "result"), text, key)
+                    continue
+                p = found
+            else:
+                p = Path(item)
             if not p.is_absolute() and not p.exists() and (base / p).exists():
                 p = base / p
             if p.is_dir():

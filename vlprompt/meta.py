@@ -94,8 +94,10 @@ def _load_image(path: Path, image_size: int) -> torch.Tensor:
 
 def _shard_urls(urls: str | list[str]) -> list[str]:
     """Expand brace patterns (``cc3m-{000000..000009}.tar``) and check that local shards exist before any work."""
-    import braceexpand
-
+    try:
+        import braceexpand
+    except ImportError as exc:
+        raise MetaError('corpus.urls brace patterns need braceexpand: pip install "vlprompt[meta]"') from exc
     patterns = [urls] if isinstance(urls, str) else list(urls)
     out = [u for pat in patterns for u in braceexpand.braceexpand(str(pat))]
     if not out:
@@ -115,7 +117,7 @@ def webdataset_pairs(urls: str | list[str], *, image_key: str = "jpg;jpeg;png;we
     try:
         import webdataset as wds
     except ImportError as exc:
-        raise MetaError("corpus.source 'webdataset' needs the webdataset package: pip install webdataset") from exc
+        raise MetaError("corpus.source 'webdataset' needs the webdataset package: pip install \"vlprompt[meta]\"") from exc
     shards = _shard_urls(urls)
     wanted = [k.strip().lower() for k in image_key.split(";") if k.strip()]
     stream = wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode("pil")

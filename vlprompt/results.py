@@ -49,7 +49,9 @@ _PACKAGES = {  # key in "versions" -> distribution name
 
 __all__ = [
     "SCHEMA", "REQUIRED_KEYS", "ResultError", "collect_versions", "device_string", "git_state", "make_result",
-    "write_result", "load_result", "load_results", "print_summary",
+    "write_result", "load_result", "load_results", "print_summary", "PACKAGE_SCHEME", "RESULTS_SCHEME",
+    "EXTERNAL_SCHEME", "portable_path", "portable_text", "portable_result", "resolve_recorded_path",
+    "migrate_results", "find_absolute_paths",
 ]
 
 
@@ -240,7 +242,9 @@ def write_result(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
         stamp = _dt.datetime.now(_dt.timezone.utc)
     folder = Path(out_dir) / _safe(result["protocol"]) / _safe(result["benchmark"]) / _safe(result["dataset"])
     folder.mkdir(parents=True, exist_ok=True)
-    payload = {k: v for k, v in result.items() if k != "_path"}
+    # no machine paths in a result: shipped assets, files in the results tree and in the working directory are
+    # named relative to those, anything else by its file name (see portable_path)
+    payload = portable_result({k: v for k, v in result.items() if k != "_path"}, results_root=out_dir)
     text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
     from vlprompt.atomic import atomic_path
 
@@ -263,6 +267,129 @@ def write_result(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
         break
     log.info("wrote result %s", path)
     return path
+
+
+# --------------------------------------------------------------------------- portable paths
+#: a file shipped inside the vlprompt package: ``vlprompt:backbones/assets/vlprompt-toyclip.safetensors``
+PACKAGE_SCHEME = "vlprompt:"
+#: a file inside the results tree the result was written to: ``results:<path relative to that tree>``
+RESULTS_SCHEME = "results:"
+#: a file outside the package, the results tree and the working directory: ``external:<path below its first two
+#: folders>`` (``/tmp/runs/coop-1/seed1/prompts.safetensors`` -> ``external:coop-1/seed1/prompts.safetensors``); the
+#: machine's folders are not recorded (the sha256 recorded beside it, where there is one, identifies the file)
+EXTERNAL_SCHEME = "external:"
+
+# an absolute POSIX path standing alone or inside a command line: starts at "/" after a space, "=", a quote or
+# the start of the text (never after a letter, "." or ":" as in "km/h" or "https://"), two components at least
+_ABSOLUTE = re.compile(r"(?:^|(?<=[\s='\"(,\[>`]))/[\w.~+@%-]+(?:/[\w.~+@%-]*)+")
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def _package_relative(path: Path) -> str | None:
+    """``path`` relative to the installed package, also for a path inside *another* checkout's ``vlprompt/``
+    (results migrated from a developer's work tree) when the same file exists in this package."""
+    try:
+        return path.resolve().relative_to(_PACKAGE_ROOT).as_posix()
+    except (ValueError, OSError):
+        pass
+    parts = path.parts
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i] == "vlprompt" and i + 1 < len(parts):
+            rest = Path(*parts[i + 1:])
+            if (_PACKAGE_ROOT / rest).exists():
+                return rest.as_posix()
+    return None
+
+
+def portable_path(path: str | os.PathLike, *, results_root: str | os.PathLike | None = None,
+                  cwd: str | os.PathLike | None = None) -> str:
+    """The machine-independent form of ``path`` recorded in results.
+
+    A relative path is kept as given (relative to the run's working directory). An absolute path becomes, in
+    this order: ``vlprompt:<rel>`` inside the vlprompt package (a shipped asset), ``results:<rel>`` inside
+    ``results_root``, ``<rel>`` inside ``cwd`` (default: the current directory), else ``external:<path below its first two
+    folders>``.
+    """
+    text = os.fspath(path)
+    if not text.startswith("/"):
+        return text
+    p = Path(text)
+    rel = _package_relative(p)
+    if rel is not None:
+        return PACKAGE_SCHEME + rel
+    for root, scheme in ((results_root, RESULTS_SCHEME), (cwd if cwd is not None else os.getcwd(), "")):
+        if root is None:
+            continue
+        try:
+            return scheme + p.relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            try:
+                return scheme + p.resolve().relative_to(Path(root).resolve()).as_posix()
+            except (ValueError, OSError):
+                continue
+    # below its first two folders (``/tmp/runs/``, ``/home/<user>/``): what the run named, not the machine's layout
+    return EXTERNAL_SCHEME + (Path(*p.parts[3:]).as_posix() if len(p.parts) > 3 else (p.name or "root"))
+
+
+def portable_text(text: str, **roots: Any) -> str:
+    """``text`` with every absolute path in it (a whole value or tokens of a command line) made portable with
+    :func:`portable_path`; other text is unchanged."""
+    if "/" not in text:
+        return text
+    return _ABSOLUTE.sub(lambda m: portable_path(m.group(0), **roots), text)
+
+
+def portable_result(result: Any, *, results_root: str | os.PathLike | None = None,
+                    cwd: str | os.PathLike | None = None) -> Any:
+    """A copy of ``result`` (any JSON value) with every string made portable (:func:`portable_text`)."""
+    if isinstance(result, os.PathLike):
+        result = os.fspath(result)
+    if isinstance(result, str):
+        return portable_text(result, results_root=results_root, cwd=cwd)
+    if isinstance(result, Mapping):
+        return {k: portable_result(v, results_root=results_root, cwd=cwd) for k, v in result.items()}
+    if isinstance(result, (list, tuple)):
+        return [portable_result(v, results_root=results_root, cwd=cwd) for v in result]
+    return result
+
+
+def resolve_recorded_path(value: str, *, results_root: str | os.PathLike | None = None,
+                          cwd: str | os.PathLike | None = None) -> Path | None:
+    """The local file a recorded (portable) path names, or ``None`` for ``external:`` names (not recorded)."""
+    if value.startswith(PACKAGE_SCHEME):
+        return _PACKAGE_ROOT / value[len(PACKAGE_SCHEME):]
+    if value.startswith(RESULTS_SCHEME):
+        return Path(results_root or ".") / value[len(RESULTS_SCHEME):]
+    if value.startswith(EXTERNAL_SCHEME):
+        return None
+    return Path(cwd or ".") / value
+
+
+def find_absolute_paths(text: str) -> list[str]:
+    """Every absolute filesystem path written in ``text`` (the check that committed results and pages carry
+    no machine paths)."""
+    return [m.group(0) for m in _ABSOLUTE.finditer(text)]
+
+
+def migrate_results(folder: str | os.PathLike, *, cwd: str | os.PathLike | None = None,
+                    check: bool = False) -> list[Path]:
+    """Rewrite every result JSON under ``folder`` to the portable path form, in place and atomically; only
+    path strings change (metrics, checksums and keys stay). Returns the files that changed (with ``check``:
+    that would change, nothing written)."""
+    from vlprompt.atomic import atomic_write_text
+
+    root = Path(folder)
+    changed = []
+    for path in sorted(root.rglob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        old = json.loads(text)
+        new = portable_result(old, results_root=root, cwd=cwd)
+        if new == old:
+            continue
+        changed.append(path)
+        if not check:
+            atomic_write_text(path, json.dumps(new, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return changed
 
 
 # --------------------------------------------------------------------------- loading

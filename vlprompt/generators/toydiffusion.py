@@ -59,13 +59,19 @@ def card_path(weights: str | Path) -> Path:
     return Path(str(weights).removesuffix(".safetensors") + ".card.json")
 
 
+def require_diffusers():
+    """The ``diffusers`` module, imported on first use (it is the ``difftpt`` extra, not a core dependency);
+    a clear error naming the install command where it is missing."""
+    try:
+        import diffusers
+    except ImportError as exc:  # pragma: no cover - diffusers is a test and difftpt extra
+        raise GeneratorError('toy_diffusion needs diffusers: pip install "vlprompt[difftpt]"') from exc
+    return diffusers
+
+
 def build_unet(unet: dict):
     """A randomly initialised diffusers ``UNet2DModel`` from its keyword arguments."""
-    try:
-        from diffusers import UNet2DModel
-    except ImportError as exc:  # pragma: no cover - diffusers is a test and difftpt extra
-        raise GeneratorError("toy_diffusion needs diffusers: pip install 'vlprompt[difftpt]'") from exc
-    return UNet2DModel(**unet)
+    return require_diffusers().UNet2DModel(**unet)
 
 
 def to_model_space(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -153,7 +159,7 @@ class ToyDiffusion(ViewGenerator):
 
     def _load(self):
         if self._unet is None:
-            from diffusers import DDIMScheduler
+            DDIMScheduler = require_diffusers().DDIMScheduler  # noqa: N806 - the diffusers class
 
             unet, sched_cfg, config = load_toy_diffusion(self.path)
             self._unet = unet.to(self.device)
