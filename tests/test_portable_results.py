@@ -1,6 +1,7 @@
-"""Results carry no machine paths: shipped assets by package name (and checksum), files in the results tree
-relative to it, files in the working directory relative to it, anything else by the path below its first two
-folders; committed results and pages are checked for absolute paths."""
+"""Results carry no machine paths of vlprompt's: shipped assets by package name (and checksum), files in the
+results tree relative to it, the user's own paths as they gave them; published results (`vlprompt leaderboard
+migrate`) name the rest relative to the working directory or by the path below its first two folders, and the
+committed results and pages are checked for absolute paths."""
 
 from __future__ import annotations
 
@@ -28,10 +29,15 @@ def test_portable_path_rules(tmp_path):
     # a shipped asset inside another checkout (a developer's work tree) is the same shipped asset
     assert portable_path(f"/home/someone/wt/feature/vlprompt/{ASSET}") == f"vlprompt:{ASSET}"
     assert portable_path(str(results / "a" / "b.png"), results_root=results, cwd=cwd) == "results:a/b.png"
-    assert portable_path(str(cwd / "runs" / "coop-1"), results_root=results, cwd=cwd) == "runs/coop-1"
-    assert portable_path("/tmp/zooruns/coop-1/seed1/prompts.safetensors", cwd=cwd) == \
+    # the user's own absolute paths stay as given, so the result still finds them on their machine ...
+    assert portable_path(str(cwd / "runs" / "coop-1"), results_root=results, cwd=cwd) == str(cwd / "runs" / "coop-1")
+    assert portable_path("/tmp/zooruns", cwd=cwd) == "/tmp/zooruns"
+    # ... until published: relative to the working directory, else below the first two folders
+    assert portable_path(str(cwd / "runs" / "coop-1"), results_root=results, cwd=cwd, publish=True) == "runs/coop-1"
+    assert portable_path("/tmp/zooruns/coop-1/seed1/prompts.safetensors", cwd=cwd, publish=True) == \
         "external:coop-1/seed1/prompts.safetensors"
-    assert portable_path("/tmp/zooruns", cwd=cwd) == "external:zooruns"
+    assert portable_path("/tmp/zooruns", cwd=cwd, publish=True) == "external:zooruns"
+    assert portable_path(str(results / "a.png"), results_root=results, publish=True) == "results:a.png"
     assert portable_path("runs/coop-1") == "runs/coop-1"  # relative: as given
     assert resolve_recorded_path(f"vlprompt:{ASSET}") == PACKAGE.resolve() / ASSET
     assert resolve_recorded_path("results:a/b.png", results_root=results) == results / "a" / "b.png"
@@ -42,14 +48,15 @@ def test_portable_path_rules(tmp_path):
     "km/h", "base / new", "https://example.org/a/b", "1/2/3", "</div>", "/[&<>]/g", "a photo of a {}.", "x/y/z",
 ])
 def test_non_paths_are_untouched(text):
-    assert portable_text(text, cwd="/nowhere") == text
+    assert portable_text(text, cwd="/nowhere", publish=True) == text
     assert find_absolute_paths(text) == []
 
 
 def test_command_lines_are_rewritten_token_by_token(tmp_path):
     cmd = ("vlprompt fit --config configs/a.yaml --trainer.default_root_dir /tmp/zooruns "
            f"--model.backbone.init_args.pretrained={tmp_path}/weights/vit.pt --results_dir {tmp_path}/out")
-    out = portable_text(cmd, cwd=tmp_path)
+    assert portable_text(cmd, cwd=tmp_path) == cmd  # the user's own paths, as given
+    out = portable_text(cmd, cwd=tmp_path, publish=True)
     assert out == ("vlprompt fit --config configs/a.yaml --trainer.default_root_dir external:zooruns "
                    "--model.backbone.init_args.pretrained=weights/vit.pt --results_dir out")
     assert find_absolute_paths(out) == []
@@ -66,14 +73,20 @@ def test_write_result_records_portable_paths(tmp_path, monkeypatch):
                                         "sha256": "cd" * 32}},
         "per_seed": [{"seed": 1, "metrics": {"base": 80.0}}],
     }
+    result["artifacts"]["seed1/overlays"] = {"path": str(tmp_path / "results" / "overlays" / "0.png")}
     path = write_result(result, tmp_path / "results")
-    text = path.read_text(encoding="utf-8")
-    assert find_absolute_paths(text) == []
-    saved = json.loads(text)
+    saved = json.loads(path.read_text(encoding="utf-8"))
     assert saved["backbone"] == {"pretrained": f"vlprompt:{ASSET}", "checkpoint_sha256": "ab" * 32}
-    assert saved["run_dir"] == "runs/coop-1"
-    assert saved["artifacts"]["seed1/prompts"]["path"] == "external:runs/coop-1/seed1/prompts.safetensors"
+    assert saved["artifacts"]["seed1/overlays"]["path"] == "results:overlays/0.png"
+    # the user's own folders stay as given until published
+    assert saved["run_dir"] == str(tmp_path / "runs" / "coop-1")
+    assert saved["artifacts"]["seed1/prompts"]["path"] == "/scratch/me/runs/coop-1/seed1/prompts.safetensors"
     assert saved["per_seed"] == result["per_seed"]
+    assert migrate_results(tmp_path / "results") == [path]
+    published = json.loads(path.read_text(encoding="utf-8"))
+    assert find_absolute_paths(json.dumps(published)) == []
+    assert published["run_dir"] == "runs/coop-1"
+    assert published["artifacts"]["seed1/prompts"]["path"] == "external:runs/coop-1/seed1/prompts.safetensors"
 
 
 def test_migrate_changes_only_paths(tmp_path, caplog):
@@ -96,7 +109,8 @@ def test_migrate_changes_only_paths(tmp_path, caplog):
 
 def test_portable_result_keeps_non_strings():
     value = {"a": [1, 2.5, None, True, {"b": "/tmp/x/y"}], "c": 3}
-    assert portable_result(value, cwd="/elsewhere") == {"a": [1, 2.5, None, True, {"b": "external:y"}], "c": 3}
+    assert portable_result(value, cwd="/elsewhere", publish=True) == {"a": [1, 2.5, None, True, {"b": "external:y"}],
+                                                                      "c": 3}
 
 
 def test_committed_results_and_pages_carry_no_absolute_paths():

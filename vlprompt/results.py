@@ -242,8 +242,8 @@ def write_result(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
         stamp = _dt.datetime.now(_dt.timezone.utc)
     folder = Path(out_dir) / _safe(result["protocol"]) / _safe(result["benchmark"]) / _safe(result["dataset"])
     folder.mkdir(parents=True, exist_ok=True)
-    # no machine paths in a result: shipped assets, files in the results tree and in the working directory are
-    # named relative to those, anything else by its file name (see portable_path)
+    # shipped assets by package name, files in the results tree relative to it; the user's own paths as they
+    # gave them (see portable_path; `vlprompt leaderboard migrate` removes those before results are published)
     payload = portable_result({k: v for k, v in result.items() if k != "_path"}, results_root=out_dir)
     text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
     from vlprompt.atomic import atomic_path
@@ -302,13 +302,15 @@ def _package_relative(path: Path) -> str | None:
 
 
 def portable_path(path: str | os.PathLike, *, results_root: str | os.PathLike | None = None,
-                  cwd: str | os.PathLike | None = None) -> str:
+                  cwd: str | os.PathLike | None = None, publish: bool = False) -> str:
     """The machine-independent form of ``path`` recorded in results.
 
-    A relative path is kept as given (relative to the run's working directory). An absolute path becomes, in
-    this order: ``vlprompt:<rel>`` inside the vlprompt package (a shipped asset), ``results:<rel>`` inside
-    ``results_root``, ``<rel>`` inside ``cwd`` (default: the current directory), else ``external:<path below its first two
-    folders>``.
+    A relative path is kept as given (relative to the run's working directory). An absolute path becomes
+    ``vlprompt:<rel>`` inside the vlprompt package (a shipped asset, identified with its checksum beside it) and
+    ``results:<rel>`` inside ``results_root``; any other absolute path is the user's own (a weights file, a runs
+    folder they named) and is kept as they gave it, so that the result still finds it on their machine. With
+    ``publish`` (results about to be committed or shared, :func:`migrate_results`), such a path becomes ``<rel>``
+    inside ``cwd`` (default: the current directory), else ``external:<path below its first two folders>``.
     """
     text = os.fspath(path)
     if not text.startswith("/"):
@@ -317,7 +319,10 @@ def portable_path(path: str | os.PathLike, *, results_root: str | os.PathLike | 
     rel = _package_relative(p)
     if rel is not None:
         return PACKAGE_SCHEME + rel
-    for root, scheme in ((results_root, RESULTS_SCHEME), (cwd if cwd is not None else os.getcwd(), "")):
+    roots = [(results_root, RESULTS_SCHEME)]
+    if publish:
+        roots.append((cwd if cwd is not None else os.getcwd(), ""))
+    for root, scheme in roots:
         if root is None:
             continue
         try:
@@ -327,6 +332,8 @@ def portable_path(path: str | os.PathLike, *, results_root: str | os.PathLike | 
                 return scheme + p.resolve().relative_to(Path(root).resolve()).as_posix()
             except (ValueError, OSError):
                 continue
+    if not publish:
+        return text
     # below its first two folders (``/tmp/runs/``, ``/home/<user>/``): what the run named, not the machine's layout
     return EXTERNAL_SCHEME + (Path(*p.parts[3:]).as_posix() if len(p.parts) > 3 else (p.name or "root"))
 
@@ -340,16 +347,16 @@ def portable_text(text: str, **roots: Any) -> str:
 
 
 def portable_result(result: Any, *, results_root: str | os.PathLike | None = None,
-                    cwd: str | os.PathLike | None = None) -> Any:
+                    cwd: str | os.PathLike | None = None, publish: bool = False) -> Any:
     """A copy of ``result`` (any JSON value) with every string made portable (:func:`portable_text`)."""
     if isinstance(result, os.PathLike):
         result = os.fspath(result)
     if isinstance(result, str):
-        return portable_text(result, results_root=results_root, cwd=cwd)
+        return portable_text(result, results_root=results_root, cwd=cwd, publish=publish)
     if isinstance(result, Mapping):
-        return {k: portable_result(v, results_root=results_root, cwd=cwd) for k, v in result.items()}
+        return {k: portable_result(v, results_root=results_root, cwd=cwd, publish=publish) for k, v in result.items()}
     if isinstance(result, (list, tuple)):
-        return [portable_result(v, results_root=results_root, cwd=cwd) for v in result]
+        return [portable_result(v, results_root=results_root, cwd=cwd, publish=publish) for v in result]
     return result
 
 
@@ -373,9 +380,9 @@ def find_absolute_paths(text: str) -> list[str]:
 
 def migrate_results(folder: str | os.PathLike, *, cwd: str | os.PathLike | None = None,
                     check: bool = False) -> list[Path]:
-    """Rewrite every result JSON under ``folder`` to the portable path form, in place and atomically; only
-    path strings change (metrics, checksums and keys stay). Returns the files that changed (with ``check``:
-    that would change, nothing written)."""
+    """Rewrite every result JSON under ``folder`` to the published path form (:func:`portable_path` with
+    ``publish``: no absolute path left), in place and atomically; only path strings change (metrics, checksums
+    and keys stay). Returns the files that changed (with ``check``: that would change, nothing written)."""
     from vlprompt.atomic import atomic_write_text
 
     root = Path(folder)
@@ -383,7 +390,7 @@ def migrate_results(folder: str | os.PathLike, *, cwd: str | os.PathLike | None 
     for path in sorted(root.rglob("*.json")):
         text = path.read_text(encoding="utf-8")
         old = json.loads(text)
-        new = portable_result(old, results_root=root, cwd=cwd)
+        new = portable_result(old, results_root=root, cwd=cwd, publish=True)
         if new == old:
             continue
         changed.append(path)
