@@ -9,6 +9,8 @@
 - :func:`text_features`: text features from assembled token embeddings; :func:`template_features`: the
   hand-crafted classifier (zero-shot CLIP, Radford et al. 2021), optionally a template ensemble.
 - :func:`cosine_logits`: ``scale * norm(img) @ norm(text).T`` for shared or per-image text features.
+- :func:`segmentation_text` / :func:`prompt_end` / :func:`raw_text_features`: the text rules of the segmentation
+  track (the one place that decides the full stop of a prompt and whether text features are normalised).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -27,6 +30,47 @@ from vlprompt.backbones.base import VLBackbone
 
 ClassTokenPosition = Literal["end", "middle", "front"]
 PLACEHOLDER = "X"
+#: the full stop that ends a prompt built from a bare class name (CoOp/MaPLe references: ``"X X X X {name}."``)
+FULL_STOP = "."
+
+#: True inside :func:`segmentation_text` (the segmentation track's text rules), False otherwise
+_SEGMENTATION_TEXT: ContextVar[bool] = ContextVar("vlprompt_segmentation_text", default=False)
+
+
+@contextlib.contextmanager
+def segmentation_text() -> Iterator[None]:
+    """The text rules of the segmentation track, for every learner, inside this block.
+
+    The host segmentation module (:class:`~vlprompt.modules.segmentation.PromptSegmenter`) wraps everything a
+    learner does with text in it, so no learner branches on the task:
+
+    * **one full-stop rule** (:func:`prompt_end`): the "class names" are the dataset's prompts, complete
+      sentences whose full stop the dataset decides (``stop_at_end``, TuneVLSeg's ``insert_stop_at_last``), so a
+      learner inserts them verbatim after its context and adds no punctuation of its own. On the classification
+      track a prompt built from a bare class name ends with :data:`FULL_STOP` (``"X X X X {name}."``, as the
+      CoOp and MaPLe references build it). Templates (``"{}"``, ``"a photo of a {}."``) are the user's text and
+      are formatted verbatim on both tracks.
+    * **raw conditional** (:func:`raw_text_features`): the mask decoder is FiLM-conditioned on the projected text
+      feature as the text tower returns it (CLIPSeg's ``get_conditional_embeddings``, TuneVLSeg's
+      ``get_text_features``), so :func:`template_features` returns unnormalised features here.
+    """
+    token = _SEGMENTATION_TEXT.set(True)
+    try:
+        yield
+    finally:
+        _SEGMENTATION_TEXT.reset(token)
+
+
+def prompt_end() -> str:
+    """The text that ends a prompt a learner builds around a name: :data:`FULL_STOP` on the classification track,
+    nothing inside :func:`segmentation_text` (the dataset's prompt is already the whole sentence)."""
+    return "" if _SEGMENTATION_TEXT.get() else FULL_STOP
+
+
+def raw_text_features() -> bool:
+    """Whether text features handed on must stay unnormalised (inside :func:`segmentation_text`): the mask
+    decoder reads the raw projected text feature, classification normalises in :func:`cosine_logits` anyway."""
+    return _SEGMENTATION_TEXT.get()
 
 
 def count_tokens(backbone: VLBackbone, text: str) -> int:
@@ -62,7 +106,10 @@ def random_context(n_ctx: int, width: int, *, n_cls: int | None = None, std: flo
 
 
 class ClassPrompts(nn.Module):
-    """Frozen token embeddings of ``"X X ... X {class}."`` for every class, ready to take a context.
+    """Frozen token embeddings of ``"X X ... X {class}{end}"`` for every class, ready to take a context.
+
+    ``end`` is ``suffix_text`` when given, otherwise :func:`prompt_end` (``"."`` for class names; nothing on the
+    segmentation track, whose prompts carry the dataset's own full stop).
 
     Buffers: ``prefix`` ``[C, 1, Wt]`` (start token), ``suffix`` ``[C, L-1-n, Wt]`` (class tokens, period,
     end and padding), ``name_lens`` ``[C]``, ``pool_index`` ``[C]``, ``tokens`` ``[C, L]``.
@@ -78,10 +125,12 @@ class ClassPrompts(nn.Module):
         n_ctx: int,
         *,
         position: ClassTokenPosition = "end",
-        suffix_text: str = ".",
+        suffix_text: str | None = None,
         lead_text: str | None = None,
     ) -> None:
         super().__init__()
+        if suffix_text is None:
+            suffix_text = prompt_end()
         if position not in ("end", "middle", "front"):
             raise ValueError(f"class_token_position={position!r} must be 'end', 'middle' or 'front'")
         names = [c.replace("_", " ") for c in classnames]
@@ -220,6 +269,9 @@ def template_features(
     ``normalize_each=False`` averages the raw (unnormalised) features before the final normalisation, as
     PromptSRC's frozen text targets do.
 
+    Inside :func:`segmentation_text` the result is the mean of the raw projected features, not normalised at
+    all (for one template: the text tower's own output, which CLIPSeg's decoder is conditioned on).
+
     Computed once per process for each (frozen model, class names, templates, device) and reused across
     seeds, label-space switches and learners (zero-shot, KgCoOp's frozen targets, ...): the key holds the
     model object itself (``backbone.clip`` for open_clip backbones, which share one frozen model per
@@ -228,7 +280,9 @@ def template_features(
     if not templates:
         raise ValueError("at least one template such as 'a photo of a {}.' is needed")
     owner = getattr(backbone, "clip", backbone)
+    raw = raw_text_features()
     key = (tuple(classnames), tuple(templates), str(backbone.logit_scale.device), getattr(backbone, "dtype", None), normalize_each)
+    key = key + ("raw",) if raw else key
     if cache:
         hit = _TEMPLATE_CACHE.get(owner, {}).get(key)
         if hit is not None:
@@ -236,8 +290,11 @@ def template_features(
     texts = [t.format(name.replace("_", " ")) for name in classnames for t in templates]
     tokens = backbone.tokenize(texts)
     feats = torch.cat([backbone.encode_text(chunk) for chunk in tokens.split(batch_size)])
-    feats = (F.normalize(feats, dim=-1) if normalize_each else feats).view(len(classnames), len(templates), -1)
-    out = F.normalize(feats.mean(dim=1), dim=-1)
+    if raw:  # the segmentation track: the decoder's conditional is the unnormalised projected feature
+        out = feats.view(len(classnames), len(templates), -1).mean(dim=1)
+    else:
+        feats = (F.normalize(feats, dim=-1) if normalize_each else feats).view(len(classnames), len(templates), -1)
+        out = F.normalize(feats.mean(dim=1), dim=-1)
     if cache:
         _TEMPLATE_CACHE.setdefault(owner, {})[key] = out.clone()
     return out

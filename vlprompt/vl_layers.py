@@ -386,7 +386,7 @@ class JointPromptLearner(PromptLearner):
     family = "multimodal"
     modifies_image_encoder = True
 
-    def __init__(self, n_ctx: int, prompt_depth: int, *, init_std: float = 0.02, suffix_text: str = ".") -> None:
+    def __init__(self, n_ctx: int, prompt_depth: int, *, init_std: float = 0.02, suffix_text: str | None = None) -> None:
         super().__init__()
         name = type(self).__name__
         if n_ctx < 1:

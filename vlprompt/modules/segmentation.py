@@ -5,12 +5,18 @@ prompts of a batch play the role of class names, the learner encodes the images 
 if any) while the backbone records what its mask decoder reads, the learner gives the text feature of each
 image's own prompt, and the backbone decodes mask logits from both:
 
-    learner.set_classnames(unique prompts of the batch)
-    with backbone.record_activations() as rec:
-        feats = learner.encode_images(images)
-    text = learner.paired_text_features(feats, prompt_index)      # [B, D]
-    logits = backbone.decode_masks(rec, text)                      # [B, H, W]
+    with segmentation_text():                                     # vlprompt.layers: the track's text rules
+      learner.set_classnames(unique prompts of the batch)
+      with backbone.record_activations() as rec:
+          feats = learner.encode_images(images)
+      text = learner.paired_text_features(feats, prompt_index)    # [B, D], raw projected text feature
+      logits = backbone.decode_masks(rec, text)                    # [B, H, W]
     loss = dice + 0.2 * bce                                        # vlprompt.seg_metrics
+
+Inside :func:`~vlprompt.layers.segmentation_text` every learner follows the same text rules without knowing the
+task: the dataset's prompt is inserted verbatim after the learner's context (its full stop is the dataset's
+``stop_at_end``, TuneVLSeg's ``insert_stop_at_last``; no learner adds one), and hand-written templates give the
+raw projected text feature, which is what CLIPSeg/TuneVLSeg condition the decoder on (no L2 normalisation).
 
 Loop-level choices follow the reference (naamiinepal/tunevlseg ``ImageTextMaskModule`` and its configs):
 AdamW lr 2e-4, ReduceLROnPlateau(mode=min, factor=0.2, patience=5) on the validation loss each epoch, and the
@@ -41,6 +47,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from vlprompt.backbones.base import VLBackbone
+from vlprompt.layers import segmentation_text
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.modules.classification import apply_lr_scales
 from vlprompt.seg_metrics import SegmentationScores, dice_bce_loss, weight_decay_groups
@@ -120,7 +127,8 @@ class PromptSegmenter(pl.LightningModule):
         self.overlay_samples: list[dict[str, Any]] = []
         self._prompts: list[str] | None = None
         self._loss_sum, self._loss_n = 0.0, 0
-        self.learner.setup(self.backbone, list(self.task.get("setup_prompts") or SETUP_PROMPTS))
+        with segmentation_text():
+            self.learner.setup(self.backbone, list(self.task.get("setup_prompts") or SETUP_PROMPTS))
 
     # ------------------------------------------------------------------ the segmentation step
     def _use_prompts(self, prompts: list[str]) -> None:
@@ -129,7 +137,12 @@ class PromptSegmenter(pl.LightningModule):
             self._prompts = prompts
 
     def mask_logits(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """Mask logits ``[B, H, W]`` of images ``[B, 3, H, W]`` (in ``[0, 1]``), each with its own prompt."""
+        """Mask logits ``[B, H, W]`` of images ``[B, 3, H, W]`` (in ``[0, 1]``), each with its own prompt, under
+        the segmentation track's text rules (:func:`~vlprompt.layers.segmentation_text`)."""
+        with segmentation_text():
+            return self._mask_logits(images, prompts)
+
+    def _mask_logits(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         unique = list(dict.fromkeys(prompts))
         self._use_prompts(unique)
         index = torch.tensor([unique.index(p) for p in prompts], device=images.device)

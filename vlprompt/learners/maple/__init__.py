@@ -12,6 +12,16 @@ initialised Linear, as the reference's ``_get_clones``). Logits ``scale * cos``.
 ``trainers/maple.py`` and ``VisionTransformer_MaPLe``/``ResidualAttentionBlock_MaPLe`` of
 muzairkhattak/multimodal-prompt-learning, in fp32.
 
+Coupling options (TuneVLSeg, Adhikari et al. ACCV 2024: ``BaseProjectorLearner`` of naamiinepal/tunevlseg
+@7956bcd, ``src/models/core_models/coop/context_learner/base_projector_learner.py``): ``intermediate_dim``
+turns every coupling function into the reference's MLP ``Linear(Wt, h) -> ReLU -> ... -> Linear(h_k, Wv)``
+(hidden weights Kaiming-normal; the last Linear has no bias when ``proj_norm``) followed by
+``LayerNorm(Wv)`` when ``proj_norm``; each of the ``J`` layers (``proj`` included) gets its own, independently
+drawn projection, as the reference builds them; ``unified_projection`` makes one projection serve every layer.
+TuneVLSeg's CLIPSeg setting (``configs/model/maple_clipseg.yaml``) is ``use_unified_projection: false,
+intermediate_dim: 64, use_proj_norm: true``: ``Linear(512, 64) -> ReLU -> Linear(64, 768, no bias) ->
+LayerNorm(768)`` (``configs/learners/maple/tunevlseg.yaml``). The defaults are the MaPLe paper's single Linear.
+
 Deliberate differences: widths come from the backbone (the reference hard-codes 512 -> 768, ViT-B/16);
 ``n_ctx`` above the token count of ``ctx_init`` is an error (the reference falls back to random context for
 ``n_ctx > 4``); ``prompt_depth=None`` = the paper's J = 9 capped at the towers' layer count.
@@ -30,6 +40,7 @@ from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.vl_layers import (
     PromptConfigError,
     guess_reference_learner,
+    mlp_projection,
     reference_keys,
     resolve_depth,
     take_reference_tensor,
@@ -46,6 +57,10 @@ class MaPLe(PromptLearner):
         prompt_depth: ``J``, layers ``0..J-1`` prompted in both towers (base-to-new 9, cross-dataset 3;
             1 = shallow MaPLe); ``None`` = 9 capped at the towers' layers.
         init_std: std of the N(0, std^2) initialisation of random prompts.
+        intermediate_dim: hidden width(s) of the coupling MLP (TuneVLSeg: 64); ``None`` = the paper's one Linear.
+        proj_norm: ``LayerNorm(Wv)`` after the coupling MLP (TuneVLSeg: true; no effect without
+            ``intermediate_dim``, as in the reference).
+        unified_projection: one coupling function for every layer (TuneVLSeg's ``use_unified_projection``).
     """
 
     family = "multimodal"
@@ -59,10 +74,16 @@ class MaPLe(PromptLearner):
         ctx_init: str | None = "a photo of a",
         prompt_depth: int | None = None,
         init_std: float = 0.02,
+        intermediate_dim: int | list[int] | None = None,
+        proj_norm: bool = False,
+        unified_projection: bool = False,
     ) -> None:
         super().__init__()
         if n_ctx < 1:
             raise LearnerError(f"n_ctx={n_ctx} must be at least 1")
+        self.intermediate_dim = intermediate_dim
+        self.proj_norm = proj_norm
+        self.unified_projection = unified_projection
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init
         self.prompt_depth = prompt_depth
@@ -81,10 +102,28 @@ class MaPLe(PromptLearner):
             raise LearnerError(str(exc)) from exc
         wt, wv = backbone.text_width, backbone.vision_width
         self.ctx = nn.Parameter(ctx)
-        self.proj = nn.Linear(wt, wv)
+        if self.is_paper_coupling:  # MaPLe: proj, then J-1 copies of one Linear (the reference's _get_clones)
+            self.proj = nn.Linear(wt, wv)
+            self.text_deep = DeepPrompts(self.depth, self.n_ctx, wt, std=self.init_std)
+            single = nn.Linear(wt, wv)
+            self.projections = nn.ModuleList([copy.deepcopy(single) for _ in range(self.depth - 1)])
+            return
+        try:  # TuneVLSeg: one projection per layer, each drawn afresh (or one for all layers when unified)
+            self.proj = mlp_projection(wt, wv, intermediate_dim=self.intermediate_dim, final_norm=self.proj_norm)
+            layers = [
+                self.proj if self.unified_projection
+                else mlp_projection(wt, wv, intermediate_dim=self.intermediate_dim, final_norm=self.proj_norm)
+                for _ in range(self.depth - 1)
+            ]
+        except PromptConfigError as exc:
+            raise LearnerError(f"maple: {exc}") from exc
         self.text_deep = DeepPrompts(self.depth, self.n_ctx, wt, std=self.init_std)
-        single = nn.Linear(wt, wv)
-        self.projections = nn.ModuleList([copy.deepcopy(single) for _ in range(self.depth - 1)])
+        self.projections = nn.ModuleList(layers)
+
+    @property
+    def is_paper_coupling(self) -> bool:
+        """True for the MaPLe paper's coupling (one Linear per layer, not shared); False for TuneVLSeg's options."""
+        return self.intermediate_dim is None and not self.unified_projection
 
     def on_classnames_changed(self, classnames: list[str]) -> None:
         device = self.ctx.device if hasattr(self, "ctx") else None
@@ -117,6 +156,12 @@ class MaPLe(PromptLearner):
         ``proj.bias`` ``[Wv]``, ``compound_prompts_text.{i}`` ``[n, Wt]`` and
         ``compound_prompt_projections.{i}.weight/bias`` for ``i = 0..J-2``.
         """
+        if not self.is_paper_coupling:
+            raise LearnerError(
+                f"maple: reference MaPLe checkpoints hold the paper's Linear coupling, but this learner has "
+                f"intermediate_dim={self.intermediate_dim!r}, unified_projection={self.unified_projection}: set "
+                "intermediate_dim: null and unified_projection: false to import one"
+            )
         ref = reference_keys(state)
         kind = guess_reference_learner(ref)
         if kind != "maple":

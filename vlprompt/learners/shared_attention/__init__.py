@@ -27,7 +27,7 @@ What the reference computes (naamiinepal/tunevlseg @7956bcd, ``SharedAttnLearner
 - Dropout is active in training; both towers take their halves of one projector call per training step (the
   reference caches the other tower's half; see :class:`~vlprompt.vl_layers.JointPrompts`).
 
-Deliberate differences: as ``shared_separate`` (``suffix_text`` default ``"."``; overlong prompts are an
+Deliberate differences: as ``shared_separate`` (the full stop of :func:`~vlprompt.layers.prompt_end`; overlong prompts are an
 error, not truncated; the reference's CLIPSeg decoder extras are the backbone's business); ``token_attention``
 is an addition (default off = the reference).
 """
@@ -103,7 +103,7 @@ class SharedAttention(JointPromptLearner):
         unified_projection: one projector for every layer instead of ``J`` (reference config: false).
         token_attention: let the ``n`` tokens attend to each other (not the reference: see module docstring).
         init_std: std of the N(0, std^2) initialisation of the context (0.02).
-        suffix_text: text after the class name or phrase (CoOp's ``"."``; ``""`` = the bare phrase).
+        suffix_text: text after the class name or phrase; ``None`` = the one rule of :func:`~vlprompt.layers.prompt_end` (CoOp's ``"."`` after a class name, nothing after a segmentation prompt); ``""`` = never.
     """
 
     def __init__(
@@ -118,7 +118,7 @@ class SharedAttention(JointPromptLearner):
         unified_projection: bool = False,
         token_attention: bool = False,
         init_std: float = 0.02,
-        suffix_text: str = ".",
+        suffix_text: str | None = None,
     ) -> None:
         super().__init__(n_ctx, prompt_depth, init_std=init_std, suffix_text=suffix_text)
         self.nhead = nhead

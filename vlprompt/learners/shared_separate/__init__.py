@@ -28,8 +28,9 @@ learner too, in fp32:
 - ``J`` is at most ``min(text layers, vision layers)``.
 
 Deliberate differences: the reference inserts the context in front of the tokenised phrase and truncates
-overlong sequences; here prompts are ``"X"*n {name}{suffix_text}`` with CoOp's ``"."`` suffix by default (set
-``suffix_text: ""`` for the bare phrase) and overlong prompts are an error. The reference's LoRA projection
+overlong sequences; here prompts are ``"X"*n {name}{end}`` with the one full-stop rule of
+:func:`~vlprompt.layers.prompt_end` (``"."`` after a class name; on the segmentation track nothing, so the
+tokens after the context are the dataset's prompt verbatim, as the reference's) and overlong prompts are an error. The reference's LoRA projection
 (``use_lora_proj``) is not offered. The reference's CLIPSeg-side extras (``use_new_last_layer``, a trainable
 residual decoder convolution) belong to the backbone, not the prompt learner, and are not part of this plugin.
 """
@@ -85,7 +86,7 @@ class SharedSeparate(JointPromptLearner):
         intermediate_dim: hidden widths of an MLP projection; ``None`` = one Linear (reference config).
         proj_norm: final LayerNorm of an MLP projection (reference config: true; ignored without intermediate_dim).
         init_std: std of the N(0, std^2) initialisation of the shared context (0.02).
-        suffix_text: text after the class name or phrase (CoOp's ``"."``; ``""`` = the bare phrase).
+        suffix_text: text after the class name or phrase; ``None`` = the one rule of :func:`~vlprompt.layers.prompt_end` (CoOp's ``"."`` after a class name, nothing after a segmentation prompt); ``""`` = never.
     """
 
     def __init__(
@@ -98,7 +99,7 @@ class SharedSeparate(JointPromptLearner):
         intermediate_dim: int | list[int] | None = None,
         proj_norm: bool = True,
         init_std: float = 0.02,
-        suffix_text: str = ".",
+        suffix_text: str | None = None,
     ) -> None:
         super().__init__(n_ctx, prompt_depth, init_std=init_std, suffix_text=suffix_text)
         self.shared_dim = shared_dim
