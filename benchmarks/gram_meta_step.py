@@ -1,4 +1,4 @@
-"""Time and peak memory of one GRAM meta-step (vlprompt.meta): second order vs first order.
+"""Time and peak memory of one GRAM meta-step (vlprompt.learners.gram.meta): second order vs first order.
 
     OMP_NUM_THREADS=1 python benchmarks/gram_meta_step.py [--backbone tiny|toy] [--inner coop|vpt]
 
@@ -22,7 +22,7 @@ from _timing import timeit  # noqa: E402
 from vlprompt.learners.coop import CoOp  # noqa: E402
 from vlprompt.learners.gram.regulator import identity_regulator  # noqa: E402
 from vlprompt.learners.vpt import VPT  # noqa: E402
-from vlprompt.meta import _attention_for, _Head, encode_corpus, hierarchical_clusters, meta_step, sample_task  # noqa: E402
+from vlprompt.learners.gram.meta import _attention_for, _Head, encode_corpus, hierarchical_clusters, meta_step, sample_task  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
                     help="run one order per process to read its own peak RSS")
     args = ap.parse_args()
     if args.backbone == "tiny":
-        from vlprompt.testing import tiny_clip
+        from vlprompt.learners.testing import tiny_clip
 
         bb = tiny_clip()
     else:

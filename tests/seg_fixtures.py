@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from vlprompt.results import make_result, write_result
+from vlprompt.runs.results import make_result, write_result
 
 #: (dataset, learner, per-seed (dice, iou)) of the fixture results; kvasir's zero_shot lists no overlays
 SEG_ROWS = [

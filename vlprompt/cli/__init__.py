@@ -90,7 +90,7 @@ def pretrain_main(args: list[str]) -> None:
             args=["fit", *args], save_config_callback=None, parser_kwargs={"fit": {"prog": "vlprompt pretrain"}},
         )
         return
-    from vlprompt.pretrain import CaptionData, CLIPPretraining
+    from vlprompt.toyworld.pretrain import CaptionData, CLIPPretraining
 
     LightningCLI(
         CLIPPretraining, CaptionData, args=["fit", *args], save_config_callback=None,
@@ -119,7 +119,7 @@ def _user_error(exc: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vlprompt`` console script; bad input ends with a one-line error and exit code 2."""
-    from vlprompt.runs import RunInterrupted
+    from vlprompt.runs.folders import RunInterrupted
 
     try:
         return _main(argv)
@@ -147,46 +147,43 @@ def _main(argv: list[str] | None) -> int:
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "pretrain":
-        from vlprompt.progress import progress_enabled
+        from vlprompt.data.progress import progress_enabled
 
         pretrain_main(rest if progress_enabled() else [*rest, "--trainer.enable_progress_bar", "false"])
         return 0
     if cmd in {"fit", "validate", "test"}:
-        from vlprompt.experiment import run_experiment
+        from vlprompt.runs.driver import run_experiment
 
         run_experiment(cmd, rest)
         return 0
     if cmd in {"tta", "generate"}:
-        from vlprompt.test_time_cli import main as test_time_main
+        from vlprompt.runs.test_time import main as test_time_main
 
         return test_time_main(cmd, rest)
     if cmd == "meta-train":
-        from vlprompt.meta import main as meta_main
+        from vlprompt.learners.gram.meta import main as meta_main
 
         return meta_main(rest)
     if cmd == "list":
-        from vlprompt.registry import list_main
+        from vlprompt.learners.registry import list_main
 
         return list_main(rest)
     if cmd == "data":
-        from vlprompt.data.check import data_main
+        from vlprompt.runs.data_check import data_main
 
         return data_main(rest)
     if cmd == "import":
-        from vlprompt.reference_import import import_main
+        from vlprompt.learners.reference_import import import_main
 
         return import_main(rest)
     if cmd == "sweep":
-        from vlprompt.sweep import sweep_main
+        from vlprompt.runs.sweep import sweep_main
 
         return sweep_main(rest)
     if cmd == "leaderboard":
-        from vlprompt.leaderboard import leaderboard_main
+        from vlprompt.leaderboards.build import leaderboard_main
 
         return leaderboard_main(rest)
     print(f"vlprompt: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)  # noqa: T201
     return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

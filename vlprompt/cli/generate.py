@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def generate_main(argv: list[str]) -> int:
-    from vlprompt.test_time_cli import build_tta_cli
+    from vlprompt.runs.test_time import build_tta_cli
 
     cli = build_tta_cli(argv)
     cli.instantiate_classes()

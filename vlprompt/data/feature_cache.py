@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.base import TensorImageDataset
-from vlprompt.progress import progress
+from vlprompt.data.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def cached_features(
         backbone, dataset, views=views, num_workers=num_workers, key=key, batch_size=batch_size
     )
     try:
-        from vlprompt.atomic import save_safetensors
+        from vlprompt.data.atomic import save_safetensors
 
         # unique temporary name + os.replace: concurrent runs extracting the same entry never clash
         save_safetensors({"features": features.contiguous(), "labels": labels.contiguous()}, path)

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from vlprompt.atomic import sha256_file
+from vlprompt.data.atomic import sha256_file
 from vlprompt.backbones.base import PreprocessConfig
 from vlprompt.data.base import DataError, resolve_data_root
 from vlprompt.data.seg_dataset import (

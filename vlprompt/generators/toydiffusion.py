@@ -4,7 +4,7 @@ DiffTPT (Feng et al., ICCV 2023, Sec. 3.2) augments each test image with Stable 
 The toy world has no Stable Diffusion, so this package ships a small denoising diffusion model (DDPM, Ho et
 al. 2020, eq. 14: the network predicts the noise ``eps`` of ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``)
 trained on rendered toy scenes of every style by ``vlprompt pretrain --config configs/pretrain/toydiffusion.yaml``
-(:mod:`vlprompt.pretrain_diffusion`). Variations follow SDEdit (Meng et al., ICLR 2022, Sec. 3): noise the
+(:mod:`vlprompt.toyworld.pretrain_diffusion`). Variations follow SDEdit (Meng et al., ICLR 2022, Sec. 3): noise the
 image to ``t0 = strength * T`` with the forward process, then denoise it with DDIM (Song et al. 2021, eq. 12,
 ``eta = 0``) back to ``t = 0``; each variation starts from its own seeded noise.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vlprompt.atomic import sha256_file
+from vlprompt.data.atomic import sha256_file
 from vlprompt.generators.base import GeneratorError, ViewGenerator
 
 log = logging.getLogger(__name__)

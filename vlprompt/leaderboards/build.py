@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.metrics import harmonic_mean
-from vlprompt.results import ResultError, _safe, format_mean_std, load_result, metric_keys, parse_created
+from vlprompt.runs.results import ResultError, _safe, format_mean_std, load_result, metric_keys, parse_created
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _init_defaults(class_path: str) -> dict[str, Any]:
     learner plugin has that class). Never imports a module named in a result file: only classes the
     registry already loaded from installed entry points are inspected."""
     try:
-        from vlprompt.registry import get_registry
+        from vlprompt.learners.registry import get_registry
 
         cls = next((info.obj for info in get_registry("learners").entries() if info.class_path == class_path), None)
         if cls is None:
@@ -176,7 +176,7 @@ def _nothing_to_train(result: Mapping[str, Any]) -> bool:
     cfg = result.get("learner_config") or {}
     path = cfg.get("class_path") if isinstance(cfg, Mapping) else None
     try:
-        from vlprompt.registry import get_registry
+        from vlprompt.learners.registry import get_registry
 
         cls = next((i.obj for i in get_registry("learners").entries() if i.class_path == path), None)
     except LookupError:
@@ -413,7 +413,7 @@ def _render_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    from vlprompt.atomic import atomic_write_text
+    from vlprompt.data.atomic import atomic_write_text
 
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)
@@ -450,7 +450,7 @@ def build_leaderboards(results_dir: str | os.PathLike, out_dir: str | os.PathLik
 
     Rows follow :data:`SELECTION_RULES`. Returns the written paths (sorted). Files left out (unreadable, foreign,
     not eligible, superseded) are appended to ``report`` as ``(file, reason)``. Raises
-    :class:`~vlprompt.results.ResultError` only for a missing folder.
+    :class:`~vlprompt.runs.results.ResultError` only for a missing folder.
     """
     root = Path(results_dir)
     if not root.is_dir():
@@ -504,7 +504,7 @@ def _push_main(args: argparse.Namespace) -> int:
         log.error("results folder %r does not exist or is not a directory; pass the folder that `vlprompt fit` wrote "
                   "results to", str(results_dir))
         return 2
-    from vlprompt.wandb_logging import push_leaderboards
+    from vlprompt.runs.wandb_logging import push_leaderboards
 
     try:
         pushed = push_leaderboards(results_dir, project=args.project, entity=args.entity, offline=args.offline,
@@ -560,12 +560,12 @@ def leaderboard_main(argv: Sequence[str]) -> int:
     report: list[tuple[str, str]] = []
     try:
         if args.html:  # reported numbers are checked before anything is written
-            from vlprompt.leaderboard_html import load_reported
+            from vlprompt.leaderboards.html import load_reported
 
             load_reported(args.reported)
         paths = build_leaderboards(results_dir, args.out, report=report)
         if args.html and paths:
-            from vlprompt.leaderboard_html import build_html_leaderboards
+            from vlprompt.leaderboards.html import build_html_leaderboards
 
             paths = sorted(paths + build_html_leaderboards(results_dir, args.out, reported_dir=args.reported,
                                                                    plotly=args.plotly))

@@ -6,7 +6,7 @@ curves (primary metric against shots), drawn with plotly; for segmentation resul
 Dice bars and an overlay gallery (PNGs listed under ``artifacts`` keys ending in ``/overlays``, embedded as data
 URIs). plotly.js is inlined once per page (``plotly="inline"``), or written once to ``<out>/assets/`` and loaded by
 a relative classic ``<script src>`` (``plotly="shared"``, the committed ``leaderboards/``); either way the page needs
-no network when it is viewed, also from ``file://``. Rows are the ones :func:`vlprompt.leaderboard.select_results`
+no network when it is viewed, also from ``file://``. Rows are the ones :func:`vlprompt.leaderboards.build.select_results`
 picks, so the HTML and the Markdown always agree. :func:`build_figures` is shared with
 ``vlprompt leaderboard push --wandb``.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.metrics import harmonic_mean
-from vlprompt.results import ResultError, _safe, format_mean_std
+from vlprompt.runs.results import ResultError, _safe, format_mean_std
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def load_reported(folder: str | Path) -> list[dict[str, Any]]:
         except yaml.YAMLError as exc:
             raise ReportedError(f"{path}: not valid YAML ({exc}); fix the file") from exc
         if not isinstance(doc, Mapping) or not isinstance(doc.get("entries"), list):
-            raise ReportedError(f"{path}: expected a mapping with a list under 'entries' (see vlprompt.leaderboard_html)")
+            raise ReportedError(f"{path}: expected a mapping with a list under 'entries' (see vlprompt.leaderboards.html)")
         protocol = doc.get("protocol")
         if not isinstance(protocol, str) or not protocol:
             raise ReportedError(f"{path}: 'protocol' must name the protocol these numbers belong to, e.g. base2new")
@@ -156,7 +156,7 @@ def _figure_div(fig: Any, div_id: str) -> str:
 
 def _averages(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
     """Per entrant (learner label, backbone, shots): mean over datasets of each metric (HM of the means)."""
-    from vlprompt.leaderboard import _backbone_label, _learner_key, learner_label
+    from vlprompt.leaderboards.build import _backbone_label, _learner_key, learner_label
 
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -211,13 +211,13 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 
 def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
                 reported: Sequence[Mapping[str, Any]] = (), *, plotly_src: str | None = None) -> str:
-    """The whole page (str) for one leaderboard; ``rows`` as :func:`~vlprompt.leaderboard.select_results` gives.
+    """The whole page (str) for one leaderboard; ``rows`` as :func:`~vlprompt.leaderboards.build.select_results` gives.
 
     plotly.js is inlined, or, with ``plotly_src`` (a relative path, see :func:`build_html_leaderboards`), loaded by a
     classic ``<script src>`` from a file beside the pages (works from ``file://``, no network)."""
     import plotly.offline
 
-    from vlprompt.leaderboard import _backbone_label, _ordered_metrics, learner_label
+    from vlprompt.leaderboards.build import _backbone_label, _ordered_metrics, learner_label
 
     metrics = _ordered_metrics(rows)
     prim = primary_metric(metrics)
@@ -292,7 +292,7 @@ def build_figures(rows: Sequence[dict[str, Any]], reported: Sequence[Mapping[str
     dataset, segmentation results). Shared by the HTML page and ``vlprompt leaderboard push --wandb``."""
     import plotly.graph_objects as go
 
-    from vlprompt.leaderboard import _ordered_metrics, learner_label
+    from vlprompt.leaderboards.build import _ordered_metrics, learner_label
 
     metrics = _ordered_metrics(rows)
     b2n = "base" in metrics and "new" in metrics
@@ -363,7 +363,7 @@ def _dice_figure(rows: Sequence[dict[str, Any]], layout: Mapping[str, Any]) -> A
     ``None`` when no row has a ``dice`` summary."""
     import plotly.graph_objects as go
 
-    from vlprompt.leaderboard import learner_label
+    from vlprompt.leaderboards.build import learner_label
 
     seg = [r for r in rows if _num(r["summary"].get("dice")) is not None]
     if not seg:
@@ -433,7 +433,7 @@ def _png_data_uri(path: Path) -> str | None:
 def _segmentation_parts(rows: Sequence[dict[str, Any]], figs: Mapping[str, Any]) -> list[str]:
     """The overlay gallery of a segmentation page (rows with ``dice``): per dataset, up to
     :data:`MAX_OVERLAYS_PER_ROW` overlays per learner, embedded as data URIs (the page stays one file, no network)."""
-    from vlprompt.leaderboard import learner_label
+    from vlprompt.leaderboards.build import learner_label
 
     seg = [r for r in rows if _num(r["summary"].get("dice")) is not None]
     if not seg:
@@ -486,8 +486,8 @@ def build_html_leaderboards(results_dir: str | Path, out_dir: str | Path, *,
     classic ``<script src>``, which browsers load from ``file://`` as well (no network; the folder must stay
     together). The committed ``leaderboards/`` use ``shared``.
     """
-    from vlprompt.atomic import atomic_write_text
-    from vlprompt.leaderboard import load_results_tolerant, select_results
+    from vlprompt.data.atomic import atomic_write_text
+    from vlprompt.leaderboards.build import load_results_tolerant, select_results
 
     if plotly not in ("inline", "shared"):
         raise ValueError(f"plotly={plotly!r}: use 'inline' (plotly.js in every page) or 'shared' (one file in assets/)")

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import cosine_logits
+from vlprompt.learners.prompts.layers import cosine_logits
 
 FAMILIES = ("text", "visual", "multimodal", "meta-learned", "test-time")
 
@@ -219,7 +219,7 @@ class PromptLearner(nn.Module, abc.ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"learner": type(self).__name__, "classnames": json.dumps(self.train_classnames)}
         meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()})
-        from vlprompt.atomic import save_safetensors
+        from vlprompt.data.atomic import save_safetensors
 
         save_safetensors(self.learned_state(), path, metadata=meta)  # atomic, normal permissions
         return path

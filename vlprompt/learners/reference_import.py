@@ -125,7 +125,7 @@ def _read_yaml(path: str | None, what: str) -> dict:
 
 
 def _component(config: dict, key: str, group: str, default_name: str | None = None) -> tuple[type, dict]:
-    from vlprompt import registry
+    from vlprompt.learners import registry
 
     node = (config.get("model") or {}).get(key) or {}
     name = node.get("class_path", default_name)
@@ -170,7 +170,7 @@ def import_dassl(
     classes); the learner is built from ``learner_config`` (its ``model.learner.init_args``) on the backbone
     of ``backbone_config`` (default: the embedded toy CLIP).
     """
-    from vlprompt import registry
+    from vlprompt.learners import registry
 
     state = load_dassl_checkpoint(path)
     lcfg = _read_yaml(learner_config, "learner config")

@@ -2,7 +2,7 @@
 
 Example (in a plugin's test suite)::
 
-    from vlprompt.testing import check_learner
+    from vlprompt.learners.testing import check_learner
     from my_plugin import MyLearner
 
     def test_contract():

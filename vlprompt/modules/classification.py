@@ -134,7 +134,7 @@ class PromptClassifier(pl.LightningModule):
         one-process counts; each image is evaluated in exactly one process) and log them as
         ``<stage>/<name>_correct`` / ``_total``, from which :meth:`eval_results_from` rebuilds the accuracies in a
         ``ddp_spawn`` parent process. A no-op on one process."""
-        from vlprompt.distributed import is_distributed
+        from vlprompt.data.distributed import is_distributed
 
         if not is_distributed(self._trainer):
             return

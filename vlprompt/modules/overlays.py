@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlprompt.atomic import atomic_write_bytes
+from vlprompt.data.atomic import atomic_write_bytes
 
 #: panels are upscaled to at least this many pixels per side
 MIN_SIDE = 160

@@ -10,14 +10,14 @@ image's own prompt, and the backbone decodes mask logits from both:
         feats = learner.encode_images(images)
     text = learner.paired_text_features(feats, prompt_index)      # [B, D]
     logits = backbone.decode_masks(rec, text)                      # [B, H, W]
-    loss = dice + 0.2 * bce                                        # vlprompt.seg_metrics
+    loss = dice + 0.2 * bce                                        # vlprompt.metrics.segmentation
 
 Loop-level choices follow the reference (naamiinepal/tunevlseg ``ImageTextMaskModule`` and its configs):
 AdamW lr 2e-4, ReduceLROnPlateau(mode=min, factor=0.2, patience=5) on the validation loss each epoch, and the
 learned tensors of the epoch with the best validation Dice are kept (the reference tests its best-``val_dice``
 checkpoint; ties keep the earlier epoch, as Lightning's ModelCheckpoint). Deliberate differences:
 
-- weight decay (default 0.01) applies only to Linear/Conv weights (:func:`~vlprompt.seg_metrics.weight_decay_groups`).
+- weight decay (default 0.01) applies only to Linear/Conv weights (:func:`~vlprompt.metrics.segmentation.weight_decay_groups`).
   The reference's default config sets ``weight_decay: 0.0``, which makes it call ``AdamW(all parameters)``
   with AdamW's own default decay 0.01 on every tensor, prompts included; its hyper-parameter search uses the
   split groups. Here the split groups are always used;
@@ -43,7 +43,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.modules.classification import apply_lr_scales
-from vlprompt.seg_metrics import SegmentationScores, dice_bce_loss, weight_decay_groups
+from vlprompt.metrics.segmentation import SegmentationScores, dice_bce_loss, weight_decay_groups
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class PromptSegmenter(pl.LightningModule):
         loggers = [lg for lg in (self.loggers or []) if isinstance(lg, WandbLogger)]
         if not loggers or not self.overlay_samples:
             return
-        from vlprompt.wandb_logging import wandb_mask_images
+        from vlprompt.runs.wandb_logging import wandb_mask_images
 
         images = wandb_mask_images(self.overlay_samples, threshold=self.threshold)
         for lg in loggers:
@@ -275,7 +275,7 @@ class PromptSegmenter(pl.LightningModule):
 
     def seed_report(self, seed_dir: Path) -> dict[str, Any]:
         """Per-seed extras: the kept epoch and the overlay PNGs written into ``seed_dir`` (``artifacts``)."""
-        from vlprompt.overlays import save_overlays
+        from vlprompt.modules.overlays import save_overlays
 
         out: dict[str, Any] = {}
         if self.keep_best and self.best["epoch"] is not None:

@@ -196,7 +196,7 @@ class ClassificationProtocol(pl.LightningDataModule):
         if self.seed is None:  # an unseeded draw is never cached (it would silently become fixed)
             return draws[split]
         try:
-            from vlprompt.atomic import atomic_write_text
+            from vlprompt.data.atomic import atomic_write_text
 
             atomic_write_text(path, json.dumps({"key": key, **draws}))  # concurrent runs never see a partial file
         except OSError as exc:  # a read-only cache is not fatal
@@ -254,7 +254,7 @@ class ClassificationProtocol(pl.LightningDataModule):
     def _loader(self, ds, *, train: bool) -> DataLoader:
         cached = isinstance(getattr(ds, "dataset", None), FeatureDataset)
         workers = 0 if cached else decode_workers(ds, self.num_workers)
-        from vlprompt.distributed import eval_sampler
+        from vlprompt.data.distributed import eval_sampler
 
         return DataLoader(
             ds, batch_size=self.batch_size if train else self._eval_batch(), shuffle=train,
@@ -269,7 +269,7 @@ class ClassificationProtocol(pl.LightningDataModule):
 
     def _check_same_draw(self) -> None:
         """Under DDP: the few-shot draw must be the same in every process (it is seeded by the run seed)."""
-        from vlprompt.distributed import check_same_in_every_process, fingerprint, is_distributed
+        from vlprompt.data.distributed import check_same_in_every_process, fingerprint, is_distributed
 
         if self.shots is not None and is_distributed(self.trainer):
             check_same_in_every_process(self.trainer, fingerprint(self._fewshot_indices("train", self.shots)),

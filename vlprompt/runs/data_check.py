@@ -80,7 +80,7 @@ def check_dataset(name: str, root: str, *, strict: bool = False, decode: bool = 
     """
     report = CheckReport(name=name, root=str(root))
     if source_cls is None:
-        from vlprompt.registry import get_registry
+        from vlprompt.learners.registry import get_registry
 
         source_cls = get_registry("datasets").get(name)
     report.facts["class"] = f"{source_cls.__module__}.{source_cls.__qualname__}"
@@ -146,7 +146,7 @@ def _decode(report: CheckReport, source: ImageListSource, *, skip: set[str]) -> 
     bad: dict[str, str] = {}
     done: list[list[str]] = []
     decoded = 0
-    from vlprompt.progress import progress
+    from vlprompt.data.progress import progress
 
     for split in progress(source.splits, desc="decoding images (per split)", unit="split"):
         paths = source.paths(split)
@@ -257,7 +257,7 @@ def preflight_images(sources, *, full: bool = False, progress: bool = False) -> 
     bad: list[tuple[str, str]] = []
     iterator = todo
     if progress:
-        from vlprompt.progress import progress as bar
+        from vlprompt.data.progress import progress as bar
 
         iterator = bar(todo, desc=f"checking images ({'full decode' if full else 'headers'})", unit="img")
     for p in iterator:
@@ -317,7 +317,7 @@ def check_segmentation(report: CheckReport, source_cls: type, root: str, *, stri
     unreadable: list[str] = []
     from PIL import Image
 
-    from vlprompt.progress import progress
+    from vlprompt.data.progress import progress
 
     for split, records in source.records.items():
         empty[split] = 0
@@ -390,7 +390,7 @@ def convert_main(args) -> int:
     import dataclasses
 
     from vlprompt.data.medseg import PROMPT_SPECS, PromptSpec, convert_to_medvlsm
-    from vlprompt.registry import get_registry
+    from vlprompt.learners.registry import get_registry
 
     console = Console() if sys.stdout.isatty() else Console(width=200)
     try:

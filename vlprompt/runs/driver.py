@@ -23,12 +23,12 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from vlprompt import registry
+from vlprompt.learners import registry
 from vlprompt.metrics import harmonic_mean
 from vlprompt.modules.classification import PromptClassifier
 from vlprompt.protocols.base2new import ClassificationProtocol
-from vlprompt.results import make_result, print_summary, write_result
-from vlprompt.tracking import end_seed_logging, start_seed_logging
+from vlprompt.runs.results import make_result, print_summary, write_result
+from vlprompt.runs.tracking import end_seed_logging, start_seed_logging
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def _strip_flag(argv: list[str], flag: str) -> list[str]:
 
 def _take_resume(stage: str, argv: list[str]) -> tuple[list[str], str | None]:
     """Replace ``--resume RUN_DIR`` by the argv recorded in that run folder (plus any other arguments given)."""
-    from vlprompt.runs import RunError, RunFolder
+    from vlprompt.runs.folders import RunError, RunFolder
 
     if "--resume" not in argv and not any(a.startswith("--resume=") for a in argv):
         return argv, None
@@ -364,7 +364,7 @@ def _learner_trainable(cfg: Any) -> bool:
 
 
 def _progress_enabled(cfg: Any) -> bool:
-    from vlprompt.progress import progress_enabled
+    from vlprompt.data.progress import progress_enabled
 
     if cfg.progress is not None:
         return bool(cfg.progress)
@@ -383,7 +383,7 @@ def _learner_label(cfg: Any) -> str:
 
 
 def _sha256(path: str | Path) -> str:
-    from vlprompt.atomic import sha256_file
+    from vlprompt.data.atomic import sha256_file
 
     return sha256_file(path)
 
@@ -439,8 +439,8 @@ def load_checked_prompts(learner: Any, path: str, backbone: Any, *, force: bool)
 
 
 def _preflight(cfg: Any, data: Any, results_dir: str) -> None:
-    from vlprompt.atomic import check_writable
-    from vlprompt.data.check import preflight_images
+    from vlprompt.data.atomic import check_writable
+    from vlprompt.runs.data_check import preflight_images
 
     check_writable(results_dir, "results_dir", ConfigError)
     own = getattr(data, "preflight", None)
@@ -499,7 +499,7 @@ def _instantiate(cli: VlpromptCLI) -> None:
 
 
 def _seed_run_info(cfg: Any, config: dict, stage: str, data: Any, learner: Any, seed: int, run_id: str) -> dict:
-    """What loggers get before a seed runs (:func:`vlprompt.tracking.start_seed_logging`)."""
+    """What loggers get before a seed runs (:func:`vlprompt.runs.tracking.start_seed_logging`)."""
     return {"config": config, "stage": stage, "seed": seed, "run_id": run_id, "protocol": data.name,
             "benchmark": cfg.benchmark or _benchmark(data.dataset.identity()), "dataset": data.dataset.name,
             "learner": _plugin_name("learners", learner), "family": str(getattr(learner, "family", "?"))}
@@ -519,7 +519,7 @@ def _ddp_secondary_redirect(cfg: Any, show_summary: bool) -> bool:
     to a throw-away folder: rank 0 writes the real ones. Returns ``show_summary`` (off on those ranks)."""
     import tempfile
 
-    from vlprompt.distributed import is_secondary_process
+    from vlprompt.data.distributed import is_secondary_process
 
     if not is_secondary_process():
         return show_summary
@@ -534,12 +534,12 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     """Run ``stage`` for every seed and write one result JSON; returns the result. ``show_summary`` prints
     the rich table of per-seed and mean metrics.
 
-    The run gets a run folder (:mod:`vlprompt.runs`): each seed's row is saved as it finishes and an unfinished
+    The run gets a run folder (:mod:`vlprompt.runs.folders`): each seed's row is saved as it finishes and an unfinished
     seed checkpoints every epoch, so ``--resume <run folder>`` after a kill continues where it stopped and
-    gives the metrics of an uninterrupted run. SIGTERM / SIGINT raise :class:`~vlprompt.runs.RunInterrupted`
+    gives the metrics of an uninterrupted run. SIGTERM / SIGINT raise :class:`~vlprompt.runs.folders.RunInterrupted`
     carrying what was saved and how to resume.
     """
-    from vlprompt.runs import ResumeCheckpoint, RunFolder, RunInterrupted, config_hash, interrupt_signals, new_run_id
+    from vlprompt.runs.folders import ResumeCheckpoint, RunFolder, RunInterrupted, config_hash, interrupt_signals, new_run_id
 
     argv, resume_dir = _take_resume(stage, list(argv))
     cli = build_cli(stage, argv)
@@ -547,7 +547,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     validate_config(stage, cfg)
     show_summary = _ddp_secondary_redirect(cfg, show_summary)
     seeds: list[int] = list(cfg.seeds)
-    from vlprompt.progress import progress_enabled
+    from vlprompt.data.progress import progress_enabled
 
     if cfg.progress is not None:
         cfg.trainer.enable_progress_bar = bool(cfg.progress)
@@ -557,7 +557,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     run_id = cfg.run_id or (Path(resume_dir).name if resume_dir else new_run_id(_learner_label(cfg)))
     runs_root = Path(resume_dir).parent if resume_dir else Path(cfg.trainer.default_root_dir or "runs")
     full_argv = _strip_flag(argv, "--run_id")
-    from vlprompt.atomic import check_writable
+    from vlprompt.data.atomic import check_writable
 
     check_writable(cfg.results_dir, "results_dir", ConfigError)
     run, resumed = RunFolder.open(runs_root, run_id, stage=stage, argv=[*full_argv, "--run_id", run_id],

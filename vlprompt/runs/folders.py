@@ -33,7 +33,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
 import torch
 
-from vlprompt.atomic import atomic_path, atomic_write_text, check_writable, sha256_file
+from vlprompt.data.atomic import atomic_path, atomic_write_text, check_writable, sha256_file
 
 log = logging.getLogger(__name__)
 

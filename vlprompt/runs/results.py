@@ -169,7 +169,7 @@ def make_result(
     for i, p in enumerate(per_seed_list):
         if not isinstance(p.get("metrics"), Mapping):
             raise ResultError(
-                f"vlprompt.results.make_result: per_seed[{i}] = {p!r} has no 'metrics' dict; pass "
+                f"vlprompt.runs.results.make_result: per_seed[{i}] = {p!r} has no 'metrics' dict; pass "
                 "{'seed': 1, 'metrics': {'base': ..., 'new': ...}} per seed."
             )
     import vlprompt
@@ -231,8 +231,8 @@ def write_result(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     for key in ("protocol", "benchmark", "dataset", "learner"):
         if not result.get(key):
             raise ResultError(
-                f"vlprompt.results.write_result: result has no {key!r} (got {result.get(key)!r}); build it "
-                "with vlprompt.results.make_result(...)."
+                f"vlprompt.runs.results.write_result: result has no {key!r} (got {result.get(key)!r}); build it "
+                "with vlprompt.runs.results.make_result(...)."
             )
     try:
         stamp = parse_created(result["created"]) if result.get("created") else _dt.datetime.now(_dt.timezone.utc)
@@ -242,7 +242,7 @@ def write_result(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in result.items() if k != "_path"}
     text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
-    from vlprompt.atomic import atomic_path
+    from vlprompt.data.atomic import atomic_path
 
     while True:
         name = f"{_safe(result['learner'])}-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}.json"
@@ -273,7 +273,7 @@ def validate_result(result: Any, *, source: str = "<result>") -> None:
     schema = result.get("schema")
     if schema != SCHEMA:
         raise ResultError(
-            f"{source}: schema is {schema!r}, expected {SCHEMA!r}. Only files written by vlprompt.results."
+            f"{source}: schema is {schema!r}, expected {SCHEMA!r}. Only files written by vlprompt.runs.results."
             "write_result belong in a results folder; move other JSON files elsewhere."
         )
     for key in REQUIRED_KEYS:

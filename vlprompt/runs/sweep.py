@@ -22,7 +22,7 @@ Shorthand axes: ``learner``, ``dataset``, ``protocol``, ``backbone`` (config fil
 
 Each cell gets a deterministic run id (``sweep-<name>-<cell hash>``), so its run folder is found again: a cell
 whose run folder is complete and whose result file exists is skipped; an interrupted cell resumes from its run
-folder (per-seed rows and per-epoch checkpoints, :mod:`vlprompt.runs`). Before any cell runs, every cell's
+folder (per-seed rows and per-epoch checkpoints, :mod:`vlprompt.runs.folders`). Before any cell runs, every cell's
 argument list is parsed by the same parser as ``vlprompt fit`` (no model is built), so an unknown key, a missing
 config file or an unknown plugin class stops the sweep with the cell named. A cell that fails is recorded (its
 error in ``cells/<id>.json``) and the sweep goes on; the summary table lists done / failed / pending cells.
@@ -164,7 +164,7 @@ def _cell_argv(cell: Cell, out: Path) -> list[str]:
 
 def check_cells(spec: Mapping[str, Any], cells: Sequence[Cell], out: Path) -> None:
     """Parse every cell's arguments with the ``vlprompt`` parser (nothing is built); the first bad cell raises."""
-    from vlprompt.experiment import VlpromptCLI, build_cli, validate_config
+    from vlprompt.runs.driver import VlpromptCLI, build_cli, validate_config
 
     for cell in cells:
         # LightningCLI(run=False) instantiates model and data at the end of parsing; the check only parses, so the
@@ -205,14 +205,14 @@ def cell_status(cell: Cell, out: Path) -> tuple[str, str]:
 
 def run_cell(stage: str, argv: list[str]) -> str:
     """Run one cell in this process (a submitit worker); returns the result path. Errors propagate."""
-    from vlprompt.experiment import run_experiment
+    from vlprompt.runs.driver import run_experiment
 
     result = run_experiment(stage, list(argv), show_summary=False)
     return str((result or {}).get("_path", ""))
 
 
 def _record(out: Path, cell: Cell, status: str, detail: str) -> None:
-    from vlprompt.atomic import atomic_write_text
+    from vlprompt.data.atomic import atomic_write_text
 
     (out / "cells").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "cells" / f"{cell.cell_id}.json",

@@ -22,10 +22,10 @@ import yaml
 from lightning.pytorch import seed_everything
 from lightning.pytorch.cli import LightningCLI
 
-from vlprompt.experiment import ConfigError, _benchmark, _metrics, _plugin_name, _resolve_argv
+from vlprompt.runs.driver import ConfigError, _benchmark, _metrics, _plugin_name, _resolve_argv
 from vlprompt.modules.test_time import TestTimeClassifier
 from vlprompt.protocols.base2new import ClassificationProtocol
-from vlprompt.results import make_result, print_summary, write_result
+from vlprompt.runs.results import make_result, print_summary, write_result
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -120,7 +120,7 @@ def run_tta(argv: list[str], *, show_summary: bool = True) -> dict:
 
 def main(cmd: str, argv: list[str]) -> int:
     """Dispatch ``vlprompt tta`` / ``vlprompt generate``; our bad-input errors become :class:`ConfigError`."""
-    from vlprompt.tta import TTAError
+    from vlprompt.learners.prompts.tta import TTAError
 
     errors: tuple[type[BaseException], ...] = (TTAError,)
     try:
@@ -131,7 +131,7 @@ def main(cmd: str, argv: list[str]) -> int:
         pass
     try:
         if cmd == "generate":
-            from vlprompt.generators.cli import generate_main
+            from vlprompt.cli.generate import generate_main
 
             return generate_main(argv)
         run_tta(argv)

@@ -1,11 +1,11 @@
 """Experiment tracking hooks that any Lightning logger can serve (no ``wandb`` import here).
 
 ``vlprompt fit|validate|test`` builds one trainer per seed. Before a seed runs, :func:`start_seed_logging`
-hands every logger that understands it (duck-typed ``start_seed``, e.g. :class:`vlprompt.wandb_logging.WandbLogger`)
+hands every logger that understands it (duck-typed ``start_seed``, e.g. :class:`vlprompt.runs.wandb_logging.WandbLogger`)
 the seed's identity: resolved config, grouping (benchmark / dataset / learner), tags (learner family) and a
 stable run id; it also adds :class:`EpochCurves` so that every logger gets per-epoch curves. After the seed's
 evaluation, :func:`end_seed_logging` hands the seed's summary metrics (:func:`summary_metrics`) to each logger
-(``end_seed``), which closes that seed's run. Only :mod:`vlprompt.wandb_logging` imports ``wandb``.
+(``end_seed``), which closes that seed's run. Only :mod:`vlprompt.runs.wandb_logging` imports ``wandb``.
 """
 
 from __future__ import annotations

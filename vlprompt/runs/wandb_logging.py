@@ -1,7 +1,7 @@
 """Weights & Biases: the only vlprompt module that imports ``wandb`` (always lazily, inside functions).
 
 * :class:`WandbLogger` (``configs/trainer/wandb.yaml``): one W&B run per seed, holding the resolved config,
-  the per-step and per-epoch curves (:class:`vlprompt.tracking.EpochCurves`), the test metrics and a summary
+  the per-step and per-epoch curves (:class:`vlprompt.runs.tracking.EpochCurves`), the test metrics and a summary
   (base, new, HM; Dice, IoU for segmentation), grouped ``benchmark/dataset/learner`` and tagged with the
   learner family, benchmark, dataset, learner and protocol. The run id is ``<vlprompt run id>-seed<N>``, so a
   resumed ``vlprompt fit --resume`` continues the same W&B runs.
@@ -97,8 +97,8 @@ class WandbLogger(_LightningWandbLogger):
 
     @rank_zero_only
     def start_seed(self, info: Mapping[str, Any]) -> None:
-        """Set the next run's identity (called by :func:`vlprompt.tracking.start_seed_logging` before the seed runs)."""
-        from vlprompt.tracking import seed_group
+        """Set the next run's identity (called by :func:`vlprompt.runs.tracking.start_seed_logging` before the seed runs)."""
+        from vlprompt.runs.tracking import seed_group
 
         if self._experiment is not None:  # a run of an earlier seed is still open
             self._finish(0)
@@ -134,7 +134,7 @@ class WandbLogger(_LightningWandbLogger):
 
 # --------------------------------------------------------------------------- leaderboards -> W&B
 def _table_rows(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
-    from vlprompt.leaderboard import _backbone_label, learner_label
+    from vlprompt.leaderboards.build import _backbone_label, learner_label
 
     columns = ["dataset", "learner", "backbone", "shots", "seeds", *metrics, *(f"{k}_std" for k in metrics), "result"]
     data = []
@@ -153,14 +153,14 @@ def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leade
     ``leaderboard``, holding the rows (``leaderboard`` table), the average over datasets (``average`` table), the
     reported paper numbers (``reported`` table, when any) and the HTML page's plots (``plots/<name>``).
 
-    Rows are the ones :func:`vlprompt.leaderboard.select_results` picks, as in the Markdown/HTML leaderboards.
+    Rows are the ones :func:`vlprompt.leaderboards.build.select_results` picks, as in the Markdown/HTML leaderboards.
     Returns ``[{"protocol", "benchmark", "run_id", "dir"}]``; offline runs are uploaded later with ``wandb sync``.
     """
     import wandb
 
-    from vlprompt.leaderboard import _ordered_metrics, load_results_tolerant, select_results
-    from vlprompt.leaderboard_html import _averages, build_figures, load_reported
-    from vlprompt.results import _safe
+    from vlprompt.leaderboards.build import _ordered_metrics, load_results_tolerant, select_results
+    from vlprompt.leaderboards.html import _averages, build_figures, load_reported
+    from vlprompt.runs.results import _safe
 
     reported = load_reported(reported_dir) if reported_dir is not None else []
     results, _ = load_results_tolerant(Path(results_dir))

@@ -23,14 +23,14 @@ import open_clip
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vlprompt.atomic import atomic_write_text, save_safetensors
+from vlprompt.data.atomic import atomic_write_text, save_safetensors
 from vlprompt.backbones.open_clip import file_sha256
 from vlprompt.backbones.toyclip import TOY_MODEL  # registers the toy config with open_clip
 from vlprompt.data.toyworld.captions import caption, scene_attributes
 from vlprompt.data.toyworld.datasets import attribute_scenes
 from vlprompt.data.toyworld.render import ATTRIBUTES, BACKGROUNDS, render, sample_scene
 from vlprompt.metrics import linear_warmup_cosine_schedule
-from vlprompt.toyclip_report import attribute_zero_shot
+from vlprompt.toyworld.toyclip_report import attribute_zero_shot
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vlprompt.atomic import atomic_write_text, save_safetensors, sha256_file
+from vlprompt.data.atomic import atomic_write_text, save_safetensors, sha256_file
 from vlprompt.data.toyworld.render import IMAGE_SIZE, STYLES, render, sample_scene
 from vlprompt.generators.toydiffusion import DEFAULT_SCHEDULER, DEFAULT_UNET, build_unet, card_path, config_path, to_model_space
 from vlprompt.metrics import linear_warmup_cosine_schedule

@@ -1,7 +1,7 @@
 """Pretraining of the embedded toy VLSM: a CLIPSeg decoder on the frozen toy CLIP (a Lightning run).
 
 ``vlprompt pretrain --config configs/pretrain/toyvlsm.yaml`` builds a ``transformers.CLIPSegForImageSegmentation``
-whose CLIP is the shipped toy CLIP converted exactly (:mod:`vlprompt.vlsm_convert`), freezes the CLIP, trains
+whose CLIP is the shipped toy CLIP converted exactly (:mod:`vlprompt.backbones.vlsm_convert`), freezes the CLIP, trains
 the decoder on an endless stream of ``ToyReferring`` batches (image, referring phrase, mask of the referred
 object) with Dice + BCE (segmentation-models-pytorch losses), then exports an HF ``save_pretrained`` folder
 (fp16 safetensors, config, tokenizer and image-processor files) and a card (command, sha256 of every file,
@@ -33,11 +33,11 @@ import open_clip
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vlprompt.atomic import atomic_write_text, sha256_file
+from vlprompt.data.atomic import atomic_write_text, sha256_file
 from vlprompt.backbones.toyclip import TOY_CHECKPOINT, TOY_MODEL  # registers the toy config with open_clip
 from vlprompt.data.toyworld.datasets import ToyReferring
 from vlprompt.metrics import linear_warmup_cosine_schedule
-from vlprompt.toyvlsm_report import TRAIN_SEED_BASE, absent_colour_phrases, acceptance, normalize, OPENAI_MEAN, OPENAI_STD
+from vlprompt.toyworld.toyvlsm_report import TRAIN_SEED_BASE, absent_colour_phrases, acceptance, normalize, OPENAI_MEAN, OPENAI_STD
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def build_toy_vlsm(
     ``embedded`` = the shipped toy CLIP, ``None`` = random) and whose decoder is freshly initialised."""
     from transformers import CLIPSegForImageSegmentation
 
-    from vlprompt.vlsm_convert import clipseg_config_from_open_clip, open_clip_to_clipseg_state_dict
+    from vlprompt.backbones.vlsm_convert import clipseg_config_from_open_clip, open_clip_to_clipseg_state_dict
 
     config = clipseg_config_from_open_clip(open_clip.get_model_config(clip_model), **decoder)
     model = CLIPSegForImageSegmentation(config)
@@ -264,7 +264,7 @@ class VLSMPretraining(pl.LightningModule):
             "command": _command(),
             "steps": int(self.global_step),
             "samples": int(self.samples_seen * self.trainer.world_size),
-            "train_seeds": f"ToyReferring seeds >= {TRAIN_SEED_BASE} (vlprompt.pretrain_vlsm.train_seed)",
+            "train_seeds": f"ToyReferring seeds >= {TRAIN_SEED_BASE} (vlprompt.toyworld.pretrain_vlsm.train_seed)",
             "wall_seconds": round(time.time() - self._t0, 1),
             "device": getattr(self, "_device_name", str(self.device)),
             "torch_threads": torch.get_num_threads(),
@@ -308,7 +308,7 @@ def export_folder(model, folder: str | Path) -> Path:
 
     from transformers import ViTImageProcessor
 
-    from vlprompt.vlsm_convert import save_clip_tokenizer
+    from vlprompt.backbones.vlsm_convert import save_clip_tokenizer
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

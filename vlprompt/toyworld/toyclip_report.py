@@ -1,6 +1,6 @@
 """Acceptance figures of a toy CLIP: attribute zero-shot and linear-probe accuracy, dataset zero-shot.
 
-``python -m vlprompt.toyclip_report [--out FILE.json]`` measures the embedded checkpoint (or
+``python -m vlprompt.toyworld.toyclip_report [--out FILE.json]`` measures the embedded checkpoint (or
 ``--pretrained FILE``) and prints three tables:
 
 1. per attribute (colour, texture, size, position, background) on random scenes: zero-shot accuracy with
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vlprompt.backbones.toyclip import ToyCLIP
 
-    parser = argparse.ArgumentParser(prog="python -m vlprompt.toyclip_report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m vlprompt.toyworld.toyclip_report", description=__doc__)
     parser.add_argument("--pretrained", default="embedded", help="checkpoint file (default: the embedded one)")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Acceptance figures of the embedded generator (``toy_diffusion``): does it keep the class, and does it vary?
 
-``python -m vlprompt.toydiffusion_report [--out FILE.json] [--grid FILE.png]`` renders ``per_class`` scenes of
+``python -m vlprompt.toyworld.toydiffusion_report [--out FILE.json] [--grid FILE.png]`` renders ``per_class`` scenes of
 every ``toy_mixtures`` class (24 classes, colour x texture) in each toy-world style, makes ``variations``
 SDEdit variations of each, and reports per style:
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from vlprompt.atomic import atomic_write_text
+from vlprompt.data.atomic import atomic_write_text
 from vlprompt.data.toyworld.datasets import _VALUE_INDEX, TOY_DATASETS
 from vlprompt.data.toyworld.render import STYLES, render, sample_scene
 
@@ -111,7 +111,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vlprompt.toydiffusion_report", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m vlprompt.toyworld.toydiffusion_report", description=__doc__.split("\n\n")[0])
     ap.add_argument("--per-class", type=int, default=2, help="scenes per toy_mixtures class and style (24 classes)")
     ap.add_argument("--variations", type=int, default=4, help="variations per input")
     ap.add_argument("--strength", type=float, default=0.35, help="SDEdit strength of the generator")
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     res = measure(per_class=args.per_class, variations=args.variations, strength=args.strength,
                   num_inference_steps=args.steps, noise_std=args.noise_std, seed=args.seed, grid=args.grid,
                   path=args.pretrained)
-    res["command"] = "python -m vlprompt.toydiffusion_report " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    res["command"] = "python -m vlprompt.toyworld.toydiffusion_report " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     text = json.dumps(res, indent=2) + "\n"
     if args.out:
         atomic_write_text(Path(args.out), text)

@@ -1,6 +1,6 @@
 """Acceptance of the embedded toy VLSM: referring segmentation Dice on held-out toy scenes.
 
-``python -m vlprompt.toyvlsm_report`` loads the shipped folder with ``CLIPSegForImageSegmentation.from_pretrained``
+``python -m vlprompt.toyworld.toyvlsm_report`` loads the shipped folder with ``CLIPSegForImageSegmentation.from_pretrained``
 and ``CLIPTokenizer.from_pretrained`` (offline), renders ``ToyReferring`` scenes of a seed never used in training
 (training seeds are ``>= TRAIN_SEED_BASE``) and measures the mean per-sample Dice (threshold 0.5) of the mask
 predicted for three phrases against the referred object's mask:
@@ -132,7 +132,7 @@ def load_folder(folder: str | Path = TOYVLSM_DIR, device: str = "cpu"):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vlprompt.toyvlsm_report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m vlprompt.toyworld.toyvlsm_report", description=__doc__.splitlines()[0])
     p.add_argument("--folder", default=str(TOYVLSM_DIR))
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=EVAL_SEED)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write the report JSON here (e.g. the shipped report)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from vlprompt.atomic import atomic_write_text, sha256_file
+    from vlprompt.data.atomic import atomic_write_text, sha256_file
 
     model, tokenize = load_folder(args.folder)
     rows = [acceptance(model, tokenize, n=args.samples, seed=args.seed, style=s) for s in args.styles]
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s", r)
     weights = Path(args.folder) / "model.safetensors"
     report = {
-        "command": "python -m vlprompt.toyvlsm_report " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m vlprompt.toyworld.toyvlsm_report " + " ".join(sys.argv[1:] if argv is None else argv),
         "weights_sha256": sha256_file(weights) if weights.is_file() else None,
         "metric": "mean per-sample Dice (threshold 0.5 on sigmoid logits) against the referred object's mask",
         "rows": rows,

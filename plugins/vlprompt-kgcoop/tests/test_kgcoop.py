@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.coop import CoOp
-from vlprompt.registry import get_registry
-from vlprompt.testing import check_learner, tiny_clip, torch_threads
+from vlprompt.learners.registry import get_registry
+from vlprompt.learners.testing import check_learner, tiny_clip, torch_threads
 from vlprompt_kgcoop import KgCoOp
 
 NAMES = ["red circle", "blue square", "green triangle", "striped_star"]

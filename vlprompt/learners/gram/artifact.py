@@ -112,7 +112,7 @@ def save_artifact(
     provenance: dict,
 ) -> Path:
     """Write a meta artifact atomically (temp file + ``os.replace``)."""
-    from vlprompt.atomic import save_safetensors
+    from vlprompt.data.atomic import save_safetensors
 
     tensors = {f"init.{k}": v.detach().cpu().float().contiguous() for k, v in init.items()}
     tensors.update({f"regulator.{k}": v.detach().cpu().float().contiguous() for k, v in regulator.items()})

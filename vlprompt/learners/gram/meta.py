@@ -499,7 +499,7 @@ def meta_step(head, init, regulator, tasks: list[Task], corpus: Corpus, *, inner
 
 # ---------------------------------------------------------------------------------------------- config + driver
 def _instantiate(node: dict, key: str):
-    from vlprompt.experiment import _resolve_names
+    from vlprompt.runs.driver import _resolve_names
 
     if not isinstance(node, dict) or "class_path" not in node:
         raise MetaError(f"config key {key!r} needs a class_path (e.g. {key}: {{class_path: coop, init_args: {{...}}}})")
@@ -591,7 +591,7 @@ def meta_train(cfg: dict, *, command: list[str] | None = None, config_text: str 
     }
     out = save_artifact(cfg["out"], init=init, regulator=regulator, backbone=backbone, inner=inner, provenance=provenance)
     card = {**provenance, "artifact": str(out), "sha256": file_sha256(out), "history": history}
-    from vlprompt.atomic import atomic_write_text
+    from vlprompt.data.atomic import atomic_write_text
 
     atomic_write_text(Path(str(out) + ".json"), json.dumps(card, indent=2, default=str))
     log.info("meta-train: wrote %s (sha256 %s)", out, card["sha256"])

@@ -14,7 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import ClassPrompts
+from vlprompt.learners.prompts.layers import ClassPrompts
 
 
 def check_chunk_size(chunk_size: object, *, who: str = "chunk_size") -> int:

@@ -1,4 +1,4 @@
-"""Low-rank prompt machinery shared by DePT and EPT (a sibling of :mod:`vlprompt.layers`).
+"""Low-rank prompt machinery shared by DePT and EPT (a sibling of :mod:`vlprompt.learners.prompts.layers`).
 
 - :class:`LowRankEmbeddingUpdate`: DePT's pair ``A [s, r]``, ``B [r, d]`` whose product offsets the frozen
   input token embeddings at ``s`` consecutive positions (Shi & Lipani, ICLR 2024, method section: ``E' = E + A B``).

@@ -16,9 +16,12 @@ optimiser it is given (the caller resets them per image: :mod:`vlprompt.modules.
 
 from __future__ import annotations
 
+import abc
+
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -194,3 +197,28 @@ def tpt_step(
     learner.invalidate_text_cache()
     return TTAStep(selected=selected, loss=first_loss, logits=logits0, losses=losses, features=features if frozen_images else None)
 
+
+class TestTimeMethod(abc.ABC):
+    """What a test-time learner adds to :class:`PromptLearner` (mixed into its class).
+
+    The tuned tensors are the learner's :meth:`PromptLearner.tunable_parameters`; the module snapshots them
+    once and restores them (and the optimiser state) before every image.
+    """
+
+    __test__ = False  # not a pytest class
+
+    @abc.abstractmethod
+    def build_views(self, image: torch.Tensor) -> torch.Tensor:
+        """Views ``[N, 3, S, S]`` of a raw image ``[3, H, W]`` in ``[0, 1]``; view 0 is the test-transformed original."""
+
+    @abc.abstractmethod
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimiser over the tunable tensors (reset per image from its initial state)."""
+
+    @abc.abstractmethod
+    def adapt(self, views: torch.Tensor, optimizer: torch.optim.Optimizer) -> TTAStep:
+        """Select views, tune, and return the tuned logits of view 0 (see :func:`vlprompt.learners.prompts.tta.tpt_step`)."""
+
+    def tta_settings(self) -> dict[str, Any]:
+        """Settings written into the result JSON (views, steps, selection...)."""
+        return {}

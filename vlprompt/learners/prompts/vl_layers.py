@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import ClassPrompts, DeepPrompts, count_tokens, deep_prompt_list, random_context, text_features
+from vlprompt.learners.prompts.layers import ClassPrompts, DeepPrompts, count_tokens, deep_prompt_list, random_context, text_features
 from vlprompt.learners.base import LearnerError, PromptLearner
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def text_context(
     backbone: VLBackbone, n_ctx: int, ctx_init: str | None, *, std: float = 0.02
 ) -> tuple[torch.Tensor, str | None]:
     """``(ctx [n_ctx, Wt], lead_text)``: from the first ``n_ctx`` tokens of ``ctx_init`` (which then stays the
-    prompt's lead text, see :class:`~vlprompt.layers.ClassPrompts`), or N(0, std^2) with ``"X"`` placeholders."""
+    prompt's lead text, see :class:`~vlprompt.learners.prompts.layers.ClassPrompts`), or N(0, std^2) with ``"X"`` placeholders."""
     if n_ctx < 1:
         raise PromptConfigError(f"n_ctx={n_ctx} must be at least 1")
     if ctx_init:

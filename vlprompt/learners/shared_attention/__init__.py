@@ -8,7 +8,7 @@ encoder layer ``T_i`` whose output is split by width into the text and the visua
 
     [P_i | V_i] = T_i(c_i),   P_i [n, Wt] (text),   V_i [n, Wv] (image)               (1)
 
-Prompt placement is that of ``shared_separate`` (:class:`~vlprompt.vl_layers.JointPromptLearner`): ``P_0``
+Prompt placement is that of ``shared_separate`` (:class:`~vlprompt.learners.prompts.vl_layers.JointPromptLearner`): ``P_0``
 after the start token, ``V_0`` after the patch tokens, replaced at layers ``1..J-1``.
 
 What the reference computes (naamiinepal/tunevlseg @7956bcd, ``SharedAttnLearner`` and
@@ -25,7 +25,7 @@ What the reference computes (naamiinepal/tunevlseg @7956bcd, ``SharedAttnLearner
   true`` lets the ``n`` tokens attend to each other (one sequence of length ``n``), which the reference does
   not do.
 - Dropout is active in training; both towers take their halves of one projector call per training step (the
-  reference caches the other tower's half; see :class:`~vlprompt.vl_layers.JointPrompts`).
+  reference caches the other tower's half; see :class:`~vlprompt.learners.prompts.vl_layers.JointPrompts`).
 
 Deliberate differences: as ``shared_separate`` (``suffix_text`` default ``"."``; overlong prompts are an
 error, not truncated; the reference's CLIPSeg decoder extras are the backbone's business); ``token_attention``
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.vl_layers import JointPromptLearner, JointPrompts, PromptConfigError, layer_copies
+from vlprompt.learners.prompts.vl_layers import JointPromptLearner, JointPrompts, PromptConfigError, layer_copies
 
 
 class AttentionProjector(JointPrompts):

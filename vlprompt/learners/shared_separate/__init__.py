@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import torch
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.vl_layers import JointPromptLearner, JointPrompts, PromptConfigError, layer_copies, mlp_projection
+from vlprompt.learners.prompts.vl_layers import JointPromptLearner, JointPrompts, PromptConfigError, layer_copies, mlp_projection
 
 
 class SeparateProjections(JointPrompts):

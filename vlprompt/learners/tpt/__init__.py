@@ -26,11 +26,10 @@ import torch
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.tta_views import TPTViews
-from vlprompt.layers import chunked_text_encoding
+from vlprompt.learners.prompts.layers import chunked_text_encoding
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.learners.wrapper import WrappedLearner
-from vlprompt.modules.test_time import TestTimeMethod
-from vlprompt.tta import TTAError, TTAStep, check_views, confident_indices, tpt_step
+from vlprompt.learners.prompts.tta import TestTimeMethod, TTAError, TTAStep, check_views, confident_indices, tpt_step
 
 
 def default_prompt_learner() -> PromptLearner:
