@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from vlprompt.leaderboards.build import CSV_COLUMNS, build_leaderboards, leaderboard_main
+from vlprompt.cli.leaderboard import leaderboard_main
+from vlprompt.leaderboards.build import CSV_COLUMNS, build_leaderboards
 from vlprompt.metrics import harmonic_mean, summarize_seeds
 from vlprompt.runs.results import SCHEMA
 

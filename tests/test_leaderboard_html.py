@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vlprompt.leaderboards.build import leaderboard_main
+from vlprompt.cli.leaderboard import leaderboard_main
 from vlprompt.leaderboards.html import ReportedError, build_html_leaderboards, load_reported
 
 pytest.importorskip("plotly")

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from vlprompt.data.atomic import atomic_write_text
-from vlprompt.leaderboards.build import DEFAULT_OUT, SELECTION_RULES, build_leaderboards, leaderboard_main, select_results
+from vlprompt.cli.leaderboard import leaderboard_main
+from vlprompt.leaderboards.build import DEFAULT_OUT, build_leaderboards
+from vlprompt.leaderboards.select import SELECTION_RULES, select_results
 from vlprompt.metrics import summarize_seeds
 from vlprompt.runs.results import SCHEMA, load_result, make_result, write_result
 

@@ -338,7 +338,7 @@ def test_overlay_panels_and_wandb_masks() -> None:
     import numpy as np
 
     from vlprompt.modules.overlays import overlay_panels
-    from vlprompt.runs.wandb_logging import wandb_mask_images
+    from vlprompt.modules.overlays import wandb_mask_images
 
     image = torch.zeros(3, 8, 8)
     mask = torch.zeros(8, 8)

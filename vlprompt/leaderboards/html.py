@@ -20,6 +20,7 @@ JSON of the same figure is the same for the same plotly version.
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import math
@@ -29,8 +30,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from vlprompt.data.atomic import atomic_write_text
+from vlprompt.leaderboards.select import (
+    backbone_label,
+    learner_key,
+    learner_label,
+    load_results_tolerant,
+    ordered_metrics,
+    select_results,
+)
 from vlprompt.metrics import harmonic_mean
-from vlprompt.runs.results import ResultError, _safe, format_mean_std
+from vlprompt.runs.results import ResultError, format_mean_std, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +78,6 @@ def load_reported(folder: str | Path) -> list[dict[str, Any]]:
     An entry without a non-empty ``source`` (or without ``learner``, or with a non-numeric metric) raises
     :class:`ReportedError` naming the file, the entry and the fix. A missing folder gives ``[]``.
     """
-    import yaml
-
     root = Path(folder)
     if not root.is_dir():
         return []
@@ -154,13 +164,11 @@ def _figure_div(fig: Any, div_id: str) -> str:
                        config={"displaylogo": False, "responsive": True})
 
 
-def _averages(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
+def averages(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
     """Per entrant (learner label, backbone, shots): mean over datasets of each metric (HM of the means)."""
-    from vlprompt.leaderboards.build import _backbone_label, _learner_key, learner_label
-
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
-        groups[_learner_key(r)].append(r)
+        groups[learner_key(r)].append(r)
     out = []
     for key in sorted(groups):
         per_dataset = {str(r["dataset"]): r for r in groups[key]}
@@ -173,7 +181,7 @@ def _averages(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list
         if "base" in means and "new" in means:
             means["hm"] = harmonic_mean(means["base"], means["new"])
         first = group[0]
-        out.append({"learner": learner_label(first), "backbone": _backbone_label(first), "shots": first.get("shots"),
+        out.append({"learner": learner_label(first), "backbone": backbone_label(first), "shots": first.get("shots"),
                     "datasets": len(group), **means})
     return out
 
@@ -215,11 +223,9 @@ def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
 
     plotly.js is inlined, or, with ``plotly_src`` (a relative path, see :func:`build_html_leaderboards`), loaded by a
     classic ``<script src>`` from a file beside the pages (works from ``file://``, no network)."""
-    import plotly.offline
+    import plotly.offline  # deferred: plotly is heavy and only HTML pages need it
 
-    from vlprompt.leaderboards.build import _backbone_label, _ordered_metrics, learner_label
-
-    metrics = _ordered_metrics(rows)
+    metrics = ordered_metrics(rows)
     prim = primary_metric(metrics)
     datasets = sorted({str(r["dataset"]) for r in rows})
     title = f"Leaderboard: {protocol} / {benchmark}"
@@ -237,11 +243,11 @@ def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
             if str(r["dataset"]) != dataset:
                 continue
             s = r["summary"]
-            trs.append([(learner_label(r) + r.get("_mark", ""), None), (_backbone_label(r), None),
+            trs.append([(learner_label(r) + r.get("_mark", ""), None), (backbone_label(r), None),
                         (r.get("shots"), _num(r.get("shots"))), (s.get("n_seeds", len(r.get("per_seed", []))), None)]
                        + [(format_mean_std(s, k, missing="–"), _num(s.get(k))) for k in metrics])
         parts += [f"<h2>{_e(dataset)}</h2>", _table_html(f"table-dataset-{i}", headers, trs)]
-    avgs = _averages(rows, metrics)
+    avgs = averages(rows, metrics)
     if len(datasets) > 1:
         trs = [[(a["learner"], None), (a["backbone"], None), (a["shots"], _num(a["shots"])), (a["datasets"], None)]
                + [(f"{a[k]:.2f}" if k in a else "–", a.get(k)) for k in metrics] for a in avgs]
@@ -290,15 +296,13 @@ def build_figures(rows: Sequence[dict[str, Any]], reported: Sequence[Mapping[str
     """The page's plotly figures by name: ``scatter`` (base vs new, with reported points), ``bars`` (primary metric
     per dataset), ``fewshot`` (primary metric vs shots, when some learner has several shots), ``dice`` (Dice per
     dataset, segmentation results). Shared by the HTML page and ``vlprompt leaderboard push --wandb``."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # deferred: plotly is heavy and only HTML pages need it
 
-    from vlprompt.leaderboards.build import _ordered_metrics, learner_label
-
-    metrics = _ordered_metrics(rows)
+    metrics = ordered_metrics(rows)
     b2n = "base" in metrics and "new" in metrics
     prim = primary_metric(metrics)
     datasets = sorted({str(r["dataset"]) for r in rows})
-    avgs = _averages(rows, metrics)
+    avgs = averages(rows, metrics)
     figs: dict[str, Any] = {}
     learners = sorted({learner_label(r) for r in rows})
     layout = dict(template="plotly_white", height=420, margin=dict(l=60, r=20, t=50, b=60))
@@ -361,9 +365,7 @@ _SEG_CSS = """
 def _dice_figure(rows: Sequence[dict[str, Any]], layout: Mapping[str, Any]) -> Any:
     """Grouped bars of Dice per dataset (one bar per learner, error bar: std over seeds, IoU in the hover), or
     ``None`` when no row has a ``dice`` summary."""
-    import plotly.graph_objects as go
-
-    from vlprompt.leaderboards.build import learner_label
+    import plotly.graph_objects as go  # deferred: plotly is heavy and only HTML pages need it
 
     seg = [r for r in rows if _num(r["summary"].get("dice")) is not None]
     if not seg:
@@ -421,8 +423,6 @@ def _overlay_entries(result: Mapping[str, Any]) -> list[tuple[str, Path]]:
 
 
 def _png_data_uri(path: Path) -> str | None:
-    import base64
-
     data = path.read_bytes()
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         log.warning("overlay %s is not a PNG (bad signature); skipped", path)
@@ -433,8 +433,6 @@ def _png_data_uri(path: Path) -> str | None:
 def _segmentation_parts(rows: Sequence[dict[str, Any]], figs: Mapping[str, Any]) -> list[str]:
     """The overlay gallery of a segmentation page (rows with ``dice``): per dataset, up to
     :data:`MAX_OVERLAYS_PER_ROW` overlays per learner, embedded as data URIs (the page stays one file, no network)."""
-    from vlprompt.leaderboards.build import learner_label
-
     seg = [r for r in rows if _num(r["summary"].get("dice")) is not None]
     if not seg:
         return []
@@ -469,7 +467,7 @@ def _segmentation_parts(rows: Sequence[dict[str, Any]], figs: Mapping[str, Any])
 
 def plotly_asset_name() -> str:
     """File name of the shared plotly.js asset: ``plotly-<plotly.js version>.min.js``."""
-    import plotly.offline
+    import plotly.offline  # deferred: plotly is heavy and only HTML pages need it
 
     return f"plotly-{plotly.offline.get_plotlyjs_version()}.min.js"
 
@@ -486,9 +484,6 @@ def build_html_leaderboards(results_dir: str | Path, out_dir: str | Path, *,
     classic ``<script src>``, which browsers load from ``file://`` as well (no network; the folder must stay
     together). The committed ``leaderboards/`` use ``shared``.
     """
-    from vlprompt.data.atomic import atomic_write_text
-    from vlprompt.leaderboards.build import load_results_tolerant, select_results
-
     if plotly not in ("inline", "shared"):
         raise ValueError(f"plotly={plotly!r}: use 'inline' (plotly.js in every page) or 'shared' (one file in assets/)")
     reported = load_reported(reported_dir) if reported_dir is not None else []
@@ -499,7 +494,7 @@ def build_html_leaderboards(results_dir: str | Path, out_dir: str | Path, *,
     written = []
     asset = Path(out_dir) / "assets" / plotly_asset_name()
     if plotly == "shared" and groups:
-        from plotly.offline import get_plotlyjs
+        from plotly.offline import get_plotlyjs  # deferred: plotly is heavy
 
         asset.parent.mkdir(parents=True, exist_ok=True)
         js = get_plotlyjs()
@@ -510,7 +505,7 @@ def build_html_leaderboards(results_dir: str | Path, out_dir: str | Path, *,
         rows, _ = select_results(groups[(protocol, benchmark)])
         if not rows:
             continue
-        path = Path(out_dir) / _safe(protocol) / _safe(benchmark) / "index.html"
+        path = Path(out_dir) / safe_name(protocol) / safe_name(benchmark) / "index.html"
         src = os.path.relpath(asset, path.parent).replace(os.sep, "/") if plotly == "shared" else None
         page = render_html(protocol, benchmark, rows, [e for e in reported if e["protocol"] == protocol], plotly_src=src)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,3 +59,21 @@ def save_overlays(samples: Sequence[dict[str, Any]], folder: str | Path, *, thre
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths
+
+
+def wandb_mask_images(samples: Sequence[dict[str, Any]], *, threshold: float = 0.5) -> list:
+    """``wandb.Image`` objects of the samples' images with their ground truth and predicted masks as W&B mask
+    layers (``ground_truth`` / ``prediction``, class 1 = the prompted object), captioned with the prompt."""
+    import wandb  # deferred: importing wandb is slow and only W&B-logged runs need it
+
+    labels = {0: "background", 1: "object"}
+    out = []
+    for s in samples:
+        image = (s["image"].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+        gt = (s["mask"].detach().float().cpu().numpy() > 0.5).astype(np.uint8)
+        pred = (s["prob"].detach().float().cpu().numpy() >= threshold).astype(np.uint8)
+        out.append(wandb.Image(image, caption=f"{s.get('name', '')}: {s.get('prompt', '')}", masks={
+            "ground_truth": {"mask_data": gt, "class_labels": labels},
+            "prediction": {"mask_data": pred, "class_labels": labels},
+        }))
+    return out

@@ -43,6 +43,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.modules.classification import apply_lr_scales
+from vlprompt.modules.overlays import save_overlays, wandb_mask_images
 from vlprompt.metrics.segmentation import SegmentationScores, dice_bce_loss, weight_decay_groups
 
 log = logging.getLogger(__name__)
@@ -237,8 +238,6 @@ class PromptSegmenter(pl.LightningModule):
         loggers = [lg for lg in (self.loggers or []) if isinstance(lg, WandbLogger)]
         if not loggers or not self.overlay_samples:
             return
-        from vlprompt.runs.wandb_logging import wandb_mask_images
-
         images = wandb_mask_images(self.overlay_samples, threshold=self.threshold)
         for lg in loggers:
             lg.experiment.log({"test/masks": images})
@@ -275,8 +274,6 @@ class PromptSegmenter(pl.LightningModule):
 
     def seed_report(self, seed_dir: Path) -> dict[str, Any]:
         """Per-seed extras: the kept epoch and the overlay PNGs written into ``seed_dir`` (``artifacts``)."""
-        from vlprompt.modules.overlays import save_overlays
-
         out: dict[str, Any] = {}
         if self.keep_best and self.best["epoch"] is not None:
             out["selected_epoch"] = int(self.best["epoch"]) + 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -23,7 +22,7 @@ import torch
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.tta_views import TPTViews
 from vlprompt.learners.base import PromptLearner
-from vlprompt.learners.prompts.tta import TestTimeMethod, TTAStep
+from vlprompt.learners.prompts.tta import TestTimeMethod
 
 log = logging.getLogger(__name__)
 

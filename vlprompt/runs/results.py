@@ -217,7 +217,8 @@ def _json_default(obj: Any) -> Any:
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=@-]+")
 
 
-def _safe(part: Any) -> str:
+def safe_name(part: Any) -> str:
+    """``part`` as a file-name component: runs outside ``[A-Za-z0-9._+=@-]`` become ``_``, edge dots/underscores go."""
     text = _UNSAFE.sub("_", str(part)).strip("._") or "unknown"
     return text
 
@@ -238,14 +239,14 @@ def write_result(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
         stamp = parse_created(result["created"]) if result.get("created") else _dt.datetime.now(_dt.timezone.utc)
     except ValueError:
         stamp = _dt.datetime.now(_dt.timezone.utc)
-    folder = Path(out_dir) / _safe(result["protocol"]) / _safe(result["benchmark"]) / _safe(result["dataset"])
+    folder = Path(out_dir) / safe_name(result["protocol"]) / safe_name(result["benchmark"]) / safe_name(result["dataset"])
     folder.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in result.items() if k != "_path"}
     text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
     from vlprompt.data.atomic import atomic_path
 
     while True:
-        name = f"{_safe(result['learner'])}-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}.json"
+        name = f"{safe_name(result['learner'])}-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}.json"
         path = folder / name
         # written whole to a unique temporary file, then linked into place: a crash never leaves a truncated
         # result, and two runs finishing at once never take the same name (link fails if it exists)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -51,7 +51,7 @@ def is_logged_in() -> bool:
         return False
 
 
-def _mode(offline: bool) -> str:
+def wandb_mode(offline: bool) -> str:
     """The explicit ``wandb.init(mode=...)``: ``disabled`` when ``WANDB_MODE=disabled``, else offline / online. Given
     explicitly because W&B's process-wide settings keep the mode of the first run of the process."""
     if os.environ.get("WANDB_MODE", "").lower() == "disabled":
@@ -91,7 +91,7 @@ class WandbLogger(_LightningWandbLogger):
         offline = choose_offline(offline, str(save_dir))
         if entity is not None:
             kwargs["entity"] = entity
-        kwargs.setdefault("mode", _mode(offline))
+        kwargs.setdefault("mode", wandb_mode(offline))
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(project=project, offline=offline, save_dir=save_dir, **kwargs)
 
@@ -130,77 +130,6 @@ class WandbLogger(_LightningWandbLogger):
         self._experiment = None
         if run is not None and hasattr(run, "finish"):
             run.finish(exit_code=exit_code)
-
-
-# --------------------------------------------------------------------------- leaderboards -> W&B
-def _table_rows(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
-    from vlprompt.leaderboards.build import _backbone_label, learner_label
-
-    columns = ["dataset", "learner", "backbone", "shots", "seeds", *metrics, *(f"{k}_std" for k in metrics), "result"]
-    data = []
-    for r in rows:
-        s = r["summary"]
-        data.append([str(r["dataset"]), learner_label(r), _backbone_label(r), r.get("shots"),
-                     int(s.get("n_seeds", len(r.get("per_seed", [])))),
-                     *(s.get(k) for k in metrics), *(s.get(f"{k}_std") for k in metrics), r.get("_rel", "")])
-    return columns, data
-
-
-def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leaderboards", entity: str | None = None,
-                      offline: bool = False, save_dir: str | Path | None = None,
-                      reported_dir: str | Path | None = None) -> list[dict[str, str]]:
-    """Upload every leaderboard of ``results_dir`` to W&B: one run per (protocol, benchmark), job type
-    ``leaderboard``, holding the rows (``leaderboard`` table), the average over datasets (``average`` table), the
-    reported paper numbers (``reported`` table, when any) and the HTML page's plots (``plots/<name>``).
-
-    Rows are the ones :func:`vlprompt.leaderboards.build.select_results` picks, as in the Markdown/HTML leaderboards.
-    Returns ``[{"protocol", "benchmark", "run_id", "dir"}]``; offline runs are uploaded later with ``wandb sync``.
-    """
-    import wandb
-
-    from vlprompt.leaderboards.build import _ordered_metrics, load_results_tolerant, select_results
-    from vlprompt.leaderboards.html import _averages, build_figures, load_reported
-    from vlprompt.runs.results import _safe
-
-    reported = load_reported(reported_dir) if reported_dir is not None else []
-    results, _ = load_results_tolerant(Path(results_dir))
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in results:
-        groups.setdefault((str(r["protocol"]), str(r["benchmark"])), []).append(r)
-    save_dir = str(save_dir or os.environ.get("WANDB_DIR") or "runs")
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
-    offline = choose_offline(offline, save_dir)
-    pushed = []
-    for protocol, benchmark in sorted(groups):
-        rows, _ = select_results(groups[(protocol, benchmark)])
-        if not rows:
-            continue
-        metrics = _ordered_metrics(rows)
-        rep = [e for e in reported if e["protocol"] == protocol]
-        run = wandb.init(project=project, entity=entity, dir=save_dir, mode=_mode(offline),
-                         job_type="leaderboard", name=f"leaderboard-{protocol}-{benchmark}",
-                         group=f"leaderboard/{protocol}", tags=[f"protocol:{protocol}", f"benchmark:{benchmark}"],
-                         config={"protocol": protocol, "benchmark": benchmark, "results_dir": str(results_dir),
-                                 "rows": len(rows)}, reinit="finish_previous")
-        try:
-            columns, data = _table_rows(rows, metrics)
-            payload: dict[str, Any] = {"leaderboard": wandb.Table(columns=columns, data=data)}
-            avgs = _averages(rows, metrics)
-            if avgs:
-                acols = ["learner", "backbone", "shots", "datasets", *metrics]
-                payload["average"] = wandb.Table(columns=acols, data=[[a.get(c) for c in acols] for a in avgs])
-            if rep:
-                rcols = ["learner", "backbone", "dataset", "base", "new", "hm", "accuracy", "source"]
-                payload["reported"] = wandb.Table(columns=rcols, data=[[e.get(c) for c in rcols] for e in rep])
-            for name, fig in build_figures(rows, rep).items():
-                payload[f"plots/{name}"] = wandb.Plotly(fig)
-            run.log(payload)
-            run.summary.update({"rows": len(rows), "datasets": len({str(r["dataset"]) for r in rows})})
-            pushed.append({"protocol": protocol, "benchmark": benchmark, "run_id": run.id, "dir": str(run.dir),
-                           "name": _safe(f"{protocol}-{benchmark}")})
-        finally:
-            run.finish()
-    return pushed
 
 
 # --------------------------------------------------------------------------- reading offline runs back
@@ -281,20 +210,3 @@ def _read_offline_run_once(run_dir: str | Path) -> dict[str, Any]:
     return out
 
 
-def wandb_mask_images(samples: Sequence[dict[str, Any]], *, threshold: float = 0.5) -> list:
-    """``wandb.Image`` objects of the samples' images with their ground truth and predicted masks as W&B mask
-    layers (``ground_truth`` / ``prediction``, class 1 = the prompted object), captioned with the prompt."""
-    import numpy as np
-    import wandb
-
-    labels = {0: "background", 1: "object"}
-    out = []
-    for s in samples:
-        image = (s["image"].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
-        gt = (s["mask"].detach().float().cpu().numpy() > 0.5).astype(np.uint8)
-        pred = (s["prob"].detach().float().cpu().numpy() >= threshold).astype(np.uint8)
-        out.append(wandb.Image(image, caption=f"{s.get('name', '')}: {s.get('prompt', '')}", masks={
-            "ground_truth": {"mask_data": gt, "class_labels": labels},
-            "prediction": {"mask_data": pred, "class_labels": labels},
-        }))
-    return out
