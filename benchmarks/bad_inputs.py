@@ -191,7 +191,7 @@ def main() -> None:
                         ("smoke.json", "newer 1-epoch smoke run of the same experiment")):
         line = next((ln for ln in not_shown.splitlines() if name in ln), "")
         if not line:  # unreadable files are not rows of any board: they are in the console table
-            from vlprompt.leaderboards.build import load_results_tolerant
+            from vlprompt.leaderboards.select import load_results_tolerant
 
             line = next(why for f, why in load_results_tolerant(res)[1] if f.endswith(name))
         rows.append((label, code, "skipped: " + line.split("|")[-2].strip() if "|" in line else "skipped: " + line))

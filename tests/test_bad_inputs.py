@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from vlprompt import cli
-from vlprompt.runs.driver import ConfigError, run_experiment
+from vlprompt.learners.registry import ConfigError
+from vlprompt.runs.driver import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
@@ -165,7 +166,7 @@ def test_warnings_are_printed_once_per_run() -> None:
 
 
 def test_progress_bars_on_by_default_off_with_one_flag_or_in_ci(monkeypatch) -> None:
-    from vlprompt.runs.driver import build_cli
+    from vlprompt.runs.config import build_cli
     from vlprompt.data.progress import progress_enabled
 
     monkeypatch.delenv("CI", raising=False)
@@ -182,7 +183,7 @@ def test_progress_bars_on_by_default_off_with_one_flag_or_in_ci(monkeypatch) -> 
 
 
 def test_warmup_rule_applies_only_to_learners_that_train(monkeypatch) -> None:
-    from vlprompt.runs.driver import VlpromptCLI, build_cli, validate_config
+    from vlprompt.runs.config import build_cli, validate_config, VlpromptCLI
 
     monkeypatch.setattr(VlpromptCLI, "instantiate_classes", lambda self: None)
     zs = build_cli("fit", ["--config", QUICK, "--config", str(REPO / "configs/learners/zero_shot/default.yaml"),

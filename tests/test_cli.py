@@ -12,7 +12,9 @@ import torch
 
 from vlprompt import cli
 from vlprompt.data.base import DataError
-from vlprompt.runs.driver import ConfigError, VlpromptCLI, build_cli, run_experiment
+from vlprompt.learners.registry import ConfigError
+from vlprompt.runs.config import build_cli, VlpromptCLI
+from vlprompt.runs.driver import run_experiment
 from vlprompt.learners.base import LearnerError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ import torch
 
 from vlprompt.backbones.base import PreprocessConfig
 from vlprompt.data.base import DataError
-from vlprompt.runs.data_check import check_dataset, data_main
+from vlprompt.cli.data import data_main
+from vlprompt.runs.data_check import check_dataset
 from vlprompt.data.coop import Caltech101, EuroSAT, known_splits
 from vlprompt.data.transforms import build_transform
 

@@ -369,7 +369,7 @@ def test_toy_categories_unique_per_image():
 
 
 def test_registered_and_convert_cli(tmp_path):
-    from vlprompt.runs.data_check import data_main
+    from vlprompt.cli.data import data_main
     from vlprompt.learners.registry import get_registry
 
     reg = get_registry("datasets")

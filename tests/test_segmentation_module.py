@@ -198,7 +198,7 @@ def test_module_keeps_best_validation_dice_prompts() -> None:
 
 
 def test_host_module_chosen_by_protocol(tmp_path: Path) -> None:
-    from vlprompt.runs.driver import host_classes
+    from vlprompt.runs.config import host_classes
     from vlprompt.modules.classification import PromptClassifier
     from vlprompt.protocols.segmentation import SegmentationProtocol
 
@@ -393,7 +393,7 @@ SEG_YAMLS = ["protocols/segmentation.yaml", "learners/coop/tunevlseg.yaml", "lea
 
 @pytest.mark.parametrize("name", SEG_YAMLS)
 def test_segmentation_yamls_parse_on_top_of_the_seg_quickstart(name: str, monkeypatch) -> None:
-    from vlprompt.runs.driver import VlpromptCLI, build_cli
+    from vlprompt.runs.config import build_cli, VlpromptCLI
 
     monkeypatch.setattr(VlpromptCLI, "instantiate_classes", lambda self: None)
     repo = Path(__file__).resolve().parents[1]

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlprompt.runs.driver import check_config_files
-from vlprompt.runs.sweep import SweepError, check_cells, expand_cells, load_sweep, run_sweep, sweep_main
+from vlprompt.runs.config import check_config_files
+from vlprompt.cli.sweep import sweep_main
+from vlprompt.runs.sweep import check_cells, expand_cells, load_sweep, run_sweep, SweepError
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")

@@ -9,7 +9,7 @@ import torch
 
 from vlprompt.learners import registry
 from vlprompt.data.atomic import sha256_file
-from vlprompt.cli import pretrain_main
+from vlprompt.cli.pretrain import pretrain_main
 from vlprompt.generators.base import GeneratedViews, GeneratorError
 from vlprompt.generators.toydiffusion import TOY_DIFFUSION, ToyDiffusion, card_path, from_model_space, load_toy_diffusion, to_model_space
 from vlprompt.learners.difftpt import DiffTPT

@@ -11,7 +11,6 @@ unpickled beyond tensors and plain containers.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import pickle
@@ -144,7 +143,7 @@ def _component(config: dict, key: str, group: str, default_name: str | None = No
     return cls, dict(node.get("init_args") or {})
 
 
-def _read_classnames(value: str) -> list[str]:
+def read_classnames(value: str) -> list[str]:
     p = Path(value)
     if p.is_file():
         names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
@@ -196,21 +195,3 @@ def import_dassl(
     return target
 
 
-def import_main(argv: list[str]) -> int:
-    """``vlprompt import dassl PATH --learner NAME --classnames FILE --out prompts.safetensors [...]``."""
-    parser = argparse.ArgumentParser(prog="vlprompt import", description="import prompts trained by reference code")
-    sub = parser.add_subparsers(dest="source", required=True)
-    p = sub.add_parser("dassl", help="a Dassl checkpoint (prompt_learner/model.pth.tar-N) of CoOp, CoCoOp, ...")
-    p.add_argument("path", help="the checkpoint file")
-    p.add_argument("--learner", required=True, help="registered learner that trained it (coop, cocoop, ...)")
-    p.add_argument("--config", default=None, help="learner YAML (model.learner.init_args: n_ctx, ...)")
-    p.add_argument("--backbone-config", default=None, help="backbone YAML (model.backbone); default the toy CLIP")
-    p.add_argument("--classnames", required=True, help="training class names in label order: a file, one per line, or a comma list")
-    p.add_argument("--out", required=True, help="output prompts (.safetensors)")
-    args = parser.parse_args(argv)
-    out = import_dassl(
-        args.path, learner=args.learner, classnames=_read_classnames(args.classnames), out=args.out,
-        learner_config=args.config, backbone_config=args.backbone_config,
-    )
-    print(f"wrote {out}")  # noqa: T201 - console output
-    return 0

@@ -14,18 +14,16 @@ in the comma-separated ``VLPROMPT_PLUGINS``.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import importlib
 import importlib.metadata as md
 import logging
 import os
 import re
-import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from rich.console import Console
-from rich.table import Table
 
 log = logging.getLogger(__name__)
 
@@ -295,50 +293,47 @@ def resolve_class_path(name: str, group: str | None = None) -> str | None:
     return matches[0].class_path
 
 
-def _console() -> Console:
-    """A stdout console; when piped, wide enough that class paths are not truncated."""
-    return Console() if sys.stdout.isatty() else Console(width=200)
+# --------------------------------------------------------------------------- registered names in configs
+#: which registry group a class_path under a config key belongs to
+#: (a wrapping learner's ``inner`` learner, e.g. gram's, is a learner too)
+KEY_GROUPS = {"learner": "learners", "backbone": "backbones", "dataset": "datasets", "data": "protocols", "inner": "learners"}
 
 
-def _plugins_table(registry: Registry) -> Table:
-    table = Table(title=f"{registry.kind} ({registry.group})")
-    for header in ("name", "family", "class", "provided by"):
-        table.add_column(header, no_wrap=True)
-    for plugin in registry.entries():
-        table.add_row(plugin.name, plugin.family, plugin.class_path, f"{plugin.distribution} {plugin.version}")
-    return table
+class ConfigError(ValueError):
+    """A config names something that does not exist; the message lists what does."""
 
 
-def _broken_table(registry: Registry) -> Table:
-    table = Table(title=f"broken plugins ({registry.group})", title_style="bold red")
-    table.add_column("name", no_wrap=True)
-    table.add_column("distribution", no_wrap=True)
-    table.add_column("error", overflow="fold")
-    for bad in registry.broken:
-        table.add_row(bad.name, bad.distribution, bad.error)
-    return table
+def resolve_config_names(node: Any, key: str | None = None, overridden: Mapping[str, str] | None = None) -> Any:
+    """Rewrite ``class_path: <registered name>`` to the plugin's import path, recursively.
 
-
-def list_main(argv: list[str]) -> int:
-    """``vlprompt list learners|backbones|datasets [--errors]``: print the plugins of one group."""
-    parser = argparse.ArgumentParser(prog="vlprompt list", description="List installed vlprompt plugins.")
-    parser.add_argument("kind", help=f"one of: {', '.join(GROUPS)}")
-    parser.add_argument("--errors", action="store_true", help="show only the plugins that failed to load")
-    args = parser.parse_args(argv)
-    console = _console()
-    if args.kind not in GROUPS:
-        console.print(f"vlprompt list: unknown kind {args.kind!r}; choose one of: {', '.join(GROUPS)}",
-                      markup=False, highlight=False)
-        return 2
-    try:
-        registry = get_registry(args.kind)
-    except RegistryError as exc:
-        console.print(f"vlprompt list: {exc}", markup=False, highlight=False)
-        return 1
-    if not args.errors:
-        console.print(_plugins_table(registry))
-    if registry.broken:
-        console.print(_broken_table(registry))
-    elif args.errors:
-        console.print(f"no broken {args.kind}", markup=False)
-    return 0
+    ``overridden``: config keys whose class the command line sets, with that class path; an unknown name under
+    such a key is replaced by it instead of failing (the command line wins over the config file).
+    """
+    overridden = {} if overridden is None else overridden
+    if isinstance(node, list):
+        return [resolve_config_names(v, key, overridden) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: resolve_config_names(v, k, overridden) for k, v in node.items()}
+    cp = out.get("class_path")
+    if isinstance(cp, str) and "." not in cp:
+        group = KEY_GROUPS.get(key or "")
+        path = resolve_class_path(cp, group=group) if group else resolve_class_path(cp)
+        if path is None and key in overridden:
+            # the command line replaces this class: an unusable name in a config file must not stop the run
+            out["class_path"] = overridden[key]
+            return out
+        if path is None:
+            failures = [f for k in ([group] if group else list(GROUPS))
+                        if (f := get_registry(k).failure(cp)) is not None]
+            if failures:  # installed but unusable: say why, not "unknown"
+                raise ConfigError(f"{(group or 'plugin').rstrip('s')} {cp!r} under {key!r} failed to load: {failures[0]}")
+            kinds = [group] if group else list(GROUPS)
+            known = {k: get_registry(k).names() for k in kinds}
+            listing = "; ".join(f"{k}: {', '.join(v) or '(none)'}" for k, v in known.items())
+            raise ConfigError(
+                f"unknown {(group or 'plugin').rstrip('s')} {cp!r} under {key!r}. Known {listing}. "
+                "Run `vlprompt list learners|backbones|datasets|protocols`, or give a full import path."
+            )
+        out["class_path"] = path
+    return out

@@ -22,7 +22,8 @@ import yaml
 from lightning.pytorch import seed_everything
 from lightning.pytorch.cli import LightningCLI
 
-from vlprompt.runs.driver import ConfigError, _benchmark, _metrics, _plugin_name, _resolve_argv
+from vlprompt.runs.config import benchmark_name, plugin_name, resolve_argv, rounded_metrics
+from vlprompt.learners.registry import ConfigError
 from vlprompt.modules.test_time import TestTimeClassifier
 from vlprompt.protocols.base2new import ClassificationProtocol
 from vlprompt.runs.results import make_result, print_summary, write_result
@@ -51,7 +52,7 @@ def build_tta_cli(argv: list[str]) -> TestTimeCLI:
         ClassificationProtocol,
         subclass_mode_data=True,
         run=False,
-        args=_resolve_argv(argv),
+        args=resolve_argv(argv),
         save_config_callback=None,
         seed_everything_default=False,
         parser_kwargs={"prog": "vlprompt tta", "parser_mode": "yaml_vlprompt"},
@@ -81,7 +82,7 @@ def run_tta(argv: list[str], *, show_summary: bool = True) -> dict:
             # prompts trained on other classes are the point of transfer (class-agnostic learners only)
             model.learner.load_prompts(cfg.prompts.replace("{seed}", str(seed)), check_classnames=False)
         trainer.test(model, datamodule=data, verbose=False)
-        row: dict[str, Any] = {"seed": seed, "metrics": _metrics(model.eval_results["test"])}
+        row: dict[str, Any] = {"seed": seed, "metrics": rounded_metrics(model.eval_results["test"])}
         row["test_time_stats"] = {k: round(v, 5) for k, v in model.eval_stats.items()}
         row["wall_seconds"] = round(time.time() - t0, 2)
         per_seed.append(row)
@@ -95,9 +96,9 @@ def run_tta(argv: list[str], *, show_summary: bool = True) -> dict:
     settings_fn = getattr(model.learner, "tta_settings", None)
     result = make_result(
         protocol=data.name,
-        benchmark=cfg.benchmark or _benchmark(identity),
+        benchmark=cfg.benchmark or benchmark_name(identity),
         dataset=data.dataset.name,
-        learner=_plugin_name("learners", model.learner),
+        learner=plugin_name("learners", model.learner),
         learner_config=learner_config,
         backbone=model.backbone.info.to_dict(),
         data=data.identity(),
@@ -116,28 +117,6 @@ def run_tta(argv: list[str], *, show_summary: bool = True) -> dict:
         print_summary(result)
     result["_path"] = str(path)
     return result
-
-
-def main(cmd: str, argv: list[str]) -> int:
-    """Dispatch ``vlprompt tta`` / ``vlprompt generate``; our bad-input errors become :class:`ConfigError`."""
-    from vlprompt.learners.prompts.tta import TTAError
-
-    errors: tuple[type[BaseException], ...] = (TTAError,)
-    try:
-        from vlprompt.generators.base import GeneratorError
-
-        errors += (GeneratorError,)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        if cmd == "generate":
-            from vlprompt.cli.generate import generate_main
-
-            return generate_main(argv)
-        run_tta(argv)
-        return 0
-    except errors as exc:
-        raise ConfigError(str(exc)) from exc
 
 
 __all__ = ["TestTimeCLI", "build_tta_cli", "run_tta", "main", "Path"]

@@ -1,6 +1,7 @@
 """Meta-training for GRAM (Li et al., ICCV 2023, arXiv 2303.06571): ``vlprompt meta-train --config FILE``.
 
-Re-implementation from the paper (no official code). Pipeline:
+Re-implementation from the paper (no official code). Steps 1-3 are :mod:`.corpus` and :mod:`.tasks`; this module is
+step 4 and the driver. Pipeline:
 
 1. **Corpus** of image-text pairs, read in chunks: the embedded toy world (rendered scenes + captions, styles mixed so
    that pseudo-domains exist) or a CSV / JSON-lines file of ``image path, caption`` (paths relative to the file).
@@ -29,404 +30,36 @@ plain SGD in the inner loop.
 
 from __future__ import annotations
 
-import argparse
-import csv
+import contextlib
 import importlib
 import json
 import logging
-import math
 import random
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.backbones.open_clip import file_sha256
+from vlprompt.data.atomic import atomic_write_text
+from vlprompt.learners.base import PromptLearner
+from vlprompt.learners.gram import GRAM
+from vlprompt.learners.gram.artifact import save_artifact
+from vlprompt.learners.gram.corpus import Corpus, MetaError, encode_corpus
 from vlprompt.learners.gram.regulator import identity_regulator, regulate
+from vlprompt.learners.gram.tasks import Task, hierarchical_clusters, sample_task
+from vlprompt.learners.registry import resolve_config_names
 
 log = logging.getLogger(__name__)
 
 
-class MetaError(ValueError):
-    """Bad meta-training input; the message names the value and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------- corpus
-def toy_corpus(size: int, *, image_size: int, seed: int, chunk: int = 64) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Chunks ``(images [b, 3, S, S] in [0, 1], captions)`` of rendered toy-world scenes, styles mixed per chunk."""
-    from vlprompt.data.toyworld.captions import caption, scene_attributes
-    from vlprompt.data.toyworld.render import STYLES, render, sample_scene
-
-    g = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    done = 0
-    while done < size:
-        b = min(chunk, size - done)
-        scene = sample_scene(b, generator=g)
-        images, _ = render(scene, generator=g, style=rng.choice(STYLES), image_size=image_size)
-        yield images, [caption(scene_attributes(scene, k), rng) for k in range(b)]
-        done += b
-
-
-def _pil_input(im, image_size: int) -> torch.Tensor:
-    """A PIL image as a model input ``[3, S, S]`` in ``[0, 1]``: shorter side resized to ``S``, centre crop."""
-    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
-
-    img = pil_to_tensor(im.convert("RGB")).float() / 255.0
-    return center_crop(resize(img, image_size, antialias=True), [image_size, image_size])
-
-
-def _load_image(path: Path, image_size: int) -> torch.Tensor:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return _pil_input(im, image_size)
-    except (OSError, ValueError) as exc:
-        raise MetaError(f"cannot read image {str(path)!r} ({exc}); fix or remove its row") from exc
-
-
-def _shard_urls(urls: str | list[str]) -> list[str]:
-    """Expand brace patterns (``cc3m-{000000..000009}.tar``) and check that local shards exist before any work."""
-    import braceexpand
-
-    patterns = [urls] if isinstance(urls, str) else list(urls)
-    out = [u for pat in patterns for u in braceexpand.braceexpand(str(pat))]
-    if not out:
-        raise MetaError("corpus.urls is empty: give webdataset shard paths, e.g. shards/cc3m-{000000..000009}.tar")
-    missing = [u for u in out if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
-    if missing:
-        raise MetaError(f"webdataset shard {missing[0]!r} does not exist ({len(missing)} of {len(out)} shards missing); "
-                        "check corpus.urls")
-    return out
-
-
-def webdataset_pairs(urls: str | list[str], *, image_key: str = "jpg;jpeg;png;webp", caption_key: str = "txt",
-                     image_size: int, limit: int | None = None) -> Iterator[tuple[torch.Tensor, str]]:
-    """Stream ``(image [3, S, S] in [0, 1], caption)`` from webdataset shards (``image_key`` may list alternatives
-    separated by ``;``). The first sample's keys are checked before any work; a sample missing them is an error
-    naming its key and shard."""
-    try:
-        import webdataset as wds
-    except ImportError as exc:
-        raise MetaError("corpus.source 'webdataset' needs the webdataset package: pip install webdataset") from exc
-    shards = _shard_urls(urls)
-    wanted = [k.strip().lower() for k in image_key.split(";") if k.strip()]
-    stream = wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode("pil")
-    n = 0
-    try:
-        for sample in stream:
-            keys = {k.lower(): k for k in sample if not k.startswith("__")}
-            img_k = next((keys[k] for k in wanted if k in keys), None)
-            cap_k = keys.get(caption_key.lower())
-            if img_k is None or cap_k is None:
-                col = "image_key" if img_k is None else "caption_key"
-                raise MetaError(
-                    f"webdataset sample {sample.get('__key__')!r} in {sample.get('__url__')!r} has no "
-                    f"{image_key if img_k is None else caption_key!r} entry (it holds {sorted(keys)}); set corpus.{col}"
-                )
-            cap = sample[cap_k]
-            cap = cap.decode("utf-8") if isinstance(cap, bytes) else str(cap)
-            yield _pil_input(sample[img_k], image_size), cap.strip()
-            n += 1
-            if limit is not None and n >= limit:
-                return
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, MetaError):
-            raise
-        raise MetaError(f"webdataset shards {shards[0]!r}...: unreadable ({exc})") from exc
-    if n == 0:
-        raise MetaError(f"webdataset shards {shards[0]!r}... hold no samples")
-
-
-class ImageSpill:
-    """Append-only uint8 image store on disk, memory-mapped when read (``[N, 3, S, S]``); deleted at exit."""
-
-    def __init__(self, image_size: int, directory: str | Path | None = None) -> None:
-        import atexit
-        import os
-        import tempfile
-
-        fd, name = tempfile.mkstemp(prefix="vlprompt-corpus-", suffix=".u8", dir=directory)
-        os.close(fd)
-        self.path = Path(name)
-        atexit.register(self.path.unlink, missing_ok=True)
-        self.image_size = image_size
-        self.count = 0
-
-    def append(self, images: torch.Tensor) -> None:
-        """Add images ``[b, 3, S, S]`` in ``[0, 1]``."""
-        with self.path.open("ab") as fh:
-            fh.write((images * 255).round().to(torch.uint8).contiguous().numpy().tobytes())
-        self.count += int(images.shape[0])
-
-    def tensor(self) -> torch.Tensor:
-        """The stored images as a memory-mapped uint8 tensor ``[N, 3, S, S]`` (pages are read on access)."""
-        s = self.image_size
-        flat = torch.from_file(str(self.path), shared=False, size=self.count * 3 * s * s, dtype=torch.uint8)
-        return flat.view(self.count, 3, s, s)
-
-
-def caption_rows(path: str | Path, *, image_column: str = "image", caption_column: str = "caption") -> Iterator[tuple[Path, str]]:
-    """Stream ``(image path, caption)`` from a CSV (header row) or JSON-lines file; paths are relative to the file.
-
-    The file and its columns are checked on the first row, before any work.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MetaError(f"corpus file {str(path)!r} does not exist")
-    jsonl = path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
-    try:
-        fh = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise MetaError(f"corpus file {str(path)!r} is unreadable ({exc})") from exc
-    n = 0
-    with fh:
-        try:
-            if jsonl:
-                rows: Iterator[dict] = (json.loads(line) for line in fh if line.strip())
-            else:
-                rows = csv.DictReader(fh)
-            for i, row in enumerate(rows):
-                if not isinstance(row, dict):
-                    raise MetaError(f"{str(path)!r} line {i + 1} is not a JSON object")
-                for col in (image_column, caption_column):
-                    if col not in row:
-                        raise MetaError(
-                            f"corpus file {str(path)!r} has no column {col!r} (columns: {sorted(row)}); set "
-                            f"corpus.image_column / corpus.caption_column"
-                        )
-                n += 1
-                yield (path.parent / str(row[image_column])), str(row[caption_column])
-        except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
-            raise MetaError(f"corpus file {str(path)!r} is unreadable ({exc}); expected CSV with a header or JSON lines") from exc
-    if n == 0:
-        raise MetaError(f"corpus file {str(path)!r} is empty: it needs image-caption rows")
-
-
-@dataclass
-class Corpus:
-    """Encoded pairs: features ``[N, D]`` (L2-normalised), captions, and a way to get images back."""
-
-    image_features: torch.Tensor
-    text_features: torch.Tensor
-    captions: list[str]
-    images: torch.Tensor | None = None  # uint8 [N, 3, S, S] (toy world)
-    paths: list[Path] = field(default_factory=list)  # (caption files: images are re-read on demand)
-    image_size: int = 0
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def get_images(self, idx: list[int]) -> torch.Tensor:
-        if self.images is not None:
-            return self.images[idx].float() / 255.0
-        if not self.paths:
-            raise MetaError("this corpus was encoded without keeping its images (keep_images=False)")
-        return torch.stack([_load_image(self.paths[i], self.image_size) for i in idx])
-
-
-@torch.no_grad()
-def encode_corpus(backbone, source: dict, *, seed: int, keep_images: bool, chunk: int = 64) -> Corpus:
-    """Encode a corpus config in chunks: ``{source: toyworld, size}``, ``{source: captions, path, image_column,
-    caption_column}`` or ``{source: webdataset, urls, image_key, caption_key, size (optional limit), spill_dir}``."""
-    size = backbone.preprocess.image_size
-    kind = source.get("source", "toyworld")
-    img_f, txt_f, caps, imgs, paths = [], [], [], [], []
-    if kind == "toyworld":
-        chunks = toy_corpus(int(source.get("size", 256)), image_size=size, seed=seed, chunk=chunk)
-    elif kind == "captions":
-        rows = caption_rows(source["path"], image_column=source.get("image_column", "image"),
-                            caption_column=source.get("caption_column", "caption"))
-
-        def _chunks() -> Iterator[tuple[torch.Tensor, list[str]]]:
-            buf: list[tuple[Path, str]] = []
-            for row in rows:
-                buf.append(row)
-                if len(buf) == chunk:
-                    paths.extend(p for p, _ in buf)
-                    yield torch.stack([_load_image(p, size) for p, _ in buf]), [c for _, c in buf]
-                    buf = []
-            if buf:
-                paths.extend(p for p, _ in buf)
-                yield torch.stack([_load_image(p, size) for p, _ in buf]), [c for _, c in buf]
-
-        chunks = _chunks()
-    elif kind == "webdataset":
-        if "urls" not in source:
-            raise MetaError("corpus.source 'webdataset' needs corpus.urls (shard paths, e.g. shards/cc3m-{000000..000009}.tar)")
-        pairs = webdataset_pairs(source["urls"], image_key=source.get("image_key", "jpg;jpeg;png;webp"),
-                                 caption_key=source.get("caption_key", "txt"), image_size=size,
-                                 limit=int(source["size"]) if source.get("size") is not None else None)
-
-        def _wds_chunks() -> Iterator[tuple[torch.Tensor, list[str]]]:
-            buf: list[tuple[torch.Tensor, str]] = []
-            for pair in pairs:
-                buf.append(pair)
-                if len(buf) == chunk:
-                    yield torch.stack([i for i, _ in buf]), [c for _, c in buf]
-                    buf = []
-            if buf:
-                yield torch.stack([i for i, _ in buf]), [c for _, c in buf]
-
-        chunks = _wds_chunks()
-    else:
-        raise MetaError(f"corpus.source={kind!r} is unknown; use 'toyworld', 'captions' (CSV / JSON lines) or 'webdataset'")
-    spill = ImageSpill(size, source.get("spill_dir")) if keep_images and kind == "webdataset" else None
-    for images, captions in chunks:
-        img_f.append(F.normalize(backbone.encode_image(images).float(), dim=-1))
-        txt_f.append(F.normalize(backbone.encode_text(backbone.tokenize(captions)).float(), dim=-1))
-        caps.extend(captions)
-        if keep_images and kind == "toyworld":
-            imgs.append((images * 255).round().to(torch.uint8))
-        if spill is not None:
-            spill.append(images)
-    stored = torch.cat(imgs) if imgs else (spill.tensor() if spill is not None else None)
-    if kind == "webdataset" and spill is None:
-        log.info("webdataset corpus: images not kept (the inner learner reads image features only)")
-    return Corpus(torch.cat(img_f), torch.cat(txt_f), caps, stored, paths, size)
-
-
-# ---------------------------------------------------------------------------------------------- clustering
-def kmeans(x: torch.Tensor, k: int, *, seed: int, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means (k-means++ seeding, Lloyd). ``x [N, D]`` -> ``(labels [N] long, centroids [k, D])``. Deterministic."""
-    n = x.shape[0]
-    if k < 1 or n < k:
-        raise MetaError(f"cannot make {k} clusters from {n} pairs: give more pairs or fewer clusters")
-    g = torch.Generator().manual_seed(seed)
-    cent = [x[int(torch.randint(n, (1,), generator=g))]]
-    for _ in range(1, k):
-        d = torch.cdist(x, torch.stack(cent)).min(dim=1).values.pow(2)
-        probs = d / d.sum() if float(d.sum()) > 0 else torch.full((n,), 1.0 / n)
-        cent.append(x[int(torch.multinomial(probs, 1, generator=g))])
-    c = torch.stack(cent)
-    labels = torch.zeros(n, dtype=torch.long)
-    for _ in range(iters):
-        labels = torch.cdist(x, c).argmin(dim=1)
-        new = torch.stack([x[labels == j].mean(0) if bool((labels == j).any()) else c[j] for j in range(k)])
-        if torch.allclose(new, c):
-            break
-        c = new
-    return labels, c
-
-
-@dataclass
-class Hierarchy:
-    """Two-level clustering: ``coarse[i]`` pseudo-domain and ``fine[i]`` global pseudo-class id of pair ``i``."""
-
-    coarse: torch.Tensor
-    fine: torch.Tensor
-    fine_domain: list[int]  # pseudo-domain of each fine cluster
-    names: list[str]  # medoid caption of each fine cluster
-    stats: dict
-
-
-def cross_modal_features(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """``[N, 2D]`` joint features ``[f_img, f_txt] / sqrt(2)`` of L2-normalised ``[N, D]`` image and text features."""
-    return torch.cat([F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1)], dim=1) / math.sqrt(2)
-
-
-def hierarchical_clusters(corpus: Corpus, *, coarse: int, fine: int, seed: int) -> Hierarchy:
-    """Cross-modal hierarchical clustering (see module docstring); raises :class:`MetaError` for too few pairs."""
-    n = len(corpus)
-    if n < coarse * fine:
-        raise MetaError(f"the corpus has {n} pairs, fewer than clusters.coarse * clusters.fine = {coarse} * {fine}; "
-                        "give more pairs or fewer clusters")
-    z = cross_modal_features(corpus.image_features, corpus.text_features)
-    top, _ = kmeans(z, coarse, seed=seed)
-    fine_labels = torch.full((n,), -1, dtype=torch.long)
-    fine_domain: list[int] = []
-    names: list[str] = []
-    for d in range(coarse):
-        idx = torch.nonzero(top == d).flatten()
-        k = min(fine, len(idx))
-        if k == 0:
-            continue
-        sub, _ = kmeans(z[idx], k, seed=seed + 1 + d)
-        for j in range(k):
-            members = idx[sub == j]
-            if len(members) == 0:
-                continue
-            mean_t = corpus.text_features[members].mean(0)
-            medoid = members[int((corpus.text_features[members] @ mean_t).argmax())]
-            fine_labels[members] = len(names)
-            fine_domain.append(d)
-            names.append(corpus.captions[int(medoid)])
-    sizes_c = torch.bincount(top, minlength=coarse)
-    sizes_f = torch.bincount(fine_labels, minlength=len(names))
-
-    def cohesion(labels: torch.Tensor, m: int) -> float:
-        sims = [float((z[labels == j] @ z[labels == j].T).mean()) for j in range(m) if int((labels == j).sum()) > 0]
-        return round(sum(sims) / len(sims), 4)
-
-    stats = {
-        "pairs": n,
-        "coarse_clusters": coarse,
-        "coarse_sizes": sizes_c.tolist(),
-        "fine_clusters": len(names),
-        "fine_size_min": int(sizes_f.min()),
-        "fine_size_mean": round(float(sizes_f.float().mean()), 2),
-        "fine_size_max": int(sizes_f.max()),
-        "distinct_fine_names": len(set(names)),
-        "mean_cosine_all": round(float((z @ z.T).mean()), 4),
-        "mean_cosine_within_coarse": cohesion(top, coarse),
-        "mean_cosine_within_fine": cohesion(fine_labels, len(names)),
-    }
-    return Hierarchy(top, fine_labels, fine_domain, names, stats)
-
-
-@dataclass
-class Task:
-    support: list[int]
-    support_labels: torch.Tensor
-    support_names: list[str]
-    query: list[int]
-    query_labels: torch.Tensor
-    query_names: list[str]
-
-
-def _pick_classes(h: Hierarchy, domain: int, n_way: int, rng: random.Random) -> list[int]:
-    pool = [c for c, d in enumerate(h.fine_domain) if d == domain]
-    rng.shuffle(pool)
-    out, seen = [], set()
-    for c in pool:
-        if h.names[c] not in seen:
-            out.append(c)
-            seen.add(h.names[c])
-        if len(out) == n_way:
-            break
-    return out
-
-
-def sample_task(h: Hierarchy, *, n_way: int, support_shots: int, query_shots: int, rng: random.Random) -> Task:
-    """Support from pseudo-domain A, query from pseudo-domain B != A (see module docstring)."""
-    domains = [d for d in sorted(set(h.fine_domain)) if sum(1 for x in h.fine_domain if x == d) >= n_way]
-    if len(domains) < 2:
-        raise MetaError(f"fewer than 2 pseudo-domains have {n_way} fine clusters: lower tasks.n_way or raise clusters.fine")
-    a, b = rng.sample(domains, 2)
-
-    def draw(domain: int, shots: int) -> tuple[list[int], torch.Tensor, list[str]]:
-        classes = _pick_classes(h, domain, n_way, rng)
-        idx, labels = [], []
-        for y, c in enumerate(classes):
-            members = torch.nonzero(h.fine == c).flatten().tolist()
-            idx += [rng.choice(members) for _ in range(shots)] if len(members) < shots else rng.sample(members, shots)
-            labels += [y] * shots
-        return idx, torch.tensor(labels), [h.names[c] for c in classes]
-
-    s = draw(a, support_shots)
-    q = draw(b, query_shots)
-    return Task(s[0], s[1], s[2], q[0], q[1], q[2])
-
-
 # ---------------------------------------------------------------------------------------------- bi-level optimisation
-class _Head(nn.Module):
+class TaskHead(nn.Module):
     """``forward(x)``: logits of the learner from images ``[B, 3, H, W]`` or cached image features ``[B, D]``."""
 
     def __init__(self, learner: PromptLearner) -> None:
@@ -438,7 +71,7 @@ class _Head(nn.Module):
         return self.learner.logits(feats)
 
 
-def task_loss(head: _Head, params: dict[str, torch.Tensor], names: list[str], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def task_loss(head: TaskHead, params: dict[str, torch.Tensor], names: list[str], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the learner with tensors ``params`` (learned_state names) on ``x`` labelled ``y`` over ``names``."""
     head.learner.set_classnames(names)
     logits = torch.func.functional_call(head, {f"learner.{k}": v for k, v in params.items()}, (x,))
@@ -446,7 +79,7 @@ def task_loss(head: _Head, params: dict[str, torch.Tensor], names: list[str], x:
 
 
 def adapt(
-    head: _Head,
+    head: TaskHead,
     init: dict[str, torch.Tensor],
     regulator: dict[str, torch.Tensor],
     names: list[str],
@@ -469,13 +102,9 @@ def adapt(
     return params
 
 
-def _attention_for(first_order: bool):
+def attention_for(first_order: bool):
     """Second-order meta-gradients need attention's double backward, which only the math SDPA kernel has (CPU flash
     attention's backward is not differentiable); first order keeps the default kernels."""
-    import contextlib
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     return contextlib.nullcontext() if first_order else sdpa_kernel(SDPBackend.MATH)
 
 
@@ -499,11 +128,9 @@ def meta_step(head, init, regulator, tasks: list[Task], corpus: Corpus, *, inner
 
 # ---------------------------------------------------------------------------------------------- config + driver
 def _instantiate(node: dict, key: str):
-    from vlprompt.runs.driver import _resolve_names
-
     if not isinstance(node, dict) or "class_path" not in node:
         raise MetaError(f"config key {key!r} needs a class_path (e.g. {key}: {{class_path: coop, init_args: {{...}}}})")
-    node = _resolve_names({key: node})[key]
+    node = resolve_config_names({key: node})[key]
     module, _, name = node["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     return cls(**(node.get("init_args") or {}))
@@ -527,9 +154,6 @@ def meta_train(cfg: dict, *, command: list[str] | None = None, config_text: str 
 
     ``backbone``: an already built backbone (tests), else ``cfg["backbone"]`` is instantiated.
     """
-    from vlprompt.backbones.open_clip import file_sha256
-    from vlprompt.learners.gram import GRAM
-    from vlprompt.learners.gram.artifact import save_artifact
 
     seed = int(cfg.get("seed", 1))
     clusters, tasks_cfg, meta = cfg.get("clusters", {}), cfg.get("tasks", {}), cfg.get("meta", {})
@@ -565,7 +189,7 @@ def meta_train(cfg: dict, *, command: list[str] | None = None, config_text: str 
         {"params": list(init.values()), "lr": float(meta.get("outer_lr", 1e-3))},
         {"params": list(regulator.values()), "lr": float(meta.get("regulator_lr", 1e-2))},
     ])
-    head = _Head(inner)
+    head = TaskHead(inner)
     inner.train()
     history = []
     for step in range(steps):
@@ -573,7 +197,7 @@ def meta_train(cfg: dict, *, command: list[str] | None = None, config_text: str 
                              query_shots=int(tasks_cfg.get("query_shots", 4)), rng=rng)
                  for _ in range(int(tasks_cfg.get("per_step", 2)))]
         opt.zero_grad(set_to_none=True)
-        with _attention_for(first_order):
+        with attention_for(first_order):
             loss, before = meta_step(head, init, regulator, tasks, corpus, inner_steps=inner_steps, inner_lr=inner_lr,
                                      first_order=first_order, use_images=use_images)
             loss.backward()
@@ -591,31 +215,8 @@ def meta_train(cfg: dict, *, command: list[str] | None = None, config_text: str 
     }
     out = save_artifact(cfg["out"], init=init, regulator=regulator, backbone=backbone, inner=inner, provenance=provenance)
     card = {**provenance, "artifact": str(out), "sha256": file_sha256(out), "history": history}
-    from vlprompt.data.atomic import atomic_write_text
-
     atomic_write_text(Path(str(out) + ".json"), json.dumps(card, indent=2, default=str))
     log.info("meta-train: wrote %s (sha256 %s)", out, card["sha256"])
     return card
 
 
-def main(argv: list[str]) -> int:
-    """``vlprompt meta-train --config FILE [--out PATH] [--steps N] [--first_order]``."""
-    parser = argparse.ArgumentParser(prog="vlprompt meta-train", description="meta-train a GRAM artifact (init + gradient regulator)")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--out", default=None, help="artifact path (overrides the config's out)")
-    parser.add_argument("--steps", type=int, default=None, help="meta-steps (overrides meta.steps)")
-    parser.add_argument("--first_order", action="store_true", help="first-order approximation (overrides meta.first_order)")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        if args.out:
-            cfg["out"] = args.out
-        if args.steps is not None:
-            cfg.setdefault("meta", {})["steps"] = args.steps
-        if args.first_order:
-            cfg.setdefault("meta", {})["first_order"] = True
-        meta_train(cfg, command=["vlprompt", "meta-train", *argv], config_text=Path(args.config).read_text())
-    except (MetaError, LearnerError) as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
