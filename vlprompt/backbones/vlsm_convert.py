@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from vlprompt.backbones.clipseg import clip_bpe_tokens
+
 __all__ = [
     "clipseg_config_from_open_clip",
     "open_clip_to_clipseg_state_dict",
@@ -66,7 +68,7 @@ def clipseg_config_from_open_clip(
             use_complex_transposed_convolution: CLIPSeg decoder settings (HF names).
         quick_gelu: whether the open_clip model was built with ``quick_gelu`` (else exact GELU).
     """
-    from transformers import CLIPSegConfig
+    from transformers import CLIPSegConfig  # deferred: transformers is heavy (CLIPSeg only)
 
     v, t = model_cfg["vision_cfg"], model_cfg["text_cfg"]
     unsupported = [k for k in ("timm_model_name", "hf_model_name", "attentional_pool", "no_ln_pre", "final_ln_after_pool",
@@ -156,8 +158,6 @@ def open_clip_bpe_files() -> tuple[dict[str, int], list[str]]:
     48,894 merges, then start/end of text as 49406/49407), with HF's special token spellings, plus
     :data:`PAD_TOKEN` as a second name of id 0.
     """
-    from vlprompt.backbones.clipseg import clip_bpe_tokens
-
     tokens, merges = clip_bpe_tokens()
     vocab = {tok: i for i, tok in enumerate(tokens)}
     if len(vocab) != 49408:
@@ -174,7 +174,7 @@ def save_clip_tokenizer(folder: str | Path, context_length: int, *, fast_file: b
     tokens (``<|endoftext|>``...) differ, as in every HF CLIP tokenizer. ``fast_file=False`` drops the 3.6 MB
     ``tokenizer.json`` (``CLIPTokenizer`` rebuilds it from ``vocab.json`` and ``merges.txt``).
     """
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # deferred: transformers is heavy (CLIPSeg only)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import logging
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from vlprompt.generators.base import GeneratorError
+from vlprompt.runs.test_time import build_tta_cli
 
 log = logging.getLogger(__name__)
 
 
 def generate_main(argv: list[str]) -> int:
-    from vlprompt.runs.test_time import build_tta_cli
-
     cli = build_tta_cli(argv)
     cli.instantiate_classes()
     learner, data = cli.model.learner, cli.datamodule

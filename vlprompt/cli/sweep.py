@@ -12,7 +12,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vlprompt.runs.sweep import EXECUTORS, SweepError, cell_status, expand_cells, load_sweep, run_sweep
+from vlprompt.runs.sweep import (
+    EXECUTORS,
+    SweepError,
+    cell_status,
+    expand_cells,
+    load_sweep,
+    run_sweep,
+)
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "file_mode", "sha256_file", "save_safetensors"]
 
 
@@ -66,8 +68,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def save_safetensors(tensors: dict, path: str | os.PathLike, *, metadata: dict[str, str] | None = None) -> Path:
     """``safetensors.torch.save_file`` made atomic and with normal permissions (safetensors itself writes 0600)."""
-    from safetensors.torch import save_file
-
     dest = Path(path)
     with atomic_path(dest) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
 __all__ = ["check_same_in_every_process", "eval_sampler", "fingerprint", "is_distributed", "is_secondary_process"]
 
@@ -47,8 +48,6 @@ def eval_sampler(trainer: Any, dataset: Any) -> torch.utils.data.Sampler | None:
     ``DistributedSampler`` as it is, so the default padded sampler is not put in its place."""
     if not is_distributed(trainer):
         return None
-    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
     return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
                                         shuffle=False)
 

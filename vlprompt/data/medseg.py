@@ -40,8 +40,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from vlprompt.data.atomic import sha256_file
 from vlprompt.backbones.base import PreprocessConfig
+from vlprompt.data.atomic import sha256_file
 from vlprompt.data.base import DataError, resolve_data_root
 from vlprompt.data.seg_dataset import (
     MASK_THRESHOLD,
@@ -644,7 +644,7 @@ def mask_attributes(mask: np.ndarray, image: np.ndarray | None = None) -> dict:
     - ``location``: the 3x3 cell (``top left`` .. ``center`` .. ``bottom right``) of each component's centroid;
     - ``colour``: the mean colour of the foreground, named from its hue, saturation and value.
     """
-    from scipy import ndimage
+    from scipy import ndimage  # deferred: scipy is heavy (mask attributes only)
 
     h, w = mask.shape
     total = int(mask.sum())

@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from tqdm.auto import tqdm
+
 T = TypeVar("T")
 
 PROGRESS_ENV = "VLPROMPT_PROGRESS"
@@ -23,6 +25,4 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit
     """``iterable`` wrapped in a tqdm bar (on stderr, removed when done) when progress is enabled."""
     if not progress_enabled():
         return iterable
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from vlprompt.data.atomic import sha256_file
 from vlprompt.generators.base import GeneratorError, ViewGenerator
@@ -62,7 +63,7 @@ def card_path(weights: str | Path) -> Path:
 def build_unet(unet: dict):
     """A randomly initialised diffusers ``UNet2DModel`` from its keyword arguments."""
     try:
-        from diffusers import UNet2DModel
+        from diffusers import UNet2DModel  # deferred: optional (difftpt extra)
     except ImportError as exc:  # pragma: no cover - diffusers is a test and difftpt extra
         raise GeneratorError("toy_diffusion needs diffusers: pip install 'vlprompt[difftpt]'") from exc
     return UNet2DModel(**unet)
@@ -84,8 +85,6 @@ def load_toy_diffusion(path: str | Path | None = None, *, check_sha256: bool = F
 
     ``check_sha256`` compares the weights with the card's sha256 and fails on a mismatch.
     """
-    from safetensors.torch import load_file
-
     weights = Path(path).expanduser() if path else TOY_DIFFUSION
     cfg_file = config_path(weights)
     missing = [str(p) for p in (weights, cfg_file) if not p.is_file()]
@@ -153,7 +152,7 @@ class ToyDiffusion(ViewGenerator):
 
     def _load(self):
         if self._unet is None:
-            from diffusers import DDIMScheduler
+            from diffusers import DDIMScheduler  # deferred: optional (difftpt extra)
 
             unet, sched_cfg, config = load_toy_diffusion(self.path)
             self._unet = unet.to(self.device)

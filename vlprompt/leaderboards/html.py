@@ -223,7 +223,7 @@ def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
 
     plotly.js is inlined, or, with ``plotly_src`` (a relative path, see :func:`build_html_leaderboards`), loaded by a
     classic ``<script src>`` from a file beside the pages (works from ``file://``, no network)."""
-    import plotly.offline  # deferred: plotly is heavy and only HTML pages need it
+    import plotly.offline  # deferred: plotly is heavy (HTML pages only)
 
     metrics = ordered_metrics(rows)
     prim = primary_metric(metrics)
@@ -296,7 +296,7 @@ def build_figures(rows: Sequence[dict[str, Any]], reported: Sequence[Mapping[str
     """The page's plotly figures by name: ``scatter`` (base vs new, with reported points), ``bars`` (primary metric
     per dataset), ``fewshot`` (primary metric vs shots, when some learner has several shots), ``dice`` (Dice per
     dataset, segmentation results). Shared by the HTML page and ``vlprompt leaderboard push --wandb``."""
-    import plotly.graph_objects as go  # deferred: plotly is heavy and only HTML pages need it
+    import plotly.graph_objects as go  # deferred: plotly is heavy (HTML pages only)
 
     metrics = ordered_metrics(rows)
     b2n = "base" in metrics and "new" in metrics
@@ -365,7 +365,7 @@ _SEG_CSS = """
 def _dice_figure(rows: Sequence[dict[str, Any]], layout: Mapping[str, Any]) -> Any:
     """Grouped bars of Dice per dataset (one bar per learner, error bar: std over seeds, IoU in the hover), or
     ``None`` when no row has a ``dice`` summary."""
-    import plotly.graph_objects as go  # deferred: plotly is heavy and only HTML pages need it
+    import plotly.graph_objects as go  # deferred: plotly is heavy (HTML pages only)
 
     seg = [r for r in rows if _num(r["summary"].get("dice")) is not None]
     if not seg:
@@ -467,7 +467,7 @@ def _segmentation_parts(rows: Sequence[dict[str, Any]], figs: Mapping[str, Any])
 
 def plotly_asset_name() -> str:
     """File name of the shared plotly.js asset: ``plotly-<plotly.js version>.min.js``."""
-    import plotly.offline  # deferred: plotly is heavy and only HTML pages need it
+    import plotly.offline  # deferred: plotly is heavy (HTML pages only)
 
     return f"plotly-{plotly.offline.get_plotlyjs_version()}.min.js"
 

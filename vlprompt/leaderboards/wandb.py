@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.leaderboards.html import averages, build_figures, load_reported
-from vlprompt.leaderboards.select import backbone_label, learner_label, load_results_tolerant, ordered_metrics, select_results
+from vlprompt.leaderboards.select import (
+    backbone_label,
+    learner_label,
+    load_results_tolerant,
+    ordered_metrics,
+    select_results,
+)
 from vlprompt.runs.results import safe_name
 from vlprompt.runs.wandb_logging import choose_offline, wandb_mode
 

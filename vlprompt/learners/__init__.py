@@ -9,7 +9,10 @@ registry (:mod:`vlprompt.learners.registry`) and, for a plugin's own tests, :mod
 
 from vlprompt.backbones.base import BackboneError, VLBackbone
 from vlprompt.learners.base import FAMILIES, LearnerError, PromptLearner
-from vlprompt.learners.prompts.conditional import encode_conditioned_prompts, encode_paired_prompts
+from vlprompt.learners.prompts.conditional import (
+    encode_conditioned_prompts,
+    encode_paired_prompts,
+)
 from vlprompt.learners.prompts.layers import (
     ClassPrompts,
     ClassTokenPosition,

@@ -11,6 +11,7 @@ unpickled beyond tensors and plain containers.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from vlprompt.learners import registry
 from vlprompt.learners.base import LearnerError, PromptLearner
 
 log = logging.getLogger(__name__)
@@ -124,8 +126,6 @@ def _read_yaml(path: str | None, what: str) -> dict:
 
 
 def _component(config: dict, key: str, group: str, default_name: str | None = None) -> tuple[type, dict]:
-    from vlprompt.learners import registry
-
     node = (config.get("model") or {}).get(key) or {}
     name = node.get("class_path", default_name)
     if name is None:
@@ -134,8 +134,6 @@ def _component(config: dict, key: str, group: str, default_name: str | None = No
     if name in reg:
         cls = reg.get(name)
     else:
-        import importlib
-
         module, _, attr = str(name).rpartition(".")
         if not module:
             raise LearnerError(f"unknown {key} {name!r}; known: {', '.join(reg.names())}")
@@ -169,8 +167,6 @@ def import_dassl(
     classes); the learner is built from ``learner_config`` (its ``model.learner.init_args``) on the backbone
     of ``backbone_config`` (default: the embedded toy CLIP).
     """
-    from vlprompt.learners import registry
-
     state = load_dassl_checkpoint(path)
     lcfg = _read_yaml(learner_config, "learner config")
     bcfg = _read_yaml(backbone_config, "backbone config")

@@ -29,6 +29,7 @@ import open_clip
 import torch
 
 from vlprompt.backbones.base import VLBackbone
+from vlprompt.backbones.clipseg import CLIPSegBackbone, write_clip_tokenizer
 from vlprompt.backbones.open_clip import OpenCLIPBackbone, Precision
 from vlprompt.learners.base import FAMILIES, LearnerError, PromptLearner
 
@@ -115,9 +116,10 @@ def save_random_clipseg(folder: str | Path, config: dict, *, seed: int, image_si
     """Save a randomly initialised ``CLIPSegForImageSegmentation`` (``config``: ``CLIPSegConfig`` keywords, weights
     from ``seed``; the global RNG is left untouched) as a folder :class:`~vlprompt.backbones.clipseg.CLIPSegBackbone`
     loads: weights, ``preprocessor_config.json`` (``image_size``, ``mean``/``std``, bilinear) and CLIP's tokenizer."""
-    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
-
-    from vlprompt.backbones.clipseg import write_clip_tokenizer
+    from transformers import (  # deferred: transformers is heavy (CLIPSeg only)
+        CLIPSegConfig,
+        CLIPSegForImageSegmentation,
+    )
 
     folder = Path(folder)
     with torch.random.fork_rng(devices=[]):
@@ -146,8 +148,6 @@ def tiny_vlsm_folder() -> Path:
 def tiny_vlsm(*, precision: Precision = "fp32"):
     """A tiny randomly initialised CLIPSeg behind :class:`~vlprompt.backbones.clipseg.CLIPSegBackbone` (the same
     adapter as a real CLIPSeg folder); identical weights on every call, cached per process."""
-    from vlprompt.backbones.clipseg import CLIPSegBackbone
-
     return CLIPSegBackbone(str(tiny_vlsm_folder()), precision=precision)
 
 

@@ -64,7 +64,7 @@ def save_overlays(samples: Sequence[dict[str, Any]], folder: str | Path, *, thre
 def wandb_mask_images(samples: Sequence[dict[str, Any]], *, threshold: float = 0.5) -> list:
     """``wandb.Image`` objects of the samples' images with their ground truth and predicted masks as W&B mask
     layers (``ground_truth`` / ``prediction``, class 1 = the prompted object), captioned with the prompt."""
-    import wandb  # deferred: importing wandb is slow and only W&B-logged runs need it
+    import wandb  # deferred: wandb is slow to import (W&B runs only)
 
     labels = {0: "background", 1: "object"}
     out = []

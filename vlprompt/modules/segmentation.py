@@ -38,13 +38,18 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.metrics.segmentation import (
+    SegmentationScores,
+    dice_bce_loss,
+    weight_decay_groups,
+)
 from vlprompt.modules.classification import apply_lr_scales
 from vlprompt.modules.overlays import save_overlays, wandb_mask_images
-from vlprompt.metrics.segmentation import SegmentationScores, dice_bce_loss, weight_decay_groups
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +238,6 @@ class PromptSegmenter(pl.LightningModule):
 
     def _log_masks_to_wandb(self) -> None:
         """With a W&B logger (``configs/trainer/wandb.yaml``), log the overlay samples as W&B mask layers."""
-        from lightning.pytorch.loggers import WandbLogger
-
         loggers = [lg for lg in (self.loggers or []) if isinstance(lg, WandbLogger)]
         if not loggers or not self.overlay_samples:
             return

@@ -15,10 +15,15 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from vlprompt.data.base import DataError
 from vlprompt.data.coop import expected_stats
-from vlprompt.data.folder import ImageListSource
+from vlprompt.data.folder import ImageListSource, decode_error
+from vlprompt.data.progress import progress
+from vlprompt.data.progress import progress as bar
+from vlprompt.data.seg_dataset import mask_value_problem, prompt_keys, read_image
+from vlprompt.learners.registry import get_registry
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +81,6 @@ def check_dataset(name: str, root: str, *, strict: bool = False, decode: bool = 
     """
     report = CheckReport(name=name, root=str(root))
     if source_cls is None:
-        from vlprompt.learners.registry import get_registry
-
         source_cls = get_registry("datasets").get(name)
     report.facts["class"] = f"{source_cls.__module__}.{source_cls.__qualname__}"
     init_params = inspect.signature(source_cls.__init__).parameters
@@ -142,8 +145,6 @@ def _decode(report: CheckReport, source: ImageListSource, *, skip: set[str]) -> 
     bad: dict[str, str] = {}
     done: list[list[str]] = []
     decoded = 0
-    from vlprompt.data.progress import progress
-
     for split in progress(source.splits, desc="decoding images (per split)", unit="split"):
         paths = source.paths(split)
         if any(paths == other for other in done):
@@ -167,8 +168,6 @@ def _decode(report: CheckReport, source: ImageListSource, *, skip: set[str]) -> 
 def _cheap_image_error(path: str) -> str | None:
     """``None`` when ``path`` looks like an intact image, else why not: the file exists and is not empty, PIL
     recognises its header, and a JPEG / PNG ends with its end marker (a truncated download fails here)."""
-    from PIL import Image
-
     try:
         size = os.path.getsize(path)
         if size == 0:
@@ -194,8 +193,6 @@ def preflight_images(sources, *, full: bool = False, progress: bool = False) -> 
     decodes every image. Sources without image files (the toy world) are skipped. Raises
     :class:`~vlprompt.data.base.DataError` naming the first unreadable files and the fixes.
     """
-    from vlprompt.data.folder import _decode_error
-
     paths: dict[str, str] = {}
     for source in sources:
         if not isinstance(source, ImageListSource):
@@ -205,13 +202,11 @@ def preflight_images(sources, *, full: bool = False, progress: bool = False) -> 
                 paths.setdefault(p, source.name)
     if not paths:
         return
-    check = _decode_error if full else _cheap_image_error
+    check = decode_error if full else _cheap_image_error
     todo = sorted(paths)
     bad: list[tuple[str, str]] = []
     iterator = todo
     if progress:
-        from vlprompt.data.progress import progress as bar
-
         iterator = bar(todo, desc=f"checking images ({'full decode' if full else 'headers'})", unit="img")
     for p in iterator:
         error = check(p) if os.path.isfile(p) else "missing"
@@ -235,8 +230,6 @@ def check_segmentation(report: CheckReport, source_cls: type, root: str, *, stri
     paired with existing mask(s) of its size, every mask binary (decoded: masks are small), empty masks counted
     per split, split sizes against the published ones (a warning, a problem with ``strict``), prompt keys, and
     with ``decode`` every image decoded once. Nothing is written into the data root."""
-    from vlprompt.data.seg_dataset import mask_value_problem, prompt_keys, read_image
-
     params = inspect.signature(source_cls.__init__).parameters
     kwargs = {"check_files": False} if "check_files" in params else {}
     try:
@@ -268,10 +261,6 @@ def check_segmentation(report: CheckReport, source_cls: type, root: str, *, stri
     empty: dict[str, int] = {}
     not_binary: list[str] = []
     unreadable: list[str] = []
-    from PIL import Image
-
-    from vlprompt.data.progress import progress
-
     for split, records in source.records.items():
         empty[split] = 0
         for rec in progress(records, desc=f"checking masks ({split})", unit="img"):

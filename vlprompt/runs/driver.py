@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,33 @@ from typing import Any
 import yaml
 from lightning.pytorch import seed_everything
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from safetensors import SafetensorError, safe_open
 
-from vlprompt.modules.classification import PromptClassifier
+from vlprompt.data.atomic import check_writable, sha256_file
+from vlprompt.data.distributed import is_secondary_process
+from vlprompt.data.progress import progress_enabled
 from vlprompt.learners import registry
+from vlprompt.learners.base import LearnerError
 from vlprompt.learners.registry import ConfigError
-from vlprompt.runs.config import VlpromptCLI, benchmark_name, build_cli, plugin_name, rounded_metrics, validate_config
+from vlprompt.modules.classification import PromptClassifier
+from vlprompt.runs.config import (
+    VlpromptCLI,
+    benchmark_name,
+    build_cli,
+    plugin_name,
+    rounded_metrics,
+    validate_config,
+)
+from vlprompt.runs.data_check import preflight_images
+from vlprompt.runs.folders import (
+    ResumeCheckpoint,
+    RunError,
+    RunFolder,
+    RunInterrupted,
+    config_hash,
+    interrupt_signals,
+    new_run_id,
+)
 from vlprompt.runs.results import make_result, print_summary, write_result
 from vlprompt.runs.tracking import end_seed_logging, start_seed_logging
 
@@ -34,8 +57,6 @@ log = logging.getLogger(__name__)
 
 def _take_resume(stage: str, argv: list[str]) -> tuple[list[str], str | None]:
     """Replace ``--resume RUN_DIR`` by the argv recorded in that run folder (plus any other arguments given)."""
-    from vlprompt.runs.folders import RunError, RunFolder
-
     if "--resume" not in argv and not any(a.startswith("--resume=") for a in argv):
         return argv, None
     rest, folder = [], None
@@ -57,8 +78,6 @@ def _take_resume(stage: str, argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def _progress_enabled(cfg: Any) -> bool:
-    from vlprompt.data.progress import progress_enabled
-
     if cfg.progress is not None:
         return bool(cfg.progress)
     return progress_enabled() and cfg.trainer.enable_progress_bar is not False
@@ -76,8 +95,6 @@ def _learner_label(cfg: Any) -> str:
 
 
 def _sha256(path: str | Path) -> str:
-    from vlprompt.data.atomic import sha256_file
-
     return sha256_file(path)
 
 
@@ -86,10 +103,6 @@ def load_checked_prompts(learner: Any, path: str, backbone: Any, *, force: bool)
     its run recorded (when the file sits in a run folder), saved for this backbone (model and checkpoint
     sha256) and for these class names. ``force`` loads despite a mismatch (the deliberate case); returns
     ``{"path", "sha256"}`` for the result JSON."""
-    from safetensors import SafetensorError, safe_open
-
-    from vlprompt.learners.base import LearnerError
-
     p = Path(path)
     if not p.is_file():
         raise LearnerError(f"--prompts {path!r} does not exist; pass a prompts.safetensors written by `vlprompt fit`.")
@@ -132,9 +145,6 @@ def load_checked_prompts(learner: Any, path: str, backbone: Any, *, force: bool)
 
 
 def _preflight(cfg: Any, data: Any, results_dir: str) -> None:
-    from vlprompt.data.atomic import check_writable
-    from vlprompt.runs.data_check import preflight_images
-
     check_writable(results_dir, "results_dir", ConfigError)
     own = getattr(data, "preflight", None)
     if callable(own):  # a protocol with its own checks (e.g. segmentation)
@@ -210,10 +220,6 @@ def _eval_results(model: PromptClassifier, trainer: Any, stage: str) -> dict[str
 def _ddp_secondary_redirect(cfg: Any, show_summary: bool) -> bool:
     """In a DDP rank > 0 re-launched by Lightning (``--trainer.strategy ddp``), write the run folder and result JSON
     to a throw-away folder: rank 0 writes the real ones. Returns ``show_summary`` (off on those ranks)."""
-    import tempfile
-
-    from vlprompt.data.distributed import is_secondary_process
-
     if not is_secondary_process():
         return show_summary
     scratch = tempfile.mkdtemp(prefix="vlprompt-rank-")
@@ -232,16 +238,12 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     gives the metrics of an uninterrupted run. SIGTERM / SIGINT raise :class:`~vlprompt.runs.folders.RunInterrupted`
     carrying what was saved and how to resume.
     """
-    from vlprompt.runs.folders import ResumeCheckpoint, RunFolder, RunInterrupted, config_hash, interrupt_signals, new_run_id
-
     argv, resume_dir = _take_resume(stage, list(argv))
     cli = build_cli(stage, argv)
     cfg = cli.config
     validate_config(stage, cfg)
     show_summary = _ddp_secondary_redirect(cfg, show_summary)
     seeds: list[int] = list(cfg.seeds)
-    from vlprompt.data.progress import progress_enabled
-
     if cfg.progress is not None:
         cfg.trainer.enable_progress_bar = bool(cfg.progress)
     elif not progress_enabled():
@@ -250,8 +252,6 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     run_id = cfg.run_id or (Path(resume_dir).name if resume_dir else new_run_id(_learner_label(cfg)))
     runs_root = Path(resume_dir).parent if resume_dir else Path(cfg.trainer.default_root_dir or "runs")
     full_argv = _strip_flag(argv, "--run_id")
-    from vlprompt.data.atomic import check_writable
-
     check_writable(cfg.results_dir, "results_dir", ConfigError)
     run, resumed = RunFolder.open(runs_root, run_id, stage=stage, argv=[*full_argv, "--run_id", run_id],
                                   cfg_hash=config_hash(config))

@@ -30,10 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Checkpoint
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 
-from vlprompt.data.atomic import atomic_path, atomic_write_text, check_writable, sha256_file
+from vlprompt.data.atomic import (
+    atomic_path,
+    atomic_write_text,
+    check_writable,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +241,6 @@ class RunFolder:
 
 # --------------------------------------------------------------------------- Lightning checkpointing
 def _rng_state() -> dict[str, Any]:
-    import numpy as np
-
     np_state = np.random.get_state()
     py_state = random.getstate()
     state = {
@@ -252,8 +256,6 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-
     torch.set_rng_state(state["torch"])
     meta = state["numpy_meta"]
     np.random.set_state((meta[0], state["numpy_keys"].numpy().astype("uint32"), int(meta[1]), int(meta[2]), float(meta[3])))

@@ -22,7 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlprompt.metrics import summarize_seeds
+from rich.console import Console
+from rich.table import Table
+
+import vlprompt
+from vlprompt.data.atomic import atomic_path
+from vlprompt.metrics import harmonic_mean, summarize_seeds
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -66,11 +71,9 @@ def collect_versions() -> dict[str, str]:
             versions[key] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             if key == "vlprompt":
-                import vlprompt
-
                 versions[key] = str(getattr(vlprompt, "__version__", "unknown"))
     try:
-        import torch
+        import torch  # deferred: torch is heavy; reading and writing results does not need it
 
         if torch.version.cuda:
             versions["cuda"] = str(torch.version.cuda)
@@ -82,7 +85,7 @@ def collect_versions() -> dict[str, str]:
 def device_string(device: "torch.device | str | None" = None) -> str:
     """Human-readable description of the compute device, e.g. ``"cpu (2 threads, x86_64, Linux 6.1)"`` or
     ``"cuda:0 (NVIDIA H100 80GB HBM3, CUDA 12.4)"``. ``None`` picks CUDA when available, else CPU."""
-    import torch
+    import torch  # deferred: torch is heavy; reading and writing results does not need it
 
     if device is None or str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -172,8 +175,6 @@ def make_result(
                 f"vlprompt.runs.results.make_result: per_seed[{i}] = {p!r} has no 'metrics' dict; pass "
                 "{'seed': 1, 'metrics': {'base': ..., 'new': ...}} per seed."
             )
-    import vlprompt
-
     return {
         "schema": SCHEMA,
         "protocol": protocol,
@@ -243,8 +244,6 @@ def write_result(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in result.items() if k != "_path"}
     text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
-    from vlprompt.data.atomic import atomic_path
-
     while True:
         name = f"{safe_name(result['learner'])}-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}.json"
         path = folder / name
@@ -390,9 +389,6 @@ def print_summary(result: Mapping[str, Any], console: "Console | None" = None) -
     For base-to-new results the mean row's HM is the harmonic mean of the mean base and new accuracies,
     and its ± is the std of per-seed HMs. Works for any metric keys (e.g. only ``accuracy``).
     """
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console()
     keys = metric_keys(result)
     backbone = result.get("backbone") or {}
@@ -407,8 +403,6 @@ def print_summary(result: Mapping[str, Any], console: "Console | None" = None) -
     for p in result.get("per_seed", []):
         metrics = dict(p.get("metrics", {}))
         if "hm" in keys and "hm" not in metrics and "base" in metrics and "new" in metrics:
-            from vlprompt.metrics import harmonic_mean
-
             metrics["hm"] = harmonic_mean(metrics["base"], metrics["new"])
         table.add_row(str(p.get("seed", "?")), *(_fmt(metrics.get(k)) for k in keys))
     summary = dict(result.get("summary") or {})

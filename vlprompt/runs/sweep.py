@@ -47,7 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import submitit
 import yaml
+
+from vlprompt.data.atomic import atomic_write_text
+from vlprompt.runs.config import VlpromptCLI, build_cli, validate_config
+from vlprompt.runs.driver import run_experiment
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +168,6 @@ def _cell_argv(cell: Cell, out: Path) -> list[str]:
 
 def check_cells(spec: Mapping[str, Any], cells: Sequence[Cell], out: Path) -> None:
     """Parse every cell's arguments with the ``vlprompt`` parser (nothing is built); the first bad cell raises."""
-    from vlprompt.runs.config import build_cli, validate_config, VlpromptCLI
-
     for cell in cells:
         # LightningCLI(run=False) instantiates model and data at the end of parsing; the check only parses, so the
         # sweep driver (single-threaded) turns instantiation off for the duration of the call
@@ -204,15 +207,11 @@ def cell_status(cell: Cell, out: Path) -> tuple[str, str]:
 
 def run_cell(stage: str, argv: list[str]) -> str:
     """Run one cell in this process (a submitit worker); returns the result path. Errors propagate."""
-    from vlprompt.runs.driver import run_experiment
-
     result = run_experiment(stage, list(argv), show_summary=False)
     return str((result or {}).get("_path", ""))
 
 
 def _record(out: Path, cell: Cell, status: str, detail: str) -> None:
-    from vlprompt.data.atomic import atomic_write_text
-
     (out / "cells").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "cells" / f"{cell.cell_id}.json",
                       json.dumps({"status": status, "params": dict(cell.params), "argv": list(cell.argv),
@@ -220,8 +219,6 @@ def _record(out: Path, cell: Cell, status: str, detail: str) -> None:
 
 
 def _make_executor(spec: Mapping[str, Any], out: Path) -> Any:
-    import submitit
-
     cluster = spec["executor"]
     executor = submitit.AutoExecutor(folder=str(out / "submitit" / "%j"), cluster=cluster)
     params: dict[str, Any] = {"name": f"vlprompt-{spec['name']}"}

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,6 @@ class EpochCurves(pl.Callback):
         loss_sum, acc_sum, n = self._sums
         if n == 0:
             return
-        import torch
-
         totals = torch.tensor([loss_sum, acc_sum, float(n)], dtype=torch.float64)
         totals = trainer.strategy.reduce(totals, reduce_op="sum") if trainer.world_size > 1 else totals
         values = {"epoch/train_loss": float(totals[0] / totals[2]), "epoch/train_acc": float(totals[1] / totals[2])}

@@ -15,9 +15,11 @@ to offline mode with one warning saying how to upload later (``wandb sync``); no
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from vlprompt.runs.tracking import seed_group
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +102,6 @@ class WandbLogger(_LightningWandbLogger):
     @rank_zero_only
     def start_seed(self, info: Mapping[str, Any]) -> None:
         """Set the next run's identity (called by :func:`vlprompt.runs.tracking.start_seed_logging` before the seed runs)."""
-        from vlprompt.runs.tracking import seed_group
-
         if self._experiment is not None:  # a run of an earlier seed is still open
             self._finish(0)
         learner, dataset, benchmark = str(info["learner"]), str(info["dataset"]), str(info["benchmark"])
@@ -163,8 +165,6 @@ def read_offline_run(run_dir: str | Path, *, wait_s: float = 60.0) -> dict[str, 
     dict per logged step) and ``complete`` (the run's exit record was written). Values are decoded from W&B's JSON;
     nested keys are joined with ``/``. W&B's service may still be flushing a just-finished run: the file is re-read
     until its exit record is there, for at most ``wait_s`` seconds."""
-    import time
-
     deadline = time.monotonic() + wait_s
     while True:
         out = _read_offline_run_once(run_dir)
@@ -174,10 +174,8 @@ def read_offline_run(run_dir: str | Path, *, wait_s: float = 60.0) -> dict[str, 
 
 
 def _read_offline_run_once(run_dir: str | Path) -> dict[str, Any]:
-    import json
-
-    from google.protobuf.message import DecodeError
-    from wandb.proto import wandb_internal_pb2 as pb
+    from google.protobuf.message import DecodeError  # deferred: wandb's protobuf (offline W&B runs only)
+    from wandb.proto import wandb_internal_pb2 as pb  # deferred: wandb is slow to import (W&B runs only)
 
     files = sorted(Path(run_dir).glob("*.wandb"))
     if not files:

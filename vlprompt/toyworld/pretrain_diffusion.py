@@ -26,7 +26,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlprompt.data.atomic import atomic_write_text, save_safetensors, sha256_file
 from vlprompt.data.toyworld.render import IMAGE_SIZE, STYLES, render, sample_scene
-from vlprompt.generators.toydiffusion import DEFAULT_SCHEDULER, DEFAULT_UNET, build_unet, card_path, config_path, to_model_space
+from vlprompt.generators.toydiffusion import (
+    DEFAULT_SCHEDULER,
+    DEFAULT_UNET,
+    build_unet,
+    card_path,
+    config_path,
+    to_model_space,
+)
 from vlprompt.metrics import linear_warmup_cosine_schedule
 
 log = logging.getLogger(__name__)
@@ -115,7 +122,7 @@ class DiffusionPretraining(pl.LightningModule):
                                 down_block_types=["DownBlock2D"] * len(block_out_channels),
                                 up_block_types=["UpBlock2D"] * len(block_out_channels))
         self.scheduler_config = dict(DEFAULT_SCHEDULER, num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
-        from diffusers import DDPMScheduler
+        from diffusers import DDPMScheduler  # deferred: optional (difftpt extra)
 
         self.unet = build_unet(self.unet_config)
         self.noise_scheduler = DDPMScheduler(**self.scheduler_config)
@@ -165,7 +172,7 @@ class DiffusionPretraining(pl.LightningModule):
     def on_fit_end(self) -> None:
         if self.trainer.global_rank != 0:
             return
-        import diffusers
+        import diffusers  # deferred: optional (difftpt extra)
 
         path = Path(self.hparams.export_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ one), while ``2`` reached 0.745 / 0.320 in 650 steps (README, "The embedded toy 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -31,13 +32,29 @@ from pathlib import Path
 import lightning.pytorch as pl
 import open_clip
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from vlprompt.backbones.toyclip import (  # registers the toy config with open_clip
+    TOY_CHECKPOINT,
+    TOY_MODEL,
+)
+from vlprompt.backbones.vlsm_convert import (
+    clipseg_config_from_open_clip,
+    open_clip_to_clipseg_state_dict,
+    save_clip_tokenizer,
+)
 from vlprompt.data.atomic import atomic_write_text, sha256_file
-from vlprompt.backbones.toyclip import TOY_CHECKPOINT, TOY_MODEL  # registers the toy config with open_clip
 from vlprompt.data.toyworld.datasets import ToyReferring
 from vlprompt.metrics import linear_warmup_cosine_schedule
-from vlprompt.toyworld.toyvlsm_report import TRAIN_SEED_BASE, absent_colour_phrases, acceptance, normalize, OPENAI_MEAN, OPENAI_STD
+from vlprompt.toyworld.toyvlsm_report import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    TRAIN_SEED_BASE,
+    absent_colour_phrases,
+    acceptance,
+    normalize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +127,7 @@ def build_toy_vlsm(
 ):
     """A ``CLIPSegForImageSegmentation`` whose CLIP is the open_clip ``clip_model`` (weights from ``clip_checkpoint``,
     ``embedded`` = the shipped toy CLIP, ``None`` = random) and whose decoder is freshly initialised."""
-    from transformers import CLIPSegForImageSegmentation
-
-    from vlprompt.backbones.vlsm_convert import clipseg_config_from_open_clip, open_clip_to_clipseg_state_dict
+    from transformers import CLIPSegForImageSegmentation  # deferred: transformers is heavy (CLIPSeg only)
 
     config = clipseg_config_from_open_clip(open_clip.get_model_config(clip_model), **decoder)
     model = CLIPSegForImageSegmentation(config)
@@ -150,7 +165,7 @@ class VLSMPretraining(pl.LightningModule):
         export_dir: str = "runs/pretrain/vlprompt-toyvlsm", init_decoder_from: str | None = None,
     ) -> None:
         super().__init__()
-        import segmentation_models_pytorch as smp
+        import segmentation_models_pytorch as smp  # deferred: smp is heavy (VLSM baseline only)
 
         self.save_hyperparameters()
         self.vlsm = build_toy_vlsm(
@@ -169,8 +184,6 @@ class VLSMPretraining(pl.LightningModule):
         self._text_cache: dict[bytes, torch.Tensor] = {}  # frozen text tower: one feature per distinct phrase
 
     def _load_decoder(self, folder: str) -> dict:
-        from safetensors.torch import load_file
-
         path = Path(folder) / "model.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"init_decoder_from={folder!r} has no model.safetensors; pass a folder exported by this pretraining")
@@ -304,11 +317,7 @@ def export_folder(model, folder: str | Path) -> Path:
     """Write ``model`` (a ``CLIPSegForImageSegmentation``) as an HF folder: fp16 safetensors, config, tokenizer
     files derived from open_clip's BPE (no ``tokenizer.json``: ``CLIPTokenizer`` rebuilds it from vocab/merges),
     and a ``ViTImageProcessor`` config (48 px, CLIP mean/std). Replaces ``folder`` atomically (rename)."""
-    import copy
-
-    from transformers import ViTImageProcessor
-
-    from vlprompt.backbones.vlsm_convert import save_clip_tokenizer
+    from transformers import ViTImageProcessor  # deferred: transformers is heavy (CLIPSeg only)
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.data.toyworld.datasets import _VALUE_INDEX, ATTRIBUTE_PHRASES, TOY_DATASETS, attribute_scenes
+from vlprompt.backbones.toyclip import ToyCLIP
+from vlprompt.data.toyworld.datasets import (
+    VALUE_INDEX,
+    ATTRIBUTE_PHRASES,
+    TOY_DATASETS,
+    attribute_scenes,
+)
 from vlprompt.data.toyworld.render import STYLES
 from vlprompt.protocols.base2new import split_base_new
 
@@ -77,7 +85,7 @@ def attribute_zero_shot(
     out = {}
     for name in attributes or list(ATTRIBUTE_PHRASES):
         values, phrase = ATTRIBUTE_PHRASES[name]
-        assert [_VALUE_INDEX[name][v] for v in values] == list(range(len(values)))
+        assert [VALUE_INDEX[name][v] for v in values] == list(range(len(values)))
         text = F.normalize(encode_text([template.format(phrase(v)) for v in values]), dim=-1)
         pred = (feats @ text.to(feats.device).T).argmax(dim=1).cpu()
         out[name] = float((pred == targets[name]).float().mean())
@@ -143,11 +151,6 @@ def dataset_report(backbone: VLBackbone, *, template: str = "a photo of a {}.", 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from vlprompt.backbones.toyclip import ToyCLIP
-
     parser = argparse.ArgumentParser(prog="python -m vlprompt.toyworld.toyclip_report", description=__doc__)
     parser.add_argument("--pretrained", default="embedded", help="checkpoint file (default: the embedded one)")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")

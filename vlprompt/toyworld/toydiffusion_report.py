@@ -24,10 +24,13 @@ import logging
 from pathlib import Path
 
 import torch
+from torchvision.utils import save_image
 
+from vlprompt.backbones.toyclip import ToyCLIP
 from vlprompt.data.atomic import atomic_write_text
-from vlprompt.data.toyworld.datasets import _VALUE_INDEX, TOY_DATASETS
+from vlprompt.data.toyworld.datasets import VALUE_INDEX, TOY_DATASETS
 from vlprompt.data.toyworld.render import STYLES, render, sample_scene
+from vlprompt.generators.toydiffusion import ToyDiffusion
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def scenes(per_class: int, style: str, seed: int) -> tuple[torch.Tensor, torch.T
     g = torch.Generator().manual_seed(seed)
     images, again, labels = [], [], []
     for label, attrs in enumerate(ds.class_attributes()):
-        fixed = {k: torch.full((per_class,), _VALUE_INDEX[k][v]) for k, v in attrs.items()}
+        fixed = {k: torch.full((per_class,), VALUE_INDEX[k][v]) for k, v in attrs.items()}
         scene = sample_scene(per_class, generator=g, fixed=fixed)
         images.append(render(scene, generator=g, style=style)[0])
         again.append(render(scene, generator=torch.Generator().manual_seed(seed + 7919 * (label + 1)), style=style)[0])
@@ -58,9 +61,6 @@ def measure(
     path: str | None = None,
 ) -> dict:
     """Acceptance figures (see the module docstring) as a dict; writes the grid PNG when ``grid`` is set."""
-    from vlprompt.backbones.toyclip import ToyCLIP
-    from vlprompt.generators.toydiffusion import ToyDiffusion
-
     gen = ToyDiffusion(path, strength=strength, num_inference_steps=num_inference_steps)
     clip = ToyCLIP()
     names = TOY_DATASETS["toy_mixtures"](style="clean").classnames
@@ -101,8 +101,6 @@ def measure(
     keys = [k for k in next(iter(out["styles"].values())) if k != "images"]
     out["mean_over_styles"] = {k: sum(s[k] for s in out["styles"].values()) / len(out["styles"]) for k in keys}
     if grid:
-        from torchvision.utils import save_image
-
         tiles = torch.nn.functional.interpolate(torch.cat(rows), scale_factor=2, mode="nearest")
         Path(grid).parent.mkdir(parents=True, exist_ok=True)
         save_image(tiles, grid, nrow=variations + 1, padding=2, pad_value=1.0)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from vlprompt.data.atomic import atomic_write_text, sha256_file
 from vlprompt.data.toyworld.captions import referring_phrase, scene_attributes
 from vlprompt.data.toyworld.datasets import ToyReferring
 from vlprompt.data.toyworld.render import COLOURS
@@ -44,7 +45,7 @@ def mask_dice(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5)
     Dice is the F1 score of the pixels (segmentation-models-pytorch's metrics); an empty prediction of an
     empty mask scores 1.
     """
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # deferred: smp is heavy (VLSM baseline only)
 
     tp, fp, fn, tn = smp.metrics.get_stats(
         logits.float().sigmoid()[:, None], masks.long()[:, None], mode="binary", threshold=threshold
@@ -116,7 +117,10 @@ def acceptance(model, tokenize: Callable[[list[str]], torch.Tensor], *, n: int =
 
 def load_folder(folder: str | Path = TOYVLSM_DIR, device: str = "cpu"):
     """The shipped folder as ``(CLIPSegForImageSegmentation fp32, tokenize)``, offline."""
-    from transformers import CLIPSegForImageSegmentation, CLIPTokenizer
+    from transformers import (  # deferred: transformers is heavy (CLIPSeg only)
+        CLIPSegForImageSegmentation,
+        CLIPTokenizer,
+    )
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -140,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write the report JSON here (e.g. the shipped report)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from vlprompt.data.atomic import atomic_write_text, sha256_file
-
     model, tokenize = load_folder(args.folder)
     rows = [acceptance(model, tokenize, n=args.samples, seed=args.seed, style=s) for s in args.styles]
     for r in rows:

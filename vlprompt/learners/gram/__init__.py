@@ -27,9 +27,10 @@ import torch
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.learners.base import LearnerError, PromptLearner
-from vlprompt.learners.wrapper import WrappedLearner
+from vlprompt.learners.coop import CoOp
 from vlprompt.learners.gram.artifact import MetaArtifact, load_artifact
 from vlprompt.learners.gram.regulator import identity_regulator, regulate
+from vlprompt.learners.wrapper import WrappedLearner
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ class GRAM(WrappedLearner):
     ) -> None:
         super().__init__()
         if inner is None:
-            from vlprompt.learners.coop import CoOp
-
             inner = CoOp()
         if not isinstance(inner, PromptLearner):
             raise LearnerError(f"gram: inner={inner!r} is not a prompt learner; give e.g. inner: {{class_path: coop}}")
