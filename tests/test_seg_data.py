@@ -15,15 +15,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from vlprompt.backbones.base import PreprocessConfig
 from vlprompt.data.base import DataError
-from vlprompt.data.medseg import (
-    BUSIRelease,
-    KvasirSEGRelease,
-    MedVLSMDataset,
-    PromptSpec,
-    convert_to_medvlsm,
-    generate_prompts,
-    mask_attributes,
-)
+from vlprompt.data.medseg import BUSIRelease, KvasirSEGRelease, MedVLSMDataset
+from vlprompt.data.medseg_convert import convert_to_medvlsm
+from vlprompt.data.medseg_prompts import generate_prompts, mask_attributes, PromptSpec
 from vlprompt.data.seg_dataset import choose_prompt, mask_value_problem, swap_left_right
 from vlprompt.data.segmentation import SPLITS, SegmentationSource
 

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from vlprompt.data.base import DataError
-from vlprompt.data.medseg import PROMPT_SPECS, PromptSpec, convert_to_medvlsm
+from vlprompt.data.medseg_convert import convert_to_medvlsm
+from vlprompt.data.medseg_prompts import PROMPT_SPECS, PromptSpec
 from vlprompt.learners.registry import get_registry
 from vlprompt.runs.data_check import CheckReport, check_dataset
 

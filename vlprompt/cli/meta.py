@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from vlprompt.learners.base import LearnerError
-from vlprompt.learners.gram.meta import MetaError, load_config, meta_train
+from vlprompt.learners.gram.corpus import MetaError
+from vlprompt.learners.gram.meta import load_config, meta_train
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlprompt.learners.base import LearnerError
+from vlprompt.learners import LearnerError, get_registry
 from vlprompt.learners.coop import CoOp
-from vlprompt.learners.registry import get_registry
 from vlprompt.learners.testing import check_learner, tiny_clip, torch_threads
 from vlprompt_kgcoop import KgCoOp
 
