@@ -197,11 +197,11 @@ def test_old_class_paths_in_configs_resolve(recwarn: pytest.WarningsRecorder) ->
 def test_names_that_left_medseg_resolve_with_a_warning() -> None:
     import vlprompt.data.medseg as medseg
     from vlprompt.data.medseg_convert import convert_to_medvlsm
-    from vlprompt.data.medseg_prompts import PROMPT_SPECS
+    from vlprompt.data.medseg_prompts import PromptSpec
 
     with pytest.warns(DeprecationWarning, match="vlprompt.data.medseg_convert.convert_to_medvlsm"):
         assert medseg.convert_to_medvlsm is convert_to_medvlsm
-    with pytest.warns(DeprecationWarning, match="vlprompt.data.medseg_prompts.PROMPT_SPECS"):
-        assert medseg.PROMPT_SPECS is PROMPT_SPECS
+    with pytest.warns(DeprecationWarning, match="vlprompt.data.medseg_prompts.PromptSpec"):
+        assert medseg.PromptSpec is PromptSpec
     with pytest.raises(AttributeError):
         medseg.no_such_name  # noqa: B018

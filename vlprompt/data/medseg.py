@@ -572,7 +572,7 @@ class BUSIRelease(FileSegmentationSource):
 
 #: names that left this module in the 0.1 layout change (prompts and conversion), with their new module
 MOVED_NAMES = {
-    **dict.fromkeys(("PromptSpec", "PROMPT_SPECS", "SIZE_LIMITS", "mask_attributes", "generate_prompts"),
+    **dict.fromkeys(("PromptSpec", "SIZE_LIMITS", "mask_attributes", "generate_prompts"),
                     "vlprompt.data.medseg_prompts"),
     "convert_to_medvlsm": "vlprompt.data.medseg_convert",
 }
