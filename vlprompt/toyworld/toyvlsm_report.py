@@ -34,7 +34,7 @@ TRAIN_SEED_BASE = 1_000_000_000
 EVAL_SEED = 7
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-TOYVLSM_DIR = Path(__file__).parent / "backbones" / "assets" / "vlprompt-toyvlsm"
+TOYVLSM_DIR = Path(__file__).parents[1] / "backbones" / "assets" / "vlprompt-toyvlsm"
 TOYVLSM_CARD = TOYVLSM_DIR.parent / "vlprompt-toyvlsm.card.json"
 TOYVLSM_REPORT = TOYVLSM_DIR.parent / "vlprompt-toyvlsm.report.json"
 
