@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import BackboneError
-from vlprompt.learners.prompts.layers import ClassPrompts, cosine_logits, template_features, text_features
+from vlprompt.learners.base import cosine_logits
+from vlprompt.learners.prompts.layers import ClassPrompts, template_features, text_features
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.ivlp import IVLP

@@ -25,7 +25,7 @@ DEPRECATED_MODULES: dict[str, tuple[str, ...]] = {
     "vlprompt.distributed": ("vlprompt.data.distributed",),
     "vlprompt.experiment": ("vlprompt.runs.driver", "vlprompt.runs.config", "vlprompt.learners.registry"),
     "vlprompt.generators.cli": ("vlprompt.cli.generate",),
-    "vlprompt.layers": ("vlprompt.learners.prompts.layers",),
+    "vlprompt.layers": ("vlprompt.learners.prompts.layers", "vlprompt.learners.base"),
     "vlprompt.leaderboard": ("vlprompt.leaderboards.build", "vlprompt.leaderboards.select", "vlprompt.cli.leaderboard"),
     "vlprompt.leaderboard_html": ("vlprompt.leaderboards.html",),
     "vlprompt.losses": ("vlprompt.metrics.losses",),

@@ -8,7 +8,7 @@ registry (:mod:`vlprompt.learners.registry`) and, for a plugin's own tests, :mod
 """
 
 from vlprompt.backbones.base import BackboneError, VLBackbone
-from vlprompt.learners.base import FAMILIES, LearnerError, PromptLearner
+from vlprompt.learners.base import FAMILIES, LearnerError, PromptLearner, cosine_logits
 from vlprompt.learners.prompts.conditional import (
     encode_conditioned_prompts,
     encode_paired_prompts,
@@ -18,7 +18,6 @@ from vlprompt.learners.prompts.layers import (
     ClassTokenPosition,
     DeepPrompts,
     context_from_words,
-    cosine_logits,
     random_context,
     template_features,
     text_features,

@@ -22,7 +22,6 @@ from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.atomic import save_safetensors
-from vlprompt.learners.prompts.layers import cosine_logits
 
 FAMILIES = ("text", "visual", "multimodal", "meta-learned", "test-time")
 
@@ -334,3 +333,12 @@ class PromptLearner(nn.Module, abc.ABC):
             for k, p in params.items():
                 p.copy_(snapshot[k])
         self.invalidate_text_cache()
+
+
+def cosine_logits(image_features: torch.Tensor, text_feats: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Logits ``[B, C]`` = ``scale * cos`` between images ``[B, D]`` and texts ``[C, D]`` or ``[B, C, D]``."""
+    img = F.normalize(image_features, dim=-1)
+    txt = F.normalize(text_feats, dim=-1)
+    if txt.dim() == 3:
+        return scale * torch.einsum("bd,bcd->bc", img, txt)
+    return scale * img @ txt.t()

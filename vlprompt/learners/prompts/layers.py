@@ -243,15 +243,6 @@ def template_features(
     return out
 
 
-def cosine_logits(image_features: torch.Tensor, text_feats: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """Logits ``[B, C]`` = ``scale * cos`` between images ``[B, D]`` and texts ``[C, D]`` or ``[B, C, D]``."""
-    img = F.normalize(image_features, dim=-1)
-    txt = F.normalize(text_feats, dim=-1)
-    if txt.dim() == 3:
-        return scale * torch.einsum("bd,bcd->bc", img, txt)
-    return scale * img @ txt.t()
-
-
 class DeepPrompts(nn.Module):
     """Learnable prompts ``[n, width]`` for transformer layers ``1 .. depth-1`` (layer 0 is the shallow prompt)."""
 

@@ -31,8 +31,8 @@ import logging
 
 import torch
 
-from vlprompt.learners.prompts.layers import cosine_logits, template_features
-from vlprompt.learners.base import LearnerError
+from vlprompt.learners.prompts.layers import template_features
+from vlprompt.learners.base import LearnerError, cosine_logits
 from vlprompt.learners.ivlp import IVLP
 from vlprompt.learners.promptsrc.templates import IMAGENET_TEMPLATES
 from vlprompt.metrics.losses import feature_l1_loss, logit_kl_loss
