@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones import OpenCLIPBackbone
+from vlprompt.learners.base import cosine_logits
 from vlprompt.learners.prompts.layers import (
     ClassPrompts,
     DeepPrompts,
     context_from_words,
-    cosine_logits,
     count_tokens,
     deep_prompt_list,
     random_context,
