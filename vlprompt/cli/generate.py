@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def generate_main(argv: list[str]) -> int:
+    """``vlprompt generate``: fill the generated-view cache of every test image (cached ones are skipped)."""
     cli = build_tta_cli(argv)
     cli.instantiate_classes()
     learner, data = cli.model.learner, cli.datamodule

@@ -142,6 +142,7 @@ def _component(config: dict, key: str, group: str, default_name: str | None = No
 
 
 def read_classnames(value: str) -> list[str]:
+    """Class names from a file (one per line) or a comma-separated list."""
     p = Path(value)
     if p.is_file():
         names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]

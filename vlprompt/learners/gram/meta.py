@@ -137,6 +137,7 @@ def _instantiate(node: dict, key: str):
 
 
 def load_config(path: str | Path) -> dict:
+    """The meta-train config at ``path`` (a YAML mapping with ``inner`` and ``out``), else :class:`MetaError`."""
     path = Path(path)
     if not path.is_file():
         raise MetaError(f"meta-train config {str(path)!r} does not exist")

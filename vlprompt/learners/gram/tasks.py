@@ -103,6 +103,8 @@ def hierarchical_clusters(corpus: Corpus, *, coarse: int, fine: int, seed: int) 
 
 @dataclass
 class Task:
+    """One meta-training task: support pairs from one pseudo-domain, query pairs from another, task-local labels."""
+
     support: list[int]
     support_labels: torch.Tensor
     support_names: list[str]
