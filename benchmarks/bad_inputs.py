@@ -26,7 +26,7 @@ QUICK = str(REPO / "configs" / "quickstart.yaml")
 
 def _run(argv: list[str]) -> tuple[int, str]:
     from vlprompt import cli
-    from vlprompt.data.check import WarningCollector
+    from vlprompt.runs.data_check import WarningCollector
 
     collect = WarningCollector()
     root = logging.getLogger()
@@ -99,7 +99,7 @@ def main() -> None:
     case("class-specific CoOp on base-to-new", ["fit", *_fast(work), "--config", str(REPO / "configs/learners/coop/csc.yaml")])
 
     # ---------------------------------------------------------------- prompts
-    from vlprompt.experiment import run_experiment
+    from vlprompt.runs.driver import run_experiment
 
     fit = run_experiment("fit", _fast(work / "fit"), show_summary=False)
     prompts = Path(fit["per_seed"][0]["prompts"])
@@ -128,7 +128,7 @@ def main() -> None:
     case("`--resume` of a folder that holds no run", ["fit", "--resume", str(work)])
     case("`vlprompt test --resume` of a fit run", ["test", "--resume", fit["run_dir"]])
     case("`--resume` of a run that already completed", ["fit", "--resume", fit["run_dir"]])
-    killer = write("killer.yaml", "trainer:\n  callbacks:\n    - class_path: vlprompt.runs.SignalAt\n")
+    killer = write("killer.yaml", "trainer:\n  callbacks:\n    - class_path: vlprompt.runs.folders.SignalAt\n")
     for signum, label in ((signal.SIGTERM, "SIGTERM during seed 2 of `vlprompt fit`"), (signal.SIGINT, "SIGINT (Ctrl-C) during seed 2")):
         env = dict(os.environ, CI="1", VLPROMPT_TEST_SIGNAL=f"{int(signum)}:2:0")
         proc = subprocess.run([sys.executable, "-m", "vlprompt.cli", "fit", *_fast(work / f"sig{int(signum)}", "--seeds", "[1,2]",
@@ -191,7 +191,7 @@ def main() -> None:
                         ("smoke.json", "newer 1-epoch smoke run of the same experiment")):
         line = next((ln for ln in not_shown.splitlines() if name in ln), "")
         if not line:  # unreadable files are not rows of any board: they are in the console table
-            from vlprompt.leaderboard import load_results_tolerant
+            from vlprompt.leaderboards.select import load_results_tolerant
 
             line = next(why for f, why in load_results_tolerant(res)[1] if f.endswith(name))
         rows.append((label, code, "skipped: " + line.split("|")[-2].strip() if "|" in line else "skipped: " + line))
@@ -225,7 +225,7 @@ def main() -> None:
     (site / "vlp_dup_mod.py").write_text("class Other:\n    pass\n")
     (site / "vlp_dup_broken.py").write_text("raise ImportError('needs the missing package frobnicate')\n")
     sys.path.insert(0, str(site))
-    from vlprompt import registry
+    from vlprompt.learners import registry
 
     registry.clear_cache()
     case("a second distribution also registers `coop`", ["fit", *_fast(work)])

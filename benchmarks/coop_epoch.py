@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(dataset_args: list[str], epochs: int, cache: bool, tmp: str) -> tuple[float, dict, int]:
-    from vlprompt.experiment import run_experiment
+    from vlprompt.runs.driver import run_experiment
 
     args = [
         "--config", str(REPO / "configs/protocols/base2new.yaml"), "--config", str(REPO / "configs/trainer/cpu.yaml"),

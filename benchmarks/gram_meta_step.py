@@ -1,4 +1,4 @@
-"""Time and peak memory of one GRAM meta-step (vlprompt.meta): second order vs first order.
+"""Time and peak memory of one GRAM meta-step (vlprompt.learners.gram.meta): second order vs first order.
 
     OMP_NUM_THREADS=1 python benchmarks/gram_meta_step.py [--backbone tiny|toy] [--inner coop|vpt]
 
@@ -22,7 +22,9 @@ from _timing import timeit  # noqa: E402
 from vlprompt.learners.coop import CoOp  # noqa: E402
 from vlprompt.learners.gram.regulator import identity_regulator  # noqa: E402
 from vlprompt.learners.vpt import VPT  # noqa: E402
-from vlprompt.meta import _attention_for, _Head, encode_corpus, hierarchical_clusters, meta_step, sample_task  # noqa: E402
+from vlprompt.learners.gram.corpus import encode_corpus
+from vlprompt.learners.gram.meta import attention_for, TaskHead, meta_step
+from vlprompt.learners.gram.tasks import hierarchical_clusters, sample_task
 
 
 def main() -> None:
@@ -34,7 +36,7 @@ def main() -> None:
                     help="run one order per process to read its own peak RSS")
     args = ap.parse_args()
     if args.backbone == "tiny":
-        from vlprompt.testing import tiny_clip
+        from vlprompt.learners.testing import tiny_clip
 
         bb = tiny_clip()
     else:
@@ -50,14 +52,14 @@ def main() -> None:
     tasks = [sample_task(h, n_way=4, support_shots=2, query_shots=4, rng=rng) for _ in range(2)]
     inner.setup(bb, tasks[0].support_names)
     inner.train()
-    head = _Head(inner)
+    head = TaskHead(inner)
     init = {k: v.clone().requires_grad_(True) for k, v in inner.learned_state().items()}
     reg = {k: v.requires_grad_(True) for k, v in identity_regulator(list(init)).items()}
     out = {}
     orders = {"first": (True,), "second": (False,), "both": (True, False)}[args.order]
     for first_order in orders:
         def step() -> None:
-            with _attention_for(first_order):
+            with attention_for(first_order):
                 loss, _ = meta_step(head, init, reg, tasks, corpus, inner_steps=2, inner_lr=0.05,
                                     first_order=first_order, use_images=use_images)
                 loss.backward()

@@ -37,7 +37,7 @@ SHAPES = ["circle", "square", "triangle", "star", "ring", "cross"]
 
 
 def _learner(path: Path):
-    from vlprompt.registry import get_registry
+    from vlprompt.learners.registry import get_registry
 
     cfg = yaml.safe_load(path.read_text())["model"]["learner"]
     return get_registry("learners").get(cfg["class_path"])(**cfg.get("init_args", {}))

@@ -4,7 +4,7 @@
 
 Prints per-seed metrics of both runs, whether the learned prompts are bit-identical, and the wall time of the
 uninterrupted run against the interrupted part + the resume (the time lost to the kill). The kill point is
-`signum:seed:epoch` (vlprompt.runs.SignalAt), so the experiment is reproducible.
+`signum:seed:epoch` (vlprompt.runs.folders.SignalAt), so the experiment is reproducible.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     killer = out / "killer.yaml"
-    killer.write_text("trainer:\n  callbacks:\n    - class_path: vlprompt.runs.SignalAt\n")
+    killer.write_text("trainer:\n  callbacks:\n    - class_path: vlprompt.runs.folders.SignalAt\n")
     env = dict(os.environ, CI="1")
     env.pop("VLPROMPT_TEST_SIGNAL", None)
     base = ["vlprompt", "fit", "--config", args.config, "--seeds", args.seeds, "--trainer.max_epochs", args.epochs,

@@ -8,7 +8,7 @@ binary masks with one referring prompt per image. CoOp (text prompts only) at th
 the ratios (``x coop``). Backbones:
 
 * ``toy``: the embedded toy VLSM (``ToyVLSM()``) when its folder is shipped, otherwise the tiny random test
-  VLSM (``vlprompt.testing.tiny_vlsm()``), named in the output;
+  VLSM (``vlprompt.learners.testing.tiny_vlsm()``), named in the output;
 * ``tiny``: the tiny random test VLSM (64 px);
 * ``folder``: any CLIPSeg folder given with ``--folder`` (e.g. a toy VLSM folder not shipped yet);
 * ``clipseg``: a random CLIPSeg of the published size (``CIDAS/clipseg-rd64-refined``'s architecture: ViT-B/16,
@@ -83,9 +83,9 @@ def _backbone(name: str, folder: str | None, precision: str):
 
         if (TOY_VLSM_FOLDER / "config.json").is_file():
             return ToyVLSM(precision=precision), "embedded toy VLSM"
-    from vlprompt.testing import tiny_vlsm
+    from vlprompt.learners.testing import tiny_vlsm
 
-    return tiny_vlsm(precision=precision), "tiny random VLSM (vlprompt.testing.tiny_vlsm; toy VLSM not shipped)"
+    return tiny_vlsm(precision=precision), "tiny random VLSM (vlprompt.learners.testing.tiny_vlsm; toy VLSM not shipped)"
 
 
 def one(spec: dict, steps: int, threads: int | None) -> dict:
@@ -93,7 +93,7 @@ def one(spec: dict, steps: int, threads: int | None) -> dict:
     import segmentation_models_pytorch as smp
     import torch
 
-    from vlprompt.registry import get_registry
+    from vlprompt.learners.registry import get_registry
 
     if threads:
         torch.set_num_threads(threads)
@@ -177,7 +177,7 @@ def main() -> None:
 
     import torch
 
-    from vlprompt.registry import get_registry
+    from vlprompt.learners.registry import get_registry
 
     registered = {e.name for e in get_registry("learners").entries()}
     print(f"# torch {torch.__version__}, device {args.device}, precision {args.precision}, threads "
@@ -189,7 +189,7 @@ def main() -> None:
             if backbone == "folder" and not folder:
                 parser.error("--backbones folder needs --folder PATH")
             if backbone == "clipseg":
-                from vlprompt.testing import save_random_clipseg
+                from vlprompt.learners.testing import save_random_clipseg
 
                 folder = str(save_random_clipseg(Path(tmp) / "clipseg", published_config(), seed=0, image_size=352))
             print(f"\n## backbone {backbone}: batch {args.batch}, {args.steps} timed steps")

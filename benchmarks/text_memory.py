@@ -3,7 +3,7 @@
 Each configuration runs in a fresh child process (random ViT-B/16, CoOp with 16 context vectors, class
 names ``class 0 .. class N-1``) and reports the growth of its peak resident memory over the memory it held
 right before the step (model and prompts loaded). Baseline (same run): ``chunk_size=None``, all classes at
-once, which is what every learner did before ``vlprompt.layers.text_features`` learned to chunk. Also
+once, which is what every learner did before ``vlprompt.learners.prompts.layers.text_features`` learned to chunk. Also
 prints seconds per step (the chunked step recomputes each chunk's forward in backward).
 
     python benchmarks/text_memory.py [--classes 96] [--chunk 16] [--precision fp32]
@@ -24,7 +24,7 @@ def child(classes: int, chunk: int | None, precision: str) -> dict:
     import torch
 
     from vlprompt.backbones.open_clip import OpenCLIPBackbone
-    from vlprompt.layers import text_features
+    from vlprompt.learners.prompts.layers import text_features
     from vlprompt.learners.coop import CoOp
 
     torch.manual_seed(0)

@@ -23,8 +23,8 @@ log = logging.getLogger("toy_seg_domains")
 
 
 def _dice(logits: torch.Tensor, masks: torch.Tensor) -> float:
-    """Mean per-sample Dice, the segmentation module's metric (:func:`vlprompt.seg_metrics.dice_per_sample`)."""
-    from vlprompt.seg_metrics import dice_per_sample
+    """Mean per-sample Dice, the segmentation module's metric (:func:`vlprompt.metrics.segmentation.dice_per_sample`)."""
+    from vlprompt.metrics.segmentation import dice_per_sample
 
     return float(dice_per_sample(logits, masks).mean())
 

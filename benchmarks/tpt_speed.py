@@ -140,8 +140,8 @@ def peak(kind: str, n_classes: int, chunk: int | None, precision: str) -> None:
         feats = learner.encode_images(views)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    from vlprompt.layers import chunked_text_encoding
-    from vlprompt.tta import tpt_step
+    from vlprompt.learners.prompts.layers import chunked_text_encoding
+    from vlprompt.learners.prompts.tta import tpt_step
 
     with chunked_text_encoding(chunk):
         tpt_step(learner.learner, views, opt, selection=0.1, steps=1, features=feats)
@@ -157,7 +157,7 @@ def breakdown(kind: str, n_classes: int, images: int, precision: str = "fp32") -
     the whole image through ``learner.adapt`` for comparison, and the zero-shot baseline."""
     import statistics
 
-    from vlprompt.tta import confident_indices, marginal_entropy
+    from vlprompt.learners.prompts.tta import confident_indices, marginal_entropy
 
     names = classnames(n_classes)
     bb = make_backbone(kind, precision)

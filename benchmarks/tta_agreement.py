@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from vlprompt.test_time_cli import build_tta_cli
+from vlprompt.runs.test_time import build_tta_cli
 
 BASE = ["--config", "configs/protocols/test_time/toy_shifts.yaml", "--config", "configs/backbones/toyclip.yaml"]
 COOP = ["--model.learner", "coop", "--model.learner.init_args.n_ctx", "4", "--model.learner.init_args.ctx_init", "a photo of a"]

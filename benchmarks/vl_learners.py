@@ -47,7 +47,7 @@ def one(backbone_name: str, learner_name: str, kwargs: dict, batch: int, steps: 
     """Measure one (backbone, learner) in this process; returns a JSON-able dict."""
     import torch
 
-    from vlprompt.registry import get_registry
+    from vlprompt.learners.registry import get_registry
 
     if threads:
         torch.set_num_threads(threads)

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from vlprompt.backbones.base import ActivationRecord, PreprocessConfig
 from vlprompt.backbones.open_clip import OpenCLIPBackbone
 from vlprompt.data.segmentation import SegmentationSource
-from vlprompt.testing import TINY_MODEL, TINY_SEED, _register_tiny_config
+from vlprompt.learners.testing import TINY_MODEL, TINY_SEED, _register_tiny_config
 
 
 class FakeVLSM(OpenCLIPBackbone):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from vlprompt.results import make_result, write_result
+from vlprompt.runs.results import make_result, write_result
 
 #: (dataset, learner, per-seed (dice, iou)) of the fixture results; kvasir's zero_shot lists no overlays
 SEG_ROWS = [
@@ -34,7 +34,7 @@ def _overlay(path: Path, shade: int) -> Path:
 def write_seg_results(results_dir: Path, overlays_dir: Path, *, overlays_per_seed: int = 3) -> list[Path]:
     """Write the :data:`SEG_ROWS` results (protocol ``referring``, benchmark ``seg-toy``, 2 seeds) and their overlay
     PNGs; returns the result paths. Overlays inside ``results_dir`` are recorded as ``results:<path in the tree>``
-    (what a run writes, see :func:`vlprompt.results.portable_path`), others as absolute paths (a result written
+    (what a run writes, see :func:`vlprompt.runs.results.portable_path`), others as absolute paths (a result written
     before paths were made portable); kvasir/coop's are relative to the result file's folder (all forms occur)."""
     paths = []
     for k, (dataset, learner, seeds) in enumerate(SEG_ROWS):

@@ -16,7 +16,7 @@ import torch
 
 from vlprompt.backbones import open_clip as oc
 from vlprompt.backbones.open_clip import OpenCLIPBackbone
-from vlprompt.testing import TINY_MODEL, TINY_SEED, tiny_clip
+from vlprompt.learners.testing import TINY_MODEL, TINY_SEED, tiny_clip
 
 
 def _backbone(precision: str = "fp32", quick_gelu: bool = False) -> OpenCLIPBackbone:

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from vlprompt import cli
-from vlprompt.experiment import ConfigError, run_experiment
+from vlprompt.learners.registry import ConfigError
+from vlprompt.runs.driver import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
@@ -156,7 +157,7 @@ def test_data_check_of_an_in_memory_dataset(capsys) -> None:
 def test_warnings_are_printed_once_per_run() -> None:
     import logging
 
-    from vlprompt.experiment import OncePerRun
+    from vlprompt.runs.driver import OncePerRun
 
     once = OncePerRun()
     rec = logging.LogRecord("vlprompt.data", logging.WARNING, __file__, 1, "split differs", None, None)
@@ -165,8 +166,8 @@ def test_warnings_are_printed_once_per_run() -> None:
 
 
 def test_progress_bars_on_by_default_off_with_one_flag_or_in_ci(monkeypatch) -> None:
-    from vlprompt.experiment import build_cli
-    from vlprompt.progress import progress_enabled
+    from vlprompt.runs.config import build_cli
+    from vlprompt.data.progress import progress_enabled
 
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("VLPROMPT_PROGRESS", raising=False)
@@ -182,7 +183,7 @@ def test_progress_bars_on_by_default_off_with_one_flag_or_in_ci(monkeypatch) -> 
 
 
 def test_warmup_rule_applies_only_to_learners_that_train(monkeypatch) -> None:
-    from vlprompt.experiment import VlpromptCLI, build_cli, validate_config
+    from vlprompt.runs.config import build_cli, validate_config, VlpromptCLI
 
     monkeypatch.setattr(VlpromptCLI, "instantiate_classes", lambda self: None)
     zs = build_cli("fit", ["--config", QUICK, "--config", str(REPO / "configs/learners/zero_shot/default.yaml"),

@@ -12,7 +12,9 @@ import torch
 
 from vlprompt import cli
 from vlprompt.data.base import DataError
-from vlprompt.experiment import ConfigError, VlpromptCLI, build_cli, run_experiment
+from vlprompt.learners.registry import ConfigError
+from vlprompt.runs.config import build_cli, VlpromptCLI
+from vlprompt.runs.driver import run_experiment
 from vlprompt.learners.base import LearnerError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +43,7 @@ def _segmentation_dataset_yaml(path: Path) -> bool:
         return False
     import yaml
 
-    from vlprompt.registry import get_registry
+    from vlprompt.learners.registry import get_registry
 
     name = yaml.safe_load(path.read_text())["data"]["init_args"]["dataset"]["class_path"]
     return name in get_registry("datasets") and getattr(get_registry("datasets").get(name), "task", "") == "segmentation"
@@ -68,7 +70,7 @@ EXPERIMENT_YAMLS = [p for p in EXPERIMENT_YAMLS if not _segmentation_protocol_ya
 @pytest.mark.parametrize("path", EXPERIMENT_YAMLS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_experiment_yaml_parses_on_top_of_the_quickstart(path: Path, no_instantiation) -> None:
     if "kgcoop" in path.parts:
-        from vlprompt.registry import get_registry
+        from vlprompt.learners.registry import get_registry
 
         if "kgcoop" not in get_registry("learners"):
             pytest.skip("the example plugin vlprompt-kgcoop is not installed")

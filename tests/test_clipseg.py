@@ -31,8 +31,8 @@ from vlprompt.backbones.clipseg import (
 )
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.vpt import VPT
-from vlprompt.registry import get_registry
-from vlprompt.testing import (
+from vlprompt.learners.registry import get_registry
+from vlprompt.learners.testing import (
     check_learner,
     save_random_clipseg,
     tiny_vlsm,

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlprompt.conditional import check_chunk_size, encode_conditioned_prompts
+from vlprompt.learners.prompts.conditional import check_chunk_size, encode_conditioned_prompts
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.cocoop import CoCoOp
 from vlprompt.learners.coop import CoOp
-from vlprompt.testing import check_learner, tiny_clip, torch_threads
+from vlprompt.learners.testing import check_learner, tiny_clip, torch_threads
 
 NAMES = ["red circle", "blue square", "green_triangle", "yellow star", "purple ring"]
 

@@ -51,7 +51,7 @@ def test_protocol_draws_the_dassl_images(shared_data, tmp_path) -> None:
 
 
 def test_cupl_descriptions_cover_the_eurosat_classes(shared_data) -> None:
-    from vlprompt.testing import tiny_clip
+    from vlprompt.learners.testing import tiny_clip
 
     source = EuroSAT(root=str(shared_data))
     zs = ZeroShot(descriptions=str(shared_data / "cupl_prompts" / "CuPL_prompts_eurosat.json"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vlprompt.experiment import run_experiment
+from vlprompt.runs.driver import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
@@ -61,7 +61,7 @@ def test_ddp_spawn_two_processes_equal_one_process(tmp_path):
 
 def test_eval_counts_rebuilt_from_logged_counts():
     from vlprompt.modules.classification import PromptClassifier
-    from vlprompt.testing import tiny_clip
+    from vlprompt.learners.testing import tiny_clip
 
     import torch
 
@@ -78,7 +78,7 @@ def test_eval_counts_rebuilt_from_logged_counts():
 
 
 def test_eval_sampler_and_draw_check_are_noops_on_one_process():
-    from vlprompt.distributed import check_same_in_every_process, eval_sampler, fingerprint, is_secondary_process
+    from vlprompt.data.distributed import check_same_in_every_process, eval_sampler, fingerprint, is_secondary_process
 
     assert eval_sampler(None, list(range(5))) is None
     check_same_in_every_process(None, "x", "anything")

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from vlprompt.experiment import run_experiment
+from vlprompt.runs.driver import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_feature_extraction_leaves_the_global_generator_untouched(tmp_path) -> N
     from torchvision.transforms import v2
 
     from vlprompt.data.feature_cache import cached_features, extract_features
-    from vlprompt.testing import tiny_clip
+    from vlprompt.learners.testing import tiny_clip
 
     b = tiny_clip()
     crop = v2.RandomResizedCrop(32, scale=(0.3, 1.0))

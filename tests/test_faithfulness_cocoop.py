@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from vlprompt.backbones.open_clip import OpenCLIPBackbone
 from vlprompt.learners.cocoop import CoCoOp
-from vlprompt.testing import torch_threads
+from vlprompt.learners.testing import torch_threads
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vlprompt.data.feature_cache import FeatureDataset, cached_features, feature_cache_key
-from vlprompt.experiment import run_experiment
+from vlprompt.runs.driver import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_cached_features_give_the_same_coop_run(tmp_path) -> None:
 
 
 def test_key_changes_with_split_indices_and_views() -> None:
-    from vlprompt.testing import tiny_clip
+    from vlprompt.learners.testing import tiny_clip
 
     b = tiny_clip()
     base = dict(backbone=b, data_identity={"name": "x"}, split="train", indices=[1, 2], transform="t", views=1)
@@ -48,7 +48,7 @@ def test_key_changes_with_split_indices_and_views() -> None:
 
 
 def test_damaged_entry_is_recomputed(tmp_path) -> None:
-    from vlprompt.testing import tiny_clip
+    from vlprompt.learners.testing import tiny_clip
 
     b = tiny_clip()
     data = [(torch.rand(3, 32, 32), i % 2) for i in range(5)]

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from vlprompt.data.base import DataError
-from vlprompt.data.check import check_dataset
+from vlprompt.runs.data_check import check_dataset
 from vlprompt.data.coop import FGVCAircraft, StanfordCars
 from vlprompt.data.folder import ImageFolderDataset, split_counts
 from vlprompt.data.imagenet import ImageNet, ImageNetA, ImageNetR, ImageNetSketch, ImageNetV2, subset_in_imagenet_order

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from vlprompt.data.base import DataError
 from vlprompt.data.folder import read_classnames_file, read_split_json
-from vlprompt.leaderboard import load_results_tolerant, select_results
-from vlprompt.results import SCHEMA, ResultError, load_result
+from vlprompt.leaderboards.select import load_results_tolerant, select_results
+from vlprompt.runs.results import SCHEMA, ResultError, load_result
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from vlprompt import registry
+from vlprompt.learners import registry
 from vlprompt.generators.base import GeneratedViews, GeneratorError, image_key
 from vlprompt.generators.sd_image_variations import SDImageVariations
 from vlprompt.generators.testing import JitterGenerator
 from vlprompt.learners.difftpt import DiffTPT
-from vlprompt.testing import tiny_clip
+from vlprompt.learners.testing import tiny_clip
 
 
 def test_generators_are_listed():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlprompt.experiment import run_experiment
+from vlprompt.runs.driver import run_experiment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUICK = str(CONFIGS / "quickstart.yaml")
@@ -56,11 +56,10 @@ from vlprompt.learners.gram.artifact import load_artifact, save_artifact  # noqa
 from vlprompt.learners.gram.regulator import identity_regulator, regulate  # noqa: E402
 from vlprompt.learners.vpt import VPT  # noqa: E402
 from vlprompt.learners.zero_shot import ZeroShot  # noqa: E402
-from vlprompt.meta import (  # noqa: E402
-    MetaError, _attention_for, _Head, adapt, caption_rows, encode_corpus, hierarchical_clusters, meta_train, sample_task,
-    task_loss,
-)
-from vlprompt.testing import DEFAULT_CLASSNAMES, tiny_clip  # noqa: E402
+from vlprompt.learners.gram.corpus import caption_rows, encode_corpus, MetaError
+from vlprompt.learners.gram.meta import attention_for, TaskHead, adapt, meta_train, task_loss
+from vlprompt.learners.gram.tasks import hierarchical_clusters, sample_task
+from vlprompt.learners.testing import DEFAULT_CLASSNAMES, tiny_clip  # noqa: E402
 
 NAMES = list(DEFAULT_CLASSNAMES[:2])
 
@@ -104,7 +103,7 @@ def test_inner_loop_meta_gradient_matches_finite_differences(backbone) -> None:
     learner = CoOp(n_ctx=2)
     learner.setup(backbone, NAMES)
     learner.train()
-    head = _Head(learner)
+    head = TaskHead(learner)
     xs, xq = torch.nn.functional.normalize(torch.randn(4, backbone.embed_dim), dim=-1), torch.nn.functional.normalize(
         torch.randn(4, backbone.embed_dim), dim=-1)
     ys, yq = torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0])
@@ -116,7 +115,7 @@ def test_inner_loop_meta_gradient_matches_finite_differences(backbone) -> None:
         adapted = adapt(head, th, ph, NAMES, xs, ys, steps=2, lr=0.5, first_order=False)
         return task_loss(head, adapted, qnames, xq, yq)
 
-    with _attention_for(first_order=False):
+    with attention_for(first_order=False):
         th = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
         ph = {k: v.clone().requires_grad_(True) for k, v in phi.items()}
         loss = meta_loss(th, ph)
@@ -244,7 +243,7 @@ def test_tasks_take_support_and_query_from_different_pseudo_domains(backbone) ->
 
 
 def test_meta_train_cli_refuses_bad_config(tmp_path) -> None:
-    from vlprompt.meta import main
+    from vlprompt.cli.meta import meta_main as main
 
     cfg = tmp_path / "m.yaml"
     cfg.write_text("inner: {class_path: zero_shot}\nout: x.safetensors\nbackbone: {class_path: toyclip}\n")
@@ -290,7 +289,7 @@ def test_webdataset_corpus_streams_shards_and_spills_images_to_disk(backbone, tm
     # the same pixels as the caption-file reader gives for the same image
     from PIL import Image
 
-    from vlprompt.meta import _pil_input
+    from vlprompt.learners.gram.corpus import _pil_input
     expected = _pil_input(Image.new("RGB", (40, 30), color=(9 * 23 % 255, 90, 200 - 9 * 7 % 200)), 32)
     assert torch.allclose(images[1], (expected * 255).round() / 255, atol=1e-6)
     limited = encode_corpus(backbone, {**src, "size": 4}, seed=1, keep_images=False)

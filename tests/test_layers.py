@@ -1,4 +1,4 @@
-"""Tests for the shared prompt machinery (vlprompt.layers) on a tiny random open_clip model."""
+"""Tests for the shared prompt machinery (vlprompt.learners.prompts.layers) on a tiny random open_clip model."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones import OpenCLIPBackbone
-from vlprompt.layers import (
+from vlprompt.learners.base import cosine_logits
+from vlprompt.learners.prompts.layers import (
     ClassPrompts,
     DeepPrompts,
     context_from_words,
-    cosine_logits,
     count_tokens,
     deep_prompt_list,
     random_context,

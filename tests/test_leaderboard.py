@@ -1,4 +1,4 @@
-"""Tests for vlprompt.leaderboard: tables, dedupe, averages, CSV, determinism, CLI."""
+"""Tests for vlprompt.leaderboards.build: tables, dedupe, averages, CSV, determinism, CLI."""
 
 import csv
 import json
@@ -6,9 +6,10 @@ import logging
 
 import pytest
 
-from vlprompt.leaderboard import CSV_COLUMNS, build_leaderboards, leaderboard_main
+from vlprompt.cli.leaderboard import leaderboard_main
+from vlprompt.leaderboards.build import CSV_COLUMNS, build_leaderboards
 from vlprompt.metrics import harmonic_mean, summarize_seeds
-from vlprompt.results import SCHEMA
+from vlprompt.runs.results import SCHEMA
 
 
 def _result(*, dataset, learner, base, new, created, command=None, protocol="base2new", sha="c0ffee" * 10 + "abcd",

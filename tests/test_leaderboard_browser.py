@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vlprompt.leaderboard import leaderboard_main
+from vlprompt.cli.leaderboard import leaderboard_main
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]

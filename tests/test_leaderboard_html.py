@@ -1,4 +1,4 @@
-"""HTML leaderboards (vlprompt.leaderboard_html): content, reported numbers, reproducibility, real browser."""
+"""HTML leaderboards (vlprompt.leaderboards.html): content, reported numbers, reproducibility, real browser."""
 
 import logging
 import shutil
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vlprompt.leaderboard import leaderboard_main
-from vlprompt.leaderboard_html import ReportedError, build_html_leaderboards, load_reported
+from vlprompt.cli.leaderboard import leaderboard_main
+from vlprompt.leaderboards.html import ReportedError, build_html_leaderboards, load_reported
 
 pytest.importorskip("plotly")
 
@@ -87,7 +87,7 @@ def test_segmentation_page_has_dice_bars_and_overlay_gallery(tmp_path):
 
 
 def test_overlay_paths_forms_and_missing_files(tmp_path, caplog):
-    from vlprompt.leaderboard_html import overlay_paths
+    from vlprompt.leaderboards.html import overlay_paths
 
     folder = tmp_path / "ov"
     folder.mkdir()

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from vlprompt.atomic import atomic_write_text
-from vlprompt.leaderboard import DEFAULT_OUT, SELECTION_RULES, build_leaderboards, leaderboard_main, select_results
+from vlprompt.data.atomic import atomic_write_text
+from vlprompt.cli.leaderboard import leaderboard_main
+from vlprompt.leaderboards.build import DEFAULT_OUT, build_leaderboards
+from vlprompt.leaderboards.select import SELECTION_RULES, select_results
 from vlprompt.metrics import summarize_seeds
-from vlprompt.results import SCHEMA, load_result, make_result, write_result
+from vlprompt.runs.results import SCHEMA, load_result, make_result, write_result
 
 
 def _result(*, learner="coop", seeds=3, epochs=50, created="2026-01-01T00:00:00.000+00:00", base=80.0,
@@ -150,7 +152,7 @@ def _write_many(args: tuple[str, int]) -> list[str]:
 
 
 def test_concurrent_result_writers_never_clash_or_truncate(tmp_path: Path, monkeypatch) -> None:
-    import vlprompt.results as results
+    import vlprompt.runs.results as results
 
     monkeypatch.setattr(results, "git_state", lambda *_a, **_k: {"commit": None, "dirty": None})
     monkeypatch.setattr(results, "collect_versions", lambda: {})
@@ -200,7 +202,7 @@ def test_concurrent_fewshot_cache_and_feature_cache_writes(tmp_path: Path) -> No
     import torch
 
     from vlprompt.data.feature_cache import cached_features
-    from vlprompt.testing import tiny_clip
+    from vlprompt.learners.testing import tiny_clip
 
     backbone = tiny_clip()
     size = backbone.preprocess.image_size

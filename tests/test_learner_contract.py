@@ -1,6 +1,6 @@
 """Every registered learner (built-in or installed plugin) honours the PromptLearner contract.
 
-Also: :func:`vlprompt.testing.check_learner` catches deliberately broken learners, the tiny test CLIP is
+Also: :func:`vlprompt.learners.testing.check_learner` catches deliberately broken learners, the tiny test CLIP is
 deterministic, and CoOp initialised from "a photo of a" equals zero-shot CLIP before training.
 """
 
@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from vlprompt.backbones import OpenCLIPBackbone, ToyCLIP
-from vlprompt.layers import text_features
+from vlprompt.learners.prompts.layers import text_features
 from vlprompt.learners.base import PromptLearner
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.zero_shot import ZeroShot
-from vlprompt.registry import get_registry
-from vlprompt.testing import TINY_MODEL, check_learner, tiny_clip, tiny_clip_config, torch_threads
+from vlprompt.learners.registry import get_registry
+from vlprompt.learners.testing import TINY_MODEL, check_learner, tiny_clip, tiny_clip_config, torch_threads
 
 LEARNERS = get_registry("learners").entries()
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from vlprompt.experiment import run_experiment
+from vlprompt.runs.driver import run_experiment
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.cones import ConES, transform_fit_loss
 from vlprompt.learners.cones.stage2 import ConESPromptTuning
@@ -19,9 +19,9 @@ from vlprompt.learners.dept import DePT
 from vlprompt.learners.ept import EPT
 from vlprompt.learners.tmml import TMML, attend, contrastive_alignment_loss
 from vlprompt.learners.zero_shot import ZeroShot
-from vlprompt.lowrank import LowRankEmbeddingUpdate, MultiSpaceProjection, PromptFusion, decomposed_budget
+from vlprompt.learners.prompts.lowrank import LowRankEmbeddingUpdate, MultiSpaceProjection, PromptFusion, decomposed_budget
 from vlprompt.modules.classification import PromptClassifier
-from vlprompt.testing import check_learner, tiny_clip, torch_threads
+from vlprompt.learners.testing import check_learner, tiny_clip, torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

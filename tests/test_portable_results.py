@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vlprompt.leaderboard import leaderboard_main
-from vlprompt.results import (
+from vlprompt.cli.leaderboard import leaderboard_main
+from vlprompt.runs.results import (
     find_absolute_paths, migrate_results, portable_path, portable_result, portable_text, resolve_recorded_path,
     write_result,
 )

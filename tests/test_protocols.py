@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlprompt.testing import torch_threads
+from vlprompt.learners.testing import torch_threads
 
 from vlprompt.data.base import ClassificationSource, DataError, TensorImageDataset
 from vlprompt.data.toyworld.datasets import ToyColors, ToyPatterns

@@ -17,7 +17,8 @@ import torch
 
 from vlprompt.backbones.base import PreprocessConfig
 from vlprompt.data.base import DataError
-from vlprompt.data.check import check_dataset, data_main
+from vlprompt.cli.data import data_main
+from vlprompt.runs.data_check import check_dataset
 from vlprompt.data.coop import Caltech101, EuroSAT, known_splits
 from vlprompt.data.transforms import build_transform
 
@@ -256,7 +257,7 @@ def test_check_dataset_decode_and_cli(eurosat_subset, capsys):
 
 
 def test_data_main_prints_report(shared_data, monkeypatch, capsys):
-    import vlprompt.registry as registry
+    import vlprompt.learners.registry as registry
 
     class _Registry:
         def get(self, name: str) -> type:

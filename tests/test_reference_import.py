@@ -13,13 +13,13 @@ from safetensors import safe_open
 
 from vlprompt import cli
 from vlprompt.data.toyworld.datasets import ToyPatterns
-from vlprompt.experiment import run_experiment
+from vlprompt.runs.driver import run_experiment
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.cocoop import CoCoOp
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.zero_shot import ZeroShot
-from vlprompt.reference_import import import_dassl, load_dassl_checkpoint
-from vlprompt.testing import tiny_clip, torch_threads
+from vlprompt.learners.reference_import import import_dassl, load_dassl_checkpoint
+from vlprompt.learners.testing import tiny_clip, torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["red circle", "blue square", "green triangle"]
@@ -162,7 +162,7 @@ def test_import_command_then_vlprompt_test(tmp_path, capsys):
 def test_import_dassl_function_with_the_tiny_clip_backbone(tmp_path):
     ckpt = _save_dassl(tmp_path / "model.pth.tar-10", _reference_state("cocoop"))
     cfg = tmp_path / "backbone.yaml"
-    cfg.write_text("model:\n  backbone:\n    class_path: vlprompt.testing.tiny_clip\n")
+    cfg.write_text("model:\n  backbone:\n    class_path: vlprompt.learners.testing.tiny_clip\n")
     out = import_dassl(ckpt, learner="cocoop", classnames=NAMES, out=tmp_path / "p.safetensors", backbone_config=str(cfg))
     learner = _learner(CoCoOp)
     learner.load_prompts(out)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from vlprompt import registry
-from vlprompt.registry import RegistryError, get_registry, list_main, resolve_class_path
+from vlprompt.learners import registry
+from vlprompt.cli.listing import list_main
+from vlprompt.learners.registry import get_registry, RegistryError, resolve_class_path
 
 FAKE_PREFIX = "vlpfake_"
 
@@ -90,7 +91,7 @@ def test_broken_plugin_is_recorded_and_others_work(site: Path, caplog: pytest.Lo
     add_good_learner(site)
     make_dist(site, "vlp-fake-broken", "0.1", {"vlprompt.learners": {"fake_broken": "vlpfake_broken:Nope"}},
               {"vlpfake_broken": BROKEN_MODULE})
-    with caplog.at_level(logging.WARNING, logger="vlprompt.registry"):
+    with caplog.at_level(logging.WARNING, logger="vlprompt.learners.registry"):
         reg = get_registry("learners")
     assert reg.get("fake_coop").__name__ == "FakeCoOp"
     assert "fake_broken" not in reg
@@ -210,16 +211,17 @@ def test_list_main_bad_kind(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_using_a_broken_plugin_says_failed_to_load(site: Path) -> None:
-    from vlprompt.experiment import ConfigError, _resolve_names
+    from vlprompt.learners.registry import ConfigError, resolve_config_names
 
     make_dist(site, "vlp-fake-broken", "0.1", {"vlprompt.learners": {"fake_broken": "vlpfake_broken:Nope"}},
               {"vlpfake_broken": BROKEN_MODULE})
     with pytest.raises(ConfigError, match="'fake_broken' under 'learner' failed to load: .*frobnicate"):
-        _resolve_names({"learner": {"class_path": "fake_broken"}})
+        resolve_config_names({"learner": {"class_path": "fake_broken"}})
 
 
 def test_full_class_path_still_works_when_a_name_is_registered_twice(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vlprompt.experiment import ConfigError, VlpromptCLI, build_cli
+    from vlprompt.learners.registry import ConfigError
+    from vlprompt.runs.config import build_cli, VlpromptCLI
 
     make_dist(site, "vlp-fake-two", "0.1", {"vlprompt.learners": {"coop": "vlpfake_other:Other"}},
               {"vlpfake_other": "class Other:\n    pass\n"})

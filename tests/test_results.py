@@ -1,4 +1,4 @@
-"""Tests for vlprompt.results: provenance, round-trip, validation, console summary."""
+"""Tests for vlprompt.runs.results: provenance, round-trip, validation, console summary."""
 
 import io
 import json
@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from vlprompt.metrics import harmonic_mean
-from vlprompt.results import (
+from vlprompt.runs.results import (
     REQUIRED_KEYS,
     SCHEMA,
     ResultError,

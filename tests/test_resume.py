@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlprompt.experiment import run_experiment
-from vlprompt.runs import RunError
+from vlprompt.runs.driver import run_experiment
+from vlprompt.runs.folders import RunError
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
@@ -43,7 +43,7 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_pa
     from vlprompt import cli
 
     killer = tmp_path / "killer.yaml"
-    killer.write_text("trainer:\n  callbacks:\n    - class_path: vlprompt.runs.SignalAt\n")
+    killer.write_text("trainer:\n  callbacks:\n    - class_path: vlprompt.runs.folders.SignalAt\n")
     base = _args(tmp_path, "killed", "--config", str(killer), "--run_id", "r1")
     run = tmp_path / "killed" / "runs" / "r1"
     # one thread everywhere, like the subprocess, so that float reductions match bit for bit
@@ -96,7 +96,7 @@ def test_run_identity_artifacts_and_permissions(tmp_path: Path) -> None:
     assert run_dir.name == result["run_id"] and result["run_id"].startswith("coop-")
     art = result["artifacts"]["seed1/prompts"]
     assert Path(art["path"]).parent == run_dir / "seed1"
-    from vlprompt.atomic import file_mode, sha256_file
+    from vlprompt.data.atomic import file_mode, sha256_file
 
     assert art["sha256"] == sha256_file(art["path"])
     for p in (art["path"], result["_path"], run_dir / "run.json", run_dir / "seed1" / "seed.json"):
@@ -124,7 +124,7 @@ def test_run_identity_artifacts_and_permissions(tmp_path: Path) -> None:
 
 
 def test_another_experiment_under_the_same_run_id_is_refused(tmp_path: Path) -> None:
-    from vlprompt.runs import RunFolder
+    from vlprompt.runs.folders import RunFolder
 
     folder, resumed = RunFolder.open(tmp_path / "runs", "x", stage="fit", argv=[], cfg_hash="aaa")
     assert not resumed

@@ -15,15 +15,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from vlprompt.backbones.base import PreprocessConfig
 from vlprompt.data.base import DataError
-from vlprompt.data.medseg import (
-    BUSIRelease,
-    KvasirSEGRelease,
-    MedVLSMDataset,
-    PromptSpec,
-    convert_to_medvlsm,
-    generate_prompts,
-    mask_attributes,
-)
+from vlprompt.data.medseg import BUSIRelease, KvasirSEGRelease, MedVLSMDataset
+from vlprompt.data.medseg_convert import convert_to_medvlsm
+from vlprompt.data.medseg_prompts import generate_prompts, mask_attributes, PromptSpec
 from vlprompt.data.seg_dataset import choose_prompt, mask_value_problem, swap_left_right
 from vlprompt.data.segmentation import SPLITS, SegmentationSource
 
@@ -210,7 +204,7 @@ def test_release_folder_given_to_medvlsm_reader_says_how_to_convert(tmp_path):
 
 
 def test_data_check_reports_segmentation_problems(tmp_path):
-    from vlprompt.data.check import check_dataset
+    from vlprompt.runs.data_check import check_dataset
 
     root = make_medvlsm(tmp_path / "ds")
     Image.fromarray(np.zeros((20, 24), np.uint8)).save(root / "masks" / "val0.png")  # empty mask
@@ -369,8 +363,8 @@ def test_toy_categories_unique_per_image():
 
 
 def test_registered_and_convert_cli(tmp_path):
-    from vlprompt.data.check import data_main
-    from vlprompt.registry import get_registry
+    from vlprompt.cli.data import data_main
+    from vlprompt.learners.registry import get_registry
 
     reg = get_registry("datasets")
     for name in ("toy_seg", "toy_seg_scan", "medvlsm", "kvasir_seg", "busi", "clinicdb", "bkai", "isic2016",
@@ -393,7 +387,7 @@ def test_dataset_configs_name_registered_sources_with_valid_arguments(name):
 
     import yaml
 
-    from vlprompt.registry import get_registry
+    from vlprompt.learners.registry import get_registry
 
     path = Path(__file__).resolve().parents[1] / "configs" / "datasets" / f"{name}.yaml"
     cfg = yaml.safe_load(path.read_text())["data"]["init_args"]["dataset"]
@@ -426,7 +420,7 @@ def test_datasets_pickle_and_load_in_workers(tmp_path):
 
 
 def test_data_check_compares_published_sizes(tmp_path):
-    from vlprompt.data.check import check_dataset
+    from vlprompt.runs.data_check import check_dataset
 
     make_medvlsm(tmp_path / "kvasir_polyp")
     report = check_dataset("kvasir_seg", str(tmp_path))

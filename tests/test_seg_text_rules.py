@@ -19,11 +19,11 @@ import torch
 import yaml
 from torch import nn
 
-from vlprompt.layers import ClassPrompts, prompt_end, segmentation_text, template_features
+from vlprompt.learners.prompts.layers import ClassPrompts, prompt_end, segmentation_text, template_features
 from vlprompt.learners.maple import MaPLe
 from vlprompt.modules.segmentation import PromptSegmenter
-from vlprompt.registry import get_registry
-from vlprompt.testing import tiny_vlsm, torch_threads
+from vlprompt.learners.registry import get_registry
+from vlprompt.learners.testing import tiny_vlsm, torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 #: CLIP BPE ids: "." and ".." (what the double full stop of issue 30 tokenised to)

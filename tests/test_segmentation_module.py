@@ -22,8 +22,8 @@ from vlprompt.learners.cocoop import CoCoOp
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.tmml import TMML
 from vlprompt.modules.segmentation import PromptSegmenter
-from vlprompt.registry import get_registry
-from vlprompt.seg_metrics import (
+from vlprompt.learners.registry import get_registry
+from vlprompt.metrics.segmentation import (
     SegmentationScores,
     bce_loss,
     binary_iou,
@@ -32,10 +32,10 @@ from vlprompt.seg_metrics import (
     dice_per_sample,
     weight_decay_groups,
 )
-from vlprompt.testing import tiny_clip, torch_threads
+from vlprompt.learners.testing import tiny_clip, torch_threads
 
 try:  # the CLIPSeg adapter's tiny random VLSM, once merged; the fake VLSM otherwise
-    from vlprompt.testing import tiny_vlsm as _tiny_vlsm
+    from vlprompt.learners.testing import tiny_vlsm as _tiny_vlsm
 except ImportError:  # pragma: no cover - before the adapter lands
     _tiny_vlsm = None
 
@@ -175,7 +175,7 @@ def test_paired_text_features_equal_the_classifier_prompts(cls) -> None:
         feats = learner.encode_images(images)
         paired = learner.paired_text_features(feats, index)
         if cls is CoCoOp:
-            from vlprompt.conditional import encode_conditioned_prompts
+            from vlprompt.learners.prompts.conditional import encode_conditioned_prompts
 
             full = encode_conditioned_prompts(bb, learner.prompts, learner.conditioned_context(feats), chunk_size=64)
         else:
@@ -198,7 +198,7 @@ def test_module_keeps_best_validation_dice_prompts() -> None:
 
 
 def test_host_module_chosen_by_protocol(tmp_path: Path) -> None:
-    from vlprompt.experiment import host_classes
+    from vlprompt.runs.config import host_classes
     from vlprompt.modules.classification import PromptClassifier
     from vlprompt.protocols.segmentation import SegmentationProtocol
 
@@ -233,7 +233,7 @@ trainer:
 
 
 def test_fit_writes_result_with_dice_iou_overlays_and_selection(tmp_path: Path, capsys) -> None:
-    from vlprompt.experiment import run_experiment
+    from vlprompt.runs.driver import run_experiment
 
     result = run_experiment("fit", ["--config", str(_config(tmp_path, "coop")), "--seeds", "[1,2]",
                                     "--results_dir", str(tmp_path / "results")])
@@ -303,9 +303,9 @@ def test_every_segmentation_learner_trains_one_step_and_evaluates(info) -> None:
 def test_segmentation_leaderboard_table(tmp_path: Path) -> None:
     import csv
 
-    from vlprompt.leaderboard import build_leaderboards
+    from vlprompt.leaderboards.build import build_leaderboards
     from vlprompt.metrics import summarize_seeds
-    from vlprompt.results import SCHEMA
+    from vlprompt.runs.results import SCHEMA
 
     root = tmp_path / "results"
     for learner, dice in (("coop", [60.0, 64.0, 62.0]), ("zero_shot", [40.0, 40.0, 40.0])):
@@ -337,8 +337,8 @@ def test_segmentation_leaderboard_table(tmp_path: Path) -> None:
 def test_overlay_panels_and_wandb_masks() -> None:
     import numpy as np
 
-    from vlprompt.overlays import overlay_panels
-    from vlprompt.wandb_logging import wandb_mask_images
+    from vlprompt.modules.overlays import overlay_panels
+    from vlprompt.modules.overlays import wandb_mask_images
 
     image = torch.zeros(3, 8, 8)
     mask = torch.zeros(8, 8)
@@ -358,8 +358,8 @@ def test_overlay_panels_and_wandb_masks() -> None:
 @pytest.mark.parametrize("learner", ["cocoop", "zero_shot"])
 def test_fit_on_the_tiny_clipseg(tmp_path: Path, learner: str) -> None:
     """The same run through the real CLIPSeg adapter (tiny random weights): instance-conditioned and untrained."""
-    from vlprompt.experiment import run_experiment
-    from vlprompt.testing import tiny_vlsm_folder
+    from vlprompt.runs.driver import run_experiment
+    from vlprompt.learners.testing import tiny_vlsm_folder
 
     backbone = f"class_path: clipseg\n    init_args:\n      pretrained: {tiny_vlsm_folder()}"
     result = run_experiment("fit", ["--config", str(_config(tmp_path, learner, epochs=1, backbone=backbone)),
@@ -393,7 +393,7 @@ SEG_YAMLS = ["protocols/segmentation.yaml", "learners/coop/tunevlseg.yaml", "lea
 
 @pytest.mark.parametrize("name", SEG_YAMLS)
 def test_segmentation_yamls_parse_on_top_of_the_seg_quickstart(name: str, monkeypatch) -> None:
-    from vlprompt.experiment import VlpromptCLI, build_cli
+    from vlprompt.runs.config import build_cli, VlpromptCLI
 
     monkeypatch.setattr(VlpromptCLI, "instantiate_classes", lambda self: None)
     repo = Path(__file__).resolve().parents[1]

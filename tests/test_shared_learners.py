@@ -28,8 +28,8 @@ from torch import nn
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.shared_attention import SharedAttention
 from vlprompt.learners.shared_separate import SharedSeparate
-from vlprompt.registry import get_registry
-from vlprompt.testing import tiny_clip, torch_threads
+from vlprompt.learners.registry import get_registry
+from vlprompt.learners.testing import tiny_clip, torch_threads
 
 NAMES = ["red circle", "blue square", "green_triangle"]
 
@@ -294,7 +294,7 @@ def test_toy_configs_build_on_the_toy_clip(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shared_separate", "shared_attention"])
 def test_learner_trains_one_epoch_through_the_cli(name: str, tmp_path) -> None:
-    from vlprompt.experiment import run_experiment
+    from vlprompt.runs.driver import run_experiment
 
     result = run_experiment(
         "fit",
@@ -318,7 +318,7 @@ PHRASES = ["a red circle", "blue square on the left", "small green triangle"]
 
 @pytest.fixture(scope="module")
 def vlsm():
-    from vlprompt.testing import tiny_vlsm
+    from vlprompt.learners.testing import tiny_vlsm
 
     return tiny_vlsm()
 

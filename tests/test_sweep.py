@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlprompt.experiment import check_config_files
-from vlprompt.sweep import SweepError, check_cells, expand_cells, load_sweep, run_sweep, sweep_main
+from vlprompt.runs.config import check_config_files
+from vlprompt.cli.sweep import sweep_main
+from vlprompt.runs.sweep import check_cells, expand_cells, load_sweep, run_sweep, SweepError
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = str(REPO / "configs" / "quickstart.yaml")
@@ -70,7 +71,7 @@ def test_two_cell_sweep_local_workers_failure_recorded_and_resume(tmp_path, monk
 def test_local_cells_are_not_killed_after_submitits_default_timeout(tmp_path):
     # submitit's AutoExecutor defaults to timeout_min=5 on every executor, the local one included: a 3-seed toy
     # cell was killed after about 2 minutes ("timed-out and not checkpointable") before local cells got a week.
-    from vlprompt.sweep import LOCAL_TIMEOUT_MIN, _make_executor
+    from vlprompt.runs.sweep import LOCAL_TIMEOUT_MIN, _make_executor
 
     grid = {"learner": ["zero_shot/default"]}
     ex = _make_executor(load_sweep(_spec(tmp_path, grid)), tmp_path / "out")

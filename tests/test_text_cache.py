@@ -11,7 +11,7 @@ import torch
 
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.coop import CoOp
-from vlprompt.testing import tiny_clip, torch_threads
+from vlprompt.learners.testing import tiny_clip, torch_threads
 
 NAMES = ["red circle", "blue square", "green triangle"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from vlprompt import layers
-from vlprompt.layers import ClassPrompts, deep_prompt_list, template_features, text_features
-from vlprompt.testing import tiny_clip
+from vlprompt.learners.prompts import layers
+from vlprompt.learners.prompts.layers import ClassPrompts, deep_prompt_list, template_features, text_features
+from vlprompt.learners.testing import tiny_clip
 
 NAMES = [f"class {i}" for i in range(7)]
 

@@ -13,8 +13,8 @@ from vlprompt.data.toyworld.datasets import TOY_DATASETS, ToyMixtures
 from vlprompt.data.toyworld.render import TEXTURES
 from vlprompt.data.toyworld.tradeoff import TRADEOFF_DATASETS, ToyArchive, ToySwatches
 from vlprompt.protocols.base2new import split_base_new
-from vlprompt.registry import get_registry
-from vlprompt.testing import torch_threads
+from vlprompt.learners.registry import get_registry
+from vlprompt.learners.testing import torch_threads
 
 PER_CLASS = (3, 2, 2)
 

@@ -9,7 +9,7 @@ import torch
 
 from vlprompt.backbones.open_clip import file_sha256
 from vlprompt.backbones.toyclip import TOY_CARD, TOY_CHECKPOINT, ToyCLIP
-from vlprompt.toyclip_report import attribute_report, attribute_styles, dataset_report, linear_probe_accuracy
+from vlprompt.toyworld.toyclip_report import attribute_report, attribute_styles, dataset_report, linear_probe_accuracy
 
 
 @pytest.fixture(scope="module")

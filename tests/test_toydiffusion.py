@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from vlprompt import registry
-from vlprompt.atomic import sha256_file
-from vlprompt.cli import pretrain_main
+from vlprompt.learners import registry
+from vlprompt.data.atomic import sha256_file
+from vlprompt.cli.pretrain import pretrain_main
 from vlprompt.generators.base import GeneratedViews, GeneratorError
 from vlprompt.generators.toydiffusion import TOY_DIFFUSION, ToyDiffusion, card_path, from_model_space, load_toy_diffusion, to_model_space
 from vlprompt.learners.difftpt import DiffTPT
-from vlprompt.pretrain_diffusion import diffusion_loss
-from vlprompt.toydiffusion_report import rmse, scenes
+from vlprompt.toyworld.pretrain_diffusion import diffusion_loss
+from vlprompt.toyworld.toydiffusion_report import rmse, scenes
 
 
 def test_listed_and_shipped_with_a_matching_card():

@@ -8,11 +8,11 @@ import open_clip
 import pytest
 import torch
 
-from vlprompt.atomic import sha256_file
+from vlprompt.data.atomic import sha256_file
 from vlprompt.backbones.toyclip import TOY_CHECKPOINT, TOY_MODEL
 from vlprompt.data.toyworld.datasets import ToyReferring
-from vlprompt.testing import tiny_clip_config
-from vlprompt.toyvlsm_report import (
+from vlprompt.learners.testing import tiny_clip_config
+from vlprompt.toyworld.toyvlsm_report import (
     TOYVLSM_CARD,
     TOYVLSM_DIR,
     TOYVLSM_REPORT,
@@ -23,7 +23,7 @@ from vlprompt.toyvlsm_report import (
     mask_dice,
     other_object_phrases,
 )
-from vlprompt.vlsm_convert import clipseg_config_from_open_clip, open_clip_to_clipseg_state_dict, save_clip_tokenizer
+from vlprompt.backbones.vlsm_convert import clipseg_config_from_open_clip, open_clip_to_clipseg_state_dict, save_clip_tokenizer
 
 PHRASES = [
     "the red dotted circle",
@@ -121,7 +121,7 @@ def test_wrong_phrases_name_absent_and_other_objects() -> None:
 
 
 def test_training_stream_is_deterministic_held_out_and_has_negatives() -> None:
-    from vlprompt.pretrain_vlsm import ReferringStream, train_seed
+    from vlprompt.toyworld.pretrain_vlsm import ReferringStream, train_seed
 
     assert train_seed(0, 0, 0) >= TRAIN_SEED_BASE
     with pytest.raises(ValueError):
@@ -140,7 +140,7 @@ def test_pretrain_config_selects_the_vlsm(monkeypatch, tmp_path) -> None:
     import lightning.pytorch as pl
 
     from vlprompt import cli
-    from vlprompt.pretrain_vlsm import ReferringData, VLSMPretraining
+    from vlprompt.toyworld.pretrain_vlsm import ReferringData, VLSMPretraining
 
     called = {}
     monkeypatch.setattr(pl.Trainer, "fit", lambda self, model, datamodule=None, **kw: called.setdefault("fit", (model, datamodule)))

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from test_toyvlsm import PHRASES, _features_match
-from vlprompt.atomic import sha256_file
+from vlprompt.data.atomic import sha256_file
 from vlprompt.backbones.toyclip import TOY_CHECKPOINT, TOY_MODEL
-from vlprompt.toyvlsm_report import TOYVLSM_CARD, TOYVLSM_DIR, TOYVLSM_REPORT, acceptance, load_folder
+from vlprompt.toyworld.toyvlsm_report import TOYVLSM_CARD, TOYVLSM_DIR, TOYVLSM_REPORT, acceptance, load_folder
 
 
 def test_shipped_folder_matches_its_card() -> None:
@@ -28,7 +28,7 @@ def test_shipped_folder_matches_its_card() -> None:
 
 
 def test_shipped_card_lists_every_pretraining_stage_in_order() -> None:
-    from vlprompt.pretrain_vlsm import card_stages
+    from vlprompt.toyworld.pretrain_vlsm import card_stages
 
     card = json.loads(TOYVLSM_CARD.read_text())
     stages = card_stages(card)
@@ -68,7 +68,7 @@ def test_shipped_vlsm_segments_the_named_object_only(shipped) -> None:
 def test_pretraining_can_continue_from_the_shipped_decoder(tmp_path) -> None:
     from safetensors.torch import load_file
 
-    from vlprompt.pretrain_vlsm import VLSMPretraining
+    from vlprompt.toyworld.pretrain_vlsm import VLSMPretraining
 
     card = json.loads(TOYVLSM_CARD.read_text())
     keys = ("extract_layers", "reduce_dim", "decoder_num_attention_heads", "decoder_intermediate_size", "conditional_layer")

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from vlprompt.testing import torch_threads
+from vlprompt.learners.testing import torch_threads
 
 from vlprompt.data.base import TensorImageDataset
 from vlprompt.data.toyworld.captions import (

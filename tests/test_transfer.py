@@ -8,7 +8,7 @@ import pytest
 
 from vlprompt.data.base import DataError
 from vlprompt.data.toyworld.datasets import ToyColors, ToyPatterns
-from vlprompt.experiment import run_experiment
+from vlprompt.runs.driver import run_experiment
 from vlprompt.protocols.transfer import Transfer
 
 REPO = Path(__file__).resolve().parents[1]

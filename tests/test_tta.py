@@ -12,7 +12,7 @@ import torch
 from vlprompt.data.base import DataError
 from vlprompt.data.toyworld.datasets import ToyMixtures
 from vlprompt.data.tta_views import TPTViews, augmix
-from vlprompt.layers import chunked_text_encoding
+from vlprompt.learners.prompts.layers import chunked_text_encoding
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.difftpt import DiffTPT
@@ -20,8 +20,8 @@ from vlprompt.learners.tpt import TPT
 from vlprompt.learners.zero_shot import ZeroShot
 from vlprompt.modules.test_time import TestTimeClassifier
 from vlprompt.protocols.test_time import TestTimeProtocol
-from vlprompt.testing import tiny_clip
-from vlprompt.tta import (
+from vlprompt.learners.testing import tiny_clip
+from vlprompt.learners.prompts.tta import (
     TTAError,
     confident_indices,
     difftpt_indices,

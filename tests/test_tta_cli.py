@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from vlprompt.cli import main
-from vlprompt.test_time_cli import run_tta
+from vlprompt.runs.test_time import run_tta
 
 SMALL = [
     "--config", "configs/protocols/test_time/toy_shifts.yaml", "--config", "configs/backbones/toyclip.yaml",
@@ -60,7 +60,7 @@ def test_generate_fills_the_cache_and_resumes(repo, tmp_path, monkeypatch):
 def test_published_protocol_configs_name_registered_plugins(repo):
     import yaml
 
-    from vlprompt import registry
+    from vlprompt.learners import registry
 
     for protocol, n in (("domain_shift", 5), ("cross_dataset", 10)):
         cfg = yaml.safe_load((repo / "configs/protocols/test_time" / f"{protocol}.yaml").read_text())["data"]

@@ -9,7 +9,7 @@ architecture, two 352 px images and masks, the prompts ``"polyp."`` / ``"a pink 
 
 - the mask logits (a strided sample of 1024 values and per-image mean / std / L2 norm),
 - one optimisation step: the training loss (TuneVLSeg's MONAI ``DiceCELoss(sigmoid, lambda_dice 1, lambda_ce
-  0.2)``; here :func:`vlprompt.seg_metrics.dice_bce_loss`) and every learned tensor after one
+  0.2)``; here :func:`vlprompt.metrics.segmentation.dice_bce_loss`) and every learned tensor after one
   ``AdamW(lr=2e-4)`` step (TuneVLSeg's effective optimiser: its ``weight_decay: 0.0`` configs build AdamW with
   the default decay 0.01 on every tensor); AdamW's first update is ``lr * g / (|g| + 1e-8)``, so where a gradient
   element is below its noise floor its direction is noise: those elements are held only to AdamW's bound,
@@ -39,8 +39,8 @@ from safetensors.torch import load_file
 
 from vlprompt.backbones.clipseg import CLIPSegBackbone
 from vlprompt.modules.segmentation import PromptSegmenter
-from vlprompt.registry import get_registry
-from vlprompt.seg_metrics import dice_bce_loss
+from vlprompt.learners.registry import get_registry
+from vlprompt.metrics.segmentation import dice_bce_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tunevlseg_recipe as R  # noqa: E402

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from vlprompt.experiment import run_experiment
+from vlprompt.runs.driver import run_experiment
 from vlprompt.learners.promptsrc import PromptSRC
-from vlprompt.vl_layers import gaussian_epoch_weights
+from vlprompt.learners.prompts.vl_layers import gaussian_epoch_weights
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUICK = str(CONFIGS / "quickstart.yaml")

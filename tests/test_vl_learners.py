@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import BackboneError
-from vlprompt.layers import ClassPrompts, cosine_logits, template_features, text_features
+from vlprompt.learners.base import cosine_logits
+from vlprompt.learners.prompts.layers import ClassPrompts, template_features, text_features
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.ivlp import IVLP
@@ -22,9 +23,9 @@ from vlprompt.learners.maple import MaPLe
 from vlprompt.learners.promptsrc import PromptSRC
 from vlprompt.learners.vpt import VPT
 from vlprompt.learners.zero_shot import ZeroShot
-from vlprompt.losses import feature_l1_loss, logit_kl_loss
-from vlprompt.testing import check_learner, tiny_clip, torch_threads
-from vlprompt.vl_layers import GaussianPromptAggregation, gaussian_epoch_weights
+from vlprompt.metrics.losses import feature_l1_loss, logit_kl_loss
+from vlprompt.learners.testing import check_learner, tiny_clip, torch_threads
+from vlprompt.learners.prompts.vl_layers import GaussianPromptAggregation, gaussian_epoch_weights
 
 NAMES = ["red circle", "blue square", "green triangle"]
 
@@ -411,7 +412,7 @@ def test_ivlp_language_only_shallow_imports_a_ctx_only_state(bb) -> None:
 
 
 def test_reference_name_helpers() -> None:
-    from vlprompt.vl_layers import PromptConfigError, guess_reference_learner, reference_keys, resolve_depth
+    from vlprompt.learners.prompts.vl_layers import PromptConfigError, guess_reference_learner, reference_keys, resolve_depth
 
     t = torch.zeros(1)
     state = {

@@ -26,7 +26,7 @@ from vlprompt.learners.ivlp import IVLP
 from vlprompt.learners.maple import MaPLe
 from vlprompt.learners.promptsrc import PromptSRC
 from vlprompt.learners.vpt import VPT
-from vlprompt.testing import torch_threads
+from vlprompt.learners.testing import torch_threads
 
 log = logging.getLogger(__name__)
 FIXTURE = Path(__file__).parent / "fixtures" / "vl_reference" / "reference_outputs.safetensors"

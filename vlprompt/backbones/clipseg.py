@@ -45,9 +45,8 @@ Deliberate differences from TuneVLSeg:
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -60,15 +59,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import snapshot_download
+from open_clip.tokenizer import bytes_to_unicode, default_bpe
 
-from vlprompt.backbones.base import ActivationRecord, BackboneError, BackboneInfo, PreprocessConfig, VLBackbone
+from vlprompt.backbones.base import (
+    ActivationRecord,
+    BackboneError,
+    BackboneInfo,
+    PreprocessConfig,
+    VLBackbone,
+)
 from vlprompt.backbones.open_clip import (
-    _DTYPES,
+    DTYPES,
     Precision,
-    _expand_prompt,
-    _is_offline,
-    _replace_span,
-    _replace_tail,
+    expand_prompt,
+    is_offline,
+    replace_span,
+    replace_tail,
     file_sha256,
     resolve_precision,
 )
@@ -93,8 +100,6 @@ _LOCK = threading.Lock()
 def clip_bpe_tokens() -> tuple[list[str], list[str]]:
     """CLIP's BPE vocabulary in id order (49408 tokens: 256 byte tokens, the same with ``</w>``, the 48,894 merges,
     then ``<|startoftext|>``/``<|endoftext|>``) and its merge lines, from open_clip's ``bpe_simple_vocab_16e6.txt.gz``."""
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-
     merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     tokens = list(bytes_to_unicode().values())
     tokens = tokens + [v + "</w>" for v in tokens] + ["".join(m.split()) for m in merges]
@@ -150,13 +155,11 @@ def resolve_folder(pretrained: str | os.PathLike) -> Path:
     looks_like_hub = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
     if not looks_like_hub:
         raise BackboneError(f"CLIPSeg folder {text!r} (pretrained=) does not exist. {_save_hint(PUBLISHED)}")
-    if _is_offline():
+    if is_offline():
         raise BackboneError(
             f"pretrained={text!r} is a Hugging Face Hub name, but this process is offline (HF_HUB_OFFLINE=1) and "
             f"vlprompt loads CLIPSeg from a local folder. {_save_hint(text)}"
         )
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(text, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
     except Exception as exc:  # noqa: BLE001 - rewrap with the fix
@@ -200,7 +203,7 @@ def _check_folder(folder: Path) -> tuple[dict, Path]:
 
 
 def _load_tokenizer(folder: Path, vocab_size: int):
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # deferred: transformers is heavy (CLIPSeg only)
 
     try:
         tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -240,7 +243,7 @@ def _preprocess(folder: Path) -> PreprocessConfig:
 
 
 def _load_model(folder: Path, weights: Path, precision: str) -> torch.nn.Module:
-    from transformers import CLIPSegForImageSegmentation
+    from transformers import CLIPSegForImageSegmentation  # deferred: transformers is heavy (CLIPSeg only)
 
     st = weights.stat()
     key = (str(folder.resolve()), st.st_size, st.st_mtime_ns, precision)
@@ -256,7 +259,7 @@ def _load_model(folder: Path, weights: Path, precision: str) -> torch.nn.Module:
                     f"could not load CLIPSeg from {str(folder)!r}: {exc}. The weights are corrupt, truncated or of "
                     f"another architecture than config.json says: save the folder again. {_save_hint(PUBLISHED)}"
                 ) from exc
-            model = model.to(_DTYPES[precision])
+            model = model.to(DTYPES[precision])
             model.requires_grad_(False)
             model.eval()
             _MODEL_CACHE[key] = model
@@ -285,8 +288,8 @@ class CLIPSegBackbone(VLBackbone):
 
     def __init__(self, pretrained: str = PUBLISHED, *, precision: Precision = "fp32") -> None:
         super().__init__()
-        if precision not in _DTYPES:
-            raise BackboneError(f"precision={precision!r} is not one of {sorted(_DTYPES)}")
+        if precision not in DTYPES:
+            raise BackboneError(f"precision={precision!r} is not one of {sorted(DTYPES)}")
         folder = resolve_folder(pretrained)
         cfg, weights = _check_folder(folder)
         requested, precision = precision, resolve_precision(precision)
@@ -295,7 +298,7 @@ class CLIPSegBackbone(VLBackbone):
         self.preprocess = _preprocess(folder)
         model = _load_model(folder, weights, precision)
         self.model = model
-        self.dtype = _DTYPES[precision]
+        self.dtype = DTYPES[precision]
         config = model.config
         tc, vc = config.text_config, config.vision_config
         self.embed_dim = int(config.projection_dim)
@@ -400,7 +403,7 @@ class CLIPSegBackbone(VLBackbone):
         mask = mask[None, None]
         for i, layer in enumerate(layers):
             if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
-                x = _replace_span(x, deep_prompts[i], deep_prompt_start)
+                x = replace_span(x, deep_prompts[i], deep_prompt_start)
             x = layer(x, mask)
         x = text.final_layer_norm(x)
         x = x[torch.arange(x.shape[0], device=x.device), pool_index.to(x.device)]
@@ -438,7 +441,7 @@ class CLIPSegBackbone(VLBackbone):
         x = vision.embeddings(self.normalize(images).to(self.dtype), interpolate_pos_encoding=True)
         n = 0
         if prompts is not None:
-            p = _expand_prompt(prompts, x.shape[0], self.dtype)
+            p = expand_prompt(prompts, x.shape[0], self.dtype)
             n = p.shape[1]
             x = torch.cat([x, p], dim=1)  # before pre_layrnorm, as TuneVLSeg (per-token LayerNorm: same as after)
         x = vision.pre_layrnorm(x)
@@ -446,7 +449,7 @@ class CLIPSegBackbone(VLBackbone):
         want = set(self.extract_layers) if record is not None else set()
         for i, layer in enumerate(layers):
             if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
-                x = _replace_tail(x, deep_prompts[i], n)
+                x = replace_tail(x, deep_prompts[i], n)
             if i - 1 in want:  # output of layer i-1, with layer i's deep prompts in place (TuneVLSeg)
                 taken[i - 1] = x
             x = layer(x, None)

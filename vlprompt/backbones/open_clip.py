@@ -19,14 +19,22 @@ from typing import Literal
 import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
+from safetensors import safe_open
 
-from vlprompt.backbones.base import BackboneError, BackboneInfo, PreprocessConfig, VLBackbone
+from vlprompt.backbones.base import (
+    BackboneError,
+    BackboneInfo,
+    PreprocessConfig,
+    VLBackbone,
+)
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16", "fp16"]
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: torch dtype of each precision name (shared with the CLIPSeg backbone)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MODEL_CACHE: dict[tuple, torch.nn.Module] = {}
 _SHA_CACHE: dict[tuple, str] = {}
 _LOCK = threading.Lock()
@@ -46,7 +54,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _SHA_CACHE[key]
 
 
-def _is_offline() -> bool:
+def is_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no network (``1``/``true``/``yes``/``on``)."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
@@ -78,8 +87,6 @@ def _has_openai_layout(path: Path) -> bool:
     keys: set[str] = set()
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as f:
                 keys = set(f.keys())
         else:
@@ -137,7 +144,7 @@ def resolve_quick_gelu(model: str, pretrained: str | None, quick_gelu: bool | No
 def _check_pretrained(model: str, pretrained: str | None) -> None:
     """Fail fast, with the fix, before open_clip tries to download anything."""
     if not pretrained or model.startswith(("hf-hub:", "local-dir:")):
-        if model.startswith("hf-hub:") and _is_offline():
+        if model.startswith("hf-hub:") and is_offline():
             raise BackboneError(
                 f"model {model!r} must be fetched from the Hugging Face Hub, but HF_HUB_OFFLINE=1. Download "
                 "open_clip_config.json and the weights on a connected machine, then use "
@@ -161,10 +168,8 @@ def _check_pretrained(model: str, pretrained: str | None) -> None:
         )
     cfg = open_clip.get_pretrained_cfg(model, pretrained)
     hf_hub = cfg.get("hf_hub", "")
-    if _is_offline():
+    if is_offline():
         try:
-            from huggingface_hub import try_to_load_from_cache
-
             repo = hf_hub.rstrip("/")
             cached = any(
                 isinstance(try_to_load_from_cache(repo, name), str)
@@ -246,8 +251,8 @@ class OpenCLIPBackbone(VLBackbone):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if precision not in _DTYPES:
-            raise BackboneError(f"precision={precision!r} is not one of {sorted(_DTYPES)}")
+        if precision not in DTYPES:
+            raise BackboneError(f"precision={precision!r} is not one of {sorted(DTYPES)}")
         requested, precision = precision, resolve_precision(precision)
         _check_pretrained(model, pretrained)
         qg = resolve_quick_gelu(model, pretrained, quick_gelu) if not model.startswith(("hf-hub:", "local-dir:")) else False
@@ -256,13 +261,13 @@ class OpenCLIPBackbone(VLBackbone):
             clip = _MODEL_CACHE.get(key)
             if clip is None:
                 clip = self._load(model, pretrained, qg, cache_dir)
-                clip = clip.to(_DTYPES[precision])
+                clip = clip.to(DTYPES[precision])
                 for p in clip.parameters():
                     p.requires_grad_(False)
                 clip.eval()
                 _MODEL_CACHE[key] = clip
         self.clip = clip
-        self.dtype = _DTYPES[precision]
+        self.dtype = DTYPES[precision]
         self._tokenizer = open_clip.get_tokenizer(model)
         text = clip.text if hasattr(clip, "text") else clip
         self._text = text
@@ -359,7 +364,7 @@ class OpenCLIPBackbone(VLBackbone):
         if keep < x.shape[1]:  # causal attention: later tokens never reach the pooled one (exact, faster)
             x, mask = x[:, :keep], mask[:keep, :keep]
         x = _run_blocks(
-            text.transformer, x, mask, deep_prompts, lambda h, p: _replace_span(h, p, deep_prompt_start)
+            text.transformer, x, mask, deep_prompts, lambda h, p: replace_span(h, p, deep_prompt_start)
         )
         x = text.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), pool_index.to(x.device)]
@@ -390,13 +395,13 @@ class OpenCLIPBackbone(VLBackbone):
         x = visual._embeds(x)  # [B, 1 + HW, Wv], after ln_pre
         n = 0
         if prompts is not None:
-            p = _expand_prompt(prompts, x.shape[0], self.dtype)
+            p = expand_prompt(prompts, x.shape[0], self.dtype)
             n = p.shape[1]
             # equivalent to concatenating before ln_pre (LayerNorm is per token), as VPT/MaPLe do for CLIP
             x = torch.cat([x, visual.ln_pre(p)], dim=1)
         elif deep_prompts is not None and any(d is not None for d in deep_prompts):
             raise BackboneError("deep visual prompts need shallow `prompts` too (they replace those tokens)")
-        x = _run_blocks(visual.transformer, x, None, deep_prompts, lambda h, p: _replace_tail(h, p, n))
+        x = _run_blocks(visual.transformer, x, None, deep_prompts, lambda h, p: replace_tail(h, p, n))
         if n:
             x = x[:, :-n]
         pooled, tokens = visual._pool(x)
@@ -415,7 +420,8 @@ class OpenCLIPBackbone(VLBackbone):
         return self.clip.logit_scale.detach().float().exp().reshape(())
 
 
-def _expand_prompt(p: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+def expand_prompt(p: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """Prompt tokens ``[n, d]`` (shared) or ``[B, n, d]`` as ``[batch, n, d]`` in ``dtype``."""
     p = p.to(dtype)
     if p.dim() == 2:
         p = p.unsqueeze(0)
@@ -437,14 +443,16 @@ def _causal_prefix(mask, pool_index: torch.Tensor, deep_prompts, start: int, len
     return min(length, keep)
 
 
-def _replace_span(h: torch.Tensor, p: torch.Tensor, start: int) -> torch.Tensor:
-    p = _expand_prompt(p, h.shape[0], h.dtype)
+def replace_span(h: torch.Tensor, p: torch.Tensor, start: int) -> torch.Tensor:
+    """``h`` with tokens ``start:start+n`` replaced by the (deep) prompt ``p`` of ``n`` tokens."""
+    p = expand_prompt(p, h.shape[0], h.dtype)
     n = p.shape[1]
     return torch.cat([h[:, :start], p, h[:, start + n :]], dim=1)
 
 
-def _replace_tail(h: torch.Tensor, p: torch.Tensor, n: int) -> torch.Tensor:
-    p = _expand_prompt(p, h.shape[0], h.dtype)
+def replace_tail(h: torch.Tensor, p: torch.Tensor, n: int) -> torch.Tensor:
+    """``h`` with its last ``n`` tokens replaced by the (deep) prompt ``p``."""
+    p = expand_prompt(p, h.shape[0], h.dtype)
     if p.shape[1] != n:
         raise BackboneError(f"deep visual prompts have {p.shape[1]} tokens but the shallow prompts have {n}")
     return torch.cat([h[:, :-n], p], dim=1)

@@ -23,8 +23,10 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from vlprompt.backbones.base import VLBackbone
+from vlprompt.data.atomic import save_safetensors
 from vlprompt.data.base import TensorImageDataset
-from vlprompt.progress import progress
+from vlprompt.data.batching import eval_batch_size
+from vlprompt.data.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +129,6 @@ def extract_features(
     batches of ``batch_size`` (default :func:`vlprompt.data.batching.eval_batch_size` of the backbone);
     the global random generator is left exactly as it was.
     """
-    from vlprompt.data.batching import eval_batch_size
-
     device = next(backbone.buffers()).device
     flat = SeededViews(dataset, views, key)
     workers = decode_workers(dataset, num_workers)
@@ -174,8 +174,6 @@ def cached_features(
         backbone, dataset, views=views, num_workers=num_workers, key=key, batch_size=batch_size
     )
     try:
-        from vlprompt.atomic import save_safetensors
-
         # unique temporary name + os.replace: concurrent runs extracting the same entry never clash
         save_safetensors({"features": features.contiguous(), "labels": labels.contiguous()}, path)
     except OSError as exc:

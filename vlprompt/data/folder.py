@@ -143,7 +143,7 @@ def load_rgb(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def _decode_error(path: str) -> str | None:
+def decode_error(path: str) -> str | None:
     """``None`` when the whole image decodes, else the error text."""
     try:
         with Image.open(path) as im:
@@ -326,7 +326,7 @@ class ImageListSource(ClassificationSource):
         todo = sorted({p for p in paths if p not in known})
         workers = workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            errors = dict(zip(todo, pool.map(_decode_error, todo, chunksize=64)))
+            errors = dict(zip(todo, pool.map(decode_error, todo, chunksize=64)))
         errors.update(known)
         return [CorruptImage(i, p, errors[p]) for i, p in enumerate(paths) if errors.get(p) is not None]
 

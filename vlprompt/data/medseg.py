@@ -17,7 +17,8 @@ but unused); names are relative to ``images/`` and ``masks/``. CAMUS keeps its i
 (N)_mask.png``, sometimes ``_mask_1``/``_mask_2`` that are merged; ``normal`` images with empty masks; the
 per-class folders of ``Dataset_BUSI_with_GT`` or flat ``images/`` + ``masks/`` folders). Their splits are
 deterministic and documented on each class. ``vlprompt data convert`` writes any of these sources into the
-medvlsm layout with generated prompts (:func:`generate_prompts`, :func:`convert_to_medvlsm`).
+medvlsm layout with generated prompts (:func:`vlprompt.data.medseg_prompts.generate_prompts`,
+:func:`vlprompt.data.medseg_convert.convert_to_medvlsm`).
 
 Nothing here ever writes into a data root: readers only read, and conversion refuses an output folder inside
 the source dataset.
@@ -25,26 +26,25 @@ the source dataset.
 
 from __future__ import annotations
 
-import colorsys
+import importlib
 import json
 import logging
 import os
 import re
-import shutil
-import tempfile
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
-from vlprompt.atomic import sha256_file
 from vlprompt.backbones.base import PreprocessConfig
+from vlprompt.data.atomic import sha256_file
 from vlprompt.data.base import DataError, resolve_data_root
+from vlprompt.data.medseg_prompts import PROMPT_SPECS
 from vlprompt.data.seg_dataset import (
-    MASK_THRESHOLD,
     SegmentationDataset,
     check_prompt_index,
     read_image,
@@ -568,233 +568,20 @@ class BUSIRelease(FileSegmentationSource):
         return {"split_rule": "crc32 80/10/10", "merged_masks": self.merged}
 
 
-# ============================================================================ prompt generation
-@dataclass(frozen=True)
-class PromptSpec:
-    """How :func:`generate_prompts` words a dataset's prompts.
-
-    Args:
-        noun: the target class (``polyp``).
-        context: appended to every prompt (``in the breast ultrasound image``), may be empty.
-        descriptions: what the class is (``a growth of tissue...``), for p7..p9; none means keys p0..p6 only.
-        colour: name the mean colour of the target (off for grey modalities such as ultrasound).
-    """
-
-    noun: str
-    context: str = ""
-    descriptions: tuple[str, ...] = ()
-    colour: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def p1(self, *, empty: bool = False) -> str:
-        """The class prompt p1 (``no <noun>`` for an empty mask), with the context."""
-        ctx = f" {self.context}" if self.context else ""
-        return f"{'no ' if empty else ''}{self.noun}{ctx}"
 
 
-PROMPT_SPECS: dict[str, PromptSpec] = {
-    "kvasir_seg_release": PromptSpec(
-        noun="polyp",
-        descriptions=("an abnormal growth of tissue on the colon lining", "a small bump rising from the bowel wall",
-                      "a lump of tissue sticking out of the mucous membrane")),
-    "busi_release": PromptSpec(noun="breast tumor", context="in the breast ultrasound image", colour=False),
+#: names that left this module in the 0.1 layout change (prompts and conversion), with their new module
+MOVED_NAMES = {
+    **dict.fromkeys(("PromptSpec", "SIZE_LIMITS", "mask_attributes", "generate_prompts"),
+                    "vlprompt.data.medseg_prompts"),
+    "convert_to_medvlsm": "vlprompt.data.medseg_convert",
 }
 
-_NUMBERS = ("no", "one", "two", "three", "four", "five")
-SIZE_LIMITS = (0.05, 0.15)  # area fraction below which a target is small, medium (else large)
 
-
-def _colour_name(rgb: np.ndarray) -> str:
-    r, g, b = (float(x) / 255.0 for x in rgb)
-    h, s, v = colorsys.rgb_to_hsv(r, g, b)
-    if v < 0.2:
-        return "black"
-    if s < 0.2:
-        return "white" if v > 0.75 else "grey"
-    deg = h * 360.0
-    if deg < 20 or deg >= 330:
-        return "pink" if s < 0.5 and v > 0.6 else "red"
-    if deg < 45:
-        return "brown" if v < 0.6 else "orange"
-    if deg < 70:
-        return "yellow"
-    if deg < 170:
-        return "green"
-    if deg < 260:
-        return "blue"
-    return "pink" if v > 0.6 and s < 0.5 else "purple"
-
-
-def _place(cy: float, cx: float, h: int, w: int) -> str:
-    row = ("top", "", "bottom")[min(2, int(3 * cy / h))]
-    col = ("left", "", "right")[min(2, int(3 * cx / w))]
-    return " ".join(x for x in (row, col) if x) or "center"
-
-
-def mask_attributes(mask: np.ndarray, image: np.ndarray | None = None) -> dict:
-    """Attributes of a boolean mask ``[H, W]`` (and optionally its RGB image ``[H, W, 3]``) that prompts name.
-
-    - ``number``: connected components (8-connected) of at least 5 % of the largest one's area;
-    - ``size``: foreground fraction of the image: ``small`` < 5 %, ``medium`` < 15 %, else ``large``;
-    - ``shape`` of the largest component from its bounding box: elongated (aspect >= 1.5) is ``oval`` when it
-      fills >= 65 % of the box, else ``irregular``; compact is ``square`` (fill >= 90 %), ``round`` (>= 65 %) or
-      ``irregular``;
-    - ``location``: the 3x3 cell (``top left`` .. ``center`` .. ``bottom right``) of each component's centroid;
-    - ``colour``: the mean colour of the foreground, named from its hue, saturation and value.
-    """
-    from scipy import ndimage
-
-    h, w = mask.shape
-    total = int(mask.sum())
-    if total == 0:
-        return {"number": 0, "size": "", "shape": "", "location": [], "colour": "", "bbox": None}
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    areas = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-    keep = [i + 1 for i, a in enumerate(areas) if a >= 0.05 * areas.max()]
-    frac = total / (h * w)
-    size = "small" if frac < SIZE_LIMITS[0] else "medium" if frac < SIZE_LIMITS[1] else "large"
-    big = int(np.argmax(areas)) + 1
-    ys, xs = np.nonzero(labels == big)
-    bh, bw = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-    fill = len(ys) / float(bh * bw)
-    aspect = max(bh, bw) / float(min(bh, bw))
-    if aspect >= 1.5:
-        shape = "oval" if fill >= 0.65 else "irregular"
-    else:
-        shape = "square" if fill >= 0.9 else "round" if fill >= 0.65 else "irregular"
-    centres = ndimage.center_of_mass(mask, labels, keep)
-    locations: list[str] = []
-    for cy, cx in sorted(centres, key=lambda c: (c[1], c[0])):
-        place = _place(cy, cx, h, w)
-        if place not in locations:
-            locations.append(place)
-    colour = _colour_name(image[mask].mean(axis=0)) if image is not None else ""
-    yy, xx = np.nonzero(mask)
-    return {"number": len(keep), "size": size, "shape": shape, "location": locations, "colour": colour,
-            "bbox": [int(xx.min()), int(yy.min()), int(xx.max()), int(yy.max())]}
-
-
-def generate_prompts(attrs: dict, spec: PromptSpec, *, category: str = "") -> dict[str, str | list[str]]:
-    """Prompts ``p0``..``p9`` in medvlsm's ladder, each adding one attribute of :func:`mask_attributes`.
-
-    p0 empty; p1 the noun; p2 + shape; p3 + colour (or the category, e.g. BUSI's benign/malignant, when the
-    spec names no colour); p4 + size; p5 + number; p6 + location (``located in ... of the image``); with
-    descriptions, p7 ``<noun> which is <description>``, p8 p5's words + description, p9 p8 + location (lists,
-    one per description). An empty mask gets ``no <noun>`` for every key but p0 (as medvlsm's BUSI normals).
-    """
-    ctx = f" {spec.context}" if spec.context else ""
-    keys = 10 if spec.descriptions else 7
-    if attrs["number"] == 0:
-        return {"p0": "", **{f"p{k}": f"no {spec.noun}{ctx}" for k in range(1, keys)}}
-    third = attrs["colour"] if spec.colour else category
-    number = _NUMBERS[attrs["number"]] if attrs["number"] < len(_NUMBERS) else "several"
-    words = [spec.noun]
-    ladder: list[str] = []
-    for word in (attrs["shape"], third, attrs["size"], number):
-        if word:
-            words.insert(0, word)
-        ladder.append(" ".join(words))
-    where = f"located in {', '.join(attrs['location'])} of the image"
-    prompts: dict[str, str | list[str]] = {"p0": "", "p1": f"{spec.noun}{ctx}"}
-    for k, text in enumerate(ladder, start=2):
-        prompts[f"p{k}"] = f"{text}{ctx}"
-    prompts["p6"] = f"{ladder[-1]}{ctx}, {where}"
-    if spec.descriptions:
-        prompts["p7"] = [f"{spec.noun} which is {d}{ctx}" for d in spec.descriptions]
-        prompts["p8"] = [f"{ladder[-1]} which is {d}{ctx}" for d in spec.descriptions]
-        prompts["p9"] = [f"{ladder[-1]} which is {d}{ctx} {where}" for d in spec.descriptions]
-    return prompts
-
-
-# ============================================================================ conversion
-def _safe_stem(rec_name: str, category: str) -> str:
-    stem = Path(rec_name).stem
-    m = re.match(r"^(?:benign|malignant|normal) \((\d+)\)$", stem)
-    if m and category:  # BUSI: 'benign (12)' -> '12_benign' as medvlsm's annotations name it
-        return f"{m.group(1)}_{category}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") or "item"
-
-
-def convert_to_medvlsm(source: SegmentationSource, out: str | os.PathLike, *, spec: PromptSpec | None = None,
-                       overwrite: bool = False) -> dict:
-    """Write ``source`` into the medvlsm layout at ``out``; returns a summary.
-
-    Prompts are generated by :func:`generate_prompts` with ``spec`` (default: the source's entry of
-    :data:`PROMPT_SPECS`); a source without one (the toy world, a medvlsm dataset) keeps its own prompts.
-
-    Images are copied byte for byte (renamed without spaces; BUSI ``benign (12).png`` becomes
-    ``12_benign.png`` as in medvlsm); masks are written as PNG 0/255 after thresholding (and merging).
-    Everything is written into a temporary sibling folder first and moved into place at the end, so an
-    interrupted conversion leaves nothing half-written; ``out`` must not exist unless ``overwrite``.
-    ``out`` inside the source's dataset folder is refused (nothing is ever written into a data root).
-    """
-    out = Path(out).expanduser().absolute()
-    src_dir = getattr(source, "dataset_dir", None)
-    if src_dir is not None:
-        src = Path(src_dir).absolute().resolve()
-        if out.resolve() == src or src in out.resolve().parents:
-            raise DataError(f"--out {out} is inside the source dataset {src}: nothing is written into a data root; "
-                            f"choose an output folder outside it")
-    if out.exists() and not overwrite:
-        raise DataError(f"--out {out} already exists: choose a new folder, or pass --overwrite to replace it")
-    spec = spec or PROMPT_SPECS.get(source.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    summary: dict = {"source": source.identity(), "spec": spec.to_dict() if spec else None,
-                     "prompts": "generated" if spec else "kept from the source", "mask_threshold": MASK_THRESHOLD,
-                     "sizes": {}, "empty_masks": {}}
-    try:
-        for sub in ("images", "masks", "anns"):
-            (tmp / sub).mkdir()
-        used: set[str] = set()
-        for split in SPLITS:
-            anns = []
-            empty = 0
-            for i in range(source.size(split)):
-                rec, (image, mask) = _record_and_item(source, split, i)
-                stem = _safe_stem(rec.name, getattr(rec, "category", ""))
-                while stem in used:
-                    stem += "_"
-                used.add(stem)
-                img_file = rec.image if isinstance(getattr(rec, "image", None), Path) else None
-                ext = img_file.suffix.lower() if img_file is not None else ".png"
-                img_name = f"{stem}{ext}"
-                if img_file is not None:
-                    shutil.copyfile(img_file, tmp / "images" / img_name)
-                else:
-                    image.save(tmp / "images" / img_name)
-                mask_name = f"{stem}.png"
-                Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp / "masks" / mask_name)
-                attrs = mask_attributes(mask, np.asarray(image) if spec is not None and spec.colour else None)
-                empty += attrs["number"] == 0
-                anns.append({"img_name": img_name, "mask_name": mask_name, "segment_id": stem, "cat": 0,
-                             "bbox": attrs["bbox"], "category": getattr(rec, "category", ""),
-                             "source_name": rec.name,
-                             "prompts": (generate_prompts(attrs, spec, category=getattr(rec, "category", ""))
-                                         if spec is not None else dict(rec.prompts))})
-            (tmp / "anns" / f"{split}.json").write_text(json.dumps(anns, indent=1), encoding="utf-8")
-            summary["sizes"][split] = len(anns)
-            summary["empty_masks"][split] = empty
-        (tmp / "conversion.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    summary["out"] = str(out)
-    return summary
-
-
-def _record_and_item(source: SegmentationSource, split: str, i: int):
-    if isinstance(source, FileSegmentationSource):
-        return source.records[split][i], source.load_item(split, i)
-    if hasattr(source, "records") and hasattr(source, "load_item"):
-        return source.records[split][i], source.load_item(split, i)
-    raise DataError(f"{source.name}: cannot convert this source (it exposes no records/load_item)")
+def __getattr__(name: str):
+    """``vlprompt.data.medseg.<name>`` of a name that moved: warn and return it from its new module."""
+    if name not in MOVED_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"vlprompt.data.medseg.{name} is deprecated and will be removed in the next release; import "
+                  f"{MOVED_NAMES[name]}.{name} instead", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(MOVED_NAMES[name]), name)

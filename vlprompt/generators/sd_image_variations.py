@@ -106,7 +106,7 @@ class SDImageVariations(ViewGenerator):
         """The diffusers pipeline, loaded on first use (diffusers is imported lazily)."""
         if self._pipe is None:
             try:
-                from diffusers import StableDiffusionImageVariationPipeline
+                from diffusers import StableDiffusionImageVariationPipeline  # deferred: optional (difftpt extra)
             except ImportError as exc:
                 raise GeneratorError("sd_image_variations needs diffusers and transformers: pip install 'vlprompt[difftpt]'") from exc
             pipe = StableDiffusionImageVariationPipeline.from_pretrained(

@@ -4,7 +4,7 @@ DiffTPT (Feng et al., ICCV 2023, Sec. 3.2) augments each test image with Stable 
 The toy world has no Stable Diffusion, so this package ships a small denoising diffusion model (DDPM, Ho et
 al. 2020, eq. 14: the network predicts the noise ``eps`` of ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``)
 trained on rendered toy scenes of every style by ``vlprompt pretrain --config configs/pretrain/toydiffusion.yaml``
-(:mod:`vlprompt.pretrain_diffusion`). Variations follow SDEdit (Meng et al., ICLR 2022, Sec. 3): noise the
+(:mod:`vlprompt.toyworld.pretrain_diffusion`). Variations follow SDEdit (Meng et al., ICLR 2022, Sec. 3): noise the
 image to ``t0 = strength * T`` with the forward process, then denoise it with DDIM (Song et al. 2021, eq. 12,
 ``eta = 0``) back to ``t = 0``; each variation starts from its own seeded noise.
 
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from vlprompt.atomic import sha256_file
+from vlprompt.data.atomic import sha256_file
 from vlprompt.generators.base import GeneratorError, ViewGenerator
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def require_diffusers():
     """The ``diffusers`` module, imported on first use (it is the ``difftpt`` extra, not a core dependency);
     a clear error naming the install command where it is missing."""
     try:
-        import diffusers
+        import diffusers  # deferred: optional (difftpt extra)
     except ImportError as exc:  # pragma: no cover - diffusers is a test and difftpt extra
         raise GeneratorError('toy_diffusion needs diffusers: pip install "vlprompt[difftpt]"') from exc
     return diffusers
@@ -90,8 +91,6 @@ def load_toy_diffusion(path: str | Path | None = None, *, check_sha256: bool = F
 
     ``check_sha256`` compares the weights with the card's sha256 and fails on a mismatch.
     """
-    from safetensors.torch import load_file
-
     weights = Path(path).expanduser() if path else TOY_DIFFUSION
     cfg_file = config_path(weights)
     missing = [str(p) for p in (weights, cfg_file) if not p.is_file()]

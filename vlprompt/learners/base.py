@@ -16,11 +16,12 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import cosine_logits
+from vlprompt.data.atomic import save_safetensors
 
 FAMILIES = ("text", "visual", "multimodal", "meta-learned", "test-time")
 
@@ -219,8 +220,6 @@ class PromptLearner(nn.Module, abc.ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"learner": type(self).__name__, "classnames": json.dumps(self.train_classnames)}
         meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()})
-        from vlprompt.atomic import save_safetensors
-
         save_safetensors(self.learned_state(), path, metadata=meta)  # atomic, normal permissions
         return path
 
@@ -231,8 +230,6 @@ class PromptLearner(nn.Module, abc.ABC):
         order): prompts trained on other classes are refused unless ``check_classnames=False``, which a
         class-tied learner (class-specific context) never allows.
         """
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise LearnerError(f"prompt checkpoint {str(path)!r} does not exist")
@@ -336,3 +333,12 @@ class PromptLearner(nn.Module, abc.ABC):
             for k, p in params.items():
                 p.copy_(snapshot[k])
         self.invalidate_text_cache()
+
+
+def cosine_logits(image_features: torch.Tensor, text_feats: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Logits ``[B, C]`` = ``scale * cos`` between images ``[B, D]`` and texts ``[C, D]`` or ``[B, C, D]``."""
+    img = F.normalize(image_features, dim=-1)
+    txt = F.normalize(text_feats, dim=-1)
+    if txt.dim() == 3:
+        return scale * torch.einsum("bd,bcd->bc", img, txt)
+    return scale * img @ txt.t()

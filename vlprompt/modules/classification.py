@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 
 from vlprompt.backbones.base import VLBackbone
+from vlprompt.data.distributed import is_distributed
 from vlprompt.learners.base import PromptLearner
 from vlprompt.metrics import warmup_cosine_factor
 
@@ -134,8 +135,6 @@ class PromptClassifier(pl.LightningModule):
         one-process counts; each image is evaluated in exactly one process) and log them as
         ``<stage>/<name>_correct`` / ``_total``, from which :meth:`eval_results_from` rebuilds the accuracies in a
         ``ddp_spawn`` parent process. A no-op on one process."""
-        from vlprompt.distributed import is_distributed
-
         if not is_distributed(self._trainer):
             return
         names = [name for name, _ in self.task.get("val_sets" if stage == "val" else "test_sets", [])]

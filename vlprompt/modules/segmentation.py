@@ -5,15 +5,15 @@ prompts of a batch play the role of class names, the learner encodes the images 
 if any) while the backbone records what its mask decoder reads, the learner gives the text feature of each
 image's own prompt, and the backbone decodes mask logits from both:
 
-    with segmentation_text():                                     # vlprompt.layers: the track's text rules
+    with segmentation_text():                                     # vlprompt.learners.prompts.layers: text rules
       learner.set_classnames(unique prompts of the batch)
       with backbone.record_activations() as rec:
           feats = learner.encode_images(images)
       text = learner.paired_text_features(feats, prompt_index)    # [B, D], raw projected text feature
       logits = backbone.decode_masks(rec, text)                    # [B, H, W]
-    loss = dice + 0.2 * bce                                        # vlprompt.seg_metrics
+    loss = dice + 0.2 * bce                                        # vlprompt.metrics.segmentation
 
-Inside :func:`~vlprompt.layers.segmentation_text` every learner follows the same text rules without knowing the
+Inside :func:`~vlprompt.learners.prompts.layers.segmentation_text` every learner follows the same text rules without knowing the
 task: the dataset's prompt is inserted verbatim after the learner's context (its full stop is the dataset's
 ``stop_at_end``, TuneVLSeg's ``insert_stop_at_last``; no learner adds one), and hand-written templates give the
 raw projected text feature, which is what CLIPSeg/TuneVLSeg condition the decoder on (no L2 normalisation).
@@ -23,7 +23,7 @@ AdamW lr 2e-4, ReduceLROnPlateau(mode=min, factor=0.2, patience=5) on the valida
 learned tensors of the epoch with the best validation Dice are kept (the reference tests its best-``val_dice``
 checkpoint; ties keep the earlier epoch, as Lightning's ModelCheckpoint). Deliberate differences:
 
-- weight decay (default 0.01) applies only to Linear/Conv weights (:func:`~vlprompt.seg_metrics.weight_decay_groups`).
+- weight decay (default 0.01) applies only to Linear/Conv weights (:func:`~vlprompt.metrics.segmentation.weight_decay_groups`).
   The reference's default config sets ``weight_decay: 0.0``, which makes it call ``AdamW(all parameters)``
   with AdamW's own default decay 0.01 on every tensor, prompts included; its hyper-parameter search uses the
   split groups. Here the split groups are always used;
@@ -44,13 +44,19 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import segmentation_text
+from vlprompt.learners.prompts.layers import segmentation_text
 from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.metrics.segmentation import (
+    SegmentationScores,
+    dice_bce_loss,
+    weight_decay_groups,
+)
 from vlprompt.modules.classification import apply_lr_scales
-from vlprompt.seg_metrics import SegmentationScores, dice_bce_loss, weight_decay_groups
+from vlprompt.modules.overlays import save_overlays, wandb_mask_images
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +144,7 @@ class PromptSegmenter(pl.LightningModule):
 
     def mask_logits(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Mask logits ``[B, H, W]`` of images ``[B, 3, H, W]`` (in ``[0, 1]``), each with its own prompt, under
-        the segmentation track's text rules (:func:`~vlprompt.layers.segmentation_text`)."""
+        the segmentation track's text rules (:func:`~vlprompt.learners.prompts.layers.segmentation_text`)."""
         with segmentation_text():
             return self._mask_logits(images, prompts)
 
@@ -245,13 +251,9 @@ class PromptSegmenter(pl.LightningModule):
 
     def _log_masks_to_wandb(self) -> None:
         """With a W&B logger (``configs/trainer/wandb.yaml``), log the overlay samples as W&B mask layers."""
-        from lightning.pytorch.loggers import WandbLogger
-
         loggers = [lg for lg in (self.loggers or []) if isinstance(lg, WandbLogger)]
         if not loggers or not self.overlay_samples:
             return
-        from vlprompt.wandb_logging import wandb_mask_images
-
         images = wandb_mask_images(self.overlay_samples, threshold=self.threshold)
         for lg in loggers:
             lg.experiment.log({"test/masks": images})
@@ -288,8 +290,6 @@ class PromptSegmenter(pl.LightningModule):
 
     def seed_report(self, seed_dir: Path) -> dict[str, Any]:
         """Per-seed extras: the kept epoch and the overlay PNGs written into ``seed_dir`` (``artifacts``)."""
-        from vlprompt.overlays import save_overlays
-
         out: dict[str, Any] = {}
         if self.keep_best and self.best["epoch"] is not None:
             out["selected_epoch"] = int(self.best["epoch"]) + 1

@@ -12,11 +12,9 @@ the learner's test-time tensors (:meth:`PromptLearner.tunable_parameters`, ``sna
 
 from __future__ import annotations
 
-import abc
 import copy
 import logging
 import time
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -24,35 +22,9 @@ import torch
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.tta_views import TPTViews
 from vlprompt.learners.base import PromptLearner
-from vlprompt.tta import TTAStep
+from vlprompt.learners.prompts.tta import TestTimeMethod
 
 log = logging.getLogger(__name__)
-
-
-class TestTimeMethod(abc.ABC):
-    """What a test-time learner adds to :class:`PromptLearner` (mixed into its class).
-
-    The tuned tensors are the learner's :meth:`PromptLearner.tunable_parameters`; the module snapshots them
-    once and restores them (and the optimiser state) before every image.
-    """
-
-    __test__ = False  # not a pytest class
-
-    @abc.abstractmethod
-    def build_views(self, image: torch.Tensor) -> torch.Tensor:
-        """Views ``[N, 3, S, S]`` of a raw image ``[3, H, W]`` in ``[0, 1]``; view 0 is the test-transformed original."""
-
-    @abc.abstractmethod
-    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """The optimiser over the tunable tensors (reset per image from its initial state)."""
-
-    @abc.abstractmethod
-    def adapt(self, views: torch.Tensor, optimizer: torch.optim.Optimizer) -> TTAStep:
-        """Select views, tune, and return the tuned logits of view 0 (see :func:`vlprompt.tta.tpt_step`)."""
-
-    def tta_settings(self) -> dict[str, Any]:
-        """Settings written into the result JSON (views, steps, selection...)."""
-        return {}
 
 
 class TestTimeClassifier(pl.LightningModule):

@@ -22,9 +22,21 @@ from typing import Literal
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from vlprompt.data.atomic import atomic_write_text
 from vlprompt.data.base import ClassificationSource, DataError
 from vlprompt.data.batching import eval_batch_size as memory_eval_batch_size
-from vlprompt.data.feature_cache import FeatureDataset, cached_features, decode_workers, feature_cache_key
+from vlprompt.data.distributed import (
+    check_same_in_every_process,
+    eval_sampler,
+    fingerprint,
+    is_distributed,
+)
+from vlprompt.data.feature_cache import (
+    FeatureDataset,
+    cached_features,
+    decode_workers,
+    feature_cache_key,
+)
 from vlprompt.data.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -72,7 +84,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VLPROMPT_CACHE", Path.home() / ".cache" / "vlprompt"))
 
 
-class _Relabel:
+class Relabel:
     """Dataset view mapping original labels to a label space's indices."""
 
     def __init__(self, dataset, mapping: dict[int, int]) -> None:
@@ -196,8 +208,6 @@ class ClassificationProtocol(pl.LightningDataModule):
         if self.seed is None:  # an unseeded draw is never cached (it would silently become fixed)
             return draws[split]
         try:
-            from vlprompt.atomic import atomic_write_text
-
             atomic_write_text(path, json.dumps({"key": key, **draws}))  # concurrent runs never see a partial file
         except OSError as exc:  # a read-only cache is not fatal
             log.warning("could not cache few-shot indices in %s: %s", path, exc)
@@ -243,7 +253,7 @@ class ClassificationProtocol(pl.LightningDataModule):
                 transform=repr(transform), views=views,
             )
             images = cached_features(backbone, images, cache_dir=self.cache_dir, key=key, views=views, seed=self.seed)
-        return _Relabel(images, mapping)
+        return Relabel(images, mapping)
 
     def _eval_batch(self) -> int:
         if self.eval_batch_size != "auto":
@@ -254,8 +264,6 @@ class ClassificationProtocol(pl.LightningDataModule):
     def _loader(self, ds, *, train: bool) -> DataLoader:
         cached = isinstance(getattr(ds, "dataset", None), FeatureDataset)
         workers = 0 if cached else decode_workers(ds, self.num_workers)
-        from vlprompt.distributed import eval_sampler
-
         return DataLoader(
             ds, batch_size=self.batch_size if train else self._eval_batch(), shuffle=train,
             sampler=None if train else eval_sampler(self.trainer, ds),  # DDP: each image evaluated exactly once
@@ -269,8 +277,6 @@ class ClassificationProtocol(pl.LightningDataModule):
 
     def _check_same_draw(self) -> None:
         """Under DDP: the few-shot draw must be the same in every process (it is seeded by the run seed)."""
-        from vlprompt.distributed import check_same_in_every_process, fingerprint, is_distributed
-
         if self.shots is not None and is_distributed(self.trainer):
             check_same_in_every_process(self.trainer, fingerprint(self._fewshot_indices("train", self.shots)),
                                         f"few-shot draw of {self.dataset.name} (seed {self.seed})")

@@ -15,7 +15,7 @@ import random
 
 from vlprompt.data.base import ClassificationSource, DataError
 from vlprompt.data.transforms import build_transform
-from vlprompt.protocols.base2new import ClassificationProtocol, _Relabel
+from vlprompt.protocols.base2new import ClassificationProtocol, Relabel
 
 
 def subset_labels(classnames: list[str], subset: list[str], *, where: str) -> list[int]:
@@ -118,7 +118,7 @@ class TestTimeProtocol(ClassificationProtocol):
         if self.images_per_set is not None and self.images_per_set < len(idx):
             idx = sorted(random.Random(self.subset_seed).sample(idx, self.images_per_set))
         mapping = {orig: new for new, orig in enumerate(self.label_spaces[space])}
-        return _Relabel(source.dataset(split, idx, build_transform(None, train=False)), mapping)
+        return Relabel(source.dataset(split, idx, build_transform(None, train=False)), mapping)
 
     def val_dataloader(self):
         return []

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlprompt.learners.base import LearnerError
+from vlprompt.learners import LearnerError, get_registry
 from vlprompt.learners.coop import CoOp
-from vlprompt.registry import get_registry
-from vlprompt.testing import check_learner, tiny_clip, torch_threads
+from vlprompt.learners.testing import check_learner, tiny_clip, torch_threads
+from vlprompt.modules.testing import check_segmentation_learner
 from vlprompt_kgcoop import KgCoOp
 
 NAMES = ["red circle", "blue square", "green triangle", "striped_star"]
@@ -39,6 +39,11 @@ def learner() -> KgCoOp:
 )
 def test_contract(kwargs) -> None:
     check_learner(KgCoOp, init_kwargs=kwargs)
+
+
+def test_segmentation_contract() -> None:
+    """KgCoOp inherits CoOp's tasks (classification and segmentation): it must also work under a VLSM."""
+    check_segmentation_learner(KgCoOp)
 
 
 def test_registered_as_plugin() -> None:

@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vlprompt.layers import ClassTokenPosition, template_features
-from vlprompt.learners.base import LearnerError
+from vlprompt.learners import ClassTokenPosition, LearnerError, template_features
 from vlprompt.learners.coop import CoOp
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from vlprompt.data.base import ClassificationSource, TensorImageDataset
+from vlprompt.data.toyworld.captions import referring_phrase, scene_attributes
 from vlprompt.data.toyworld.render import (
     BACKGROUNDS,
     COLOURS,
@@ -78,7 +79,8 @@ def _classes(spec: str) -> list[tuple[str, dict[str, str]]]:
     raise KeyError(spec)
 
 
-_VALUE_INDEX = {
+#: attribute -> value -> its index in the render vocabulary (the label of attribute datasets)
+VALUE_INDEX = {
     "colour": {v: i for i, v in enumerate(COLOURS)},
     "texture": {v: i for i, v in enumerate(TEXTURES)},
     "size": {v: i for i, v in enumerate(SIZES)},
@@ -102,7 +104,8 @@ def attribute_scenes(n: int, seed: int, style: str = "clean") -> tuple[torch.Ten
     return images, targets
 
 
-def _stable_seed(*parts: object) -> int:
+def stable_seed(*parts: object) -> int:
+    """A seed that depends only on ``parts`` (CRC32 of their ``/``-joined text), stable across processes."""
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
@@ -156,7 +159,7 @@ class ToyClassification(ClassificationSource):
         """
         defs = _classes(self.spec)
         order = list(range(len(defs)))
-        random.Random(_stable_seed(self.spec, "label-order")).shuffle(order)
+        random.Random(stable_seed(self.spec, "label-order")).shuffle(order)
         return [defs[i] for i in order]
 
     @property
@@ -178,10 +181,10 @@ class ToyClassification(ClassificationSource):
         styles = self.class_styles(split)
         key = (self.spec, split, tuple(styles), self.world_seed, n)
         if key not in _GENERATED:  # shared by every instance (seeds, targets, learners of one process)
-            g = torch.Generator().manual_seed(_stable_seed(self.spec, split, self.world_seed))
+            g = torch.Generator().manual_seed(stable_seed(self.spec, split, self.world_seed))
             images, labels = [], []
             for label, ((_, attrs), style) in enumerate(zip(self._defs, styles)):
-                fixed = {k: torch.full((n,), _VALUE_INDEX[k][v]) for k, v in attrs.items()}
+                fixed = {k: torch.full((n,), VALUE_INDEX[k][v]) for k, v in attrs.items()}
                 scene = sample_scene(n, generator=g, fixed=fixed)
                 img, _ = render(scene, generator=g, style=style)
                 images.append((img * 255).round().to(torch.uint8))
@@ -261,9 +264,7 @@ class ToyReferring:
     """
 
     def __init__(self, size: int = 256, *, num_objects: int = 2, style: str = "clean", seed: int = 0) -> None:
-        from vlprompt.data.toyworld.captions import referring_phrase, scene_attributes
-
-        g = torch.Generator().manual_seed(_stable_seed("toy_referring", seed, num_objects, style))
+        g = torch.Generator().manual_seed(stable_seed("toy_referring", seed, num_objects, style))
         scene = sample_scene(size, generator=g, num_objects=num_objects)
         images, masks = render(scene, generator=g, style=style)
         target = torch.randint(0, num_objects, (size,), generator=g)

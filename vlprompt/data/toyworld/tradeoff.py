@@ -32,15 +32,17 @@ import itertools
 import math
 import random
 
-from vlprompt.data.toyworld.datasets import TEXTURE_NAMES, ToyClassification, _stable_seed
+from vlprompt.data.toyworld.datasets import TEXTURE_NAMES, ToyClassification, stable_seed
 from vlprompt.data.toyworld.render import STYLES, TEXTURES
 
-_ARCHIVE_COLOURS = ("red", "yellow", "green", "blue", "purple", "pink")
-_ARCHIVE_TEXTURES = ("solid", "horizontal stripes", "checkered", "dotted")
+#: colours and textures of the toy_archive classes (colour x texture)
+ARCHIVE_COLOURS = ("red", "yellow", "green", "blue", "purple", "pink")
+ARCHIVE_TEXTURES = ("solid", "horizontal stripes", "checkered", "dotted")
 _SWATCH_COLOURS = ("red", "yellow", "green", "blue", "purple", "pink")
 
 
-def _colour_texture(colour: str, texture: str) -> tuple[str, dict[str, str]]:
+def colour_texture(colour: str, texture: str) -> tuple[str, dict[str, str]]:
+    """A colour-texture class: its name and its fixed scene attributes."""
     return f"{colour} {TEXTURE_NAMES[texture]} shape", {"colour": colour, "texture": texture}
 
 
@@ -74,8 +76,8 @@ class ToyArchive(ToyClassification):
             raise ValueError(f"native_new_style {self.native_new_style!r} is not a toy-world style; known: {list(STYLES)}")
 
     def class_definitions(self) -> list[tuple[str, dict[str, str]]]:
-        defs = [_colour_texture(c, t) for c, t in itertools.product(_ARCHIVE_COLOURS, _ARCHIVE_TEXTURES)]
-        random.Random(_stable_seed(self.spec, "label-order")).shuffle(defs)
+        defs = [colour_texture(c, t) for c, t in itertools.product(ARCHIVE_COLOURS, ARCHIVE_TEXTURES)]
+        random.Random(stable_seed(self.spec, "label-order")).shuffle(defs)
         return defs
 
     def class_styles(self, split: str = "train") -> list[str]:
@@ -103,8 +105,8 @@ class ToySwatches(ToyClassification):
     native_style = "noise"
 
     def class_definitions(self) -> list[tuple[str, dict[str, str]]]:
-        base = [_colour_texture("orange", t) for t in TEXTURES]
-        new = [_colour_texture(c, "solid") for c in _SWATCH_COLOURS]
+        base = [colour_texture("orange", t) for t in TEXTURES]
+        new = [colour_texture(c, "solid") for c in _SWATCH_COLOURS]
         return base + new
 
 

@@ -31,9 +31,9 @@ import random
 import torch
 import torch.nn.functional as F
 
-from vlprompt.data.toyworld.datasets import ToyClassification, _stable_seed
+from vlprompt.data.toyworld.datasets import ToyClassification, stable_seed
 from vlprompt.data.toyworld.render import COLOURS, SHAPES, STYLES, TEXTURES
-from vlprompt.data.toyworld.tradeoff import _ARCHIVE_COLOURS, _ARCHIVE_TEXTURES, _colour_texture, n_base
+from vlprompt.data.toyworld.tradeoff import ARCHIVE_COLOURS, ARCHIVE_TEXTURES, colour_texture, n_base
 
 _KINDS = ("colour_texture", "colour_shape")
 #: post-processed splits, keyed by (design spec, split, images per class); read-only tensors
@@ -89,14 +89,14 @@ class ToyCampaignProbe(ToyClassification):
 
     def class_definitions(self) -> list[tuple[str, dict[str, str]]]:
         d = self.design
-        colours = d["colours"] or list(_ARCHIVE_COLOURS)
+        colours = d["colours"] or list(ARCHIVE_COLOURS)
         if d["kind"] == "colour_texture":
-            second = d["textures"] or list(_ARCHIVE_TEXTURES)
-            defs = [_colour_texture(c, t) for c, t in itertools.product(colours, second)]
+            second = d["textures"] or list(ARCHIVE_TEXTURES)
+            defs = [colour_texture(c, t) for c, t in itertools.product(colours, second)]
         else:
             second = d["shapes"] or list(SHAPES)
             defs = [(f"{c} {s}", {"colour": c, "shape": s}) for c, s in itertools.product(colours, second)]
-        rng = random.Random(_stable_seed(self.spec, "label-order", d["order_seed"]))
+        rng = random.Random(stable_seed(self.spec, "label-order", d["order_seed"]))
         if not d["balanced"]:
             rng.shuffle(defs)
             return defs

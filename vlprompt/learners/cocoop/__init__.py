@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.conditional import check_chunk_size, encode_conditioned_prompts, encode_paired_prompts
-from vlprompt.layers import ClassPrompts, context_from_words, cosine_logits, random_context
-from vlprompt.learners.base import LearnerError, PromptLearner
-from vlprompt.reference_import import import_context_state
+from vlprompt.learners.prompts.conditional import check_chunk_size, encode_conditioned_prompts, encode_paired_prompts
+from vlprompt.learners.prompts.layers import ClassPrompts, context_from_words, random_context
+from vlprompt.learners.base import LearnerError, PromptLearner, cosine_logits
+from vlprompt.learners.reference_import import import_context_state
 
 META_NET_NAMES = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias")
 

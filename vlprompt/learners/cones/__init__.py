@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import template_features
+from vlprompt.learners.prompts.layers import template_features
 from vlprompt.learners.base import LearnerError, PromptLearner
 
 Fallback = Literal["zero_shot", "transform", "none"]

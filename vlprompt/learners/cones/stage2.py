@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import ClassPrompts, ClassTokenPosition, template_features, text_features
+from vlprompt.learners.prompts.layers import ClassPrompts, ClassTokenPosition, template_features, text_features
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.cones import transform_fit_loss
 from vlprompt.learners.coop import CoOp

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import ClassPrompts, ClassTokenPosition, context_from_words, random_context, text_features
+from vlprompt.learners.prompts.layers import ClassPrompts, ClassTokenPosition, context_from_words, random_context, text_features
 from vlprompt.learners.base import LearnerError, PromptLearner
-from vlprompt.reference_import import import_context_state
+from vlprompt.learners.reference_import import import_context_state
 
 
 class CoOp(PromptLearner):

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import ClassPrompts, context_from_words, random_context, text_features
+from vlprompt.learners.prompts.layers import ClassPrompts, context_from_words, random_context, text_features
 from vlprompt.learners.base import LearnerError, PromptLearner
-from vlprompt.lowrank import LowRankEmbeddingUpdate, decomposed_budget
+from vlprompt.learners.prompts.lowrank import LowRankEmbeddingUpdate, decomposed_budget
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from vlprompt.backbones.base import VLBackbone
 from vlprompt.generators.base import GeneratedViews, ViewGenerator
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.learners.tpt import TPT
-from vlprompt.tta import TTAError, check_views, difftpt_indices
+from vlprompt.learners.prompts.tta import TTAError, check_views, difftpt_indices
 
 
 class DiffTPT(TPT):

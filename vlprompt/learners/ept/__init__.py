@@ -4,10 +4,10 @@ Zhao, Wang; arXiv 2405.11464, 2024), applied to CLIP's text encoder.
 EPT starts from DePT's decomposition (:mod:`vlprompt.learners.dept`): a short prompt ``P [m, d]`` plus
 low-rank ``A [s, r] B [r, d]`` offsetting the word embeddings. Two additions:
 - **prompt fusion**: the short prompt is enriched with the low-rank matrices and itself as extra
-  knowledge sources, :class:`vlprompt.lowrank.PromptFusion`: ``P_f = P + alpha softmax(P M^T/sqrt d) M``,
+  knowledge sources, :class:`vlprompt.learners.prompts.lowrank.PromptFusion`: ``P_f = P + alpha softmax(P M^T/sqrt d) M``,
   ``M = [P; A B]``;
 - **multi-space projection**: ``P_f`` is projected into ``K`` subspaces whose outputs a gating
-  network combines with learned softmax weights, :class:`vlprompt.lowrank.MultiSpaceProjection`.
+  network combines with learned softmax weights, :class:`vlprompt.learners.prompts.lowrank.MultiSpaceProjection`.
 
 Source: we could read the paper's abstract and public summaries, not its full text; equation numbers are
 therefore not cited, and every form below that the abstract does not fix is marked as our choice.
@@ -31,7 +31,7 @@ import torch
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.dept import DePT
-from vlprompt.lowrank import MultiSpaceProjection, PromptFusion
+from vlprompt.learners.prompts.lowrank import MultiSpaceProjection, PromptFusion
 
 
 class EPT(DePT):

@@ -5,10 +5,10 @@ GRAM is model-agnostic: it wraps any prompt learner (CoOp, VPT, MaPLe, ...). Fro
 meta-learns (1) an initialisation of the inner learner's prompts and (2) a lightweight gradient regulating function
 psi; when the wrapped learner is then fitted on a downstream task it starts from the meta-learned prompts and each
 optimiser step uses ``psi(grad)`` instead of ``grad`` (the paper's regulated update, Sec. 3).
-Meta-training is :mod:`vlprompt.meta` (``vlprompt meta-train``); this learner only *uses* its artifact.
+Meta-training is :mod:`vlprompt.learners.gram.meta` (``vlprompt meta-train``); this learner only *uses* its artifact.
 
 This is a re-implementation from the paper: no official code was found. Deliberate choices where the paper is
-silent (see also :mod:`vlprompt.meta` and :mod:`.regulator`):
+silent (see also :mod:`vlprompt.learners.gram.meta` and :mod:`.regulator`):
 
 * psi's exact form: per-tensor gate ``2*sigmoid(w0*g_hat + w1*|g_hat| + w2)`` (3 scalars per tuned tensor),
   exactly the identity at ``w = 0``.
@@ -27,9 +27,10 @@ import torch
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.learners.base import LearnerError, PromptLearner
-from vlprompt.learners.wrapper import WrappedLearner
+from vlprompt.learners.coop import CoOp
 from vlprompt.learners.gram.artifact import MetaArtifact, load_artifact
 from vlprompt.learners.gram.regulator import identity_regulator, regulate
+from vlprompt.learners.wrapper import WrappedLearner
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class GRAM(WrappedLearner):
 
     family = "meta-learned"
     #: classification only: the meta-learned prompt initialisation and gradient regulator are learned on
-    #: image-text classification episodes (vlprompt.meta) and have not been meta-learned for a mask decoder.
+    #: image-text classification episodes (vlprompt.learners.gram.meta) and have not been meta-learned for a mask decoder.
     tasks = ("classification",)
 
     def __init__(
@@ -61,8 +62,6 @@ class GRAM(WrappedLearner):
     ) -> None:
         super().__init__()
         if inner is None:
-            from vlprompt.learners.coop import CoOp
-
             inner = CoOp()
         if not isinstance(inner, PromptLearner):
             raise LearnerError(f"gram: inner={inner!r} is not a prompt learner; give e.g. inner: {{class_path: coop}}")

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
+from vlprompt.data.atomic import save_safetensors
 from vlprompt.learners.base import LearnerError, PromptLearner
 
 FORMAT = "vlprompt.gram/1"
@@ -112,8 +114,6 @@ def save_artifact(
     provenance: dict,
 ) -> Path:
     """Write a meta artifact atomically (temp file + ``os.replace``)."""
-    from vlprompt.atomic import save_safetensors
-
     tensors = {f"init.{k}": v.detach().cpu().float().contiguous() for k, v in init.items()}
     tensors.update({f"regulator.{k}": v.detach().cpu().float().contiguous() for k, v in regulator.items()})
     meta = {
@@ -133,8 +133,6 @@ def save_artifact(
 
 def load_artifact(path: str | Path) -> MetaArtifact:
     """Read and verify a meta artifact; a missing, unreadable, foreign or corrupted file raises :class:`LearnerError`."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise LearnerError(f"GRAM meta artifact {str(path)!r} does not exist: give the path `vlprompt meta-train` wrote, or meta: null")

@@ -5,7 +5,7 @@ Text tower: the prompt of class ``c`` is ``[SOS] ctx_1..ctx_n <rest of ctx_init>
 context ``[n, Wt]`` starts from the first ``n`` tokens of ``ctx_init`` ("a photo of a": with ``n = 2``
 "of a" stays fixed text, as in the reference) or N(0, 0.02^2). At layers ``1..J_t-1`` the hidden states at
 positions ``1..n`` are replaced by learned deep prompts (MaPLe eq. 1-2 without coupling). Image tower:
-VPT-deep tokens (:class:`~vlprompt.vl_layers.VisualPrompts`), appended after the patch tokens and replaced at
+VPT-deep tokens (:class:`~vlprompt.learners.prompts.vl_layers.VisualPrompts`), appended after the patch tokens and replaced at
 layers ``1..J_v-1``. Both sets are learned independently; logits are ``scale * cos``. This follows
 ``trainers/independentVL.py`` and ``ResidualAttentionBlock_IVLP`` of muzairkhattak/multimodal-prompt-learning
 (identical in muzairkhattak/PromptSRC), computed in fp32.
@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import ClassPrompts, DeepPrompts, text_features
+from vlprompt.learners.prompts.layers import ClassPrompts, DeepPrompts, text_features
 from vlprompt.learners.base import LearnerError, PromptLearner
-from vlprompt.vl_layers import (
+from vlprompt.learners.prompts.vl_layers import (
     PromptConfigError,
     VisualPrompts,
     check_reference_depth,

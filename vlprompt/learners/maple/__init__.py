@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import ClassPrompts, DeepPrompts, text_features
+from vlprompt.learners.prompts.layers import ClassPrompts, DeepPrompts, text_features
 from vlprompt.learners.base import LearnerError, PromptLearner
-from vlprompt.vl_layers import (
+from vlprompt.learners.prompts.vl_layers import (
     PromptConfigError,
     guess_reference_learner,
     mlp_projection,

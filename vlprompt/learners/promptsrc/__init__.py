@@ -9,8 +9,8 @@ muzairkhattak/PromptSRC)::
         + image_loss_weight * L1(norm(prompted image feats), norm(frozen image feats))   # 10, L_SCL-image
         + kl_loss_weight    * KL(softmax(zero-shot logits) || softmax(logits)) / (B*C)   #  1, L_SCL-logits
 
-with L1 the element-wise mean (:func:`vlprompt.losses.feature_l1_loss`) and the KL summed over batch and
-classes and divided by their count (:func:`vlprompt.losses.logit_kl_loss`). The frozen text features of each
+with L1 the element-wise mean (:func:`vlprompt.metrics.losses.feature_l1_loss`) and the KL summed over batch and
+classes and divided by their count (:func:`vlprompt.metrics.losses.logit_kl_loss`). The frozen text features of each
 class are the mean of the frozen model's *unnormalised* features over the 60 ImageNet templates
 (:data:`~vlprompt.learners.promptsrc.templates.IMAGENET_TEMPLATES`), then normalised; the frozen image
 features come from the backbone without prompts; zero-shot logits = ``scale * cos`` between the two.
@@ -31,12 +31,12 @@ import logging
 
 import torch
 
-from vlprompt.layers import cosine_logits, template_features
-from vlprompt.learners.base import LearnerError
+from vlprompt.learners.prompts.layers import template_features
+from vlprompt.learners.base import LearnerError, cosine_logits
 from vlprompt.learners.ivlp import IVLP
 from vlprompt.learners.promptsrc.templates import IMAGENET_TEMPLATES
-from vlprompt.losses import feature_l1_loss, logit_kl_loss
-from vlprompt.vl_layers import GaussianPromptAggregation, gaussian_epoch_weights
+from vlprompt.metrics.losses import feature_l1_loss, logit_kl_loss
+from vlprompt.learners.prompts.vl_layers import GaussianPromptAggregation, gaussian_epoch_weights
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class PromptSRC(IVLP):
 
     # ------------------------------------------------------------------ Gaussian prompt aggregation
     def epoch_weights(self, max_epochs: int) -> torch.Tensor:
-        """GPA weights ``[max_epochs]`` (:func:`vlprompt.vl_layers.gaussian_epoch_weights`)."""
+        """GPA weights ``[max_epochs]`` (:func:`vlprompt.learners.prompts.vl_layers.gaussian_epoch_weights`)."""
         return gaussian_epoch_weights(max_epochs, self.gpa_mean, self.gpa_std)
 
     def on_train_epoch_end(self, epoch: int, max_epochs: int) -> None:

@@ -8,7 +8,7 @@ encoder layer ``T_i`` whose output is split by width into the text and the visua
 
     [P_i | V_i] = T_i(c_i),   P_i [n, Wt] (text),   V_i [n, Wv] (image)               (1)
 
-Prompt placement is that of ``shared_separate`` (:class:`~vlprompt.vl_layers.JointPromptLearner`): ``P_0``
+Prompt placement is that of ``shared_separate`` (:class:`~vlprompt.learners.prompts.vl_layers.JointPromptLearner`): ``P_0``
 after the start token, ``V_0`` after the patch tokens, replaced at layers ``1..J-1``.
 
 What the reference computes (naamiinepal/tunevlseg @7956bcd, ``SharedAttnLearner`` and
@@ -25,9 +25,9 @@ What the reference computes (naamiinepal/tunevlseg @7956bcd, ``SharedAttnLearner
   true`` lets the ``n`` tokens attend to each other (one sequence of length ``n``), which the reference does
   not do.
 - Dropout is active in training; both towers take their halves of one projector call per training step (the
-  reference caches the other tower's half; see :class:`~vlprompt.vl_layers.JointPrompts`).
+  reference caches the other tower's half; see :class:`~vlprompt.learners.prompts.vl_layers.JointPrompts`).
 
-Deliberate differences: as ``shared_separate`` (the full stop of :func:`~vlprompt.layers.prompt_end`; overlong prompts are an
+Deliberate differences: as ``shared_separate`` (the full stop of :func:`~vlprompt.learners.prompts.layers.prompt_end`; overlong prompts are an
 error, not truncated; the reference's CLIPSeg decoder extras are the backbone's business); ``token_attention``
 is an addition (default off = the reference).
 """
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.vl_layers import JointPromptLearner, JointPrompts, PromptConfigError, layer_copies
+from vlprompt.learners.prompts.vl_layers import JointPromptLearner, JointPrompts, PromptConfigError, layer_copies
 
 
 class AttentionProjector(JointPrompts):
@@ -103,7 +103,7 @@ class SharedAttention(JointPromptLearner):
         unified_projection: one projector for every layer instead of ``J`` (reference config: false).
         token_attention: let the ``n`` tokens attend to each other (not the reference: see module docstring).
         init_std: std of the N(0, std^2) initialisation of the context (0.02).
-        suffix_text: text after the class name or phrase; ``None`` = the one rule of :func:`~vlprompt.layers.prompt_end` (CoOp's ``"."`` after a class name, nothing after a segmentation prompt); ``""`` = never.
+        suffix_text: text after the class name or phrase; ``None`` = the one rule of :func:`~vlprompt.learners.prompts.layers.prompt_end` (CoOp's ``"."`` after a class name, nothing after a segmentation prompt); ``""`` = never.
     """
 
     def __init__(

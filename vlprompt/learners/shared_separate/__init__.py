@@ -29,7 +29,7 @@ learner too, in fp32:
 
 Deliberate differences: the reference inserts the context in front of the tokenised phrase and truncates
 overlong sequences; here prompts are ``"X"*n {name}{end}`` with the one full-stop rule of
-:func:`~vlprompt.layers.prompt_end` (``"."`` after a class name; on the segmentation track nothing, so the
+:func:`~vlprompt.learners.prompts.layers.prompt_end` (``"."`` after a class name; on the segmentation track nothing, so the
 tokens after the context are the dataset's prompt verbatim, as the reference's) and overlong prompts are an error. The reference's LoRA projection
 (``use_lora_proj``) is not offered. The reference's CLIPSeg-side extras (``use_new_last_layer``, a trainable
 residual decoder convolution) belong to the backbone, not the prompt learner, and are not part of this plugin.
@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import torch
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.vl_layers import JointPromptLearner, JointPrompts, PromptConfigError, layer_copies, mlp_projection
+from vlprompt.learners.prompts.vl_layers import JointPromptLearner, JointPrompts, PromptConfigError, layer_copies, mlp_projection
 
 
 class SeparateProjections(JointPrompts):
@@ -86,7 +86,7 @@ class SharedSeparate(JointPromptLearner):
         intermediate_dim: hidden widths of an MLP projection; ``None`` = one Linear (reference config).
         proj_norm: final LayerNorm of an MLP projection (reference config: true; ignored without intermediate_dim).
         init_std: std of the N(0, std^2) initialisation of the shared context (0.02).
-        suffix_text: text after the class name or phrase; ``None`` = the one rule of :func:`~vlprompt.layers.prompt_end` (CoOp's ``"."`` after a class name, nothing after a segmentation prompt); ``""`` = never.
+        suffix_text: text after the class name or phrase; ``None`` = the one rule of :func:`~vlprompt.learners.prompts.layers.prompt_end` (CoOp's ``"."`` after a class name, nothing after a segmentation prompt); ``""`` = never.
     """
 
     def __init__(

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.conditional import encode_paired_prompts
-from vlprompt.layers import TEXT_CHUNK, ClassPrompts, context_from_words, random_context, template_features, text_features
+from vlprompt.learners.prompts.conditional import encode_paired_prompts
+from vlprompt.learners.prompts.layers import TEXT_CHUNK, ClassPrompts, context_from_words, random_context, template_features, text_features
 from vlprompt.learners.base import LearnerError, PromptLearner
 
 

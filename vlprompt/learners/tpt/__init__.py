@@ -26,17 +26,22 @@ import torch
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.tta_views import TPTViews
-from vlprompt.layers import chunked_text_encoding
 from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.learners.coop import CoOp
+from vlprompt.learners.prompts.layers import chunked_text_encoding
+from vlprompt.learners.prompts.tta import (
+    TestTimeMethod,
+    TTAError,
+    TTAStep,
+    check_views,
+    confident_indices,
+    tpt_step,
+)
 from vlprompt.learners.wrapper import WrappedLearner
-from vlprompt.modules.test_time import TestTimeMethod
-from vlprompt.tta import TTAError, TTAStep, check_views, confident_indices, tpt_step
 
 
 def default_prompt_learner() -> PromptLearner:
     """CoOp context initialised from "a photo of a" (TPT's default ``--ctx_init a_photo_of_a``)."""
-    from vlprompt.learners.coop import CoOp
-
     return CoOp(n_ctx=None, ctx_init="a photo of a")
 
 

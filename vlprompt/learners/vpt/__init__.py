@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import template_features
+from vlprompt.learners.prompts.layers import template_features
 from vlprompt.learners.base import LearnerError, PromptLearner
-from vlprompt.vl_layers import (
+from vlprompt.learners.prompts.vl_layers import (
     PromptConfigError,
     VisualPrompts,
     check_reference_depth,

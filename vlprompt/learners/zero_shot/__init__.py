@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.layers import template_features
+from vlprompt.learners.prompts.layers import template_features
 from vlprompt.learners.base import LearnerError, PromptLearner
 
 #: the 7-template ensemble CoOp/Tip-Adapter use for ImageNet zero-shot (subset of CLIP's 80)

@@ -1,0 +1,1 @@
+"""Leaderboards: build the Markdown/CSV tables, render the HTML pages, push to W&B."""

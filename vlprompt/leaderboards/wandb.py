@@ -1,0 +1,83 @@
+"""``vlprompt leaderboard push --wandb``: upload every leaderboard (tables, averages, reported numbers, plots) to W&B."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from vlprompt.leaderboards.html import averages, build_figures, load_reported
+from vlprompt.leaderboards.select import (
+    backbone_label,
+    learner_label,
+    load_results_tolerant,
+    ordered_metrics,
+    select_results,
+)
+from vlprompt.runs.results import safe_name
+from vlprompt.runs.wandb_logging import choose_offline, wandb_mode
+
+
+def _table_rows(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
+    columns = ["dataset", "learner", "backbone", "shots", "seeds", *metrics, *(f"{k}_std" for k in metrics), "result"]
+    data = []
+    for r in rows:
+        s = r["summary"]
+        data.append([str(r["dataset"]), learner_label(r), backbone_label(r), r.get("shots"),
+                     int(s.get("n_seeds", len(r.get("per_seed", [])))),
+                     *(s.get(k) for k in metrics), *(s.get(f"{k}_std") for k in metrics), r.get("_rel", "")])
+    return columns, data
+
+
+def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leaderboards", entity: str | None = None,
+                      offline: bool = False, save_dir: str | Path | None = None,
+                      reported_dir: str | Path | None = None) -> list[dict[str, str]]:
+    """Upload every leaderboard of ``results_dir`` to W&B: one run per (protocol, benchmark), job type
+    ``leaderboard``, holding the rows (``leaderboard`` table), the average over datasets (``average`` table), the
+    reported paper numbers (``reported`` table, when any) and the HTML page's plots (``plots/<name>``).
+
+    Rows are the ones :func:`vlprompt.leaderboards.build.select_results` picks, as in the Markdown/HTML leaderboards.
+    Returns ``[{"protocol", "benchmark", "run_id", "dir"}]``; offline runs are uploaded later with ``wandb sync``.
+    """
+    import wandb  # deferred: importing wandb is slow and only a push needs it
+
+    reported = load_reported(reported_dir) if reported_dir is not None else []
+    results, _ = load_results_tolerant(Path(results_dir))
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((str(r["protocol"]), str(r["benchmark"])), []).append(r)
+    save_dir = str(save_dir or os.environ.get("WANDB_DIR") or "runs")
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    offline = choose_offline(offline, save_dir)
+    pushed = []
+    for protocol, benchmark in sorted(groups):
+        rows, _ = select_results(groups[(protocol, benchmark)])
+        if not rows:
+            continue
+        metrics = ordered_metrics(rows)
+        rep = [e for e in reported if e["protocol"] == protocol]
+        run = wandb.init(project=project, entity=entity, dir=save_dir, mode=wandb_mode(offline),
+                         job_type="leaderboard", name=f"leaderboard-{protocol}-{benchmark}",
+                         group=f"leaderboard/{protocol}", tags=[f"protocol:{protocol}", f"benchmark:{benchmark}"],
+                         config={"protocol": protocol, "benchmark": benchmark, "results_dir": str(results_dir),
+                                 "rows": len(rows)}, reinit="finish_previous")
+        try:
+            columns, data = _table_rows(rows, metrics)
+            payload: dict[str, Any] = {"leaderboard": wandb.Table(columns=columns, data=data)}
+            avgs = averages(rows, metrics)
+            if avgs:
+                acols = ["learner", "backbone", "shots", "datasets", *metrics]
+                payload["average"] = wandb.Table(columns=acols, data=[[a.get(c) for c in acols] for a in avgs])
+            if rep:
+                rcols = ["learner", "backbone", "dataset", "base", "new", "hm", "accuracy", "source"]
+                payload["reported"] = wandb.Table(columns=rcols, data=[[e.get(c) for c in rcols] for e in rep])
+            for name, fig in build_figures(rows, rep).items():
+                payload[f"plots/{name}"] = wandb.Plotly(fig)
+            run.log(payload)
+            run.summary.update({"rows": len(rows), "datasets": len({str(r["dataset"]) for r in rows})})
+            pushed.append({"protocol": protocol, "benchmark": benchmark, "run_id": run.id, "dir": str(run.dir),
+                           "name": safe_name(f"{protocol}-{benchmark}")})
+        finally:
+            run.finish()
+    return pushed

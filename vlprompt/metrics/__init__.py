@@ -1,0 +1,11 @@
+"""Metrics and losses: classification metrics and schedules (re-exported here), segmentation metrics, losses."""
+
+from vlprompt.metrics.classification import (
+    accuracy,
+    harmonic_mean,
+    linear_warmup_cosine_schedule,
+    summarize_seeds,
+    warmup_cosine_factor,
+)
+
+__all__ = ["accuracy", "harmonic_mean", "linear_warmup_cosine_schedule", "summarize_seeds", "warmup_cosine_factor"]
