@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["accuracy", "harmonic_mean", "summarize_seeds", "warmup_cosine_factor"]
+__all__ = ["SCHEDULERS", "WARMUP_TYPES", "accuracy", "dassl_lr_factor", "harmonic_mean", "summarize_seeds",
+           "warmup_cosine_factor"]
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -164,3 +165,83 @@ def warmup_cosine_factor(epoch: int, *, max_epochs: int, warmup_epochs: int, war
     span = max(1, max_epochs - warmup_epochs)
     progress = min(max(epoch - warmup_epochs, 0), span) / span
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+#: the base schedules of Dassl's ``build_lr_scheduler`` (``OPTIM.LR_SCHEDULER``)
+SCHEDULERS = ("cosine", "single_step", "multi_step")
+#: its warm-ups (``OPTIM.WARMUP_TYPE``)
+WARMUP_TYPES = ("constant", "linear")
+
+
+def _steps_passed(start: int, end: int, milestones: Sequence[int]) -> int:
+    """How many of ``milestones`` lie in ``(start, end]``."""
+    return sum(1 for m in milestones if start < m <= end)
+
+
+def dassl_lr_factor(
+    epoch: int,
+    *,
+    max_epochs: int,
+    scheduler: str = "cosine",
+    warmup_epochs: int = 0,
+    warmup_type: str = "constant",
+    warmup_factor: float = 0.0,
+    warmup_recount: bool = True,
+    stepsize: int | Sequence[int] = -1,
+    gamma: float = 0.1,
+) -> float:
+    """Learning-rate multiplier for epoch ``epoch`` (0-based) under Dassl's ``build_lr_scheduler``, which every
+    Dassl-based reference (CoOp, CoCoOp, MaPLe, PromptSRC, ...) uses, stepped once at the end of each epoch.
+
+    The formulas are what torch's schedulers give inside Dassl's warm-up wrapper (checked against it in the tests):
+
+    * warm-up (``warmup_epochs > 0``), epochs ``e < W``: ``constant`` gives ``warmup_factor`` (``WARMUP_CONS_LR /
+      LR``); ``linear`` gives ``warmup_factor`` (``WARMUP_MIN_LR / LR``) at epoch 0, then ``e / W``;
+    * ``cosine`` over ``T = max_epochs`` (``MAX_EPOCH``, not the epochs left after warm-up): with
+      ``warmup_recount`` (Dassl's default) the cosine restarts after the warm-up,
+      ``0.5 * (1 + cos(pi * (e - W) / T))``; without it the cosine was set to epoch ``W`` before the warm-up, and
+      torch's recursive cosine then gives ``(1 + cos(pi * e / T)) / (1 + cos(pi * W / T))`` from epoch ``W`` on;
+    * ``single_step``: ``gamma ** floor((e - W) / stepsize)`` (``stepsize <= 0`` means ``max_epochs``; a list
+      uses its last entry), counted from ``W`` with recount, from 0 (steps after ``W`` only) without;
+    * ``multi_step``: ``gamma`` to the number of milestones passed, counted the same way.
+
+    Args:
+        epoch: the epoch index, 0-based.
+        max_epochs: ``OPTIM.MAX_EPOCH``.
+        scheduler: one of :data:`SCHEDULERS`.
+        warmup_epochs: ``OPTIM.WARMUP_EPOCH`` (``<= 0``: no warm-up).
+        warmup_type: one of :data:`WARMUP_TYPES`.
+        warmup_factor: the warm-up learning rate divided by the base learning rate.
+        warmup_recount: ``OPTIM.WARMUP_RECOUNT``.
+        stepsize: ``OPTIM.STEPSIZE``: an int for ``single_step``, milestones for ``multi_step``.
+        gamma: ``OPTIM.GAMMA``.
+    """
+    if max_epochs < 1 or epoch < 0:
+        raise ValueError(f"vlprompt.metrics.dassl_lr_factor: need max_epochs >= 1 and epoch >= 0, got "
+                         f"max_epochs={max_epochs}, epoch={epoch}; fix the optimisation config.")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"lr_scheduler={scheduler!r} is not one of {SCHEDULERS} (Dassl's OPTIM.LR_SCHEDULER)")
+    if warmup_type not in WARMUP_TYPES:
+        raise ValueError(f"warmup_type={warmup_type!r} is not one of {WARMUP_TYPES} (Dassl's OPTIM.WARMUP_TYPE)")
+    w = max(0, int(warmup_epochs))
+    if epoch < w:
+        if warmup_type == "constant" or epoch == 0:
+            return float(warmup_factor)
+        return epoch / w
+    # the base schedule's own epoch count: from the end of the warm-up (recount), or continuing from W
+    start = w if warmup_recount else 0
+    if scheduler == "cosine":
+        t = float(max_epochs)
+        if warmup_recount or w == 0:
+            return 0.5 * (1.0 + math.cos(math.pi * (epoch - start) / t))
+        return (1.0 + math.cos(math.pi * epoch / t)) / (1.0 + math.cos(math.pi * w / t))
+    if scheduler == "single_step":
+        size = stepsize[-1] if isinstance(stepsize, (list, tuple)) else stepsize
+        size = int(size) if int(size) > 0 else max_epochs
+        if warmup_recount or w == 0:
+            return float(gamma) ** ((epoch - start) // size)
+        return float(gamma) ** (epoch // size - w // size)
+    milestones = [int(m) for m in (stepsize if isinstance(stepsize, (list, tuple)) else [stepsize])]
+    if warmup_recount or w == 0:
+        return float(gamma) ** _steps_passed(0, epoch - start, milestones)
+    return float(gamma) ** _steps_passed(w, epoch, milestones)
