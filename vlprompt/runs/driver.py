@@ -370,7 +370,11 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                      for r in per_seed if r.get("prompts")}
         for r in per_seed:
             for name, p in (r.get("artifacts") or {}).items():
-                artifacts[f"seed{r['seed']}/{name}"] = {"path": p, "sha256": _sha256(p) if Path(p).is_file() else None}
+                if isinstance(p, list):  # several files under one name (e.g. a seed's overlay PNGs)
+                    artifacts[f"seed{r['seed']}/{name}"] = {
+                        "paths": p, "sha256": [_sha256(q) if Path(q).is_file() else None for q in p]}
+                else:
+                    artifacts[f"seed{r['seed']}/{name}"] = {"path": p, "sha256": _sha256(p) if Path(p).is_file() else None}
         result["artifacts"] = artifacts
         fields = getattr(model, "result_fields", None)
         if callable(fields):
