@@ -7,7 +7,6 @@ shows the registry; ``vlprompt leaderboard build`` turns result JSONs into leade
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -16,22 +15,9 @@ from collections.abc import Callable
 # idle OpenMP threads sleep instead of spinning (much faster on shared CPUs); must precede importing torch
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# lightning is imported before the logging set-up (_setup_logging) so that its handlers can be redirected
-import lightning.pytorch  # noqa: E402, F401
-from rich.logging import RichHandler  # noqa: E402
-
-from vlprompt.cli.data import data_main  # noqa: E402
-from vlprompt.cli.import_dassl import import_main  # noqa: E402
-from vlprompt.cli.leaderboard import leaderboard_main  # noqa: E402
-from vlprompt.cli.listing import list_main  # noqa: E402
-from vlprompt.cli.meta import meta_main  # noqa: E402
-from vlprompt.cli.pretrain import pretrain_main  # noqa: E402
-from vlprompt.cli.sweep import sweep_main  # noqa: E402
-from vlprompt.cli.tta import tta_main  # noqa: E402
-from vlprompt.data.progress import progress_enabled  # noqa: E402
-from vlprompt.runs.config import user_error  # noqa: E402
-from vlprompt.runs.driver import run_experiment  # noqa: E402
-from vlprompt.runs.folders import RunInterrupted  # noqa: E402
+# Start-up: this module imports no torch, Lightning, open_clip or transformers. `vlprompt --help`, `vlprompt list`
+# and every usage error answer from here and from vlprompt.cli.listing; a subcommand's module (and what it pulls
+# in) is imported only when that subcommand runs (benchmarks/cli_startup.py measures it).
 
 log = logging.getLogger("vlprompt")
 
@@ -41,7 +27,7 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   validate   evaluate on the validation split(s)
   test       evaluate on the test split(s) (zero-shot learners need no fit)
   pretrain   pretrain the toy CLIP, the toy VLSM or the toy diffusion generator on the toy world (LightningCLI)
-  list       vlprompt list learners|backbones|datasets|protocols [--errors]
+  list       vlprompt list [learners|backbones|datasets|protocols|generators] [--check] | list configs [KIND]
   data       vlprompt data check NAME --root DIR [--strict] [--decode] | data convert NAME --root DIR --out DIR
   leaderboard  vlprompt leaderboard build RESULTS_DIR [--out leaderboards] [--html] | push RESULTS_DIR --wandb
   import     vlprompt import dassl CHECKPOINT --learner NAME --classnames FILE --out prompts.safetensors
@@ -55,66 +41,127 @@ Each of fit/validate/test/pretrain takes --help and --print_config. A killed fit
 """
 
 
+def _quiet_record(record: logging.LogRecord, debug: bool) -> bool:
+    """Whether a log record is shown: warnings always; below that not open_clip's loading chatter (INFO on the
+    root logger) nor Lightning's tips, unless ``VLPROMPT_LOG_LEVEL=DEBUG``."""
+    if record.levelno >= logging.WARNING or debug:
+        return True
+    return f"{os.sep}open_clip{os.sep}" not in record.pathname and not record.name.startswith("lightning")
+
+
 def _setup_logging() -> None:
+    from rich.logging import RichHandler  # deferred: rich's logging handler is needed only once a command runs
+
     level = os.environ.get("VLPROMPT_LOG_LEVEL", "INFO").upper()
     handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
-    fmt = "%(message)s"
-    # open_clip logs its loading chatter at INFO on the root logger: keep only its warnings
-    handler.addFilter(lambda r: r.levelno >= logging.WARNING or f"{os.sep}open_clip{os.sep}" not in r.pathname)
-    logging.basicConfig(level=level, format=fmt, handlers=[handler])
-    # Lightning installs its own stream handler; route its records through ours, and keep its tips quiet
+    handler.addFilter(lambda r: _quiet_record(r, level == "DEBUG"))
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
+    # Lightning, imported later by the subcommand that needs it, sees the root handler and propagates to it
+    # (lightning/pytorch/__init__.py adds its own stream handler only when the root logger has none)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
-        lg.setLevel(level if level == "DEBUG" else "WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vlprompt`` console script; bad input ends with a one-line error and exit code 2."""
     try:
         return _main(argv)
-    except RunInterrupted as exc:
-        print(f"vlprompt: {exc.message or exc}", file=sys.stderr)  # noqa: T201 - what was saved, how to resume
-        return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - turn bad input into a clear message, re-raise bugs
+    except BaseException as exc:  # noqa: BLE001 - turn bad input into a clear message, re-raise bugs
+        # the run machinery is imported only by the commands that run something: an exception of its types can
+        # only come from a module that is already loaded
+        folders = sys.modules.get("vlprompt.runs.folders")
+        if folders is not None and isinstance(exc, folders.RunInterrupted):
+            print(f"vlprompt: {exc.message or exc}", file=sys.stderr)  # noqa: T201 - what was saved, how to resume
+            return exc.exit_code
+        if not isinstance(exc, Exception) or os.environ.get("VLPROMPT_TRACEBACK"):
+            raise
+        from vlprompt.runs.config import user_error  # deferred: imports Lightning; only on the error path
+
         message = user_error(exc)
-        if message is None or os.environ.get("VLPROMPT_TRACEBACK"):
+        if message is None:
             raise
         print(f"vlprompt: error: {message}", file=sys.stderr)  # noqa: T201 - console error
         return 2
 
 
 def _fit_main(cmd: str, argv: list[str]) -> int:
+    from vlprompt.runs.driver import run_experiment  # deferred: torch, Lightning, the backbones (fit/validate/test)
+
     run_experiment(cmd, argv)
     return 0
 
 
 def _pretrain_main(argv: list[str]) -> int:
+    from vlprompt.cli.pretrain import pretrain_main  # deferred: torch and Lightning (pretrain only)
+    from vlprompt.data.progress import progress_enabled  # deferred: beside pretrain_main, which needs it
+
     pretrain_main(argv if progress_enabled() else [*argv, "--trainer.enable_progress_bar", "false"])
     return 0
+
+
+def _tta_main(cmd: str, argv: list[str]) -> int:
+    from vlprompt.cli.tta import tta_main  # deferred: torch and the generators (tta/generate only)
+
+    return tta_main(cmd, argv)
+
+
+def _meta_main(argv: list[str]) -> int:
+    from vlprompt.cli.meta import meta_main  # deferred: torch (meta-train only)
+
+    return meta_main(argv)
+
+
+def _list_main(argv: list[str]) -> int:
+    from vlprompt.cli.listing import list_main  # deferred: kept beside the others; listing itself imports no torch
+
+    return list_main(argv)
+
+
+def _data_main(argv: list[str]) -> int:
+    from vlprompt.cli.data import data_main  # deferred: torch and the dataset sources (data only)
+
+    return data_main(argv)
+
+
+def _import_main(argv: list[str]) -> int:
+    from vlprompt.cli.import_dassl import import_main  # deferred: torch (import only)
+
+    return import_main(argv)
+
+
+def _sweep_main(argv: list[str]) -> int:
+    from vlprompt.cli.sweep import sweep_main  # deferred: the run machinery (sweep only)
+
+    return sweep_main(argv)
+
+
+def _leaderboard_main(argv: list[str]) -> int:
+    from vlprompt.cli.leaderboard import leaderboard_main  # deferred: the leaderboard builders (leaderboard only)
+
+    return leaderboard_main(argv)
 
 
 #: subcommand -> its handler (``argv`` after the subcommand); the fit/test/tta ones also get the subcommand
 _COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "pretrain": _pretrain_main,
-    "fit": functools.partial(_fit_main, "fit"),
-    "validate": functools.partial(_fit_main, "validate"),
-    "test": functools.partial(_fit_main, "test"),
-    "tta": functools.partial(tta_main, "tta"),
-    "generate": functools.partial(tta_main, "generate"),
-    "meta-train": meta_main,
-    "list": list_main,
-    "data": data_main,
-    "import": import_main,
-    "sweep": sweep_main,
-    "leaderboard": leaderboard_main,
+    "fit": lambda argv: _fit_main("fit", argv),
+    "validate": lambda argv: _fit_main("validate", argv),
+    "test": lambda argv: _fit_main("test", argv),
+    "tta": lambda argv: _tta_main("tta", argv),
+    "generate": lambda argv: _tta_main("generate", argv),
+    "meta-train": _meta_main,
+    "list": _list_main,
+    "data": _data_main,
+    "import": _import_main,
+    "sweep": _sweep_main,
+    "leaderboard": _leaderboard_main,
 }
 
 
 def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _setup_logging()
     if "--no-progress" in argv:  # global flag: no progress bars in any command
         argv.remove("--no-progress")
         os.environ["VLPROMPT_PROGRESS"] = "0"
@@ -123,6 +170,7 @@ def _main(argv: list[str] | None) -> int:
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd in _COMMANDS:
+        _setup_logging()
         return _COMMANDS[cmd](rest)
     print(f"vlprompt: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)  # noqa: T201
     return 2

@@ -1,0 +1,67 @@
+"""Issue 24: `vlprompt --help`, `vlprompt list ...` and usage errors answer without importing torch (the start-up
+time itself is measured by benchmarks/cli_startup.py, not here); the static learner facts that `vlprompt list
+learners` shows stay in sync with the real classes; `vlprompt list` lists the kinds and the shipped configs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlprompt.cli.learner_facts import LEARNER_FACTS
+from vlprompt.cli.listing import KINDS, PROMPT_LEARNER_DEFAULTS, config_files, learner_rows, list_main
+from vlprompt.learners.base import PromptLearner
+from vlprompt.learners.registry import GROUPS, get_registry
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "lightning", "open_clip", "transformers", "wandb")
+
+
+@pytest.mark.parametrize("argv", [["--help"], [], ["list"], ["list", "learners"], ["list", "datasets"],
+                                  ["list", "configs", "learners"], ["list", "bogus"], ["bogus"],
+                                  ["list", "learners", "--bogus"]], ids=repr)
+def test_help_list_and_usage_errors_import_no_torch(argv):
+    script = (f"import sys\nfrom vlprompt.cli import main\ntry:\n    code = main({argv!r})\nexcept SystemExit as e:\n"
+              f"    code = e.code\nheavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+              "print('HEAVY', heavy, file=sys.stderr)\nsys.exit(0 if not heavy else 99)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_learner_facts_match_the_classes():
+    reg = get_registry("learners")
+    builtin = {i.name: i.obj for i in reg.entries() if i.distribution == "vlprompt"}
+    assert sorted(LEARNER_FACTS) == sorted(builtin)
+    for name, cls in builtin.items():
+        facts = LEARNER_FACTS[name]
+        assert facts.family == cls.family, name
+        expected = ("test-time",) if cls.family == "test-time" else tuple(cls.tasks)
+        assert facts.tasks == expected, name
+        assert facts.paper, name
+        assert not facts.faithfulness or (REPO / facts.faithfulness).is_file(), name
+    assert PROMPT_LEARNER_DEFAULTS == {"family": PromptLearner.family, "tasks": tuple(PromptLearner.tasks)}
+    assert {k: g for k, (g, _) in KINDS.items() if g is not None} == GROUPS
+
+
+def test_list_learners_reads_a_plugin_from_its_metadata_and_source():
+    rows = {r["name"]: r for r in learner_rows()}
+    assert rows["coop"]["tasks"] == "classification, segmentation" and rows["tpt"]["tasks"] == "test-time"
+    assert rows["coop"]["faithfulness"].endswith(".py") and rows["zero_shot"]["faithfulness"] == "no"
+    if "kgcoop" in rows:  # the example plugin: family read from its source without importing it
+        assert rows["kgcoop"]["family"] == "text" and rows["kgcoop"]["provided_by"].startswith("vlprompt-kgcoop")
+
+
+def test_list_without_kind_lists_the_kinds_and_configs_their_first_comment(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert list_main([]) == 0
+    out = capsys.readouterr().out
+    assert all(kind in out for kind in KINDS)
+    files = dict(config_files("learners"))
+    assert "configs/learners/coop/base2new.yaml" in files or any(p.startswith("configs/learners/coop/") for p in files)
+    assert all(comment for comment in files.values())
+    assert list_main(["configs", "protocols"]) == 0
+    out = capsys.readouterr().out
+    assert "configs/protocols/base2new.yaml" in out and "Base-to-new" in out
+    assert list_main(["configs", "nope"]) == 2
