@@ -65,3 +65,42 @@ def test_list_without_kind_lists_the_kinds_and_configs_their_first_comment(capsy
     out = capsys.readouterr().out
     assert "configs/protocols/base2new.yaml" in out and "Base-to-new" in out
     assert list_main(["configs", "nope"]) == 2
+
+
+def test_fit_help_begins_with_vlprompt_options_and_help_all_has_the_rest(capsys):
+    from vlprompt.cli import main
+
+    assert main(["fit", "--help"]) == 0
+    out = capsys.readouterr().out
+    head = out.splitlines()[:12]
+    assert head[0].startswith("usage: vlprompt fit") and any("Train a prompt learner" in ln for ln in head)
+    for option in ("--model.learner", "--model.backbone", "--data", "--seeds", "--run_id", "--resume", "--results_dir"):
+        assert option in out
+    assert "segmentation protocol" in out and "--help-all" in out and "--trainer.*" in out
+    assert "--trainer.max_epochs" not in out  # Lightning's options only with --help-all
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(REPO / "configs" / "seg_quickstart.yaml"), "--help-all"])
+    assert exc.value.code == 0
+    full = capsys.readouterr().out
+    assert "--model.overlays" in full and "--trainer.max_epochs" in full
+
+
+def test_fit_help_imports_no_torch():
+    script = ("import sys\nfrom vlprompt.cli import main\nmain(['fit', '--help'])\n"
+              f"sys.exit(99 if any(m in sys.modules for m in {HEAVY!r}) else 0)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_seed_everything_is_refused_with_the_one_seed_option(capsys, tmp_path):
+    from vlprompt.cli import main
+    from vlprompt.learners.registry import ConfigError
+    from vlprompt.runs.config import build_cli, validate_config
+
+    assert main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--seed_everything", "3"]) == 2
+    assert "--seeds [N]" in capsys.readouterr().err
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("seed_everything: 3\n")
+    cli = build_cli("fit", ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(cfg)])
+    with pytest.raises(ConfigError, match="seeds: \\[N\\]"):
+        validate_config("fit", cli.config)

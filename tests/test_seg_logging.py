@@ -118,3 +118,39 @@ def test_segmentation_fit_logs_to_wandb_offline_and_overlays_reach_the_page(tmp_
     assert text.count('<img src="data:image/png;base64,') == 4 and 'id="no-overlays"' not in text
     # sections that apply: no shots column and no few-shot curves on a segmentation page
     assert "Few-shot curves" not in text and ">shots<" not in text
+
+
+def test_frozen_learner_is_evaluated_once_and_summary_says_units(tmp_path, capsys, caplog):
+    import logging
+
+    from vlprompt.runs.driver import run_experiment
+
+    cfg = _config(tmp_path, "    null\n").read_text().replace("class_path: coop", "class_path: zero_shot")
+    (tmp_path / "zs.yaml").write_text(cfg)
+    with caplog.at_level(logging.INFO, logger="vlprompt"):
+        result = run_experiment("fit", ["--config", str(tmp_path / "zs.yaml"), "--seeds", "[1, 2, 3]",
+                                        "--results_dir", str(tmp_path / "results")])
+    rows = result["per_seed"]
+    assert [r["seed"] for r in rows] == [1, 2, 3] and result["seed_independent"] is True
+    assert rows[0]["metrics"] == rows[1]["metrics"] == rows[2]["metrics"] and all(r["seed_independent"] for r in rows)
+    assert result["summary"]["dice_std"] == 0.0
+    assert "seed1/overlays" in result["artifacts"] and "seed2/overlays" not in result["artifacts"]
+    assert sum("evaluating it once" in r.getMessage() for r in caplog.records) == 1
+    out = capsys.readouterr().out
+    assert "averaged over the images" in out and "dataset-level" in out and "holds for every seed" in out
+    assert "shots" not in out  # no shots in a segmentation summary title
+    # the default benchmark is the dataset's, never "custom"
+    assert result["benchmark"] != "custom" and "/custom/" not in result["_path"]
+
+
+def test_epoch_lines_when_output_is_not_a_terminal(tmp_path, caplog):
+    import logging
+
+    from vlprompt.runs.driver import run_experiment
+
+    with caplog.at_level(logging.INFO, logger="vlprompt"):
+        result = run_experiment("fit", ["--config", str(_config(tmp_path, "    null\n")), "--seeds", "[1]",
+                                        "--results_dir", str(tmp_path / "results")], show_summary=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"] and "val dice" in lines[0]
+    assert 1 <= result["per_seed"][0]["selected_epoch"] <= 2 and result["per_seed"][0]["epochs"] == 2

@@ -36,7 +36,7 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   meta-train meta-learn a GRAM prompt initialisation + gradient regulator (vlprompt meta-train --config FILE)
   sweep      vlprompt sweep --config sweeps/NAME.yaml [--workers N] [--executor local|slurm]: a grid of runs
 
-Each of fit/validate/test/pretrain takes --help and --print_config. A killed fit/validate/test resumes with
+Each of fit/validate/test/pretrain takes --help and --print_config (fit/validate/test: --help-all lists every option). A killed fit/validate/test resumes with
 `vlprompt fit --resume RUN_FOLDER`. `vlprompt --no-progress ...` (or CI=1) turns progress bars off.
 """
 
@@ -86,7 +86,52 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+FIT_HELP = """usage: vlprompt {cmd} --config FILE [--config FILE ...] [options]
+
+{what} A config is layered from several YAML files (later ones win): a protocol, a dataset, a
+learner, a backbone, a trainer (`vlprompt list configs` lists the shipped ones). Each seed is an independent run;
+the run ends in one result JSON with the per-seed metrics and their mean and std.
+
+vlprompt options:
+  --config FILE               a YAML config; repeat it to layer configs (configs/protocols/..., configs/learners/...)
+  --model.learner NAME        the prompt learner, a registered name (`vlprompt list learners`) or a class path;
+                              its options: --model.learner.init_args.NAME VALUE
+  --model.backbone NAME       the frozen backbone (`vlprompt list backbones`): openclip, toyclip, clipseg, toyvlsm
+  --data NAME                 the protocol (`vlprompt list protocols`): base2new, fewshot, transfer, segmentation;
+                              its dataset: --data.init_args.dataset NAME (`vlprompt list datasets`)
+  --seeds [1,2,3]             the seeds, one run each (the only seed option: Lightning's --seed_everything is refused)
+  --run_id ID                 the run folder's name under runs/ (default: <learner>-<time>-<hex>)
+  --resume RUN_FOLDER         continue an interrupted run where it stopped (its seeds, checkpoints and argv)
+  --results_dir DIR           where the result JSON goes (default: results); --benchmark NAME its leaderboard group
+  --prompts FILE              evaluate saved prompts (prompts.safetensors of a fit) instead of training
+  --save_prompts BOOL         save each seed's learned prompts (default: true)
+  --check_images cheap|full|none   check the images the run reads before training (default: cheap)
+  --progress BOOL             the progress bar (default: on a terminal; one line per epoch otherwise)
+  --print_config              print the fully resolved config and stop
+
+The host module's options (--model.lr, ...) follow the protocol: classification by default; the segmentation
+options (--model.overlays, --model.keep_best, ...) appear with a segmentation protocol, e.g.
+  vlprompt {cmd} --config configs/seg_quickstart.yaml --help-all
+Every option, Lightning's --trainer.* included: vlprompt {cmd} [--config FILE ...] --help-all
+"""
+
+_FIT_WHAT = {
+    "fit": "Train a prompt learner on a frozen vision-language backbone and evaluate it, for every seed.",
+    "validate": "Evaluate a prompt learner on the validation split(s), for every seed.",
+    "test": "Evaluate a prompt learner on the test split(s), for every seed (zero-shot learners need no fit).",
+}
+
+
 def _fit_main(cmd: str, argv: list[str]) -> int:
+    if "--help-all" in argv:  # LightningCLI's full help, for the host module the configs choose
+        argv = ["--help" if a == "--help-all" else a for a in argv]
+    elif "-h" in argv or "--help" in argv:
+        print(FIT_HELP.format(cmd=cmd, what=_FIT_WHAT[cmd]))  # noqa: T201 - console help, no torch import
+        return 0
+    if any(a == "--seed_everything" or a.startswith("--seed_everything=") for a in argv):
+        print(f"vlprompt: error: --seed_everything is Lightning's single seed; vlprompt runs one run per seed: "
+              f"use --seeds [N] (one seed) or --seeds [1,2,3]", file=sys.stderr)  # noqa: T201 - usage error
+        return 2
     from vlprompt.runs.driver import run_experiment  # deferred: torch, Lightning, the backbones (fit/validate/test)
 
     run_experiment(cmd, argv)
