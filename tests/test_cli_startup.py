@@ -4,6 +4,7 @@ learners` shows stay in sync with the real classes; `vlprompt list` lists the ki
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,32 @@ def test_seed_everything_is_refused_with_the_one_seed_option(capsys, tmp_path):
     cli = build_cli("fit", ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(cfg)])
     with pytest.raises(ConfigError, match="seeds: \\[N\\]"):
         validate_config("fit", cli.config)
+
+
+def test_noise_is_off_narrowly(tmp_path, monkeypatch):
+    """Library bars off (Hugging Face tqdm, W&B's per-run sparklines), Lightning's LeafSpec deprecation filtered
+    by message and module only, and W&B's anonymous warning avoided at its cause."""
+    import warnings
+
+    import vlprompt.cli as cli
+    from vlprompt.runs.wandb_logging import WandbLogger
+
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and os.environ["WANDB_QUIET"] == "true"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli._quiet_warnings()
+        text = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
+        warnings.warn_explicit(text, FutureWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree")
+        warnings.warn_explicit(text, FutureWarning, "mine.py", 1, module="mine")  # elsewhere: still shown
+    assert len(caught) == 1
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert "anonymous" not in WandbLogger(save_dir=str(tmp_path), offline=True)._wandb_init
+
+
+def test_log_lines_are_plain_and_unwrapped_when_not_a_terminal():
+    path = "/" + "/".join(["a-rather-long-folder-name"] * 8) + "/result.json"
+    script = ("import logging\nfrom vlprompt import cli\ncli._setup_logging()\n"
+              f"logging.getLogger('vlprompt').info('wrote result %s', {path!r})")
+    env = {**os.environ, "VLPROMPT_LOG_LEVEL": "INFO"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert f"wrote result {path}" in proc.stdout

@@ -10,10 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 # idle OpenMP threads sleep instead of spinning (much faster on shared CPUs); must precede importing torch
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# one progress style (rich): no tqdm bars of the Hugging Face libraries (transformers' "Loading weights" bar on
+# every segmentation run); read when huggingface_hub is imported, so it is set before any command runs
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# W&B runs: no ~25 lines of history sparklines and summary per seed (the result JSON and the summary table have them)
+os.environ.setdefault("WANDB_QUIET", "true")
 
 # Start-up: this module imports no torch, Lightning, open_clip or transformers. `vlprompt --help`, `vlprompt list`
 # and every usage error answer from here and from vlprompt.cli.listing; a subcommand's module (and what it pulls
@@ -49,13 +55,26 @@ def _quiet_record(record: logging.LogRecord, debug: bool) -> bool:
     return f"{os.sep}open_clip{os.sep}" not in record.pathname and not record.name.startswith("lightning")
 
 
+def _quiet_warnings() -> None:
+    """Third-party deprecation warnings that a normal run cannot act on, filtered narrowly (message + module)."""
+    # Lightning's own utilities/_pytree.py calls torch's deprecated `isinstance(treespec, LeafSpec)`: Lightning's
+    # code, not ours or the user's; fixed upstream in newer Lightning releases
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+                            module=r"lightning\.pytorch\.utilities\._pytree")
+
+
 def _setup_logging() -> None:
     from rich.logging import RichHandler  # deferred: rich's logging handler is needed only once a command runs
 
     level = os.environ.get("VLPROMPT_LOG_LEVEL", "INFO").upper()
-    handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+    handler: logging.Handler
+    if sys.stdout.isatty():
+        handler = RichHandler(show_path=False, rich_tracebacks=False)
+    else:  # a file or a pipe: plain lines, never hard-wrapped (a printed path stays one piece)
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(levelname)-7s %(message)s"))
     handler.addFilter(lambda r: _quiet_record(r, level == "DEBUG"))
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
+    logging.basicConfig(level=level, handlers=[handler])
     # Lightning, imported later by the subcommand that needs it, sees the root handler and propagates to it
     # (lightning/pytorch/__init__.py adds its own stream handler only when the root logger has none)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -216,6 +235,7 @@ def _main(argv: list[str] | None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd in _COMMANDS:
         _setup_logging()
+        _quiet_warnings()
         return _COMMANDS[cmd](rest)
     print(f"vlprompt: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)  # noqa: T201
     return 2
