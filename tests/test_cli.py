@@ -91,7 +91,9 @@ def test_pretrain_yaml_parses_with_mocked_fit(monkeypatch, tmp_path) -> None:
 
     called = {}
     monkeypatch.setattr(pl.Trainer, "fit", lambda self, model, datamodule=None, **kw: called.setdefault("fit", (model, datamodule)))
-    cli.pretrain_main(["--config", str(CONFIGS / "pretrain" / "toyclip.yaml"), "--model.export_path", str(tmp_path / "x.safetensors")])
+    from vlprompt.cli.pretrain import pretrain_main
+
+    pretrain_main(["--config", str(CONFIGS / "pretrain" / "toyclip.yaml"), "--model.export_path", str(tmp_path / "x.safetensors")])
     model, data = called["fit"]
     assert type(model).__name__ == "CLIPPretraining" and data.batch_size == 512
 

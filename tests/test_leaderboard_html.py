@@ -77,7 +77,9 @@ def test_segmentation_page_has_dice_bars_and_overlay_gallery(tmp_path):
     assert 'id="plot-dice"' in page and 'id="plot-bars"' not in page and 'id="plot-scatter"' not in page
     assert "Dice / IoU of the predicted masks" in page and "<h2>Dice per dataset</h2>" in page
     # table columns dice and iou, with mean ± std over the 2 seeds
-    assert "72.30 ± 1.13" in page and "<th data-col=\"4\">dice</th>" in page
+    assert "72.30 ± 1.13" in page and "<th data-col=\"3\">dice</th>" in page
+    # only the sections that apply: segmentation results have no shots, so no shots column and no few-shot curves
+    assert ">shots</th>" not in page and "Few-shot curves" not in page
     # gallery: kvasir (coop only; zero_shot has none) and toy_referring (coop + zero_shot), 4 of 6 overlays per row
     assert page.count('<img src="data:image/png;base64,') == 3 * 4
     assert 'id="gallery-0"' in page and 'id="gallery-1"' in page and "2 more overlay(s) not embedded" in page

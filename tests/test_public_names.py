@@ -22,7 +22,8 @@ def test_rounded_metrics_adds_hm_or_target_mean() -> None:
 def test_benchmark_and_plugin_names() -> None:
     assert benchmark_name({"kind": "toyworld", "benchmark": "x"}) == "toy"
     assert benchmark_name({"benchmark": "coop"}) == "coop"
-    assert benchmark_name({}) == "custom"
+    assert benchmark_name({"name": "kvasir_seg"}) == "kvasir_seg"  # never a "custom" nobody chose (issue 24)
+    assert benchmark_name({"name": "x"}, "kvasir_seg") == "kvasir_seg" and benchmark_name({}) == "data"
 
     class Unregistered:
         pass

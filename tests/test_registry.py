@@ -127,7 +127,7 @@ def test_duplicate_name_across_distributions_disables_only_that_name(site: Path,
     coop = reg.failure("coop") or ""
     assert "vlprompt.learners.coop:CoOp" in coop and "vlp-fake-two" in coop
     assert "pip uninstall vlprompt" not in coop and "of vlp-fake-two" in coop  # never suggests removing vlprompt
-    assert list_main(["learners"]) == 0
+    assert list_main(["learners", "--check"]) == 0  # --check imports the plugins: broken ones show up
     out = capsys.readouterr().out
     assert "broken plugins" in out and "registered twice" in out
 
@@ -193,11 +193,17 @@ def test_list_main_prints_table(site: Path, capsys: pytest.CaptureFixture[str]) 
     add_good_learner(site)
     make_dist(site, "vlp-fake-broken", "0.1", {"vlprompt.learners": {"fake_broken": "vlpfake_broken:Nope"}},
               {"vlpfake_broken": BROKEN_MODULE})
-    assert list_main(["learners"]) == 0
+    assert list_main(["learners", "--check"]) == 0
     out = capsys.readouterr().out
     for part in ("fake_coop", "text", "vlpfake_coop.FakeCoOp", "vlp-fake-coop 1.2.3", "broken plugins",
                  "fake_broken", "vlp-fake-broken"):
         assert part in out
+    # without --check: from metadata only (nothing imported), family read from the source; no broken table
+    assert list_main(["learners"]) == 0
+    out = capsys.readouterr().out
+    for part in ("fake_coop", "text", "vlpfake_coop.FakeCoOp", "vlp-fake-coop 1.2.3", "fake_broken"):
+        assert part in out
+    assert "broken plugins" not in out
 
     assert list_main(["learners", "--errors"]) == 0
     out = capsys.readouterr().out

@@ -244,12 +244,13 @@ def test_fit_writes_result_with_dice_iou_overlays_and_selection(tmp_path: Path, 
     assert result["checkpoint_selection"].startswith("best validation Dice")
     for row in result["per_seed"]:
         assert 1 <= row["selected_epoch"] <= 2 and 0 <= row["metrics"]["dice"] <= 100
-        assert len(row["artifacts"]) == 2
-    overlays = [a for k, a in result["artifacts"].items() if "/overlay" in k]
-    assert len(overlays) == 4 and all(Path(a["path"]).is_file() and a["sha256"] for a in overlays)
+        assert len(row["artifacts"]["overlays"]) == 2
+    overlays = [a for k, a in result["artifacts"].items() if k.endswith("/overlays")]
+    assert len(overlays) == 2 and all(len(a["paths"]) == len(a["sha256"]) == 2 for a in overlays)
+    assert all(Path(p).is_file() and h for a in overlays for p, h in zip(a["paths"], a["sha256"]))
     from PIL import Image
 
-    with Image.open(overlays[0]["path"]) as im:
+    with Image.open(overlays[0]["paths"][0]) as im:
         assert im.width == 3 * im.height  # image | ground truth | prediction
     saved = json.loads(Path(result["_path"]).read_text())
     assert saved["per_seed"][0]["prompts_sha256"]
@@ -366,7 +367,7 @@ def test_fit_on_the_tiny_clipseg(tmp_path: Path, learner: str) -> None:
                                     "--seeds", "[1]", "--results_dir", str(tmp_path / "results")], show_summary=False)
     row = result["per_seed"][0]
     assert 0 <= row["metrics"]["dice"] <= 100 and 0 <= row["metrics"]["iou"] <= 100
-    assert result["backbone"]["name"] and len(row["artifacts"]) == 2
+    assert result["backbone"]["name"] and len(row["artifacts"]["overlays"]) == 2
     assert ("checkpoint_selection" in result) == (learner != "zero_shot")
 
 

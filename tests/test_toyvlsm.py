@@ -139,12 +139,13 @@ def test_training_stream_is_deterministic_held_out_and_has_negatives() -> None:
 def test_pretrain_config_selects_the_vlsm(monkeypatch, tmp_path) -> None:
     import lightning.pytorch as pl
 
-    from vlprompt import cli
     from vlprompt.toyworld.pretrain_vlsm import ReferringData, VLSMPretraining
 
     called = {}
     monkeypatch.setattr(pl.Trainer, "fit", lambda self, model, datamodule=None, **kw: called.setdefault("fit", (model, datamodule)))
-    cli.pretrain_main(["--config", "configs/pretrain/toyvlsm.yaml", "--model.init_args.export_dir", str(tmp_path / "x")])
+    from vlprompt.cli.pretrain import pretrain_main
+
+    pretrain_main(["--config", "configs/pretrain/toyvlsm.yaml", "--model.init_args.export_dir", str(tmp_path / "x")])
     model, data = called["fit"]
     assert isinstance(model, VLSMPretraining) and isinstance(data, ReferringData)
     assert not any(p.requires_grad for p in model.vlsm.clip.parameters())

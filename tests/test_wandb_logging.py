@@ -135,3 +135,21 @@ def test_leaderboard_push_needs_a_service(tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         assert leaderboard_main(["push", str(tmp_path / "r")]) == 2
     assert "--wandb" in caplog.text
+
+
+def test_leaderboard_push_uses_one_fixed_run_id_per_leaderboard(tmp_path, wandb_offline, caplog):
+    from vlprompt.leaderboards.wandb import leaderboard_run_id, push_leaderboards
+    from vlprompt.runs.wandb_logging import read_offline_run
+
+    assert leaderboard_run_id("base2new", "toy") == leaderboard_run_id("base2new", "toy")
+    assert leaderboard_run_id("a b", "c") != leaderboard_run_id("a_b", "c")
+    results = tmp_path / "results" / "base2new" / "toy"
+    shutil.copytree(REPO / "leaderboards" / "results" / "base2new" / "toy" / "toy_colors", results / "toy_colors")
+    first = push_leaderboards(tmp_path / "results", project="lb-test", offline=True)
+    second = push_leaderboards(tmp_path / "results", project="lb-test", offline=True)
+    assert [p["run_id"] for p in first] == [p["run_id"] for p in second] == [leaderboard_run_id("base2new", "toy")]
+    ids = {read_offline_run(d)["run"]["id"] for d in (wandb_offline / "wandb").glob("offline-run-*")}
+    assert ids == {leaderboard_run_id("base2new", "toy")}  # two pushes, one run id: `wandb sync` updates, never duplicates
+    with caplog.at_level(logging.INFO, logger="vlprompt"):
+        assert leaderboard_main(["push", str(tmp_path / "results"), "--wandb", "--project", "lb-test", "--offline"]) == 0
+    assert any("1 leaderboard run(s) written offline with fixed ids" in r.getMessage() for r in caplog.records)

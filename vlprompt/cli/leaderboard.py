@@ -50,7 +50,14 @@ def _push_main(args: argparse.Namespace) -> int:
         log.error("no usable result files (*.json) under %r; nothing pushed", str(results_dir))
         return 2
     for p in pushed:
-        log.info("pushed %s/%s to W&B run %s (%s)", p["protocol"], p["benchmark"], p["run_id"], p["dir"])
+        log.info("pushed %s/%s to W&B run %s (%s, %s)", p["protocol"], p["benchmark"], p["run_id"], p.get("action", "?"),
+                 p["dir"])
+    counts = {a: sum(p.get("action") == a for p in pushed) for a in ("created", "updated", "offline")}
+    if counts["offline"]:
+        log.info("%d leaderboard run(s) written offline with fixed ids: `wandb sync` creates or updates them "
+                 "(a second push updates the same runs, it never duplicates them)", counts["offline"])
+    else:
+        log.info("%d leaderboard run(s) created, %d updated", counts["created"], counts["updated"])
     return 0
 
 

@@ -251,8 +251,10 @@ def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
              f"mean ± std over seeds ({unit}). Click a column header to sort. Rows marked "
              '<span class="badge">reported</span> are numbers copied from papers (with their source), not our runs.</p>']
 
-    # ---- tables
-    headers = ["learner", "backbone", "shots", "seeds", *metrics]
+    # ---- tables; a "shots" column and few-shot curves only where some row was run with a number of shots
+    has_shots = any(_num(r.get("shots")) is not None for r in rows)
+    shot_cols = ["shots"] if has_shots else []
+    headers = ["learner", "backbone", *shot_cols, "seeds", *metrics]
     for i, dataset in enumerate(datasets):
         trs = []
         for r in rows:
@@ -260,15 +262,17 @@ def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
                 continue
             s = r["summary"]
             trs.append([(learner_label(r) + r.get("_mark", ""), None), (backbone_label(r), None),
-                        (r.get("shots"), _num(r.get("shots"))), (s.get("n_seeds", len(r.get("per_seed", []))), None)]
+                        *([(r.get("shots"), _num(r.get("shots")))] if has_shots else []),
+                        (s.get("n_seeds", len(r.get("per_seed", []))), None)]
                        + [(format_mean_std(s, k, missing="–"), _num(s.get(k))) for k in metrics])
         parts += [f"<h2>{_e(dataset)}</h2>", _table_html(f"table-dataset-{i}", headers, trs)]
     avgs = averages(rows, metrics)
     if len(datasets) > 1:
-        trs = [[(a["learner"], None), (a["backbone"], None), (a["shots"], _num(a["shots"])), (a["datasets"], None)]
+        trs = [[(a["learner"], None), (a["backbone"], None), *([(a["shots"], _num(a["shots"]))] if has_shots else []),
+                (a["datasets"], None)]
                + [(f"{a[k]:.2f}" if k in a else "–", a.get(k)) for k in metrics] for a in avgs]
         parts += ["<h2>Average over datasets</h2>",
-                  _table_html("table-average", ["learner", "backbone", "shots", "datasets", *metrics], trs)]
+                  _table_html("table-average", ["learner", "backbone", *shot_cols, "datasets", *metrics], trs)]
     if reported:
         rmetrics = [k for k in _REPORTED_METRICS if any(k in e for e in reported)]
         trs = [[(f"{e['learner']} (reported)", None), (e["backbone"], None), (e["dataset"], None)]
@@ -288,7 +292,7 @@ def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
         parts += [f"<h2>{_e(prim)} per dataset</h2>", _figure_div(figs["bars"], "plot-bars")]
     if "dice" in figs:
         parts += ["<h2>Dice per dataset</h2>", _figure_div(figs["dice"], "plot-dice")]
-    if prim is not None:
+    if prim is not None and has_shots:
         if "fewshot" in figs:
             parts += ["<h2>Few-shot curves</h2>", _figure_div(figs["fewshot"], "plot-fewshot")]
         else:

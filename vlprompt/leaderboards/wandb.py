@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,15 @@ def _table_rows(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> tu
                      int(s.get("n_seeds", len(r.get("per_seed", [])))),
                      *(s.get(k) for k in metrics), *(s.get(f"{k}_std") for k in metrics), r.get("_rel", "")])
     return columns, data
+
+
+def leaderboard_run_id(protocol: str, benchmark: str) -> str:
+    """The W&B run id of one leaderboard: the same for every push of (protocol, benchmark), so a second push
+    updates that run (``resume="allow"``) instead of adding a duplicate. Readable prefix, plus a short hash of
+    the exact pair so that two names that sanitise alike stay apart."""
+    digest = hashlib.sha256(f"{protocol}\0{benchmark}".encode()).hexdigest()[:10]
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{protocol}-{benchmark}")[:80]
+    return f"leaderboard-{readable}-{digest}"
 
 
 def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leaderboards", entity: str | None = None,
@@ -58,6 +69,7 @@ def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leade
         metrics = ordered_metrics(rows)
         rep = [e for e in reported if e["protocol"] == protocol]
         run = wandb.init(project=project, entity=entity, dir=save_dir, mode=wandb_mode(offline),
+                         id=leaderboard_run_id(protocol, benchmark), resume="allow",
                          job_type="leaderboard", name=f"leaderboard-{protocol}-{benchmark}",
                          group=f"leaderboard/{protocol}", tags=[f"protocol:{protocol}", f"benchmark:{benchmark}"],
                          config={"protocol": protocol, "benchmark": benchmark, "results_dir": str(results_dir),
@@ -77,7 +89,9 @@ def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leade
             run.log(payload)
             run.summary.update({"rows": len(rows), "datasets": len({str(r["dataset"]) for r in rows})})
             pushed.append({"protocol": protocol, "benchmark": benchmark, "run_id": run.id, "dir": str(run.dir),
-                           "name": safe_name(f"{protocol}-{benchmark}")})
+                           "name": safe_name(f"{protocol}-{benchmark}"),
+                           # an online push knows whether the id existed; offline, `wandb sync` decides later
+                           "action": "offline" if offline else ("updated" if getattr(run, "resumed", False) else "created")})
         finally:
             run.finish()
     return pushed

@@ -19,6 +19,10 @@ from PIL import Image
 
 from vlprompt.data.atomic import atomic_write_bytes
 
+#: the artifact name of a seed's overlay PNGs (a list of paths): the result JSON lists them under
+#: ``seed<k>/overlays`` and the leaderboard's gallery reads every ``artifacts`` key ending in ``/overlays``
+OVERLAYS_ARTIFACT = "overlays"
+
 #: panels are upscaled to at least this many pixels per side
 MIN_SIDE = 160
 

@@ -56,7 +56,7 @@ from vlprompt.metrics.segmentation import (
     weight_decay_groups,
 )
 from vlprompt.modules.classification import apply_lr_scales
-from vlprompt.modules.overlays import save_overlays, wandb_mask_images
+from vlprompt.modules.overlays import OVERLAYS_ARTIFACT, save_overlays, wandb_mask_images
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +289,14 @@ class PromptSegmenter(pl.LightningModule):
         return {"checkpoint_selection": "best validation Dice epoch (TuneVLSeg)" if self.keep_best else "last epoch"}
 
     def seed_report(self, seed_dir: Path) -> dict[str, Any]:
-        """Per-seed extras: the kept epoch and the overlay PNGs written into ``seed_dir`` (``artifacts``)."""
+        """Per-seed extras: the kept epoch and the overlay PNGs written into ``seed_dir`` (``artifacts``:
+        ``{"overlays": [png, ...]}``, recorded in the result as ``seed<k>/overlays``)."""
         out: dict[str, Any] = {}
         if self.keep_best and self.best["epoch"] is not None:
             out["selected_epoch"] = int(self.best["epoch"]) + 1
             out["selected_val_dice"] = round(float(self.best["dice"]), 4)
         if self.overlay_samples:
             paths = save_overlays(self.overlay_samples, Path(seed_dir) / "overlays", threshold=self.threshold)
-            out["artifacts"] = {f"overlay{i}": str(p) for i, p in enumerate(paths)}
+            # one naming rule, read by the leaderboard's gallery: the result lists them as ``seed<k>/overlays``
+            out["artifacts"] = {OVERLAYS_ARTIFACT: [str(p) for p in paths]}
         return out

@@ -97,10 +97,13 @@ def plugin_name(kind: str, obj: object) -> str:
     return cls.__name__.lower()
 
 
-def benchmark_name(identity: dict) -> str:
-    """The benchmark a dataset identity belongs to (``toy`` for the toy world, else its ``benchmark`` or ``custom``)."""
+def benchmark_name(identity: dict, dataset: str | None = None) -> str:
+    """The benchmark a dataset identity belongs to: ``toy`` for the toy world, else its ``benchmark``, else the
+    dataset's own name (``dataset``, or the identity's ``name``); ``data`` only when nothing names it."""
     kind = identity.get("kind")
-    return "toy" if kind == "toyworld" else str(identity.get("benchmark") or "custom")
+    if kind == "toyworld":
+        return "toy"
+    return str(identity.get("benchmark") or dataset or identity.get("name") or "data")
 
 
 def resolve_argv(argv: list[str]) -> list[str]:
@@ -235,6 +238,9 @@ def _build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
 
 def validate_config(stage: str, cfg: Any) -> None:
     """Refuse configs that would train nothing useful or give misleading statistics, before any work starts."""
+    if getattr(cfg, "seed_everything", None) not in (None, False):  # e.g. `seed_everything: 1` in a YAML config
+        raise ConfigError(f"seed_everything: {cfg.seed_everything} is Lightning's single seed; vlprompt runs one run per "
+                          "seed: use seeds: [N] (one seed) or seeds: [1, 2, 3] (--seeds on the command line)")
     seeds = list(cfg.seeds or [])
     if not seeds:
         raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds [1,2,3]")

@@ -37,6 +37,7 @@ from vlprompt.runs.config import (
     rounded_metrics,
     validate_config,
 )
+from vlprompt.runs.console import configure_progress, output_is_terminal
 from vlprompt.runs.data_check import preflight_images
 from vlprompt.runs.folders import (
     ResumeCheckpoint,
@@ -204,7 +205,8 @@ def _instantiate(cli: VlpromptCLI) -> None:
 def _seed_run_info(cfg: Any, config: dict, stage: str, data: Any, learner: Any, seed: int, run_id: str) -> dict:
     """What loggers get before a seed runs (:func:`vlprompt.runs.tracking.start_seed_logging`)."""
     return {"config": config, "stage": stage, "seed": seed, "run_id": run_id, "protocol": data.name,
-            "benchmark": cfg.benchmark or benchmark_name(data.dataset.identity()), "dataset": data.dataset.name,
+            "benchmark": cfg.benchmark or benchmark_name(data.dataset.identity(), data.dataset.name),
+            "dataset": data.dataset.name,
             "learner": plugin_name("learners", learner), "family": str(getattr(learner, "family", "?"))}
 
 
@@ -246,7 +248,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     seeds: list[int] = list(cfg.seeds)
     if cfg.progress is not None:
         cfg.trainer.enable_progress_bar = bool(cfg.progress)
-    elif not progress_enabled():
+    elif not progress_enabled() or not output_is_terminal():  # not a terminal: one line per epoch, no bar
         cfg.trainer.enable_progress_bar = False
     config = yaml.safe_load(cli.parser.dump(cfg, skip_none=False, skip_check=True))
     run_id = cfg.run_id or (Path(resume_dir).name if resume_dir else new_run_id(_learner_label(cfg)))
@@ -265,6 +267,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     model = data = None
     evaluated: dict[str, str] | None = None
     current: int | None = None
+    once: dict[str, Any] | None = None  # the row of a seed-independent evaluation (a learner with nothing to train)
     try:
         with interrupt_signals(), _warnings_once(handler):
             for seed in seeds:
@@ -274,12 +277,18 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     log.info("seed %d: finished earlier, read from %s", seed, run.seed_dir(seed) / "seed.json")
                     per_seed.append(done)
                     continue
+                if once is not None:  # nothing to train and a fixed test set: the evaluation is the same for every seed
+                    row = {**once, "seed": seed, "wall_seconds": 0.0}
+                    run.save_seed(seed, row)
+                    per_seed.append(row)
+                    continue
                 t0 = time.time()
                 seed_everything(seed, workers=True, verbose=False)
                 _instantiate(cli)
                 model, data, trainer = cli.model, cli.datamodule, cli.trainer
                 data.seed = seed
                 learner = model.learner
+                configure_progress(trainer, bool(cfg.trainer.enable_progress_bar))
                 start_seed_logging(trainer, _seed_run_info(cfg, config, stage, data, learner, seed, run_id))
                 if len(per_seed) == 0 and not getattr(run, "_preflight_done", False):
                     _preflight(cfg, data, cfg.results_dir)
@@ -303,7 +312,8 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                         row["prompts"] = str(out)
                         row["prompts_sha256"] = _sha256(out)
                 elif stage == "fit":
-                    log.info("%s has nothing to train: evaluating it", type(learner).__name__)
+                    log.info("%s has nothing to train: evaluating it once, for all %d seed(s)", type(learner).__name__,
+                             len(seeds))
                 if stage == "validate":
                     trainer.validate(model, datamodule=data, verbose=False)
                     results = _eval_results(model, trainer, "val")
@@ -316,6 +326,11 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     row.update(report(run.seed_dir(seed)))
                 end_seed_logging(trainer, row["metrics"])
                 row["wall_seconds"] = round(time.time() - t0, 2)
+                if not learner.trainable and not cfg.prompts:
+                    # a frozen learner on evaluation sets that do not depend on the seed (the protocols draw their
+                    # evaluation subsets with a fixed seed): the other seeds reuse this row instead of re-running it
+                    row["seed_independent"] = True
+                    once = {k: v for k, v in row.items() if k not in {"seed", "wall_seconds", "artifacts"}}
                 run.save_seed(seed, row)
                 per_seed.append(row)
                 log.info("seed %d: %s", seed, row["metrics"])
@@ -344,7 +359,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
         identity = data.dataset.identity()
         result = make_result(
             protocol=data.name if stage != "validate" else f"{data.name}-val",
-            benchmark=cfg.benchmark or benchmark_name(identity),
+            benchmark=cfg.benchmark or benchmark_name(identity, data.dataset.name),
             dataset=data.dataset.name,
             learner=plugin_name("learners", model.learner),
             learner_config=config.get("model", {}).get("learner", {}),
@@ -364,13 +379,19 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
         result["run_id"] = run_id
         result["run_dir"] = str(run.path)
         result["trainable"] = bool(model.learner.trainable)
+        if per_seed and all(r.get("seed_independent") for r in per_seed):
+            result["seed_independent"] = True  # evaluated once; the per-seed rows repeat that one evaluation
         if resumed:
             result["resumed"] = True
         artifacts = {f"seed{r['seed']}/prompts": {"path": r["prompts"], "sha256": r.get("prompts_sha256")}
                      for r in per_seed if r.get("prompts")}
         for r in per_seed:
             for name, p in (r.get("artifacts") or {}).items():
-                artifacts[f"seed{r['seed']}/{name}"] = {"path": p, "sha256": _sha256(p) if Path(p).is_file() else None}
+                if isinstance(p, list):  # several files under one name (e.g. a seed's overlay PNGs)
+                    artifacts[f"seed{r['seed']}/{name}"] = {
+                        "paths": p, "sha256": [_sha256(q) if Path(q).is_file() else None for q in p]}
+                else:
+                    artifacts[f"seed{r['seed']}/{name}"] = {"path": p, "sha256": _sha256(p) if Path(p).is_file() else None}
         result["artifacts"] = artifacts
         fields = getattr(model, "result_fields", None)
         if callable(fields):

@@ -18,6 +18,7 @@ import platform
 import re
 import secrets
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,7 @@ _PACKAGES = {  # key in "versions" -> distribution name
 
 __all__ = [
     "SCHEMA", "REQUIRED_KEYS", "ResultError", "collect_versions", "device_string", "git_state", "make_result",
-    "write_result", "load_result", "load_results", "print_summary", "PACKAGE_SCHEME", "RESULTS_SCHEME",
+    "write_result", "load_result", "load_results", "print_summary", "summary_notes", "METRIC_NOTES", "PACKAGE_SCHEME", "RESULTS_SCHEME",
     "EXTERNAL_SCHEME", "portable_path", "portable_text", "portable_result", "resolve_recorded_path",
     "migrate_results", "find_absolute_paths",
 ]
@@ -521,13 +522,12 @@ def print_summary(result: Mapping[str, Any], console: "Console | None" = None) -
     For base-to-new results the mean row's HM is the harmonic mean of the mean base and new accuracies,
     and its ± is the std of per-seed HMs. Works for any metric keys (e.g. only ``accuracy``).
     """
-    console = console or Console()
+    console = console or Console(soft_wrap=not sys.stdout.isatty())
     keys = metric_keys(result)
     backbone = result.get("backbone") or {}
-    title = (
-        f"{result.get('dataset', '?')} / {result.get('learner', '?')} / {backbone.get('model', '?')}"
-        f" ({result.get('protocol', '?')}, {'all' if result.get('shots') is None else result.get('shots')} shots)"
-    )
+    shots = "" if result.get("shots") is None else f", {result.get('shots')} shots"
+    title = (f"{result.get('dataset', '?')} / {result.get('learner', '?')} / {backbone.get('model', '?')}"
+             f" ({result.get('protocol', '?')}{shots})")
     table = Table(title=title, min_width=len(title))
     table.add_column("seed", justify="right")
     for k in keys:
@@ -543,3 +543,28 @@ def print_summary(result: Mapping[str, Any], console: "Console | None" = None) -
     table.add_section()
     table.add_row("mean", *cells, style="bold")
     console.print(table)
+    for line in summary_notes(result, keys):
+        console.print(line, markup=False, highlight=False)
+
+
+#: what each metric of a summary means, in one line (printed under the table)
+METRIC_NOTES: dict[str, str] = {
+    "base": "base: top-1 accuracy on the base (training) classes, %",
+    "new": "new: top-1 accuracy on the new (unseen) classes, %",
+    "hm": "HM: harmonic mean of base and new, % (mean row: HM of the mean base and new; its std: over the seeds' HMs)",
+    "accuracy": "accuracy: top-1 accuracy, %",
+    "dice": "dice: Dice of each test image, averaged over the images, % (an empty mask predicted empty counts 100)",
+    "iou": "iou: IoU of all test pixels pooled (dataset-level, not per image), %",
+}
+
+
+def summary_notes(result: Mapping[str, Any], keys: Sequence[str] | None = None) -> list[str]:
+    """The lines printed under a summary table: the unit and meaning of each metric shown, and whether the
+    numbers are a mean over seeds or one seed-independent evaluation."""
+    keys = metric_keys(result) if keys is None else keys
+    lines = [METRIC_NOTES[k] for k in keys if k in METRIC_NOTES]
+    if result.get("seed_independent"):
+        lines.append("nothing to train: evaluated once; the result holds for every seed (std 0 by construction)")
+    elif len(result.get("per_seed") or []) > 1:
+        lines.append(f"mean row: mean and std over the {len(result['per_seed'])} seeds")
+    return lines

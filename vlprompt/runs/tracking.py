@@ -20,7 +20,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EpochCurves", "SUMMARY_KEYS", "end_seed_logging", "seed_group", "start_seed_logging", "summary_metrics"]
+__all__ = ["EpochCurves", "SUMMARY_KEYS", "batch_size_of", "end_seed_logging", "seed_group", "start_seed_logging", "summary_metrics"]
 
 #: the metrics a dashboard shows first: base-to-new (base, new, HM) and segmentation (Dice, IoU)
 SUMMARY_KEYS = ("base", "new", "hm", "dice", "iou", "accuracy")
@@ -66,9 +66,27 @@ def end_seed_logging(trainer: pl.Trainer, metrics: Mapping[str, Any]) -> None:
             hook(summary)
 
 
+def batch_size_of(batch: Any) -> int:
+    """The number of samples in a batch of any of vlprompt's formats: a classification ``(images, labels, ...)``
+    tuple, a segmentation dict (``image``, ``mask``, ``prompt``, ...) or a bare tensor; 1 when it cannot tell."""
+    if isinstance(batch, Mapping):
+        candidates = [batch[k] for k in ("mask", "image", "label") if k in batch] + list(batch.values())
+    elif isinstance(batch, (list, tuple)):
+        candidates = list(batch[1:2]) + list(batch)
+    else:
+        candidates = [batch]
+    for value in candidates:
+        shape = getattr(value, "shape", None)
+        if shape is not None and len(shape) > 0:
+            return int(shape[0])
+        if isinstance(value, (list, tuple)) and value and not isinstance(batch, (list, tuple)):
+            return len(value)
+    return 1
+
+
 class EpochCurves(pl.Callback):
     """Per-epoch training curves for every logger: ``epoch/train_loss`` and ``epoch/train_acc`` (means over the
-    epoch's samples, reduced across processes under DDP) and ``epoch/lr`` (first param group), logged at the end
+    epoch's samples, counted with :func:`batch_size_of`, so classification and segmentation batches both work, reduced across processes under DDP) and ``epoch/lr`` (first param group), logged at the end
     of each training epoch."""
 
     def __init__(self) -> None:
@@ -82,10 +100,7 @@ class EpochCurves(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if loss is None:
             return
-        try:
-            n = int(batch[1].shape[0])
-        except (TypeError, IndexError, AttributeError):
-            n = 1
+        n = batch_size_of(batch)
         acc = trainer.callback_metrics.get("train/acc")
         self._sums[0] += float(loss.detach()) * n
         self._sums[1] += (float(acc) if acc is not None else math.nan) * n

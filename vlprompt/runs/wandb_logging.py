@@ -98,6 +98,10 @@ class WandbLogger(_LightningWandbLogger):
         kwargs.setdefault("mode", wandb_mode(offline))
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(project=project, offline=offline, save_dir=save_dir, **kwargs)
+        # Lightning always passes anonymous=None, which wandb answers with "The anonymous setting has no effect"
+        # on every run; leave it out unless it was asked for
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
     @rank_zero_only
     def start_seed(self, info: Mapping[str, Any]) -> None:

@@ -1,0 +1,49 @@
+"""What ``vlprompt list learners`` says about each built-in learner without importing it (no torch).
+
+:data:`LEARNER_FACTS` holds, per entry-point name, the learner's family and tasks (the class attributes
+``family`` and ``tasks``; a test-time learner's task is ``test-time``), the paper it reproduces and the test
+module that pins it to the reference code, if one does. ``tests/test_cli_startup.py`` keeps the family, tasks
+and test files in sync with the real classes and the test suite. A third-party learner is not listed here: its
+``family`` and ``tasks`` are read from its source file (:mod:`ast`, no import) where they are plain literals.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["LearnerFacts", "LEARNER_FACTS"]
+
+
+class LearnerFacts(NamedTuple):
+    """Static facts about one learner: ``family``, ``tasks``, ``paper`` and ``faithfulness`` (a test module path,
+    or ``""`` when no test compares it with reference code)."""
+
+    family: str
+    tasks: tuple[str, ...]
+    paper: str
+    faithfulness: str = ""
+
+
+_CS = ("classification", "segmentation")
+
+LEARNER_FACTS: dict[str, LearnerFacts] = {
+    "zero_shot": LearnerFacts("text", _CS, "CLIP (Radford et al., ICML 2021)"),
+    "coop": LearnerFacts("text", _CS, "CoOp (Zhou et al., IJCV 2022)", "tests/test_tunevlseg_equivalence.py"),
+    "cocoop": LearnerFacts("text", _CS, "CoCoOp (Zhou et al., CVPR 2022)", "tests/test_faithfulness_cocoop.py"),
+    "vpt": LearnerFacts("visual", _CS, "VPT (Jia et al., ECCV 2022)", "tests/test_vl_reference.py"),
+    "ivlp": LearnerFacts("multimodal", _CS, "IVLP (Khattak et al., CVPR 2023)", "tests/test_vl_reference.py"),
+    "maple": LearnerFacts("multimodal", _CS, "MaPLe (Khattak et al., CVPR 2023)", "tests/test_vl_reference.py"),
+    "promptsrc": LearnerFacts("multimodal", _CS, "PromptSRC (Khattak et al., ICCV 2023)", "tests/test_vl_reference.py"),
+    "dept": LearnerFacts("text", _CS, "DePT (Shi & Lipani, ICLR 2024)"),
+    "ept": LearnerFacts("text", _CS, "EPT (Lan et al., arXiv 2405.11464)"),
+    "cones": LearnerFacts("text", ("classification",), "ConES (Yi et al., arXiv 2305.18993)"),
+    "cones_stage2": LearnerFacts("text", ("classification",), "ConES, stage 2 (Yi et al., arXiv 2305.18993)"),
+    "tmml": LearnerFacts("multimodal", _CS, "TMML (Long et al., ICCV 2023)"),
+    "tpt": LearnerFacts("test-time", ("test-time",), "TPT (Shu et al., NeurIPS 2022)", "tests/test_tta.py"),
+    "difftpt": LearnerFacts("test-time", ("test-time",), "DiffTPT (Feng et al., ICCV 2023)", "tests/test_tta.py"),
+    "gram": LearnerFacts("meta-learned", ("classification",), "GRAM (Li et al., ICCV 2023)"),
+    "shared_separate": LearnerFacts("multimodal", _CS, "TuneVLSeg Shared Separate (Adhikari et al., ACCV 2024)",
+                                   "tests/test_shared_learners.py"),
+    "shared_attention": LearnerFacts("multimodal", _CS, "TuneVLSeg Shared Attention (Adhikari et al., ACCV 2024)",
+                                    "tests/test_shared_learners.py"),
+}
