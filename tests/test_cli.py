@@ -209,3 +209,14 @@ def test_data_check_command_on_shared_eurosat(shared_data, capsys) -> None:
     out = capsys.readouterr().out
     assert "OK" in out and "differs from the official" in out
     assert cli.main(["data", "check", "eurosat", "--root", str(shared_data), "--strict"]) == 1
+
+
+@pytest.mark.parametrize("value", ["{}", "{} photo.", "a photo of a {}."])
+def test_prompt_template_on_the_command_line_stays_text(value, capsys) -> None:
+    """`--model.learner.template "{}"` (the class name alone) is text, not an empty YAML mapping."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fit", "--config", QUICK, "--model.learner", "zero_shot", "--model.learner.template", value,
+                  "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert f"template: {value!r}" in printed or f"template: {value}" in printed

@@ -39,8 +39,20 @@ def _overridden_keys(argv: list[str]) -> dict[str, str]:
     return keys
 
 
+#: values that are prompt text, never YAML: ``--model.learner.template "{}"`` (the class name alone) would otherwise
+#: load as an empty mapping and fail the str check after a full usage dump
+FORMAT_PLACEHOLDERS = frozenset({"{}", "{} ", " {}"})
+
+
 def _yaml_loader(text: str) -> Any:
-    value = yaml.safe_load(text)
+    if text in FORMAT_PLACEHOLDERS:
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        if "\n" in text:  # a config file: check_config_files names its line before parsing starts
+            raise
+        return text  # one command-line value that is not YAML ("{} photo."): text, checked against its type
     return resolve_config_names(value, overridden=_OVERRIDDEN)
 
 
