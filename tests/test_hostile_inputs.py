@@ -1,0 +1,141 @@
+"""Issue 23: hostile and damaged inputs never give a silently wrong result.
+
+Each case here was reproduced as a silent wrong result (or a traceback) before the fix; now it gives a clear
+error, a skip with its reason, or a correct recomputation. docs/reliability.md lists them with the observed
+behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from vlprompt.data.feature_cache import cached_features, tensor_digest
+
+# ----------------------------------------------------------------------------------------- feature cache
+
+
+def _permute(t: dict) -> dict:
+    perm = torch.tensor([4, 3, 2, 1, 0])
+    return {"features": t["features"][:, perm], "labels": t["labels"][perm]}
+
+
+def _shorten(t: dict) -> dict:
+    return {"features": t["features"][:, :2], "labels": t["labels"][:2]}
+
+
+def _fewer_labels(t: dict) -> dict:
+    return {"features": t["features"], "labels": t["labels"][:2]}
+
+
+def _narrow(t: dict) -> dict:
+    return {"features": t["features"][..., : t["features"].shape[-1] // 2].contiguous(), "labels": t["labels"]}
+
+
+def _nan(t: dict) -> dict:
+    return {"features": torch.full_like(t["features"], float("nan")), "labels": t["labels"]}
+
+
+FEATURE_CASES = {
+    "rows permuted": _permute,
+    "features and labels shortened": _shorten,
+    "fewer labels than rows": _fewer_labels,
+    "half the feature width": _narrow,
+    "NaN features": _nan,
+}
+
+
+@pytest.mark.parametrize("metadata_mode", ["kept", "rewritten", "stripped"])
+@pytest.mark.parametrize("case", sorted(FEATURE_CASES))
+def test_poisoned_feature_cache_entry_is_recomputed(tmp_path, caplog, case, metadata_mode) -> None:
+    """An edited entry is recomputed with a warning naming it, whether its provenance record was kept as
+    written (content digest differs), rewritten to match the new tensors (provenance differs from the
+    request), or stripped (no provenance: an entry of an older version)."""
+    from vlprompt.learners.testing import tiny_clip
+
+    b = tiny_clip()
+    data = [(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)), i % 2) for i in range(5)]
+    labels = [y for _, y in data]
+    kw = dict(cache_dir=tmp_path, key="k", views=1, labels=labels, sample_ids=list(range(5)), identity={"name": "x"})
+    fresh = cached_features(b, data, **kw)
+    path = tmp_path / "features" / "k.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    poisoned = FEATURE_CASES[case](load_file(str(path)))
+    if metadata_mode == "rewritten":
+        rec = json.loads(meta["provenance"])
+        rec.update(samples=int(poisoned["labels"].shape[0]), width=int(poisoned["features"].shape[-1]))
+        meta = {**meta, "provenance": json.dumps(rec), "content_sha256": tensor_digest(poisoned)}
+    save_file({k: v.contiguous() for k, v in poisoned.items()}, str(path),
+              metadata=None if metadata_mode == "stripped" else meta)
+    with caplog.at_level(logging.WARNING):
+        again = cached_features(b, data, **kw)
+    assert torch.equal(again.features, fresh.features) and torch.equal(again.labels, fresh.labels)
+    assert any("recomputing feature cache entry" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    # the recomputed entry is written back and then trusted
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        third = cached_features(b, data, **kw)
+    assert torch.equal(third.features, fresh.features) and not caplog.records
+
+
+def test_feature_cache_entry_of_another_dataset_is_recomputed(tmp_path, caplog) -> None:
+    """A valid entry under the right key, but written for other labels or another backbone, is not used."""
+    from vlprompt.learners.testing import tiny_clip
+
+    b = tiny_clip()
+    data = [(torch.rand(3, 32, 32), i % 2) for i in range(5)]
+    other = [(x, 1) for x, _ in data]
+    cached_features(b, other, cache_dir=tmp_path, key="k", views=1, labels=[1, 1, 1, 1, 1])
+    with caplog.at_level(logging.WARNING):
+        ds = cached_features(b, data, cache_dir=tmp_path, key="k", views=1, labels=[0, 1, 0, 1, 0])
+    assert ds.labels.tolist() == [0, 1, 0, 1, 0]
+    assert any("labels_sha256" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------ few-shot index cache
+
+FEWSHOT_CASES = {
+    "one index repeated": lambda c: {**c, "train": [c["train"][0]] * len(c["train"])},
+    "a JSON list": lambda c: [c["train"]],
+    "index out of range": lambda c: {**c, "train": [10**9, *c["train"][1:]]},
+    "negative index": lambda c: {**c, "train": [-1, *c["train"][1:]]},
+    "strings as indices": lambda c: {**c, "train": [str(i) for i in c["train"]]},
+    "fewer shots than recorded": lambda c: {**c, "train": c["train"][::2]},
+    "train missing": lambda c: {"key": c["key"], "val": c["val"]},
+    "val repeated": lambda c: {**c, "val": c["val"][:1] * len(c["val"])},
+}
+
+
+@pytest.mark.parametrize("case", sorted(FEWSHOT_CASES))
+def test_poisoned_fewshot_index_cache_is_redrawn(tmp_path, caplog, case) -> None:
+    from vlprompt.data.toyworld.datasets import ToyColors
+    from vlprompt.protocols.base2new import FewShot
+
+    colors = ToyColors(per_class=[8, 4, 8])
+    first = FewShot(colors, shots=2, seed=1, cache_dir=str(tmp_path))
+    want = first._fewshot_indices("train", 2), first._fewshot_indices("val", 2)
+    (path,) = (tmp_path / "fewshot").rglob("*.json")
+    path.write_text(json.dumps(FEWSHOT_CASES[case](json.loads(path.read_text()))))
+    again = FewShot(colors, shots=2, seed=1, cache_dir=str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        got = again._fewshot_indices("train", 2), again._fewshot_indices("val", 2)
+    assert got == want
+    assert any("recomputing few-shot index cache" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("content", [b"[" * 200000, b"\xff\xfe not utf-8", b""])
+def test_unreadable_fewshot_index_cache_is_redrawn(tmp_path, content) -> None:
+    from vlprompt.data.toyworld.datasets import ToyColors
+    from vlprompt.protocols.base2new import FewShot
+
+    colors = ToyColors(per_class=[8, 4, 8])
+    want = FewShot(colors, shots=2, seed=1, cache_dir=str(tmp_path))._fewshot_indices("train", 2)
+    (path,) = (tmp_path / "fewshot").rglob("*.json")
+    path.write_bytes(content)
+    assert FewShot(colors, shots=2, seed=1, cache_dir=str(tmp_path))._fewshot_indices("train", 2) == want
