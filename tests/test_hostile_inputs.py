@@ -139,3 +139,102 @@ def test_unreadable_fewshot_index_cache_is_redrawn(tmp_path, content) -> None:
     (path,) = (tmp_path / "fewshot").rglob("*.json")
     path.write_bytes(content)
     assert FewShot(colors, shots=2, seed=1, cache_dir=str(tmp_path))._fewshot_indices("train", 2) == want
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+NAMES = ["cat", "dog", "fish"]
+
+
+def _coop():
+    from vlprompt.learners.coop import CoOp
+    from vlprompt.learners.testing import tiny_clip
+
+    torch.manual_seed(0)
+    learner = CoOp()
+    learner.setup(tiny_clip(), NAMES)
+    return learner
+
+
+PROMPT_CASES = {
+    "ctx all NaN": (lambda t: {**t, "ctx": torch.full_like(t["ctx"], float("nan"))}, "NaN or infinite"),
+    "ctx all inf": (lambda t: {**t, "ctx": torch.full_like(t["ctx"], float("inf"))}, "NaN or infinite"),
+    "one NaN": (lambda t: {**t, "ctx": t["ctx"].clone().index_fill_(0, torch.tensor([0]), float("nan"))}, "NaN or infinite"),
+    "int64 ctx": (lambda t: {**t, "ctx": (t["ctx"] * 100).long()}, "expected a floating-point tensor"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PROMPT_CASES))
+def test_non_finite_or_non_float_prompts_are_refused(tmp_path, case) -> None:
+    from vlprompt.learners.base import LearnerError
+
+    learner = _coop()
+    path = learner.save_prompts(tmp_path / "p.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    poison, message = PROMPT_CASES[case]
+    save_file(poison(load_file(str(path))), str(path), metadata=meta)
+    before = learner.ctx.detach().clone()
+    with pytest.raises(LearnerError, match=message) as info:
+        learner.load_prompts(path)
+    assert str(path) in str(info.value) and "'ctx'" in str(info.value)
+    assert torch.equal(learner.ctx.detach(), before)  # nothing was loaded
+    with pytest.raises(LearnerError, match=message):
+        learner.set_learned_state(poison(learner.learned_state()))
+
+
+@pytest.mark.parametrize("classnames", ["not json [", '{"a": 1}', "[1, 2, 3]"])
+def test_malformed_classnames_metadata_is_a_clear_error(tmp_path, classnames) -> None:
+    from vlprompt.learners.base import LearnerError
+
+    learner = _coop()
+    path = learner.save_prompts(tmp_path / "p.safetensors")
+    save_file(load_file(str(path)), str(path), metadata={"learner": "CoOp", "classnames": classnames})
+    with pytest.raises(LearnerError, match="metadata 'classnames'"):
+        learner.load_prompts(path)
+
+
+def test_missing_classnames_metadata_is_a_warning(tmp_path, caplog) -> None:
+    learner = _coop()
+    path = learner.save_prompts(tmp_path / "p.safetensors")
+    save_file(load_file(str(path)), str(path), metadata={"learner": "CoOp"})
+    with caplog.at_level(logging.WARNING):
+        learner.load_prompts(path)
+    assert any("could not be checked" in r.getMessage() for r in caplog.records)
+
+
+def test_prompts_without_backbone_metadata_warn_and_malformed_refuse(tmp_path, caplog) -> None:
+    from vlprompt.learners.base import LearnerError
+    from vlprompt.runs.driver import load_checked_prompts
+
+    learner = _coop()
+    path = learner.save_prompts(tmp_path / "p.safetensors")  # no backbone metadata
+    with caplog.at_level(logging.WARNING):
+        load_checked_prompts(learner, str(path), _bb(), force=False)
+    assert any("no 'backbone' metadata" in r.getMessage() and "could not check" in r.getMessage() for r in caplog.records)
+    for bad in ("{oops", "[1, 2]"):
+        save_file(load_file(str(path)), str(path), metadata={"learner": "CoOp", "classnames": json.dumps(NAMES), "backbone": bad})
+        with pytest.raises(LearnerError, match="metadata 'backbone'"):
+            load_checked_prompts(learner, str(path), _bb(), force=False)
+
+
+def _bb():
+    from vlprompt.learners.testing import tiny_clip
+
+    return tiny_clip()
+
+
+def test_import_dassl_of_nan_prompts_is_refused(tmp_path) -> None:
+    from vlprompt.learners.base import LearnerError
+    from vlprompt.learners.reference_import import import_dassl
+
+    state = {"ctx": torch.full((16, 32), float("nan")), "token_prefix": torch.zeros(3, 1, 32),
+             "token_suffix": torch.zeros(3, 15, 32)}
+    ckpt = tmp_path / "model.pth.tar-10"
+    torch.save({"state_dict": state, "epoch": 10}, ckpt)
+    cfg = tmp_path / "backbone.yaml"
+    cfg.write_text("model:\n  backbone:\n    class_path: vlprompt.learners.testing.tiny_clip\n")
+    out = tmp_path / "p.safetensors"
+    with pytest.raises(LearnerError, match="NaN or infinite"):
+        import_dassl(ckpt, learner="coop", classnames=NAMES, out=out, backbone_config=str(cfg))
+    assert not out.exists()

@@ -124,10 +124,17 @@ def load_checked_prompts(learner: Any, path: str, backbone: Any, *, force: bool)
         if recorded and recorded != digest:
             problems.append(f"its sha256 {digest[:12]} differs from the {recorded[:12]} its run recorded in {seed_json} "
                             "(the file was overwritten or edited)")
+    if "backbone" not in meta:
+        log.warning("--prompts %s has no 'backbone' metadata: could not check that it was trained on this backbone "
+                    "(model and checkpoint sha256)", path)
     try:
         saved_bb = json.loads(meta.get("backbone", "{}"))
-    except ValueError:
-        saved_bb = {}
+    except (ValueError, RecursionError) as exc:
+        raise LearnerError(f"--prompts {path!r}: metadata 'backbone' is not JSON ({exc}); the file is damaged or not "
+                           "written by vlprompt. Re-run `vlprompt fit` or pass the right file.") from exc
+    if not isinstance(saved_bb, dict):
+        raise LearnerError(f"--prompts {path!r}: metadata 'backbone' is not a JSON object; the file is damaged or not "
+                           "written by vlprompt. Re-run `vlprompt fit` or pass the right file.")
     here = backbone.info.to_dict()
     for key in ("model", "checkpoint_sha256"):
         if isinstance(saved_bb, dict) and key in saved_bb and saved_bb.get(key) != here.get(key):
