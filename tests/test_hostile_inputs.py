@@ -238,3 +238,118 @@ def test_import_dassl_of_nan_prompts_is_refused(tmp_path) -> None:
     with pytest.raises(LearnerError, match="NaN or infinite"):
         import_dassl(ckpt, learner="coop", classnames=NAMES, out=out, backbone_config=str(cfg))
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------- leaderboards
+
+
+def _result(*, seeds=(1, 2, 3), base=80.0, benchmark="toy", dataset="toy_colors", learner="coop", run_id=None,
+            created="2026-01-01T00:00:00.000+00:00", **extra) -> dict:
+    from vlprompt.metrics import summarize_seeds
+    from vlprompt.runs.results import SCHEMA
+
+    per_seed = [{"seed": s, "epochs": 50, "metrics": {"base": base, "new": 60.0, "hm": 68.5714}} for s in seeds]
+    r = {
+        "schema": SCHEMA, "protocol": "base2new", "benchmark": benchmark, "dataset": dataset, "learner": learner,
+        "learner_config": {}, "backbone": {"model": "toyclip-s", "pretrained": "/w/toy.pt", "checkpoint_sha256": "c0ffee"},
+        "data": {"name": dataset, "split_sha256": "aaa"}, "shots": 16, "seeds": list(seeds),
+        "per_seed": per_seed, "summary": summarize_seeds([p["metrics"] for p in per_seed]), "config": {},
+        "command": "vlprompt fit --config x.yaml", "versions": {}, "device": "cpu", "wall_seconds": 1.0,
+        "created": created, "git": {"commit": None, "dirty": None}, "complete": True,
+    }
+    if run_id:
+        r["run_id"] = run_id
+    r.update(extra)
+    return r
+
+
+def _metric(value):
+    def poison(r):
+        r["per_seed"][0]["metrics"]["base"] = value
+        return r
+    return poison
+
+
+def _summary(r):
+    r["summary"].update(base=99.9, n_seeds=10)
+    r["per_seed"] = r["per_seed"][:1]
+    return r
+
+
+LEADERBOARD_CASES = {
+    # name: (poison applied to a fresh result dict, or raw bytes; reason shown on the page)
+    "seeds [1,1,1]": (lambda r: _result(seeds=(1, 1, 1), base=95.0), "repeats seed(s) [1]"),
+    "NaN accuracy": (_metric(float("nan")), "expected a finite percentage"),
+    "inf accuracy": (_metric(float("inf")), "expected a finite percentage"),
+    "accuracy -50": (_metric(-50.0), "expected a finite percentage"),
+    "accuracy 1e6": (_metric(1e6), "expected a finite percentage"),
+    "summary disagrees with per_seed": (_summary, "but per_seed"),
+    "deeply nested JSON": (b"[" * 200000, "nested too deeply"),
+    "versions a string": (lambda r: {**r, "versions": "1.0"}, "'versions' must be an object"),
+    "init_args a string": (lambda r: {**r, "learner_config": {"class_path": "x.Y", "init_args": "n_ctx=4"}},
+                           "'learner_config.init_args' must be an object"),
+    "complete 'false'": (lambda r: {**r, "complete": "false"}, "'complete' must be true or false"),
+    "negative seed": (lambda r: _result(seeds=(-1,)), "expected an integer in 0..4294967295"),
+    "huge seed": (lambda r: _result(seeds=(2**70,)), "expected an integer in 0..4294967295"),
+    "not UTF-8": (b"\xff\xfe{}", "not UTF-8"),
+    "empty per_seed": (lambda r: {**r, "per_seed": []}, "'per_seed' is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEADERBOARD_CASES))
+def test_hostile_result_file_is_skipped_with_its_reason(tmp_path, case) -> None:
+    from vlprompt.leaderboards.build import build_leaderboards
+
+    poison, reason = LEADERBOARD_CASES[case]
+    root = tmp_path / "results"
+    good = root / "base2new/toy/toy_colors/good.json"
+    good.parent.mkdir(parents=True)
+    good.write_text(json.dumps(_result(seeds=(1, 2))))
+    bad = root / "base2new/toy/toy_colors/bad.json"
+    content = poison if isinstance(poison, bytes) else json.dumps(poison(_result(created="2026-02-01T00:00:00.000+00:00")))
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    report: list = []
+    build_leaderboards(root, tmp_path / "out", report=report)
+    reasons = dict(report)
+    assert reason in reasons["base2new/toy/toy_colors/bad.json"], reasons
+    page = (tmp_path / "out/base2new/toy/README.md").read_text()
+    assert "good.json" in page and "| coop | toyclip-s (toy.pt) | 16 | 2 | 80.00 ± 0.00" in page
+    assert "bad.json" in page.split("## Results not shown")[1]
+
+
+def test_benchmarks_mapping_to_one_folder_are_refused_not_merged(tmp_path) -> None:
+    from vlprompt.leaderboards.build import build_leaderboards
+
+    root = tmp_path / "results"
+    for name, bench, base in (("a.json", "toy", 80.0), ("b.json", "toy.", 70.0)):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(json.dumps(_result(benchmark=bench, base=base)))
+    report: list = []
+    written = build_leaderboards(root, tmp_path / "out", report=report)
+    assert written == [] and not (tmp_path / "out/base2new/toy").exists()
+    assert all("map to one output folder" in why for _, why in report) and len(report) == 2
+
+
+def test_conflicting_results_under_one_run_id_are_a_conflict(tmp_path) -> None:
+    from vlprompt.leaderboards.select import select_results
+
+    a = {**_result(run_id="coop-1", base=80.0), "_rel": "a.json"}
+    b = {**_result(run_id="coop-1", base=70.0), "_rel": "b.json"}
+    rows, left_out = select_results([a, b])
+    assert rows == [] and all(why.startswith("conflict: run id 'coop-1'") for _, why in left_out)
+    same = {**_result(run_id="coop-1", base=80.0), "_rel": "c.json"}  # an identical copy is not a conflict
+    rows, _ = select_results([a, same])
+    assert len(rows) == 1
+
+
+@pytest.mark.parametrize("field", ["dataset", "learner"])
+def test_names_cannot_inject_markdown_or_html(tmp_path, field) -> None:
+    from vlprompt.leaderboards.build import build_leaderboards
+
+    root = tmp_path / "results"
+    evil = "x\n## Injected\n| a | b |\n<script>alert(1)</script>"
+    (root / "r.json").parent.mkdir(parents=True)
+    (root / "r.json").write_text(json.dumps(_result(**{field: evil})))
+    build_leaderboards(root, tmp_path / "out")
+    page = (tmp_path / "out/base2new/toy/README.md").read_text()
+    assert "\n## Injected" not in page and "<script>" not in page and "&lt;script&gt;" in page
