@@ -353,3 +353,47 @@ def test_names_cannot_inject_markdown_or_html(tmp_path, field) -> None:
     build_leaderboards(root, tmp_path / "out")
     page = (tmp_path / "out/base2new/toy/README.md").read_text()
     assert "\n## Injected" not in page and "<script>" not in page and "&lt;script&gt;" in page
+
+
+# ------------------------------------------------------------------------------- run ids and bounds (items 4, 5)
+
+def _fit_argv(tmp_path, *extra: str) -> list[str]:
+    from pathlib import Path
+
+    quick = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    return ["fit", "--config", quick, "--seeds", "[1]", "--trainer.max_epochs", "2",
+            "--results_dir", str(tmp_path / "out" / "results"), "--trainer.default_root_dir", str(tmp_path / "out" / "runs"),
+            "--data.init_args.dataset.init_args.per_class", "[4, 2, 4]", "--data.init_args.shots", "2", *extra]
+
+
+BOUND_CASES = {
+    "run id ../../../somewhere": (["--run_id", "../../../somewhere"], "is not a run name"),
+    "run id a/b": (["--run_id", "a/b"], "is not a run name"),
+    "run id ..": (["--run_id", ".."], "is not a run name"),
+    "run id with a newline": (["--run_id", "a\nb"], "is not a run name"),
+    "seed -1": (["--seeds", "[-1]"], "seed -1 is outside 0..4294967295"),
+    "seed 1e20": (["--seeds", "[99999999999999999999]"], "is outside 0..4294967295"),
+    "max_epochs -1": (["--trainer.max_epochs", "-1"], "trainer.max_epochs=-1 must be a whole number in 1.."),
+    "max_epochs 0": (["--trainer.max_epochs", "0"], "trainer.max_epochs=0 must be a whole number in 1.."),
+    "batch size 1e20": (["--data.init_args.batch_size", "100000000000000000000"], "batch_size=100000000000000000000 is larger"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOUND_CASES))
+def test_out_of_bounds_values_are_refused_before_anything_is_written(tmp_path, capsys, case) -> None:
+    from vlprompt import cli
+
+    extra, expected = BOUND_CASES[case]
+    code = cli.main(_fit_argv(tmp_path, *extra))
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "somewhere").exists()
+
+
+def test_run_folder_refuses_a_path_as_run_id(tmp_path) -> None:
+    from vlprompt.runs.folders import RunError, RunFolder
+
+    for bad in ("../x", "a/b", "/abs", "", ".hidden", "x" * 129):
+        with pytest.raises(RunError, match="is not a run name"):
+            RunFolder.open(tmp_path / "runs", bad, stage="fit", argv=[], cfg_hash="0")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()

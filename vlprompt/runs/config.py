@@ -21,6 +21,7 @@ from vlprompt.learners.registry import KEY_GROUPS, ConfigError, resolve_config_n
 from vlprompt.metrics import harmonic_mean
 from vlprompt.modules.classification import PromptClassifier
 from vlprompt.protocols.base2new import ClassificationProtocol
+from vlprompt.runs.folders import RunError, check_run_id
 
 #: config keys whose class_path the command line sets (filled by build_cli while it parses)
 _OVERRIDDEN: dict[str, str] = {}
@@ -233,6 +234,12 @@ def _build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     )
 
 
+#: bounds checked before any work (issue 23): numpy's seed range, a finite epoch count, a batch any device holds
+SEED_MIN, SEED_MAX = 0, 2**32 - 1
+MAX_EPOCHS = 1_000_000
+MAX_BATCH_SIZE = 2**20
+
+
 def validate_config(stage: str, cfg: Any) -> None:
     """Refuse configs that would train nothing useful or give misleading statistics, before any work starts."""
     seeds = list(cfg.seeds or [])
@@ -242,6 +249,10 @@ def validate_config(stage: str, cfg: Any) -> None:
     if dupes:
         raise ConfigError(f"--seeds {seeds} repeats seed(s) {dupes}: repeated seeds are the same run and would fake a "
                           "smaller std; give distinct seeds, e.g. --seeds [1,2,3]")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX:
+            raise ConfigError(f"--seeds {seeds}: seed {seed} is outside {SEED_MIN}..{SEED_MAX} (numpy's seed range); "
+                              "give seeds in that range, e.g. --seeds [1,2,3]")
     if cfg.prompts and len(seeds) > 1:
         raise ConfigError(
             f"--prompts {cfg.prompts} evaluates one checkpoint, but --seeds {seeds} would report it as a {len(seeds)}-seed "
@@ -253,6 +264,12 @@ def validate_config(stage: str, cfg: Any) -> None:
     model = cfg.model
     init = getattr(model, "init_args", model)
     warmup = getattr(init, "warmup_epochs", None)
+    if stage == "fit" and max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int)
+                                                      or max_epochs < 1 or max_epochs > MAX_EPOCHS):
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs} must be a whole number in 1..{MAX_EPOCHS}: the learning-rate schedule "
+            "and the run's end need a finite number of epochs (-1 would train forever). Give e.g. "
+            "--trainer.max_epochs 50.")
     if stage == "fit" and max_epochs is not None and max_epochs >= 0 and isinstance(warmup, int) and warmup > 0 \
             and max_epochs <= warmup and _learner_trainable(cfg):
         raise ConfigError(
@@ -263,6 +280,16 @@ def validate_config(stage: str, cfg: Any) -> None:
     batch_size = getattr(data_init, "batch_size", None)
     if isinstance(batch_size, int) and batch_size < 1:
         raise ConfigError(f"data batch_size={batch_size} must be >= 1, e.g. --data.init_args.batch_size 32")
+    for key in ("batch_size", "eval_batch_size"):
+        value = getattr(data_init, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_BATCH_SIZE:
+            raise ConfigError(f"data {key}={value} is larger than {MAX_BATCH_SIZE} (no device holds such a batch); "
+                              f"give e.g. --data.init_args.{key} 32")
+    if cfg.run_id is not None:
+        try:
+            check_run_id(cfg.run_id)
+        except RunError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
 USER_ERRORS = ("DataError", "BackboneError", "LearnerError", "ConfigError", "RegistryError", "ResultError", "RunError")
