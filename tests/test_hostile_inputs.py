@@ -397,3 +397,51 @@ def test_run_folder_refuses_a_path_as_run_id(tmp_path) -> None:
         with pytest.raises(RunError, match="is not a run name"):
             RunFolder.open(tmp_path / "runs", bad, stage="fit", argv=[], cfg_hash="0")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------- damaged checkpoints, full disks (7, 8)
+
+@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "unsafe pickle"])
+def test_damaged_checkpoint_is_reported_and_the_seed_redone(tmp_path, caplog, damage) -> None:
+    import argparse
+
+    from vlprompt.runs.folders import RunFolder
+
+    run, _ = RunFolder.open(tmp_path / "runs", "r1", stage="fit", argv=[], cfg_hash="0")
+    ckpt = run.checkpoint(2)
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.ones(3)}, "epoch": 3}, ckpt)
+    assert run.usable_checkpoint(2) == ckpt
+    if damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:40])
+    elif damage == "not a checkpoint":
+        torch.save([1, 2, 3], ckpt)
+    else:
+        torch.save({"state_dict": {}, "x": argparse.Namespace(a=1)}, ckpt)
+    with caplog.at_level(logging.WARNING):
+        assert run.usable_checkpoint(2) is None
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert str(ckpt) in msg and "redone from scratch" in msg and "weights_only=False" not in msg
+    assert not ckpt.exists() and ckpt.with_name("last.ckpt.damaged").is_file()
+    run.close()
+
+
+def test_full_disk_at_the_result_names_the_run_folder_and_resume(tmp_path, capsys, monkeypatch) -> None:
+    import errno
+
+    from vlprompt import cli
+    from vlprompt.runs import driver
+
+    real = driver.write_result
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(driver, "write_result", full)
+    code = cli.main(_fit_argv(tmp_path))
+    err = capsys.readouterr().err
+    (folder,) = (tmp_path / "out" / "runs").iterdir()
+    assert code == 2 and "No space left on device" in err and f"vlprompt fit --resume {folder}" in err, err
+    monkeypatch.setattr(driver, "write_result", real)
+    assert cli.main(_fit_argv(tmp_path, "--resume", str(folder))) == 0
+    assert len(list((tmp_path / "out" / "results").rglob("*.json"))) == 1

@@ -297,7 +297,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                 if stage == "fit" and learner.trainable:
                     ckpt = run.checkpoint(seed)
                     trainer.callbacks.append(ResumeCheckpoint(ckpt))
-                    resume_from = ckpt if ckpt.is_file() else None
+                    resume_from = run.usable_checkpoint(seed)  # a damaged one is reported and the seed redone
                     if resume_from is not None:
                         log.info("seed %d: resuming from %s (epoch %s)", seed, ckpt, run.checkpoint_epoch(seed))
                     trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
@@ -384,7 +384,13 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
             result.update(fields())
         if evaluated is not None:
             result["evaluated_checkpoint"] = evaluated
-        path = write_result(result, cfg.results_dir)
+        try:
+            path = write_result(result, cfg.results_dir)
+        except OSError as exc:  # disk full, permissions: every seed is saved in the run folder
+            raise RunError(
+                f"could not write the result JSON under {cfg.results_dir} ({exc.strerror or exc}); every finished seed "
+                f"is kept in the run folder {run.path}. Free space or fix permissions, then run `vlprompt {stage} "
+                f"--resume {run.path}` to write the result without retraining.") from exc
         run.update(status="complete", result=str(path))
     finally:
         logging.getLogger("vlprompt").removeHandler(handler)

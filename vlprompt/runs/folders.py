@@ -243,6 +243,31 @@ class RunFolder:
         if ckpt.is_file():  # the seed is done: its mid-training checkpoint is no longer needed
             ckpt.unlink()
 
+    def usable_checkpoint(self, seed: int) -> Path | None:
+        """The seed's ``last.ckpt`` if it loads (``weights_only=True``), else None. A damaged or refused file
+        is reported with its path and the reason, and moved aside to ``last.ckpt.damaged`` so the seed is
+        redone from scratch (its last good state is gone with it)."""
+        ckpt = self.checkpoint(seed)
+        if not ckpt.is_file():
+            return None
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "state_dict" not in state:
+                raise ValueError("not a Lightning checkpoint (no state_dict)")
+        except Exception as exc:  # noqa: BLE001 - truncated, damaged or unsafe: never loaded
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                why = "it holds objects other than tensors and plain values (refused, never unpickled)"
+            damaged = ckpt.with_name(ckpt.name + ".damaged")
+            try:
+                os.replace(ckpt, damaged)
+            except OSError:
+                damaged = ckpt
+            log.warning("seed %d: checkpoint %s is damaged (%s); the seed is redone from scratch (file kept as %s)",
+                        seed, ckpt, why, damaged)
+            return None
+        return ckpt
+
     def checkpoint_epoch(self, seed: int) -> int | None:
         """Epochs completed in the seed's checkpoint, or None when there is none."""
         ckpt = self.checkpoint(seed)
