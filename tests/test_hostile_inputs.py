@@ -445,3 +445,24 @@ def test_full_disk_at_the_result_names_the_run_folder_and_resume(tmp_path, capsy
     monkeypatch.setattr(driver, "write_result", real)
     assert cli.main(_fit_argv(tmp_path, "--resume", str(folder))) == 0
     assert len(list((tmp_path / "out" / "results").rglob("*.json"))) == 1
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+) + "model: *i\n"
+
+
+def test_yaml_alias_bomb_in_config_is_refused(tmp_path, capsys) -> None:
+    from vlprompt import cli
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    code = cli.main(_fit_argv(tmp_path, "--config", str(bomb)))
+    err = capsys.readouterr().err
+    assert code == 2 and "expands to more than" in err and str(bomb) in err, err
+
+
+def test_yaml_with_a_few_aliases_still_loads() -> None:
+    from vlprompt.runs.config import safe_yaml_load
+
+    assert safe_yaml_load("a: &x {b: 1}\nc: *x\nd: [*x, *x]\n") == {"a": {"b": 1}, "c": {"b": 1}, "d": [{"b": 1}, {"b": 1}]}

@@ -40,8 +40,39 @@ def _overridden_keys(argv: list[str]) -> dict[str, str]:
     return keys
 
 
+#: most nodes a config may expand to once its aliases are followed (a real config has a few hundred)
+MAX_YAML_NODES = 100_000
+
+
+def safe_yaml_load(text: str, source: str = "config") -> Any:
+    """``yaml.safe_load`` that first counts the nodes the document expands to (aliases followed, each shared
+    node counted once per use): an alias bomb ("billion laughs") is a :class:`ConfigError` instead of
+    gigabytes of memory."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def expanded(node) -> int:  # memoised per node: linear in the document, whatever the expansion
+        key = id(node)
+        if key not in sizes:
+            sizes[key] = 0  # a recursive alias counts as nothing on its back edge
+            children = node.value if isinstance(node.value, list) else []
+            total = 1
+            for child in children:
+                for part in (child if isinstance(child, tuple) else (child,)):
+                    total += expanded(part)
+                    if total > MAX_YAML_NODES:
+                        break
+            sizes[key] = total
+        return sizes[key]
+
+    if root is not None and expanded(root) > MAX_YAML_NODES:
+        raise ConfigError(f"{source}: the YAML expands to more than {MAX_YAML_NODES} values through its aliases "
+                          "(&anchor / *alias); a config never needs that many. Remove the nested aliases.")
+    return yaml.safe_load(text)
+
+
 def _yaml_loader(text: str) -> Any:
-    value = yaml.safe_load(text)
+    value = safe_yaml_load(text)
     return resolve_config_names(value, overridden=_OVERRIDDEN)
 
 
@@ -131,7 +162,7 @@ def check_config_files(argv: list[str]) -> None:
         if not p.is_file():
             raise ConfigError(f"--config {f}: no such file; check the path (configs live in configs/<kind>/<name>.yaml)")
         try:
-            value = yaml.safe_load(p.read_text(encoding="utf-8"))
+            value = safe_yaml_load(p.read_text(encoding="utf-8"), f"--config {f}")
         except UnicodeDecodeError as exc:
             raise ConfigError(f"--config {f}: not a text file ({exc.reason}); pass a YAML config") from exc
         except yaml.YAMLError as exc:
