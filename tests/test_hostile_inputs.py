@@ -466,3 +466,33 @@ def test_yaml_with_a_few_aliases_still_loads() -> None:
     from vlprompt.runs.config import safe_yaml_load
 
     assert safe_yaml_load("a: &x {b: 1}\nc: *x\nd: [*x, *x]\n") == {"a": {"b": 1}, "c": {"b": 1}, "d": [{"b": 1}, {"b": 1}]}
+
+
+@pytest.mark.parametrize("overlap", ["test equals train", "one shared image", "disjoint"])
+def test_data_check_flags_overlapping_splits(tmp_path, overlap) -> None:
+    from PIL import Image
+
+    from vlprompt.data.folder import ImageFolderDataset
+    from vlprompt.runs.data_check import check_dataset
+
+    root = tmp_path / "mine"
+    for c in ("cat", "dog"):
+        for i in range(3):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (10 * i, 40, 200)).save(root / c / f"{i}.jpg", "JPEG")
+    train = [["cat/0.jpg", 0, "cat"], ["dog/0.jpg", 1, "dog"]]
+    split = {"train": train, "val": [["cat/1.jpg", 0, "cat"]],
+             "test": {"test equals train": train, "one shared image": [["dog/0.jpg", 1, "dog"], ["dog/2.jpg", 1, "dog"]],
+                      "disjoint": [["dog/2.jpg", 1, "dog"]]}[overlap]}
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps(split))
+
+    class Mine(ImageFolderDataset):
+        def __init__(self, root, **kwargs):
+            super().__init__(root, split_file=str(split_file), **kwargs)
+
+    report = check_dataset("mine", str(root), source_cls=Mine)
+    flagged = [p for p in report.problems if "the splits overlap" in p]
+    assert bool(flagged) == (overlap != "disjoint"), report.problems
+    if overlap == "test equals train":
+        assert "2 image(s)" in flagged[0]
