@@ -496,3 +496,26 @@ def test_data_check_flags_overlapping_splits(tmp_path, overlap) -> None:
     assert bool(flagged) == (overlap != "disjoint"), report.problems
     if overlap == "test equals train":
         assert "2 image(s)" in flagged[0]
+
+
+@pytest.mark.parametrize("case", ["views replaced", "metadata stripped", "another image's entry"])
+def test_poisoned_generated_view_entry_is_regenerated(tmp_path, caplog, case) -> None:
+    from vlprompt.generators.base import GeneratedViews
+    from vlprompt.generators.testing import JitterGenerator
+
+    cache = GeneratedViews(JitterGenerator(), tmp_path)
+    image, other = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.rand(3, 16, 16)
+    want = cache.get(image, 2)
+    path = cache.path(image, 2)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    if case == "views replaced":
+        save_file({"views": torch.zeros_like(want)}, str(path), metadata=meta)
+    elif case == "metadata stripped":
+        save_file({"views": torch.zeros_like(want)}, str(path))
+    else:
+        cache.get(other, 2)
+        path.write_bytes(cache.path(other, 2).read_bytes())
+    with caplog.at_level(logging.WARNING):
+        assert torch.equal(cache.get(image, 2), want)
+    assert any("regenerating it" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
