@@ -519,3 +519,11 @@ def test_poisoned_generated_view_entry_is_regenerated(tmp_path, caplog, case) ->
     with caplog.at_level(logging.WARNING):
         assert torch.equal(cache.get(image, 2), want)
     assert any("regenerating it" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+
+def test_non_utf8_reported_yaml_is_a_clear_error(tmp_path) -> None:
+    from vlprompt.leaderboards.html import ReportedError, load_reported
+
+    (tmp_path / "paper.yaml").write_bytes(b"protocol: base2new\nentries: []\n# \xff\xfe\n")
+    with pytest.raises(ReportedError, match="not UTF-8"):
+        load_reported(tmp_path)

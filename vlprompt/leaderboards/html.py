@@ -89,6 +89,8 @@ def load_reported(folder: str | Path) -> list[dict[str, Any]]:
             doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ReportedError(f"{path}: not valid YAML ({exc}); fix the file") from exc
+        except UnicodeDecodeError as exc:
+            raise ReportedError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
         if not isinstance(doc, Mapping) or not isinstance(doc.get("entries"), list):
             raise ReportedError(f"{path}: expected a mapping with a list under 'entries' (see vlprompt.leaderboards.html)")
         protocol = doc.get("protocol")
