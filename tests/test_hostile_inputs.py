@@ -527,3 +527,32 @@ def test_non_utf8_reported_yaml_is_a_clear_error(tmp_path) -> None:
     (tmp_path / "paper.yaml").write_bytes(b"protocol: base2new\nentries: []\n# \xff\xfe\n")
     with pytest.raises(ReportedError, match="not UTF-8"):
         load_reported(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["absolute folder", "dot-dot", "symlink out"])
+def test_overlay_artifacts_outside_the_results_tree_are_not_read(tmp_path, monkeypatch, how) -> None:
+    from vlprompt.leaderboards.html import overlay_paths
+
+    secret = tmp_path / "elsewhere"  # beside the experiment folder "work" that holds results/ and runs/
+    secret.mkdir()
+    (secret / "private.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 32)
+    root = tmp_path / "work" / "exp" / "results"
+    folder = root / "segmentation" / "toy" / "toy_seg"
+    folder.mkdir(parents=True)
+    inside = folder / "ok.png"
+    inside.write_bytes(b"\x89PNG\r\n\x1a\n" + b"1" * 32)
+    monkeypatch.chdir(tmp_path / "work")
+    if how == "absolute folder":
+        value = str(secret)
+    elif how == "dot-dot":
+        value = "../elsewhere"  # from the working directory: exists, outside both trees
+    else:
+        (folder / "link").symlink_to(secret)
+        value = "exp/results/segmentation/toy/toy_seg/link"
+    result = {"artifacts": {"seed1/overlays": [value, str(inside)]}, "_path": str(folder / "r.json"),
+              "_rel": "segmentation/toy/toy_seg/r.json"}
+    runs = tmp_path / "work" / "exp" / "runs" / "seed1"  # a run folder beside the results folder is read
+    runs.mkdir(parents=True)
+    (runs / "o.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result["artifacts"]["seed1/overlays"].append(str(runs / "o.png"))
+    assert overlay_paths(result) == [inside, runs / "o.png"]
