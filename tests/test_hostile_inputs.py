@@ -556,3 +556,35 @@ def test_overlay_artifacts_outside_the_results_tree_are_not_read(tmp_path, monke
     (runs / "o.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     result["artifacts"]["seed1/overlays"].append(str(runs / "o.png"))
     assert overlay_paths(result) == [inside, runs / "o.png"]
+
+
+HOSTILE_VALUES = [None, -1, 1.5, "", [1], {"a": 1}, "<b>\n# h |", True, 10**30]
+HOSTILE_KEYS = ["protocol", "benchmark", "dataset", "learner", "learner_config", "backbone", "data", "shots", "seeds",
+                "summary", "config", "command", "versions", "created", "git", "stage", "trainable", "complete",
+                "evaluated_checkpoint", "run_id", "artifacts", "backbone.model", "backbone.checkpoint_sha256",
+                "learner_config.class_path", "data.split_sha256", "per_seed.epochs"]
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+def test_no_value_of_any_key_aborts_a_build(tmp_path, key) -> None:
+    """Nothing in one result file can abort the build (markdown, CSV and HTML): each hostile value gives a row or
+    a skip with its reason, and the good file's row is always there."""
+    from vlprompt.leaderboards.build import build_leaderboards
+    from vlprompt.leaderboards.html import build_html_leaderboards
+
+    root = tmp_path / "results"
+    (root / "base2new/toy/x").mkdir(parents=True)
+    (root / "base2new/toy/x/good.json").write_text(json.dumps(_result(seeds=(1, 2))))
+    for i, value in enumerate(HOSTILE_VALUES):
+        r = _result(created=f"2026-02-0{i + 1}T00:00:00.000+00:00")
+        if key == "per_seed.epochs":
+            r["per_seed"][0]["epochs"] = value
+        elif "." in key:
+            outer, inner = key.split(".")
+            r[outer] = {**r[outer], inner: value}
+        else:
+            r[key] = value
+        (root / f"base2new/toy/x/bad{i}.json").write_text(json.dumps(r))
+    build_leaderboards(root, tmp_path / "out")
+    build_html_leaderboards(root, tmp_path / "out")
+    assert "good.json" in (tmp_path / "out/base2new/toy/README.md").read_text()
