@@ -191,7 +191,8 @@ def spot_check(backbone: VLBackbone, dataset: Dataset, key: str, features: torch
     n = int(labels.shape[0])
     if n == 0:
         return None
-    picks = sorted({0, n - 1, int(key[:8] or "0", 16) % n if all(c in "0123456789abcdef" for c in key[:8]) else n // 2})
+    middle = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % n
+    picks = sorted({0, n - 1, middle})
     flat = SeededViews(dataset, 1, key)
     device = next(backbone.buffers()).device
     for i in picks[:SPOT_CHECK_ITEMS]:
