@@ -87,7 +87,7 @@ def test_segmentation_leaderboard_in_headless_chromium(tmp_path):
 
     from seg_fixtures import write_seg_results
 
-    write_seg_results(tmp_path / "results", tmp_path / "overlays")
+    write_seg_results(tmp_path / "results", tmp_path / "results" / "overlays")  # inside the results tree (issue 23)
     out = tmp_path / "out"
     assert leaderboard_main(["build", str(tmp_path / "results"), "--out", str(out), "--html", "--reported",
                              str(REPO / "leaderboards" / "reported")]) == 0

@@ -88,8 +88,10 @@ def test_segmentation_page_has_dice_bars_and_overlay_gallery(tmp_path):
     assert (out2 / "referring" / "seg-toy" / "index.html").read_bytes() == page.encode()
 
 
-def test_overlay_paths_forms_and_missing_files(tmp_path, caplog):
+def test_overlay_paths_forms_and_missing_files(tmp_path, caplog, monkeypatch):
     from vlprompt.leaderboards.html import overlay_paths
+
+    monkeypatch.chdir(tmp_path)  # overlays are read only inside the results tree or the working directory (issue 23)
 
     folder = tmp_path / "ov"
     folder.mkdir()

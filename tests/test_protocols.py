@@ -243,10 +243,16 @@ def test_fewshot_cache_is_read_back(colors, tmp_path):
     dm.train_dataloader()
     (path,) = _cache_files(tmp_path)
     content = json.loads(path.read_text())
-    content["train"] = content["train"][:3]  # a doctored cache with the right key is trusted
+    labels = colors.labels("train")
+    other = [next(j for j, y in enumerate(labels) if y == labels[i] and j != i) for i in content["train"]]
+    content["train"] = other  # another valid draw with the right key is read back as stored
     path.write_text(json.dumps(content))
     again = FewShot(colors, shots=1, seed=0, cache_dir=str(tmp_path), batch_size=100)
-    assert len(_labels_of(again.train_dataloader())) == 3
+    assert again._fewshot_indices("train", 1) == other
+    content["train"] = content["train"][:3]  # a doctored draw (3 classes of 10) is redrawn (issue 23)
+    path.write_text(json.dumps(content))
+    again = FewShot(colors, shots=1, seed=0, cache_dir=str(tmp_path), batch_size=100)
+    assert len(_labels_of(again.train_dataloader())) == 10
     path.write_text("{not json")  # an unreadable cache is redrawn
     third = FewShot(colors, shots=1, seed=0, cache_dir=str(tmp_path), batch_size=100)
     assert len(_labels_of(third.train_dataloader())) == 10

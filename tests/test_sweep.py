@@ -92,3 +92,55 @@ def test_committed_sweep_files_name_existing_configs_and_their_first_cell_parses
         assert "--config" in cell.argv, cell.label()
         check_config_files(list(cell.argv))
     check_cells(spec, cells[:1], tmp_path / "out")  # the full parser (class paths, keys) on the first cell only
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    import os
+
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if text.encode() in fh.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_and_its_workers_and_records_the_cells(tmp_path, monkeypatch):
+    """Issue 23: SIGTERM to `vlprompt sweep` stops its local workers (no orphan keeps training), records the
+    interrupted cell, says how to resume and exits 143."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _spec(tmp_path, {"shots": [2, 4], "seeds": [[1]], "trainer.max_epochs": [400]}, workers=1)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "vlprompt.cli", "sweep", "--config", str(path), "--out", str(out)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((out / "runs").glob("*/seed1/checkpoints/last.ckpt")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.5)
+        assert list((out / "runs").glob("*/seed1/checkpoints/last.ckpt")), "the cell never checkpointed"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=180)
+        err = stdout + stderr  # the log goes to the console (stdout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "interrupted by SIGTERM" in err and "to resume" in err, err[-3000:]
+    states = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert [s["status"] for s in states] == ["interrupted"]  # the second cell was never started
+    time.sleep(2)
+    assert _processes_mentioning(str(out)) == []  # no worker left training

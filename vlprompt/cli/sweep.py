@@ -15,6 +15,7 @@ from rich.table import Table
 from vlprompt.runs.sweep import (
     EXECUTORS,
     SweepError,
+    SweepInterrupted,
     cell_status,
     expand_cells,
     load_sweep,
@@ -58,6 +59,9 @@ def sweep_main(argv: Sequence[str]) -> int:
             statuses = {c.cell_id: cell_status(c, root) for c in expand_cells(spec)}
         else:
             statuses = run_sweep(spec, out=args.out, workers=args.workers, executor=args.executor)
+    except SweepInterrupted as exc:  # workers stopped, interrupted cells recorded
+        log.error("%s", exc)
+        return 128 + exc.signum
     except SweepError as exc:
         log.error("%s", exc)
         return 2

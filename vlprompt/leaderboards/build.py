@@ -14,6 +14,7 @@ import csv
 import io
 import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,8 +70,14 @@ def _num(value: Any) -> float | None:
     return float(value)
 
 
+_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
 def _md(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """``text`` safe inside a markdown line or table cell: no line breaks (which would start headings or
+    tables), no raw HTML (``<``, ``>``, ``&`` as entities, as the HTML page escapes them), ``|`` escaped."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return _LINE_BREAKS.sub(" ", text)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -98,7 +105,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
     metrics = ordered_metrics(rows)
     mheads = [_HEADERS.get(k, k) for k in metrics]
     b2n = "base" in metrics and "new" in metrics
-    out = [f"# Leaderboard: {protocol} / {benchmark}", ""]
+    out = [f"# Leaderboard: {_md(protocol)} / {_md(benchmark)}", ""]
     explain = "Numbers are top-1 accuracy in percent, mean ± std (sample std) over seeds"
     explain += (
         "; HM is the harmonic mean of the seed-averaged base and new accuracies (its ± is the std of per-seed HMs)."
@@ -121,7 +128,7 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
                 [learner_label(r) + r.get("_mark", ""), backbone_label(r), shots_cell(r), str(n)]
                 + [format_mean_std(s, k, missing="–") for k in metrics]
             )
-        out += [f"## {dataset}", ""] + _table(["learner", "backbone", "shots", "seeds", *mheads], table_rows) + [""]
+        out += [f"## {_md(dataset)}", ""] + _table(["learner", "backbone", "shots", "seeds", *mheads], table_rows) + [""]
 
     by_learner: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -201,6 +208,14 @@ def _render_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def folder_clashes(groups) -> list[list[tuple[str, str]]]:
+    """The (protocol, benchmark) groups whose names map to one output folder (e.g. ``toy`` and ``toy.``)."""
+    by_folder: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for protocol, benchmark in groups:
+        by_folder[(safe_name(protocol), safe_name(benchmark))].append((protocol, benchmark))
+    return [sorted(v) for _, v in sorted(by_folder.items()) if len(v) > 1]
+
+
 def _write_if_changed(path: Path, text: str) -> None:
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)
@@ -229,11 +244,26 @@ def build_leaderboards(results_dir: str | os.PathLike, out_dir: str | os.PathLik
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         groups[(str(r["protocol"]), str(r["benchmark"]))].append(r)
+    for clash in folder_clashes(groups):  # never merge or overwrite: refuse every group of a shared folder
+        for group in clash:
+            refused = groups.pop(group)
+            why = (f"refused: protocol/benchmark names {' and '.join(repr('/'.join(g)) for g in clash)} map to one "
+                   f"output folder {'/'.join(safe_name(p) for p in group)}/; rename the benchmark of one of them")
+            for r in refused:
+                log.warning("skipping %s: %s", r["_rel"], why)
+                if report is not None:
+                    report.append((str(r["_rel"]), why))
+    unreadable: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for rel, why in skipped:  # shown on the page of the folder the file lies in (<protocol>/<benchmark>/...)
+        parts = rel.split("/")
+        if len(parts) > 2:
+            unreadable[(parts[0], parts[1])].append((rel, f"skipped: {why}"))
     written: list[Path] = []
     for protocol, benchmark in sorted(groups):
         rows, left_out = select_results(groups[(protocol, benchmark)])
         if report is not None:
             report.extend(left_out)
+        left_out = sorted(left_out + unreadable.get((safe_name(protocol), safe_name(benchmark)), []))
         if not rows:
             continue
         folder = Path(out_dir) / safe_name(protocol) / safe_name(benchmark)

@@ -89,6 +89,8 @@ def load_reported(folder: str | Path) -> list[dict[str, Any]]:
             doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ReportedError(f"{path}: not valid YAML ({exc}); fix the file") from exc
+        except UnicodeDecodeError as exc:
+            raise ReportedError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
         if not isinstance(doc, Mapping) or not isinstance(doc.get("entries"), list):
             raise ReportedError(f"{path}: expected a mapping with a list under 'entries' (see vlprompt.leaderboards.html)")
         protocol = doc.get("protocol")
@@ -450,7 +452,19 @@ def _overlay_entries(result: Mapping[str, Any]) -> list[tuple[str, Path]]:
             else:
                 log.warning("%s: overlay %s (artifacts[%r]) is not a PNG file or folder; skipped",
                             result.get("_rel", "result"), item, key)
-    return out
+    # a result file is untrusted (issue 23): only PNGs inside the results tree (the folder holding the results
+    # folder, where run folders sit beside it) or the working directory are read, after resolving symlinks; an
+    # absolute folder elsewhere or ../ out of both never embeds other files
+    allowed = [Path.cwd().resolve()] + ([root.resolve(), root.resolve().parent] if root is not None else [])
+    kept = []
+    for prefix, p in out:
+        real = p.resolve()
+        if any(real.is_relative_to(a) for a in allowed):
+            kept.append((prefix, p))
+        else:
+            log.warning("%s: overlay %s resolves to %s, outside the results tree (%s) and the working directory; "
+                        "not embedded", result.get("_rel", "result"), p, real, root.resolve().parent if root else "-")
+    return kept
 
 
 def _png_data_uri(path: Path) -> str | None:

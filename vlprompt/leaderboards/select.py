@@ -194,8 +194,9 @@ def select_results(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, An
     """Apply :data:`SELECTION_RULES`: the rows (sorted) and ``(file, reason)`` for every result left out."""
     left_out: list[tuple[str, str]] = []
     best: dict[tuple, dict[str, Any]] = {}
+    conflicted = run_id_conflicts(results)
     for r in results:
-        why = eligibility(r)
+        why = conflicted.get(id(r)) or eligibility(r)
         if why is not None:
             left_out.append((str(r.get("_rel")), why))
             continue
@@ -210,6 +211,27 @@ def select_results(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, An
     rows = sorted(best.values(), key=_row_sort_key)
     _mark_lookalikes(rows)
     return rows, sorted(left_out)
+
+
+def _numbers(result: Mapping[str, Any]) -> list:
+    return sorted((p.get("seed"), sorted(p.get("metrics", {}).items())) for p in result.get("per_seed", []))
+
+
+def run_id_conflicts(results: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+    """``{id(result): reason}`` for results that share a run id but not their numbers: one run cannot have
+    two outcomes, and neither file is older than the other, so both are left out as a conflict."""
+    by_run: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in results:
+        if isinstance(r.get("run_id"), str) and r["run_id"]:
+            by_run[r["run_id"]].append(r)
+    out: dict[int, str] = {}
+    for run_id, group in by_run.items():
+        if len(group) > 1 and len({repr(_numbers(r)) for r in group}) > 1:
+            files = ", ".join(sorted(str(r.get("_rel")) for r in group))
+            for r in group:
+                out[id(r)] = (f"conflict: run id {run_id!r} has different numbers in {files}; keep the file of the "
+                              "real run and delete the other")
+    return out
 
 
 def _mark_lookalikes(rows: Sequence[dict[str, Any]]) -> None:
@@ -257,8 +279,9 @@ def load_results_tolerant(root: Path) -> tuple[list[dict[str, Any]], list[tuple[
             for key in ("protocol", "benchmark", "dataset", "learner"):
                 if not isinstance(result.get(key), str) or not result[key]:
                     raise ResultError(f"{path}: {key!r} must be a non-empty string, got {result.get(key)!r:.80}")
-        except (ResultError, TypeError, ValueError) as exc:
-            reason = str(exc).replace(str(path) + ": ", "")
+        except (ResultError, TypeError, ValueError, KeyError, AttributeError, RecursionError, MemoryError,
+                OSError) as exc:  # nothing in one file may abort the build
+            reason = str(exc).replace(str(path) + ": ", "") or type(exc).__name__
             skipped.append((rel, reason))
             log.warning("skipping %s: %s", rel, reason)
             continue

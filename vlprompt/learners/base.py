@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -23,6 +24,8 @@ from torch import nn
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.atomic import save_safetensors
 
+log = logging.getLogger(__name__)
+
 FAMILIES = ("text", "visual", "multimodal", "meta-learned", "test-time")
 
 
@@ -33,6 +36,20 @@ def _tensor_key(named: list[tuple[str, torch.Tensor]]) -> tuple:
 
 class LearnerError(ValueError):
     """A learner cannot do what it was asked; the message names the value and the fix."""
+
+
+def check_prompt_tensors(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse learned tensors that are not floating point or hold NaN / infinite values, naming ``source``
+    and the tensor: such prompts evaluate at chance (or truncate silently) instead of failing."""
+    for name, t in state.items():
+        if not torch.is_tensor(t) or not t.is_floating_point():
+            raise LearnerError(f"{source}: tensor {name!r} has dtype {getattr(t, 'dtype', type(t).__name__)}, expected a "
+                               "floating-point tensor; the file is damaged or not a prompts file.")
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise LearnerError(f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s) of {t.numel()}; "
+                               "these prompts cannot be evaluated. Re-train them, or use a checkpoint from before "
+                               "the training diverged.")
 
 
 class PromptLearner(nn.Module, abc.ABC):
@@ -235,7 +252,22 @@ class PromptLearner(nn.Module, abc.ABC):
             raise LearnerError(f"prompt checkpoint {str(path)!r} does not exist")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        saved = json.loads(meta.get("classnames", "[]"))
+        if "classnames" not in meta:
+            if not self.transfers_to_new_classes:
+                raise LearnerError(f"prompt checkpoint {str(path)!r} has no 'classnames' metadata, so its classes cannot "
+                                   "be checked; class-specific prompts need them. Re-save it with `vlprompt fit`.")
+            log.warning("prompt checkpoint %s has no 'classnames' metadata: its training classes could not be checked", path)
+            saved = list(self.train_classnames)
+        else:
+            try:
+                saved = json.loads(meta["classnames"])
+            except (ValueError, RecursionError) as exc:
+                saved, why = None, f"not JSON ({exc})"
+            else:
+                why = "not a JSON list of class names"
+            if not isinstance(saved, list) or not all(isinstance(c, str) for c in saved):
+                raise LearnerError(f"prompt checkpoint {str(path)!r}: metadata 'classnames' is {why}: the file is damaged "
+                                   "or was not written by vlprompt. Re-run `vlprompt fit` or pass the right file.")
         if check_classnames and self.transfers_to_new_classes and saved != self.train_classnames:
             diff = next((f"{a!r} vs {b!r}" for a, b in zip(saved, self.train_classnames) if a != b), f"{len(saved)} vs {len(self.train_classnames)} classes")
             raise LearnerError(
@@ -248,6 +280,7 @@ class PromptLearner(nn.Module, abc.ABC):
                 f"{self.train_classnames[:5]}...: class-specific prompts need the same classes in the same order"
             )
         state = load_file(str(path))
+        check_prompt_tensors(state, f"prompt checkpoint {str(path)!r}")
         own = dict(self.named_parameters())
         missing = sorted(set(k for k, v in own.items() if v.requires_grad) - set(state))
         unknown = sorted(set(state) - set(own))
@@ -279,6 +312,7 @@ class PromptLearner(nn.Module, abc.ABC):
                 f"{type(self).__name__}.set_learned_state: unexpected tensors {unknown}, missing {missing} "
                 f"(expected the names of learned_state(): {sorted(trainable)})"
             )
+        check_prompt_tensors(state, f"{type(self).__name__}.set_learned_state")
         for k, v in state.items():
             if tuple(v.shape) != tuple(own[k].shape):
                 raise LearnerError(

@@ -72,6 +72,37 @@ def sample_few_shot(
     return chosen
 
 
+def check_fewshot_entry(cached, key: str, labels: dict[str, Sequence[int]], shots: int) -> str | None:
+    """Why a few-shot index cache entry cannot be used, or None: it must be a mapping with this ``key``,
+    and each split a list of distinct in-range integer indices with the per-class counts the draw gives
+    (``shots`` per class in train, ``min(shots, 4)`` or all of a short class in val)."""
+    if not isinstance(cached, dict):
+        return f"expected a JSON object, got {type(cached).__name__}"
+    if cached.get("key") != key:
+        return f"key {cached.get('key')!r} differs from this dataset's {key!r}"
+    for split, want_shots in (("train", shots), ("val", min(shots, 4))):
+        picked = cached.get(split)
+        ys = labels[split]
+        if not isinstance(picked, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in picked):
+            return f"{split!r} is not a list of integer indices"
+        bad = [i for i in picked if not 0 <= i < len(ys)]
+        if bad:
+            return f"{split!r} index {bad[0]} is outside 0..{len(ys) - 1}"
+        if len(set(picked)) != len(picked):
+            return f"{split!r} repeats indices ({len(picked) - len(set(picked))} duplicate(s))"
+        sizes: dict[int, int] = defaultdict(int)
+        for y in ys:
+            sizes[int(y)] += 1
+        got: dict[int, int] = defaultdict(int)
+        for i in picked:
+            got[int(ys[i])] += 1
+        for label, size in sizes.items():
+            want = want_shots if split == "train" else min(want_shots, size)
+            if got[label] != want:
+                return f"{split!r} has {got[label]} image(s) of class {label}, the draw gives {want}"
+    return None
+
+
 def split_base_new(num_classes: int) -> tuple[list[int], list[int]]:
     """Labels of base (first ceil(C/2) after sorting) and new classes, as in CoCoOp's ``subsample_classes``."""
     labels = list(range(num_classes))
@@ -197,11 +228,13 @@ class ClassificationProtocol(pl.LightningDataModule):
         path = self.cache_dir / "fewshot" / self.dataset.name / f"shots{shots}-seed{self.seed}-{key}.json"
         if self.seed is not None and path.is_file():
             try:
-                cached = json.loads(path.read_text())
-                if cached.get("key") == key:
-                    return cached[split]
-            except (json.JSONDecodeError, KeyError):
-                log.warning("ignoring unreadable few-shot cache %s", path)
+                cached = json.loads(path.read_text(encoding="utf-8"))
+                reason = check_fewshot_entry(cached, key, {"train": train_labels, "val": val_labels}, shots)
+            except (ValueError, RecursionError, OSError) as exc:  # JSON, UTF-8 and read errors
+                reason = f"unreadable ({type(exc).__name__}: {exc})"
+            if reason is None:
+                return [int(i) for i in cached[split]]
+            log.warning("recomputing few-shot index cache %s: %s", path, reason)
         rng = random.Random(self.seed)
         draws = {"train": sample_few_shot(train_labels, shots, rng)}
         draws["val"] = sample_few_shot(val_labels, min(shots, 4), rng, keep_all_if_short=True)
@@ -252,7 +285,11 @@ class ClassificationProtocol(pl.LightningDataModule):
                 backbone=backbone, data_identity=source.identity(), split=split, indices=idx,
                 transform=repr(transform), views=views,
             )
-            images = cached_features(backbone, images, cache_dir=self.cache_dir, key=key, views=views, seed=self.seed)
+            all_labels = source.labels(split)
+            images = cached_features(
+                backbone, images, cache_dir=self.cache_dir, key=key, views=views, seed=self.seed,
+                labels=[int(all_labels[i]) for i in idx], identity=source.identity(), sample_ids=idx,
+            )
         return Relabel(images, mapping)
 
     def _eval_batch(self) -> int:

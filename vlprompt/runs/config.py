@@ -21,6 +21,7 @@ from vlprompt.learners.registry import KEY_GROUPS, ConfigError, resolve_config_n
 from vlprompt.metrics import harmonic_mean
 from vlprompt.modules.classification import PromptClassifier
 from vlprompt.protocols.base2new import ClassificationProtocol
+from vlprompt.runs.folders import RunError, check_run_id
 
 #: config keys whose class_path the command line sets (filled by build_cli while it parses)
 _OVERRIDDEN: dict[str, str] = {}
@@ -43,12 +44,42 @@ def _overridden_keys(argv: list[str]) -> dict[str, str]:
 #: load as an empty mapping and fail the str check after a full usage dump
 FORMAT_PLACEHOLDERS = frozenset({"{}", "{} ", " {}"})
 
+#: most nodes a config may expand to once its aliases are followed (a real config has a few hundred)
+MAX_YAML_NODES = 100_000
+
+
+def safe_yaml_load(text: str, source: str = "config") -> Any:
+    """``yaml.safe_load`` that first counts the nodes the document expands to (aliases followed, each shared
+    node counted once per use): an alias bomb ("billion laughs") is a :class:`ConfigError` instead of
+    gigabytes of memory."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def expanded(node) -> int:  # memoised per node: linear in the document, whatever the expansion
+        key = id(node)
+        if key not in sizes:
+            sizes[key] = 0  # a recursive alias counts as nothing on its back edge
+            children = node.value if isinstance(node.value, list) else []
+            total = 1
+            for child in children:
+                for part in (child if isinstance(child, tuple) else (child,)):
+                    total += expanded(part)
+                    if total > MAX_YAML_NODES:
+                        break
+            sizes[key] = total
+        return sizes[key]
+
+    if root is not None and expanded(root) > MAX_YAML_NODES:
+        raise ConfigError(f"{source}: the YAML expands to more than {MAX_YAML_NODES} values through its aliases "
+                          "(&anchor / *alias); a config never needs that many. Remove the nested aliases.")
+    return yaml.safe_load(text)
+
 
 def _yaml_loader(text: str) -> Any:
     if text in FORMAT_PLACEHOLDERS:
         return text
     try:
-        value = yaml.safe_load(text)
+        value = safe_yaml_load(text)
     except yaml.YAMLError:
         if "\n" in text:  # a config file: check_config_files names its line before parsing starts
             raise
@@ -145,7 +176,7 @@ def check_config_files(argv: list[str]) -> None:
         if not p.is_file():
             raise ConfigError(f"--config {f}: no such file; check the path (configs live in configs/<kind>/<name>.yaml)")
         try:
-            value = yaml.safe_load(p.read_text(encoding="utf-8"))
+            value = safe_yaml_load(p.read_text(encoding="utf-8"), f"--config {f}")
         except UnicodeDecodeError as exc:
             raise ConfigError(f"--config {f}: not a text file ({exc.reason}); pass a YAML config") from exc
         except yaml.YAMLError as exc:
@@ -248,6 +279,12 @@ def _build_cli(stage: str, argv: list[str]) -> VlpromptCLI:
     )
 
 
+#: bounds checked before any work (issue 23): numpy's seed range, a finite epoch count, a batch any device holds
+SEED_MIN, SEED_MAX = 0, 2**32 - 1
+MAX_EPOCHS = 1_000_000
+MAX_BATCH_SIZE = 2**20
+
+
 def validate_config(stage: str, cfg: Any) -> None:
     """Refuse configs that would train nothing useful or give misleading statistics, before any work starts."""
     if getattr(cfg, "seed_everything", None) not in (None, False):  # e.g. `seed_everything: 1` in a YAML config
@@ -260,6 +297,10 @@ def validate_config(stage: str, cfg: Any) -> None:
     if dupes:
         raise ConfigError(f"--seeds {seeds} repeats seed(s) {dupes}: repeated seeds are the same run and would fake a "
                           "smaller std; give distinct seeds, e.g. --seeds [1,2,3]")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX:
+            raise ConfigError(f"--seeds {seeds}: seed {seed} is outside {SEED_MIN}..{SEED_MAX} (numpy's seed range); "
+                              "give seeds in that range, e.g. --seeds [1,2,3]")
     if cfg.prompts and len(seeds) > 1:
         raise ConfigError(
             f"--prompts {cfg.prompts} evaluates one checkpoint, but --seeds {seeds} would report it as a {len(seeds)}-seed "
@@ -271,6 +312,12 @@ def validate_config(stage: str, cfg: Any) -> None:
     model = cfg.model
     init = getattr(model, "init_args", model)
     warmup = getattr(init, "warmup_epochs", None)
+    if stage == "fit" and max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int)
+                                                      or max_epochs < 1 or max_epochs > MAX_EPOCHS):
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs} must be a whole number in 1..{MAX_EPOCHS}: the learning-rate schedule "
+            "and the run's end need a finite number of epochs (-1 would train forever). Give e.g. "
+            "--trainer.max_epochs 50.")
     if stage == "fit" and max_epochs is not None and max_epochs >= 0 and isinstance(warmup, int) and warmup > 0 \
             and max_epochs <= warmup and _learner_trainable(cfg):
         raise ConfigError(
@@ -281,6 +328,16 @@ def validate_config(stage: str, cfg: Any) -> None:
     batch_size = getattr(data_init, "batch_size", None)
     if isinstance(batch_size, int) and batch_size < 1:
         raise ConfigError(f"data batch_size={batch_size} must be >= 1, e.g. --data.init_args.batch_size 32")
+    for key in ("batch_size", "eval_batch_size"):
+        value = getattr(data_init, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_BATCH_SIZE:
+            raise ConfigError(f"data {key}={value} is larger than {MAX_BATCH_SIZE} (no device holds such a batch); "
+                              f"give e.g. --data.init_args.{key} 32")
+    if cfg.run_id is not None:
+        try:
+            check_run_id(cfg.run_id)
+        except RunError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
 USER_ERRORS = ("DataError", "BackboneError", "LearnerError", "ConfigError", "RegistryError", "ResultError", "RunError")

@@ -68,6 +68,24 @@ def _build(source_cls: type, root: str, *, strict: bool) -> tuple[object, list[s
     return _build_with(source_cls, root, kwargs)
 
 
+def split_overlaps(source: ImageListSource) -> str | None:
+    """The problem when one image is listed in two splits (a test image seen in training inflates every
+    number measured on it), or None."""
+    seen: dict[str, str] = {}
+    clashes: list[str] = []
+    for split in source.splits:
+        for p in source.paths(split):
+            key = os.path.normpath(str(p))
+            first = seen.setdefault(key, split)
+            if first != split:
+                clashes.append(f"{p} ({first} and {split})")
+    if not clashes:
+        return None
+    return (f"the splits overlap: {len(clashes)} image(s) are listed in two splits (first: "
+            f"{', '.join(clashes[:_SHOW])}); training images in val/test inflate every result. Fix the split file so "
+            "that train, val and test are disjoint")
+
+
 def check_dataset(name: str, root: str, *, strict: bool = False, decode: bool = False,
                   source_cls: type | None = None) -> CheckReport:
     """Check the dataset registered as ``name`` (or ``source_cls``) under the data root ``root``.
@@ -115,6 +133,9 @@ def check_dataset(name: str, root: str, *, strict: bool = False, decode: bool = 
             _compare(report, source, expected, sizes, verified=official is True)
     if not isinstance(source, ImageListSource):
         return report
+    overlap = split_overlaps(source)
+    if overlap:
+        report.problems.append(overlap)
     missing = source.missing_files()
     report.facts["missing_files"] = len(missing)
     if missing:

@@ -125,10 +125,17 @@ def load_checked_prompts(learner: Any, path: str, backbone: Any, *, force: bool)
         if recorded and recorded != digest:
             problems.append(f"its sha256 {digest[:12]} differs from the {recorded[:12]} its run recorded in {seed_json} "
                             "(the file was overwritten or edited)")
+    if "backbone" not in meta:
+        log.warning("--prompts %s has no 'backbone' metadata: could not check that it was trained on this backbone "
+                    "(model and checkpoint sha256)", path)
     try:
         saved_bb = json.loads(meta.get("backbone", "{}"))
-    except ValueError:
-        saved_bb = {}
+    except (ValueError, RecursionError) as exc:
+        raise LearnerError(f"--prompts {path!r}: metadata 'backbone' is not JSON ({exc}); the file is damaged or not "
+                           "written by vlprompt. Re-run `vlprompt fit` or pass the right file.") from exc
+    if not isinstance(saved_bb, dict):
+        raise LearnerError(f"--prompts {path!r}: metadata 'backbone' is not a JSON object; the file is damaged or not "
+                           "written by vlprompt. Re-run `vlprompt fit` or pass the right file.")
     here = backbone.info.to_dict()
     for key in ("model", "checkpoint_sha256"):
         if isinstance(saved_bb, dict) and key in saved_bb and saved_bb.get(key) != here.get(key):
@@ -299,7 +306,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                 if stage == "fit" and learner.trainable:
                     ckpt = run.checkpoint(seed)
                     trainer.callbacks.append(ResumeCheckpoint(ckpt))
-                    resume_from = ckpt if ckpt.is_file() else None
+                    resume_from = run.usable_checkpoint(seed)  # a damaged one is reported and the seed redone
                     if resume_from is not None:
                         log.info("seed %d: resuming from %s (epoch %s)", seed, ckpt, run.checkpoint_epoch(seed))
                     trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
@@ -398,7 +405,13 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
             result.update(fields())
         if evaluated is not None:
             result["evaluated_checkpoint"] = evaluated
-        path = write_result(result, cfg.results_dir)
+        try:
+            path = write_result(result, cfg.results_dir)
+        except OSError as exc:  # disk full, permissions: every seed is saved in the run folder
+            raise RunError(
+                f"could not write the result JSON under {cfg.results_dir} ({exc.strerror or exc}); every finished seed "
+                f"is kept in the run folder {run.path}. Free space or fix permissions, then run `vlprompt {stage} "
+                f"--resume {run.path}` to write the result without retraining.") from exc
         run.update(status="complete", result=str(path))
     finally:
         logging.getLogger("vlprompt").removeHandler(handler)

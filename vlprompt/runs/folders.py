@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import signal
 from pathlib import Path
@@ -43,7 +44,7 @@ from vlprompt.data.atomic import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunError", "RunInterrupted", "RunFolder", "ResumeCheckpoint", "new_run_id", "config_hash", "interrupt_signals"]
+__all__ = ["RunError", "RunInterrupted", "RunFolder", "ResumeCheckpoint", "RUN_ID_PATTERN", "check_run_id", "new_run_id", "config_hash", "interrupt_signals"]
 
 
 class RunError(ValueError):
@@ -87,6 +88,20 @@ def interrupt_signals():
             signal.signal(sig, old)
 
 
+#: a run id is one folder name: a letter or digit, then letters, digits, ``.``, ``_`` or ``-`` (128 at most)
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is a name (:data:`RUN_ID_PATTERN`: one path component, no ``..``, no ``/``); else
+    :class:`RunError` naming the value and the fix, raised before anything is written."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id) or ".." in run_id:
+        raise RunError(f"--run_id {run_id!r} is not a run name: use one folder name of letters, digits, '.', '_' and "
+                       "'-' (starting with a letter or digit, no '..', at most 128 characters), e.g. --run_id "
+                       "coop-exp1; the run folder is always created inside the runs folder.")
+    return run_id
+
+
 def new_run_id(label: str) -> str:
     """``<label>-<YYYYmmdd-HHMMSS>-<6 hex>`` (UTC), unique across concurrent runs."""
     now = _dt.datetime.now(_dt.timezone.utc)
@@ -121,7 +136,7 @@ class RunFolder:
 
         Refuses a folder whose recorded stage or config hash differs (another experiment under that id).
         """
-        folder = cls(Path(runs_dir) / run_id)
+        folder = cls(Path(runs_dir) / check_run_id(run_id))
         check_writable(folder.path.parent, "runs folder (trainer.default_root_dir)", RunError)
         record = folder.record()
         resumed = record is not None
@@ -227,6 +242,31 @@ class RunFolder:
         ckpt = self.checkpoint(seed)
         if ckpt.is_file():  # the seed is done: its mid-training checkpoint is no longer needed
             ckpt.unlink()
+
+    def usable_checkpoint(self, seed: int) -> Path | None:
+        """The seed's ``last.ckpt`` if it loads (``weights_only=True``), else None. A damaged or refused file
+        is reported with its path and the reason, and moved aside to ``last.ckpt.damaged`` so the seed is
+        redone from scratch (its last good state is gone with it)."""
+        ckpt = self.checkpoint(seed)
+        if not ckpt.is_file():
+            return None
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "state_dict" not in state:
+                raise ValueError("not a Lightning checkpoint (no state_dict)")
+        except Exception as exc:  # noqa: BLE001 - truncated, damaged or unsafe: never loaded
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                why = "it holds objects other than tensors and plain values (refused, never unpickled)"
+            damaged = ckpt.with_name(ckpt.name + ".damaged")
+            try:
+                os.replace(ckpt, damaged)
+            except OSError:
+                damaged = ckpt
+            log.warning("seed %d: checkpoint %s is damaged (%s); the seed is redone from scratch (file kept as %s)",
+                        seed, ckpt, why, damaged)
+            return None
+        return ckpt
 
     def checkpoint_epoch(self, seed: int) -> int | None:
         """Epochs completed in the seed's checkpoint, or None when there is none."""

@@ -433,12 +433,83 @@ def validate_result(result: Any, *, source: str = "<result>") -> None:
             f"{source}: 'created' is {result['created']!r}, not an ISO-8601 time such as "
             "'2025-01-31T12:00:00.000+00:00'; re-run the experiment or fix the value."
         ) from exc
+    check_result_values(result, source=source)
+
+
+#: a result file is a few KB; anything above this is refused unread
+MAX_RESULT_BYTES = 16 * 1024 * 1024
+#: every metric vlprompt records is a percentage: a value outside this range is a corrupt or forged file
+METRIC_RANGE = (0.0, 100.0)
+#: seeds are numpy seeds: 0 .. 2**32 - 1
+SEED_RANGE = (0, 2**32 - 1)
+#: how far a recorded summary may be from the one recomputed from per_seed (rounding of per-seed values)
+SUMMARY_TOLERANCE = 0.01
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_result_values(result: dict, *, source: str = "<result>") -> None:
+    """The value checks of the result schema (issue 23): types of the keys the leaderboards read, finite
+    metrics within :data:`METRIC_RANGE`, ``complete`` a boolean, distinct integer seeds within
+    :data:`SEED_RANGE`, and a summary equal (within :data:`SUMMARY_TOLERANCE`) to the one recomputed from
+    ``per_seed``. Raises :class:`ResultError` naming ``source``, the key and the value."""
+    def fail(what: str) -> None:
+        raise ResultError(f"{source}: {what}; the file was damaged or edited by hand. Re-run the experiment to "
+                          "regenerate it.")
+
+    for key in ("protocol", "benchmark", "dataset", "learner"):
+        if not isinstance(result.get(key), str) or not result[key].strip():
+            fail(f"{key!r} must be a non-empty string, got {result.get(key)!r:.80}")
+    for key in ("complete", "trainable", "resumed"):
+        if key in result and result[key] is not None and not isinstance(result[key], bool):
+            fail(f"{key!r} must be true or false, got {result[key]!r:.80}")
+    for key in ("versions", "learner_config", "config", "data", "artifacts"):
+        if result.get(key) is not None and not isinstance(result[key], dict):
+            fail(f"{key!r} must be an object, got {type(result[key]).__name__}")
+    init_args = (result.get("learner_config") or {}).get("init_args")
+    if init_args is not None and not isinstance(init_args, dict):
+        fail(f"'learner_config.init_args' must be an object, got {type(init_args).__name__}")
+    per_seed = result["per_seed"]
+    if not per_seed:
+        fail("'per_seed' is empty")
+    seeds = []
+    for i, row in enumerate(per_seed):
+        seed = row.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            fail(f"per_seed[{i}].seed is {seed!r:.40}, expected an integer in {SEED_RANGE[0]}..{SEED_RANGE[1]}")
+        seeds.append(seed)
+        for name, value in row["metrics"].items():
+            if not _is_number(value) or not math.isfinite(value) or not METRIC_RANGE[0] <= value <= METRIC_RANGE[1]:
+                fail(f"per_seed[{i}].metrics.{name} is {value!r:.40}, expected a finite percentage in "
+                     f"{METRIC_RANGE[0]:g}..{METRIC_RANGE[1]:g}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        fail(f"per_seed repeats seed(s) {repeated}: one seed copied is not several runs")
+    summary = result["summary"]
+    for name, value in summary.items():
+        if not _is_number(value) or not math.isfinite(value):
+            fail(f"summary.{name} is {value!r:.40}, expected a finite number")
+    if summary.get("n_seeds", len(per_seed)) != len(per_seed):
+        fail(f"summary.n_seeds is {summary.get('n_seeds')!r} but per_seed has {len(per_seed)} seed(s)")
+    try:
+        recomputed = summarize_seeds([row["metrics"] for row in per_seed])
+    except ValueError as exc:
+        fail(f"per_seed cannot be summarised ({exc})")
+    for name, value in summary.items():
+        if name in recomputed and abs(float(value) - recomputed[name]) > SUMMARY_TOLERANCE:
+            fail(f"summary.{name} is {value!r:.40} but per_seed gives {recomputed[name]:.4f}")
 
 
 def load_result(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate one result file; raises :class:`ResultError` naming the file and the problem."""
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if size > MAX_RESULT_BYTES:
+            raise ResultError(f"{p}: {size} bytes, larger than any result file ({MAX_RESULT_BYTES} bytes at most); "
+                              "it is not a vlprompt result. Move it out of the results folder.")
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ResultError(f"{p}: cannot read result file ({exc.strerror or exc}); check the path.") from exc
@@ -452,6 +523,9 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
             f"{p}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); the file is "
             "truncated or corrupt. Delete it and re-run the experiment."
         ) from exc
+    except RecursionError as exc:
+        raise ResultError(f"{p}: JSON nested too deeply to be a result; the file is corrupt or hostile. Delete it."
+                          ) from exc
     validate_result(result, source=str(p))
     return result
 

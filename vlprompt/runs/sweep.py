@@ -41,6 +41,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from vlprompt.runs.driver import run_experiment
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SweepError", "Cell", "load_sweep", "expand_cells", "cell_status", "run_sweep", "sweep_main"]
+__all__ = ["SweepError", "SweepInterrupted", "Cell", "load_sweep", "expand_cells", "cell_status", "run_sweep", "sweep_main"]
 
 _FILE_AXES = {"learner": "learners", "dataset": "datasets", "protocol": "protocols", "backbone": "backbones",
               "trainer": "trainer"}
@@ -70,6 +71,18 @@ EXECUTORS = ("local", "slurm")
 
 class SweepError(ValueError):
     """A sweep file is malformed, or a cell's configuration is invalid (raised before any cell runs)."""
+
+
+class SweepInterrupted(SweepError):
+    """SIGTERM / SIGINT stopped the sweep: its workers were stopped and the interrupted cells recorded."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+
+#: seconds the sweep waits, after SIGTERM / SIGINT, for stopped cells to checkpoint and exit (then kills them)
+STOP_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -202,6 +215,8 @@ def cell_status(cell: Cell, out: Path) -> tuple[str, str]:
         state = None
     if isinstance(state, Mapping) and state.get("status") == "failed":
         return "failed", str(state.get("error", ""))
+    if isinstance(state, Mapping) and state.get("status") == "interrupted":
+        return "partial", f"{state.get('error', 'interrupted')}: resumes from its run folder"
     return ("partial", "interrupted: resumes from its run folder") if record is not None else ("pending", "")
 
 
@@ -253,28 +268,93 @@ def run_sweep(spec: Mapping[str, Any], *, out: str | os.PathLike | None = None, 
     if todo:
         ex = _make_executor(spec, root)
         queue, running = list(todo), {}
-        while queue or running:
-            while queue and len(running) < n_workers:
-                cell = queue.pop(0)
-                running[cell.cell_id] = (cell, ex.submit(run_cell, spec["stage"], _cell_argv(cell, root)))
-            for cid, (cell, job) in list(running.items()):
-                if not job.done():
-                    continue
-                del running[cid]
-                try:
-                    path = job.result()
-                    _record(root, cell, "done", path)
-                    log.info("cell [%s] done: %s", cell.label(), path)
-                except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the sweep goes on
-                    msg = _last_error_line(exc)
-                    if "timed-out" in msg:
-                        msg += (f" (the cell ran past timeout_min={ex.parameters.get('timeout_min', '?')} minutes: "
-                                "raise timeout_min in the sweep file, then run the sweep again to resume the cell)")
-                    _record(root, cell, "failed", msg)
-                    log.error("cell [%s] failed: %s", cell.label(), msg)
-            if running:
-                time.sleep(poll_s)
+        stop = {"signum": None, "hard": False, "deadline": None}
+
+        def on_signal(signum, _frame):  # first: stop the workers gently; second: kill them at once
+            if stop["signum"] is not None:
+                stop["hard"] = True
+                for _, job in list(running.values()):
+                    _stop_job(job, spec["executor"], hard=True)
+                return
+            stop["signum"] = signum
+            log.warning("sweep %s: %s received: stopping %d running cell(s) (their run folders keep finished seeds "
+                        "and per-epoch checkpoints); send it again to kill them at once", spec["name"],
+                        signal.Signals(signum).name, len(running))
+            for _, job in list(running.values()):
+                _stop_job(job, spec["executor"], hard=False)
+            stop["deadline"] = time.monotonic() + STOP_GRACE_S
+
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[sig] = signal.signal(sig, on_signal)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        try:
+            while queue or running:
+                if stop["signum"] is not None:
+                    queue.clear()  # nothing new is submitted
+                    if stop["hard"] or time.monotonic() > stop["deadline"]:
+                        break
+                while queue and len(running) < n_workers:
+                    cell = queue.pop(0)
+                    running[cell.cell_id] = (cell, ex.submit(run_cell, spec["stage"], _cell_argv(cell, root)))
+                for cid, (cell, job) in list(running.items()):
+                    if not job.done():
+                        continue
+                    del running[cid]
+                    _collect(root, cell, job, ex, stop["signum"])
+                if running:
+                    time.sleep(poll_s)
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        if stop["signum"] is not None:
+            name = signal.Signals(stop["signum"]).name
+            for cell, job in running.values():  # still running after the grace period or a second signal
+                _stop_job(job, spec["executor"], hard=True)
+                _record(root, cell, "interrupted", f"interrupted by {name}")
+            statuses = {c.cell_id: cell_status(c, root) for c in cells}
+            stopped = [c.label() for c in cells if statuses[c.cell_id][0] == "partial"]
+            left = [c for c in cells if statuses[c.cell_id][0] != "done"]
+            raise SweepInterrupted(stop["signum"], (
+                f"sweep {spec['name']} interrupted by {name}: {len(stopped)} cell(s) interrupted "
+                f"({'; '.join(stopped) or 'none'}), {len(left) - len(stopped)} not finished otherwise, "
+                f"{len(cells) - len(left)} done; run the same `vlprompt sweep --config ...` command again (sweep "
+                f"folder {root}) to resume: done cells are skipped, interrupted ones resume from their run folders"))
     return {c.cell_id: cell_status(c, root) for c in cells}
+
+
+def _stop_job(job: Any, executor: str, *, hard: bool) -> None:
+    """Stop a running cell: locally SIGTERM to submitit's job process (it forwards it to the cell, which
+    checkpoints and exits), or ``cancel`` (locally SIGINT, after which submitit kills the cell; on SLURM
+    ``scancel``)."""
+    try:
+        if executor == "local" and not hard:
+            os.kill(int(job.job_id), signal.SIGTERM)
+        else:
+            job.cancel(check=False)
+    except (OSError, ValueError):  # already gone
+        pass
+
+
+def _collect(root: Path, cell: Cell, job: Any, ex: Any, signum: int | None) -> None:
+    """Record a finished job: done, failed, or (after a stop signal) interrupted."""
+    try:
+        path = job.result()
+        _record(root, cell, "done", path)
+        log.info("cell [%s] done: %s", cell.label(), path)
+    except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the sweep goes on
+        if signum is not None:
+            _record(root, cell, "interrupted", f"interrupted by {signal.Signals(signum).name}")
+            log.warning("cell [%s] interrupted", cell.label())
+            return
+        msg = _last_error_line(exc)
+        if "timed-out" in msg:
+            msg += (f" (the cell ran past timeout_min={ex.parameters.get('timeout_min', '?')} minutes: "
+                    "raise timeout_min in the sweep file, then run the sweep again to resume the cell)")
+        _record(root, cell, "failed", msg)
+        log.error("cell [%s] failed: %s", cell.label(), msg)
 
 
 def _last_error_line(exc: BaseException) -> str:
