@@ -137,6 +137,15 @@ def test_leaderboard_push_needs_a_service(tmp_path, caplog):
     assert "--wandb" in caplog.text
 
 
+def test_leaderboard_push_under_wandb_disabled_says_nothing_was_pushed(tmp_path, monkeypatch, caplog):
+    (tmp_path / "r").mkdir()
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with caplog.at_level(logging.INFO):
+        assert leaderboard_main(["push", str(tmp_path / "r"), "--wandb", "--save_dir", str(tmp_path / "w")]) == 1
+    assert "nothing pushed" in caplog.text and "WANDB_MODE=disabled" in caplog.text
+    assert "pushed base2new" not in caplog.text and not (tmp_path / "w").exists()
+
+
 def test_leaderboard_push_uses_one_fixed_run_id_per_leaderboard(tmp_path, wandb_offline, caplog):
     from vlprompt.leaderboards.wandb import leaderboard_run_id, push_leaderboards
     from vlprompt.runs.wandb_logging import read_offline_run

@@ -15,6 +15,7 @@ from vlprompt.leaderboards.build import DEFAULT_OUT, build_leaderboards
 from vlprompt.leaderboards.html import build_html_leaderboards, load_reported
 from vlprompt.leaderboards.wandb import push_leaderboards
 from vlprompt.runs.results import ResultError, migrate_results
+from vlprompt.runs.wandb_logging import wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,10 @@ def _push_main(args: argparse.Namespace) -> int:
         log.error("results folder %r does not exist or is not a directory; pass the folder that `vlprompt fit` wrote "
                   "results to", str(results_dir))
         return 2
-
+    if wandb_mode(args.offline) == "disabled":
+        log.error("W&B is disabled (WANDB_MODE=disabled): nothing pushed. Unset WANDB_MODE to push, or set "
+                  "WANDB_MODE=offline to write offline runs that `wandb sync` uploads later")
+        return 1
     try:
         pushed = push_leaderboards(results_dir, project=args.project, entity=args.entity, offline=args.offline,
                                    save_dir=args.save_dir, reported_dir=args.reported)
