@@ -111,3 +111,47 @@ def test_linear_warmup_cosine_schedule_per_step() -> None:
     assert abs(f(6) - 0.5) < 1e-12 and f(10) == 0.0 and f(50) == 0.0
     g = linear_warmup_cosine_schedule(opt, max_steps=-1, warmup_steps=2)["scheduler"].lr_lambdas[0]
     assert abs(g(5001) - 0.5) < 1e-12  # no max_steps: cosine over 10,000 steps
+
+
+def _logits_from_probs(rows):
+    return torch.tensor(rows, dtype=torch.float64).log()
+
+
+def test_expected_calibration_error_hand_computed():
+    from vlprompt.metrics import calibration_bins, expected_calibration_error
+
+    # confidences 0.9 (right), 0.9 (wrong), 0.7 (right), 0.55 (right); 15 bins of width 1/15:
+    # 0.9 -> bin 13 (|B|=2, acc 0.5, conf 0.9), 0.7 -> bin 10 (acc 1, conf 0.7), 0.55 -> bin 8 (acc 1, conf 0.55)
+    # ECE = 2/4 * 0.4 + 1/4 * 0.3 + 1/4 * 0.45 = 0.3875 -> 38.75 %
+    logits = _logits_from_probs([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7], [0.55, 0.45]])
+    targets = torch.tensor([0, 1, 1, 0])
+    assert expected_calibration_error(logits, targets) == pytest.approx(38.75)
+    bins = calibration_bins(logits, targets)
+    assert bins.shape == (15, 3)
+    assert bins[:, 0].tolist() == [0] * 8 + [1, 0, 1, 0, 0, 2, 0]
+    # batches add up: the ECE of the sums equals the ECE of all samples at once
+    from vlprompt.metrics import ece_from_bins
+    halves = calibration_bins(logits[:2], targets[:2]) + calibration_bins(logits[2:], targets[2:])
+    assert ece_from_bins(halves) == pytest.approx(38.75)
+
+
+def test_expected_calibration_error_perfectly_calibrated_and_empty():
+    from vlprompt.metrics import ece_from_bins, expected_calibration_error
+
+    # two samples at confidence 0.5, one right and one wrong: accuracy 0.5 = confidence 0.5 -> ECE 0
+    logits = _logits_from_probs([[0.5, 0.5], [0.5, 0.5]])
+    assert expected_calibration_error(logits, torch.tensor([0, 1])) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="empty"):
+        ece_from_bins(torch.zeros(15, 3, dtype=torch.float64))
+
+
+def test_t_interval_hand_computed():
+    from vlprompt.metrics import t_interval
+
+    # values 1, 2, 3: mean 2, sample std 1, t_{0.975, 2} = 4.302652729911275
+    # half width = 4.302652729911275 * 1 / sqrt(3) = 2.4841377...
+    low, high = t_interval([1.0, 2.0, 3.0])
+    assert low == pytest.approx(2 - 2.4841377, abs=1e-6)
+    assert high == pytest.approx(2 + 2.4841377, abs=1e-6)
+    assert t_interval([70.0]) is None  # one seed: no interval
+    assert t_interval([]) is None

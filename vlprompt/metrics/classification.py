@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["SCHEDULERS", "WARMUP_TYPES", "accuracy", "dassl_lr_factor", "harmonic_mean", "summarize_seeds",
+__all__ = ["ECE_BINS", "SCHEDULERS", "WARMUP_TYPES", "accuracy", "calibration_bins", "dassl_lr_factor",
+           "ece_from_bins", "expected_calibration_error", "harmonic_mean", "summarize_seeds", "t_interval",
            "warmup_cosine_factor"]
 
 
@@ -47,6 +48,93 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
         )
     correct = (logits.argmax(dim=-1) == targets.to(logits.device)).float().mean()
     return float(correct.item()) * 100.0
+
+
+#: equal-width confidence bins of the expected calibration error (Guo et al., ICML 2017; C-TPT, ICLR 2024)
+ECE_BINS = 15
+
+
+def calibration_bins(logits: torch.Tensor, targets: torch.Tensor, n_bins: int = ECE_BINS) -> torch.Tensor:
+    """Per-bin sums for the expected calibration error, so that batches (and processes) can be added up.
+
+    The confidence of a sample is its maximum softmax probability; bin ``m`` (0-based) holds the samples with
+    confidence in ``(m / n_bins, (m + 1) / n_bins]`` (a confidence of exactly 0 cannot occur).
+
+    Args:
+        logits: class scores ``[N, C]`` (softmax is taken over ``C``).
+        targets: integer class indices ``[N]``.
+        n_bins: number of equal-width bins over ``[0, 1]``.
+
+    Returns:
+        float64 tensor ``[n_bins, 3]``: per bin the sample count, the number of correct predictions and the
+        sum of confidences.
+    """
+    if logits.ndim != 2 or targets.ndim != 1 or logits.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"vlprompt.metrics.calibration_bins: expected logits [N, C] and targets [N], got logits "
+            f"{tuple(logits.shape)} and targets {tuple(targets.shape)}."
+        )
+    probs = torch.softmax(logits.detach().double(), dim=-1)
+    conf, pred = probs.max(dim=-1)
+    correct = (pred == targets.to(pred.device)).double()
+    idx = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)
+    out = torch.zeros(n_bins, 3, dtype=torch.float64, device=conf.device)
+    out[:, 0].index_add_(0, idx, torch.ones_like(conf))
+    out[:, 1].index_add_(0, idx, correct)
+    out[:, 2].index_add_(0, idx, conf)
+    return out.cpu()
+
+
+def ece_from_bins(bins: torch.Tensor) -> float:
+    """Expected calibration error in percent from :func:`calibration_bins` sums ``[n_bins, 3]``:
+    ``sum_m |B_m| / N * |acc(B_m) - conf(B_m)| * 100`` over the non-empty bins.
+
+    Raises:
+        ValueError: no samples at all.
+    """
+    counts = bins[:, 0]
+    n = float(counts.sum())
+    if n <= 0:
+        raise ValueError("vlprompt.metrics.ece_from_bins: got N=0 samples; the ECE of an empty split is undefined.")
+    nonempty = counts > 0
+    gaps = (bins[nonempty, 1] - bins[nonempty, 2]).abs()  # |correct - sum conf| = |B_m| * |acc - conf|
+    return float(gaps.sum()) / n * 100.0
+
+
+def expected_calibration_error(logits: torch.Tensor, targets: torch.Tensor, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error (ECE) in percent (0-100), Guo et al. (ICML 2017) as C-TPT reports it.
+
+    ``ECE = sum_m |B_m| / N * |acc(B_m) - conf(B_m)|`` over ``n_bins`` equal-width bins of the confidence (the
+    maximum softmax probability of each sample), times 100.
+
+    Args:
+        logits: class scores ``[N, C]``.
+        targets: integer class indices ``[N]``.
+        n_bins: number of bins (15, as Guo et al. and C-TPT).
+    """
+    return ece_from_bins(calibration_bins(logits, targets, n_bins))
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Two-sided Student-t confidence interval of the mean of ``values`` (one value per seed).
+
+    ``mean ± t_{(1 + confidence) / 2, n - 1} * s / sqrt(n)`` with ``s`` the sample std (ddof=1).
+
+    Args:
+        values: ``[n]`` numbers, e.g. one accuracy per seed.
+        confidence: the interval's level (0.95: a 95% interval).
+
+    Returns:
+        ``(low, high)``, or None for ``n < 2`` (one seed has no interval).
+    """
+    from scipy.stats import t as student_t  # deferred: scipy is heavy and only the leaderboards need it
+
+    n = len(values)
+    if n < 2:
+        return None
+    m = _mean(values)
+    half = float(student_t.ppf((1.0 + confidence) / 2.0, n - 1)) * _std(values) / math.sqrt(n)
+    return (m - half, m + half)
 
 
 def harmonic_mean(a: float, b: float) -> float:

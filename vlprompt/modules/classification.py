@@ -1,7 +1,7 @@
 """One generic Lightning module for prompt-learned classification: backbone and learner are injected.
 
 The module owns the loop-level logic every method shares (optimiser, CoOp's constant warm-up + cosine
-schedule, accuracy per evaluation set, label-space switching); it never branches on the learner.
+schedule, accuracy and expected calibration error per evaluation set, label-space switching); it never branches on the learner.
 Checkpoints hold only the learner's tensors, never the frozen backbone.
 """
 
@@ -17,7 +17,7 @@ import torch
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.distributed import is_distributed
 from vlprompt.learners.base import PromptLearner
-from vlprompt.metrics import dassl_lr_factor, warmup_cosine_factor
+from vlprompt.metrics import calibration_bins, dassl_lr_factor, ece_from_bins, warmup_cosine_factor
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class PromptClassifier(pl.LightningModule):
         self.strict_loading = False  # checkpoints carry only the learner
         self._space: str | None = None
         self._counts: dict[str, list[int]] = {}
+        self._bins: dict[str, torch.Tensor] = {}  # per evaluation set: calibration_bins sums [15, 3]
         self.eval_results: dict[str, dict[str, float]] = {}
         spaces = self.task.get("label_spaces") or {}
         train_space = self.task.get("train_space")
@@ -148,7 +149,10 @@ class PromptClassifier(pl.LightningModule):
         name, space = sets[dataloader_idx]
         self._use_space(space)
         inputs, targets = batch
-        pred = self.learner.logits(self._features(inputs)).argmax(dim=1)
+        logits = self.learner.logits(self._features(inputs))
+        pred = logits.argmax(dim=1)
+        bins = calibration_bins(logits, targets)
+        self._bins[name] = self._bins[name] + bins if name in self._bins else bins
         counts = self._counts.setdefault(name, [0, 0])
         counts[0] += int((pred == targets).sum())
         counts[1] += int(targets.numel())
@@ -156,10 +160,13 @@ class PromptClassifier(pl.LightningModule):
     def _eval_end(self, stage: str) -> None:
         self._reduce_counts(stage)
         results = {name: 100.0 * c / max(1, n) for name, (c, n) in self._counts.items()}
-        self._counts = {}
-        self.eval_results[stage] = results
+        eces = {f"{name}_ece": ece_from_bins(b) for name, b in self._bins.items() if float(b[:, 0].sum()) > 0}
+        self._counts, self._bins = {}, {}
         for name, acc in results.items():
             self.log(f"{stage}/{name}_acc", acc)
+        for key, ece in eces.items():
+            self.log(f"{stage}/{key}", ece)
+        self.eval_results[stage] = {**results, **eces}  # e.g. {"base": acc, "new": acc, "base_ece": ..., "new_ece": ...}
         self._space = None
 
     def _reduce_counts(self, stage: str) -> None:
@@ -171,6 +178,9 @@ class PromptClassifier(pl.LightningModule):
             return
         names = [name for name, _ in self.task.get("val_sets" if stage == "val" else "test_sets", [])]
         names += [n for n in self._counts if n not in names]
+        for name in names:  # the calibration bins are summed like the counts
+            bins = self._bins.get(name, torch.zeros(15, 3, dtype=torch.float64))
+            self._bins[name] = self.trainer.strategy.reduce(bins.to(self.device), reduce_op="sum").cpu()
         counts = torch.tensor([self._counts.get(n, [0, 0]) for n in names], dtype=torch.float64,
                               device=self.device).reshape(-1, 2)
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
@@ -192,7 +202,7 @@ class PromptClassifier(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._require_task()
-        self._counts = {}
+        self._counts, self._bins = {}, {}
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, self.task["val_sets"])
@@ -202,7 +212,7 @@ class PromptClassifier(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._require_task()
-        self._counts = {}
+        self._counts, self._bins = {}, {}
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, self.task["test_sets"])

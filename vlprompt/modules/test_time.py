@@ -23,6 +23,7 @@ from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.tta_views import TPTViews
 from vlprompt.learners.base import PromptLearner
 from vlprompt.learners.prompts.tta import TestTimeMethod
+from vlprompt.metrics import calibration_bins, ece_from_bins
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class TestTimeClassifier(pl.LightningModule):
         if not self.task.get("label_spaces"):
             raise RuntimeError("TestTimeClassifier has no task: run it through `vlprompt tta` (which links data.task)")
         self._counts, self._stats = {}, {"seconds": [], "selected": [], "loss": []}
+        self._bins: dict[str, torch.Tensor] = {}  # per test set: calibration_bins sums
         self.learner.eval()
         if self.adapts:
             params = list(self.learner.tunable_parameters().values())
@@ -98,13 +100,18 @@ class TestTimeClassifier(pl.LightningModule):
         counts = self._counts.setdefault(name, [0, 0])
         for image, target in zip(images, targets):
             t0 = time.perf_counter()
-            pred = int(self.predict_image(image).argmax(dim=1)[0])
+            logits = self.predict_image(image)
+            pred = int(logits.argmax(dim=1)[0])
             self._stats["seconds"].append(time.perf_counter() - t0)
+            bins = calibration_bins(logits.detach(), target.reshape(1))
+            self._bins[name] = self._bins[name] + bins if name in self._bins else bins
             counts[0] += int(pred == int(target))
             counts[1] += 1
 
     def on_test_epoch_end(self) -> None:
-        self.eval_results["test"] = {name: 100.0 * c / max(1, n) for name, (c, n) in self._counts.items()}
+        results = {name: 100.0 * c / max(1, n) for name, (c, n) in self._counts.items()}
+        results.update({f"{name}_ece": ece_from_bins(b) for name, b in self._bins.items()})
+        self.eval_results["test"] = results
         self.eval_stats = {f"mean_{k}": sum(v) / len(v) for k, v in self._stats.items() if v}
         self._space = None
         if self.adapts and self._snapshot is not None:
