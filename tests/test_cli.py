@@ -106,8 +106,13 @@ def test_quickstart_end_to_end_writes_a_result(tmp_path) -> None:
     assert saved["learner"] == "coop"
     assert saved["backbone"]["checkpoint_sha256"]
     row = saved["per_seed"][0]
-    assert set(row["metrics"]) == {"base", "new", "hm"} and row["epochs"] == 2
+    assert set(row["metrics"]) == {"base", "new", "hm", "base_ece", "new_ece"} and row["epochs"] == 2
     assert 0 <= row["metrics"]["hm"] <= 100
+    assert all(0 <= row["metrics"][k] <= 100 for k in ("base_ece", "new_ece"))
+    # cost fields for the leaderboards' cost columns
+    assert row["train_images"] > 0 and row["test_images"] > 0 and row["train_seconds"] >= 0
+    assert row["test_seconds"] >= 0 and row["peak_rss_mib"] > 0
+    assert isinstance(saved["trainable_params"], int) and saved["trainable_params"] > 0
     assert Path(row["prompts"]).is_file()
     assert saved["command"].startswith("vlprompt fit --config")
     assert saved["versions"]["torch"]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import resource
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -226,6 +228,26 @@ def _eval_results(model: PromptClassifier, trainer: Any, stage: str) -> dict[str
     return results
 
 
+def _image_count(loaders: Any, key: str) -> dict[str, int]:
+    """``{key: number of images}`` over the datasets of ``loaders`` (one loader, a list or a dict of them);
+    empty when a dataset has no length (the cost columns then show "—")."""
+    if loaders is None:
+        return {}
+    items = loaders.values() if isinstance(loaders, dict) else loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    try:
+        total = sum(len(loader.dataset) for loader in items)
+    except (TypeError, AttributeError):
+        return {}
+    return {key: int(total)} if total > 0 else {}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (``resource.getrusage``; ru_maxrss is KiB on Linux, bytes on
+    macOS)."""
+    peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return round(peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0, 1)
+
+
 def _ddp_secondary_redirect(cfg: Any, show_summary: bool) -> bool:
     """In a DDP rank > 0 re-launched by Lightning (``--trainer.strategy ddp``), write the run folder and result JSON
     to a throw-away folder: rank 0 writes the real ones. Returns ``show_summary`` (off on those ranks)."""
@@ -309,9 +331,12 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     resume_from = run.usable_checkpoint(seed)  # a damaged one is reported and the seed redone
                     if resume_from is not None:
                         log.info("seed %d: resuming from %s (epoch %s)", seed, ckpt, run.checkpoint_epoch(seed))
+                    t_fit = time.time()
                     trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
                                 weights_only=True)
+                    row["train_seconds"] = round(time.time() - t_fit, 2)
                     row["epochs"] = int(trainer.current_epoch)
+                    row.update(_image_count(trainer.train_dataloader, "train_images"))
                     if cfg.save_prompts:
                         out = run.seed_dir(seed) / "prompts.safetensors"
                         learner.save_prompts(out, metadata={"backbone": model.backbone.info.to_dict(), "seed": seed,
@@ -321,12 +346,17 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                 elif stage == "fit":
                     log.info("%s has nothing to train: evaluating it once, for all %d seed(s)", type(learner).__name__,
                              len(seeds))
+                t_eval = time.time()
                 if stage == "validate":
                     trainer.validate(model, datamodule=data, verbose=False)
                     results = _eval_results(model, trainer, "val")
+                    row.update(_image_count(trainer.val_dataloaders, "test_images"))
                 else:
                     trainer.test(model, datamodule=data, verbose=False)
                     results = _eval_results(model, trainer, "test")
+                    row.update(_image_count(trainer.test_dataloaders, "test_images"))
+                row["test_seconds"] = round(time.time() - t_eval, 2)
+                row["peak_rss_mib"] = peak_rss_mib()
                 row["metrics"] = rounded_metrics(results)
                 report = getattr(model, "seed_report", None)
                 if callable(report):  # module-specific extras (e.g. kept epoch, overlay PNGs) in the seed folder
@@ -386,6 +416,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
         result["run_id"] = run_id
         result["run_dir"] = str(run.path)
         result["trainable"] = bool(model.learner.trainable)
+        result["trainable_params"] = sum(int(p.numel()) for p in model.learner.parameters() if p.requires_grad)
         if per_seed and all(r.get("seed_independent") for r in per_seed):
             result["seed_independent"] = True  # evaluated once; the per-seed rows repeat that one evaluation
         if resumed:
