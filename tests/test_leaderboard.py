@@ -79,9 +79,17 @@ def test_readme_tables_dedupe_and_average(results_dir, tmp_path):
     assert len(colors) == 2  # coop (newest only) and zero_shot
     coop = next(r for r in colors if r.startswith("| coop "))
     hm = harmonic_mean(81.0, 62.0)
-    assert coop == f"| coop | toyclip-s (toyclip.pt) | 16 | 2 | 81.00 ± 1.41 | 62.00 ± 2.83 | {hm:.2f} ± 2.35 |"
+    # 95% CI by hand, n = 2: t(0.975, 1) = 12.7062; base s = 1.4142 -> half 12.7062 * 1.4142 / sqrt(2) = 12.71,
+    # new s = 2.8284 -> half 25.41; per-seed HMs 2*80*60/140 = 68.571 and 2*82*64/146 = 71.890: mean 70.23,
+    # s = 2.3469 -> half 21.09 -> [49.15, 91.32]
+    assert coop == (f"| coop | toyclip-s (toyclip.pt) | 16 | 2 | 81.00 ± 1.41 | [68.29, 93.71] | 62.00 ± 2.83 | "
+                    f"[36.59, 87.41] | {hm:.2f} ± 2.35 | 70.23 | [49.15, 91.32] |  | — | — | — | — | cpu |")
     zs = next(r for r in colors if r.startswith("| zero_shot "))
-    assert zs == f"| zero_shot | toyclip-s (toyclip.pt) | 16 | 1 | 50.00 | 55.00 | {harmonic_mean(50, 55):.2f} |"
+    # one seed: no interval; old results without cost fields: "—"
+    assert zs == (f"| zero_shot | toyclip-s (toyclip.pt) | 16 | 1 | 50.00 | — | 55.00 | — | "
+                  f"{harmonic_mean(50, 55):.2f} | {harmonic_mean(50, 55):.2f} | — |  | — | — | — | — | cpu |")
+    assert "| HM of means | mean of per-seed HM | per-seed HM 95% CI | vs next-higher row | train s/image |" in text
+    assert "t(0.975, n-1)" in text and "docs/metrics.md" in text
     # the superseded run is no row and has no provenance entry; it is listed, with the reason, at the end
     shown, not_shown = text.split("## Results not shown\n", 1)
     assert "10.00" not in shown and "OLD COMMAND" not in shown and "coop-old" not in shown

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.learners.registry import get_registry
+from vlprompt.metrics import harmonic_mean, t_interval
 from vlprompt.runs.results import ResultError, load_result, metric_keys, parse_created
 
 log = logging.getLogger(__name__)
@@ -288,3 +289,128 @@ def load_results_tolerant(root: Path) -> tuple[list[dict[str, Any]], list[tuple[
         result["_path"], result["_rel"] = str(path), rel
         results.append(result)
     return results, skipped
+
+
+# --------------------------------------------------------------------------- intervals, HM conventions, cost
+#: how the interval columns are computed, stated on every page that shows them
+INTERVAL_NOTE = (
+    "95% CI: Student-t interval of the mean over seeds, mean ± t(0.975, n-1) · s / √n (s: sample std, n: seeds; "
+    "for HM, of the per-seed HMs), not clipped to 0-100; — for a single seed or where the result file records one "
+    "evaluation repeated for every seed (a learner with nothing to train). A row marked \"not separated\" has a "
+    "95% CI on the primary metric (HM on base-to-new, else accuracy or the first metric) that overlaps the one of "
+    "the row ranked just above it on that metric (the next-higher mean) in the same table."
+)
+
+#: what the two HM columns mean, stated on the base-to-new pages
+HM_NOTE = (
+    "\"HM of means\": the harmonic mean of the seed-averaged base and new accuracies (how the field's tables report "
+    "it); \"mean of per-seed HM\": the mean over seeds of each seed's HM."
+)
+
+#: the cost columns (header, unit in the header), in page order
+COST_HEADERS: tuple[str, ...] = ("train s/image", "test s/image", "peak RSS (MiB)", "trainable params", "device")
+
+COST_NOTE = (
+    "Cost: train s/image = training seconds / (training images × epochs), test s/image = evaluation seconds / "
+    "evaluated images, both averaged over seeds; peak RSS = largest peak resident memory of the process over seeds "
+    "(MiB); trainable params = learner parameters that receive gradients; device as recorded. — where the result "
+    "file does not record what is needed (results written before these fields existed)."
+)
+
+
+def primary_metric(metrics: Sequence[str]) -> str | None:
+    """The metric the bars and curves show and rows are separated on: ``hm`` for base-to-new, else ``accuracy``,
+    else the first one."""
+    for k in ("hm", "accuracy"):
+        if k in metrics:
+            return k
+    return metrics[0] if metrics else None
+
+
+def seed_values(result: Mapping[str, Any], key: str) -> list[float] | None:
+    """The per-seed values of metric ``key`` (per-seed HMs for ``hm`` of a base-to-new result, from base and new
+    where a seed has no ``hm``), or None when some seed lacks it or the result records that its seeds are one
+    evaluation repeated (``seed_independent``, or ``trainable: false``: a frozen learner on fixed evaluation sets)."""
+    if result.get("seed_independent") or result.get("trainable") is False:
+        return None
+    out = []
+    for p in result.get("per_seed") or []:
+        m = p.get("metrics") if isinstance(p, Mapping) else None
+        if not isinstance(m, Mapping):
+            return None
+        v = m.get(key)
+        if v is None and key == "hm" and "base" in m and "new" in m:
+            v = harmonic_mean(m["base"], m["new"])
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        out.append(float(v))
+    return out or None
+
+
+def interval(result: Mapping[str, Any], key: str) -> tuple[float, float] | None:
+    """The 95% t-interval over seeds of metric ``key`` (:func:`vlprompt.metrics.t_interval`), None for one seed."""
+    values = seed_values(result, key)
+    return t_interval(values) if values else None
+
+
+def interval_cell(result: Mapping[str, Any], key: str) -> str:
+    """``"[low, high]"`` (2 decimals) or ``"—"``."""
+    ci = interval(result, key)
+    return "—" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def not_separated(rows: Sequence[Mapping[str, Any]], key: str | None) -> list[bool]:
+    """Per row (in the given order): True when its 95% interval on ``key`` overlaps that of the row ranked just
+    above it, the row with the next-higher mean of ``key`` (ties: the row listed first). Rows without an
+    interval are never marked."""
+    out = [False] * len(rows)
+    if key is None:
+        return out
+    means = []
+    for r in rows:
+        summary = r.get("summary") if isinstance(r.get("summary"), Mapping) else {}
+        v = summary.get(key)
+        means.append(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+    ranked = sorted((i for i, m in enumerate(means) if m is not None), key=lambda i: (-means[i], i))
+    for above, below in zip(ranked, ranked[1:]):
+        a, b = interval(rows[above], key), interval(rows[below], key)
+        out[below] = a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
+    return out
+
+
+def _per_seed_numbers(result: Mapping[str, Any], key: str) -> list[float] | None:
+    out = []
+    for p in result.get("per_seed") or []:
+        v = p.get(key) if isinstance(p, Mapping) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        out.append(float(v))
+    return out or None
+
+
+def cost(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The cost figures of a result (keys of :data:`COST_HEADERS`; None where the file lacks what is needed)."""
+    out: dict[str, Any] = {h: None for h in COST_HEADERS}
+    train_s, train_n = _per_seed_numbers(result, "train_seconds"), _per_seed_numbers(result, "train_images")
+    epochs = _per_seed_numbers(result, "epochs")
+    if train_s and train_n and epochs and all(n * e > 0 for n, e in zip(train_n, epochs)):
+        out["train s/image"] = sum(s / (n * e) for s, n, e in zip(train_s, train_n, epochs)) / len(train_s)
+    test_s, test_n = _per_seed_numbers(result, "test_seconds"), _per_seed_numbers(result, "test_images")
+    if test_s and test_n and all(n > 0 for n in test_n):
+        out["test s/image"] = sum(s / n for s, n in zip(test_s, test_n)) / len(test_s)
+    rss = _per_seed_numbers(result, "peak_rss_mib")
+    if rss:
+        out["peak RSS (MiB)"] = max(rss)
+    params = result.get("trainable_params")
+    if isinstance(params, int) and not isinstance(params, bool):
+        out["trainable params"] = params
+    if isinstance(result.get("device"), str) and result["device"]:
+        out["device"] = result["device"]
+    return out
+
+
+def cost_cells(result: Mapping[str, Any]) -> list[str]:
+    """:func:`cost` as table cells (``—`` where unknown)."""
+    c = cost(result)
+    fmt = {"train s/image": "{:.4g}", "test s/image": "{:.4g}", "peak RSS (MiB)": "{:.0f}", "trainable params": "{:,}"}
+    return ["—" if c[h] is None else fmt.get(h, "{}").format(c[h]) for h in COST_HEADERS]
