@@ -26,6 +26,9 @@ def test_tta_writes_result_with_settings(repo, tmp_path, monkeypatch):
     assert "toy_mixtures-noise" in data["per_seed"][0]["metrics"]
     assert data["per_seed"][0]["test_time_stats"]["mean_seconds"] > 0
     assert data["data"]["images_per_set"] == 3
+    row = data["per_seed"][0]  # ECE per test set and the cost fields of the leaderboards' cost columns
+    assert 0 <= row["metrics"]["toy_mixtures-noise_ece"] <= 100
+    assert row["test_images"] > 0 and row["test_seconds"] > 0 and row["peak_rss_mib"] > 0
 
 
 def test_baseline_and_bad_inputs_through_the_cli(repo, tmp_path, monkeypatch, capsys):

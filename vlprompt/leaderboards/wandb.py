@@ -82,7 +82,7 @@ def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leade
                 acols = ["learner", "backbone", "shots", "datasets", *metrics]
                 payload["average"] = wandb.Table(columns=acols, data=[[a.get(c) for c in acols] for a in avgs])
             if rep:
-                rcols = ["learner", "backbone", "dataset", "base", "new", "hm", "accuracy", "source"]
+                rcols = ["learner", "backbone", "dataset", "base", "new", "hm", "accuracy", "hm_convention", "source"]
                 payload["reported"] = wandb.Table(columns=rcols, data=[[e.get(c) for c in rcols] for e in rep])
             for name, fig in build_figures(rows, rep).items():
                 payload[f"plots/{name}"] = wandb.Plotly(fig)

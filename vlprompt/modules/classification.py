@@ -164,8 +164,8 @@ class PromptClassifier(pl.LightningModule):
         self._counts, self._bins = {}, {}
         for name, acc in results.items():
             self.log(f"{stage}/{name}_acc", acc)
-        for key, ece in eces.items():
-            self.log(f"{stage}/{key}", ece)
+        for key, ece in eces.items():  # float64, so that a ddp_spawn parent rebuilds the same value
+            self.log(f"{stage}/{key}", torch.tensor(ece, dtype=torch.float64), rank_zero_only=True)
         self.eval_results[stage] = {**results, **eces}  # e.g. {"base": acc, "new": acc, "base_ece": ..., "new_ece": ...}
         self._space = None
 
@@ -191,13 +191,18 @@ class PromptClassifier(pl.LightningModule):
 
     def eval_results_from(self, metrics: dict, stage: str) -> dict[str, float]:
         """Accuracies per evaluation set rebuilt from logged ``<stage>/<name>_correct`` / ``_total`` counts (what a
-        ``ddp_spawn`` parent process gets back in ``trainer.callback_metrics``), in the task's set order."""
+        ``ddp_spawn`` parent process gets back in ``trainer.callback_metrics``), in the task's set order, then the
+        logged ``<name>_ece`` of those sets."""
         names = [name for name, _ in self.task.get("val_sets" if stage == "val" else "test_sets", [])]
         out = {}
         for name in names:
             c, t = metrics.get(f"{stage}/{name}_correct"), metrics.get(f"{stage}/{name}_total")
             if c is not None and t is not None:
                 out[name] = 100.0 * int(round(float(c))) / max(1, int(round(float(t))))
+        for name in names:
+            ece = metrics.get(f"{stage}/{name}_ece")
+            if ece is not None and name in out:
+                out[f"{name}_ece"] = float(ece)
         return out
 
     def on_validation_epoch_start(self) -> None:

@@ -118,11 +118,12 @@ class VlpromptCLI(LightningCLI):
 
 
 def rounded_metrics(results: dict[str, float]) -> dict[str, float]:
-    """Metrics of one seed for the result JSON: rounded to 4 digits, plus ``hm`` (base/new) or ``target_mean`` (transfer)."""
+    """Metrics of one seed for the result JSON: rounded to 4 digits, plus ``hm`` (base/new) or ``target_mean`` (transfer:
+    the mean accuracy over the target sets; the ``<set>_ece`` calibration errors are not averaged in)."""
     out = {k: round(v, 4) for k, v in results.items()}
     if "base" in out and "new" in out:
         out["hm"] = round(harmonic_mean(out["base"], out["new"]), 4)
-    targets = [v for k, v in results.items() if k != "source"]
+    targets = [v for k, v in results.items() if k != "source" and not k.endswith("_ece")]  # accuracies only
     if "source" in out and targets:
         out["target_mean"] = round(sum(targets) / len(targets), 4)
     return out

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import resource
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,7 +48,7 @@ from vlprompt.runs.folders import (
     interrupt_signals,
     new_run_id,
 )
-from vlprompt.runs.results import make_result, print_summary, write_result
+from vlprompt.runs.results import image_count, make_result, peak_rss_mib, print_summary, write_result
 from vlprompt.runs.tracking import end_seed_logging, start_seed_logging
 
 log = logging.getLogger(__name__)
@@ -228,26 +226,6 @@ def _eval_results(model: PromptClassifier, trainer: Any, stage: str) -> dict[str
     return results
 
 
-def _image_count(loaders: Any, key: str) -> dict[str, int]:
-    """``{key: number of images}`` over the datasets of ``loaders`` (one loader, a list or a dict of them);
-    empty when a dataset has no length (the cost columns then show "—")."""
-    if loaders is None:
-        return {}
-    items = loaders.values() if isinstance(loaders, dict) else loaders if isinstance(loaders, (list, tuple)) else [loaders]
-    try:
-        total = sum(len(loader.dataset) for loader in items)
-    except (TypeError, AttributeError):
-        return {}
-    return {key: int(total)} if total > 0 else {}
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB (``resource.getrusage``; ru_maxrss is KiB on Linux, bytes on
-    macOS)."""
-    peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    return round(peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0, 1)
-
-
 def _ddp_secondary_redirect(cfg: Any, show_summary: bool) -> bool:
     """In a DDP rank > 0 re-launched by Lightning (``--trainer.strategy ddp``), write the run folder and result JSON
     to a throw-away folder: rank 0 writes the real ones. Returns ``show_summary`` (off on those ranks)."""
@@ -336,7 +314,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                                 weights_only=True)
                     row["train_seconds"] = round(time.time() - t_fit, 2)
                     row["epochs"] = int(trainer.current_epoch)
-                    row.update(_image_count(trainer.train_dataloader, "train_images"))
+                    row.update(image_count(trainer.train_dataloader, "train_images"))
                     if cfg.save_prompts:
                         out = run.seed_dir(seed) / "prompts.safetensors"
                         learner.save_prompts(out, metadata={"backbone": model.backbone.info.to_dict(), "seed": seed,
@@ -350,11 +328,11 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                 if stage == "validate":
                     trainer.validate(model, datamodule=data, verbose=False)
                     results = _eval_results(model, trainer, "val")
-                    row.update(_image_count(trainer.val_dataloaders, "test_images"))
+                    row.update(image_count(trainer.val_dataloaders, "test_images"))
                 else:
                     trainer.test(model, datamodule=data, verbose=False)
                     results = _eval_results(model, trainer, "test")
-                    row.update(_image_count(trainer.test_dataloaders, "test_images"))
+                    row.update(image_count(trainer.test_dataloaders, "test_images"))
                 row["test_seconds"] = round(time.time() - t_eval, 2)
                 row["peak_rss_mib"] = peak_rss_mib()
                 row["metrics"] = rounded_metrics(results)

@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import re
+import resource
 import secrets
 import subprocess
 import sys
@@ -54,7 +55,8 @@ _PACKAGES = {  # key in "versions" -> distribution name
 }
 
 __all__ = [
-    "SCHEMA", "REQUIRED_KEYS", "ResultError", "collect_versions", "device_string", "git_state", "make_result",
+    "SCHEMA", "REQUIRED_KEYS", "ResultError", "collect_versions", "device_string", "git_state", "image_count",
+    "make_result", "peak_rss_mib",
     "write_result", "load_result", "load_results", "print_summary", "summary_notes", "METRIC_NOTES", "PACKAGE_SCHEME", "RESULTS_SCHEME",
     "EXTERNAL_SCHEME", "portable_path", "portable_text", "portable_result", "resolve_recorded_path",
     "migrate_results", "find_absolute_paths",
@@ -108,6 +110,26 @@ def device_string(device: "torch.device | str | None" = None) -> str:
         proc = platform.processor() or platform.machine() or "unknown cpu"
         return f"cpu ({torch.get_num_threads()} threads, {proc}, {platform.system()} {platform.release()})"
     return f"{dev} ({platform.platform()})"
+
+
+def image_count(loaders: Any, key: str) -> dict[str, int]:
+    """``{key: number of images}`` over the datasets of ``loaders`` (one loader, a list or a dict of them);
+    empty when a dataset has no length (the cost columns then show "—")."""
+    if loaders is None:
+        return {}
+    items = loaders.values() if isinstance(loaders, dict) else loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    try:
+        total = sum(len(loader.dataset) for loader in items)
+    except (TypeError, AttributeError):
+        return {}
+    return {key: int(total)} if total > 0 else {}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (``resource.getrusage``; ru_maxrss is KiB on Linux, bytes on
+    macOS)."""
+    peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return round(peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0, 1)
 
 
 def git_state(path: str | os.PathLike = ".") -> dict[str, Any]:
@@ -637,6 +659,8 @@ def summary_notes(result: Mapping[str, Any], keys: Sequence[str] | None = None) 
     numbers are a mean over seeds or one seed-independent evaluation."""
     keys = metric_keys(result) if keys is None else keys
     lines = [METRIC_NOTES[k] for k in keys if k in METRIC_NOTES]
+    if any(str(k).endswith("_ece") for k in keys):
+        lines.append("<set>_ece: expected calibration error of that evaluation set, 15 equal-width confidence bins, %")
     if result.get("seed_independent"):
         lines.append("nothing to train: evaluated once; the result holds for every seed (std 0 by construction)")
     elif len(result.get("per_seed") or []) > 1:

@@ -26,7 +26,7 @@ from vlprompt.runs.config import benchmark_name, plugin_name, resolve_argv, roun
 from vlprompt.learners.registry import ConfigError
 from vlprompt.modules.test_time import TestTimeClassifier
 from vlprompt.protocols.base2new import ClassificationProtocol
-from vlprompt.runs.results import make_result, print_summary, write_result
+from vlprompt.runs.results import image_count, make_result, peak_rss_mib, print_summary, write_result
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -81,8 +81,12 @@ def run_tta(argv: list[str], *, show_summary: bool = True) -> dict:
         if cfg.prompts:
             # prompts trained on other classes are the point of transfer (class-agnostic learners only)
             model.learner.load_prompts(cfg.prompts.replace("{seed}", str(seed)), check_classnames=False)
+        t_eval = time.time()
         trainer.test(model, datamodule=data, verbose=False)
         row: dict[str, Any] = {"seed": seed, "metrics": rounded_metrics(model.eval_results["test"])}
+        row["test_seconds"] = round(time.time() - t_eval, 2)
+        row.update(image_count(trainer.test_dataloaders, "test_images"))
+        row["peak_rss_mib"] = peak_rss_mib()
         row["test_time_stats"] = {k: round(v, 5) for k, v in model.eval_stats.items()}
         row["wall_seconds"] = round(time.time() - t0, 2)
         per_seed.append(row)
