@@ -151,7 +151,7 @@ def test_import_command_then_vlprompt_test(tmp_path, capsys):
         "--results_dir", str(tmp_path / "results"), "--trainer.default_root_dir", str(tmp_path / "runs"),
         "--data.init_args.dataset.init_args.per_class", "[16, 4, 8]",
     ], show_summary=False)
-    assert set(result["per_seed"][0]["metrics"]) == {"base", "new", "hm"}
+    assert set(result["per_seed"][0]["metrics"]) == {"base", "new", "hm", "base_ece", "new_ece"}
     # wrong learner through the console: one-line error, exit code 2
     code = cli.main(["import", "dassl", str(ckpt), "--learner", "cocoop", "--backbone-config",
                      str(REPO / "configs/backbones/toyclip.yaml"), "--classnames", ",".join(base), "--out", str(tmp_path / "x.safetensors")])

@@ -327,7 +327,8 @@ def test_segmentation_leaderboard_table(tmp_path: Path) -> None:
     out = tmp_path / "lb"
     build_leaderboards(root, out)
     text = (out / "segmentation/toy/README.md").read_text()
-    assert "| learner | backbone | shots | seeds | Dice | IoU |" in text
+    assert ("| learner | backbone | shots | seeds | Dice | Dice 95% CI | IoU | IoU 95% CI | vs next-higher row | "
+            "train s/image | test s/image | peak RSS (MiB) | trainable params | device |") in text
     assert "62.00 ± 2.00" in text and "52.00 ± 2.00" in text and "40.00 ± 0.00" in text
     assert "best-validation-Dice" in text and "top-1 accuracy" not in text
     with open(out / "segmentation/toy/results.csv", newline="") as fh:

@@ -66,8 +66,8 @@ def test_fit_logs_one_offline_run_per_seed_with_config_curves_and_summary(tmp_pa
     assert sorted(by_seed) == [1, 2]
     for row in result["per_seed"]:
         run = by_seed[row["seed"]]
-        # summary: the seed's base, new, HM exactly as in the result JSON
-        assert {k: run["summary"][k] for k in ("base", "new", "hm")} == row["metrics"]
+        # summary: the seed's base, new, HM (and their ECEs) exactly as in the result JSON
+        assert {k: run["summary"][k] for k in ("base", "new", "hm", "base_ece", "new_ece")} == row["metrics"]
         assert run["run"]["group"] == "toy/toy_patterns/coop"
         assert run["run"]["id"] == f"{result['run_id']}-seed{row['seed']}"
         assert {"family:text", "learner:coop", "dataset:toy_patterns", "benchmark:toy"} <= set(run["run"]["tags"])
