@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +58,8 @@ from vlprompt.runs.driver import run_experiment
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SweepError", "SweepInterrupted", "Cell", "load_sweep", "expand_cells", "cell_status", "run_sweep", "sweep_main"]
+__all__ = ["SweepError", "SweepInterrupted", "Cell", "load_sweep", "expand_cells", "cell_status", "run_sweep", "sweep_main",
+           "check_slurm_block", "SLURM_KEYS_HELP"]
 
 _FILE_AXES = {"learner": "learners", "dataset": "datasets", "protocol": "protocols", "backbone": "backbones",
               "trainer": "trainer"}
@@ -143,7 +145,32 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
     timeout = spec.get("timeout_min")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
         raise SweepError(f"{p}: timeout_min must be a positive number of minutes per cell, got {timeout!r}")
+    check_slurm_block(spec.get("slurm"), where=str(p))
     return spec
+
+
+#: submitit's generic job keys; any SLURM sbatch option is ``slurm_<option>`` (slurm_partition, slurm_account, ...)
+SLURM_KEYS_HELP = ("use submitit's names: gpus_per_node, tasks_per_node, cpus_per_task, mem_gb, nodes, timeout_min, "
+                   "or slurm_<sbatch option> such as slurm_partition, slurm_account, slurm_qos, slurm_constraint")
+
+
+def check_slurm_block(block: Any, *, where: str) -> None:
+    """Check a sweep file's ``slurm:`` mapping against submitit's own parameter names and types (on any machine:
+    submitit's debug executor validates the names without needing ``srun``); errors name the key and the fix."""
+    if block is None:
+        return
+    if not isinstance(block, Mapping):
+        raise SweepError(f"{where}: slurm must be a mapping such as {{slurm_partition: gpu, gpus_per_node: 1}}, "
+                         f"got {block!r}")
+    for key, value in block.items():
+        with tempfile.TemporaryDirectory(prefix="vlprompt-slurm-check-") as tmp:
+            probe = submitit.AutoExecutor(folder=tmp, cluster="debug")
+            try:
+                probe.update_parameters(**{str(key): value})
+            except (NameError, AssertionError, TypeError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise SweepError(f"{where}: slurm.{key}: {value!r} is not accepted by submitit ({first}); "
+                                 f"{SLURM_KEYS_HELP}") from exc
 
 
 def _axis_args(key: str, value: Any) -> list[str]:
