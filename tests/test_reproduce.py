@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -83,3 +84,110 @@ def test_bad_slurm_keys_fail_when_the_sweep_file_is_read(tmp_path, block, match)
     with pytest.raises(SweepError, match=match) as info:
         load_sweep(_sweep(tmp_path, slurm=block))
     assert str(tmp_path / "sweep.yaml") in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ --plan
+from vlprompt.cli.sweep import sweep_main  # noqa: E402
+from vlprompt.runs.plan import CostModel, calibrate  # noqa: E402
+
+SLURM_EXAMPLE = str(REPO / "sweeps" / "slurm_example.yaml")
+
+
+def test_plan_names_missing_weights_and_data_and_exits_non_zero(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("VLPROMPT_DATA", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(REPO / "nonexistent-hf-home"))  # nothing cached
+    assert sweep_main(["--config", SLURM_EXAMPLE, "--plan"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("backbone weights open_clip ViT-B-16/openai: not downloaded here") == 2
+    assert out.count("data: no data root: pass root: /path/to/DATA") == 2 and "MISSING (4)" in out
+
+
+def test_plan_counts_steps_and_images_on_real_data_and_a_local_weights_file(tmp_path, capsys, monkeypatch,
+                                                                              shared_data):
+    monkeypatch.chdir(REPO)
+    weights = tmp_path / "open_clip_pytorch_model.bin"
+    weights.write_bytes(b"not really weights")
+    spec = yaml.safe_load(Path(SLURM_EXAMPLE).read_text())
+    spec["args"] += ["--data.init_args.dataset.init_args.root", str(shared_data),
+                     "--model.backbone.init_args.pretrained", str(weights)]
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert sweep_main(["--config", str(path), "--plan", "--step-s", "0.5", "--image-s", "0.01"]) == 0
+    out = capsys.readouterr().out
+    import hashlib
+
+    assert f"local file {weights} (present, sha256 {hashlib.sha256(b'not really weights').hexdigest()})" in out
+    assert f"split {shared_data}/eurosat/split_zhou_EuroSAT.json (present)" in out
+    # EuroSAT base-to-new: 5 base classes x 16 shots = 80 train images; 500 base + 500 new test images
+    # CoOp: batch 32, drop_last -> 2 steps x Lightning's 1000 epochs (ctx16_rand sets none, the plan says so)
+    assert "train images 80, optimizer steps per seed 2000, test images 1000" in out
+    assert "trainer.max_epochs is not set" in out
+    # CoCoOp: batch 1 x 10 epochs; 3 seeds: (3 x 800 x 0.5 s + 3 x 1000 x 0.01 s) / 3600 = 0.342 h
+    assert "train images 80, optimizer steps per seed 800, test images 1000, devices 1, device-hours 0.342" in out
+
+
+def test_plan_of_a_toy_sweep_has_nothing_missing(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert sweep_main(["--config", "sweeps/toy_smoke.yaml", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "toyclip embedded weights" in out.lower() and "MISSING" not in out
+    assert "optimizer steps per seed 0" in out  # zero-shot trains nothing
+
+
+def test_calibrate_fits_the_measured_wall_time(tmp_path):
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps({"per_seed": [
+        {"seed": 1, "wall_seconds": 30.0, "optimizer_steps": 100, "test_images": 500},
+        {"seed": 2, "wall_seconds": 0.0, "test_images": 500},  # reused evaluation: no time of its own
+    ]}))
+    cost = calibrate([result])
+    assert cost.seconds(100, 500) == pytest.approx(30.0)
+    assert cost.image_s / cost.step_s == pytest.approx(CostModel().image_s / CostModel().step_s)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"per_seed": [{"seed": 1, "wall_seconds": 3.0, "epochs": 2}]}))
+    with pytest.raises(SweepError, match=r"old.json: seed 1 has no test_images/optimizer_steps .*rerun the cell"):
+        calibrate([old])
+    with pytest.raises(SweepError, match=r"--calibrate .*nope.json: not a readable vlprompt result JSON"):
+        calibrate([tmp_path / "nope.json"])
+
+
+@pytest.mark.slow
+def test_fit_records_steps_and_images_and_calibrate_reads_them(tmp_path, capsys, monkeypatch):
+    from vlprompt.runs.driver import run_experiment
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = run_experiment("fit", [
+        "--config", "configs/quickstart.yaml", "--seeds", "[1]", "--trainer.max_epochs", "2",
+        "--model.warmup_epochs", "0", "--data.init_args.dataset.init_args.per_class", "[8, 4, 8]",
+        "--data.init_args.batch_size", "4", "--data.init_args.shots", "4", "--check_images", "none", "--results_dir", str(tmp_path / "results"),
+        "--trainer.default_root_dir", str(tmp_path / "runs")], show_summary=False)
+    row = result["per_seed"][0]
+    # 4 shots of each base class, batch 4: 2 epochs x (4 x base classes // 4) steps
+    assert row["optimizer_steps"] > 0 and row["optimizer_steps"] % 2 == 0 and row["test_images"] > 0
+    cost = calibrate([result["_path"]])
+    assert cost.seconds(row["optimizer_steps"], row["test_images"]) == pytest.approx(row["wall_seconds"], rel=1e-6)
+    assert sweep_main(["--config", "sweeps/toy_smoke.yaml", "--plan", "--calibrate", result["_path"]]) == 0
+    assert f"calibrated on {result['_path']}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ --dry-run
+@pytest.mark.slow
+def test_dry_run_builds_eurosat_cells_with_a_tiny_open_clip_and_skips_cells_without_data(tmp_path, capsys,
+                                                                                          monkeypatch, shared_data):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = yaml.safe_load(Path(SLURM_EXAMPLE).read_text())
+    spec["args"] += ["--data.init_args.dataset.init_args.root", str(shared_data)]
+    spec["grid"]["dataset"] = ["eurosat", "oxford_pets"]  # Oxford Pets' images are not in shared/data
+    path = tmp_path / "dry.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert sweep_main(["--config", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok       [learner=") == 2 and "dataset=eurosat" in out
+    assert out.count("skipped  [learner=") == 2 and "data absent: Oxford" in out
+    assert "ok: 2, skipped: 2, failed: 0" in out
+    assert not (REPO / "sweeps-out" / "slurm_example").exists() and not (tmp_path / "out" / "runs").exists()

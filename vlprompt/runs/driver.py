@@ -198,6 +198,20 @@ def _warnings_once(*extra: logging.Handler):
             h.removeFilter(once)
 
 
+def evaluated_images(loaders: Any) -> int:
+    """Images in the evaluation sets of ``loaders`` (one loader or a list; each image once, whatever the processes)."""
+    if loaders is None:
+        return 0
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    total = 0
+    for loader in loaders:
+        try:
+            total += len(loader.dataset)
+        except (AttributeError, TypeError):  # an iterable dataset without a length: not counted
+            continue
+    return total
+
+
 def _instantiate(cli: VlpromptCLI) -> None:
     """``cli.instantiate_classes()``; a ``ValueError`` raised by a class for a config value (e.g. ``n_ctx`` that
     contradicts ``ctx_init``) becomes a :class:`ConfigError` (``VLPROMPT_TRACEBACK=1`` shows the traceback)."""
@@ -312,6 +326,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
                                 weights_only=True)
                     row["epochs"] = int(trainer.current_epoch)
+                    row["optimizer_steps"] = int(trainer.global_step)  # read by `vlprompt sweep --plan --calibrate`
                     if cfg.save_prompts:
                         out = run.seed_dir(seed) / "prompts.safetensors"
                         learner.save_prompts(out, metadata={"backbone": model.backbone.info.to_dict(), "seed": seed,
@@ -327,6 +342,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                 else:
                     trainer.test(model, datamodule=data, verbose=False)
                     results = _eval_results(model, trainer, "test")
+                    row["test_images"] = evaluated_images(trainer.test_dataloaders)
                 row["metrics"] = rounded_metrics(results)
                 report = getattr(model, "seed_report", None)
                 if callable(report):  # module-specific extras (e.g. kept epoch, overlay PNGs) in the seed folder

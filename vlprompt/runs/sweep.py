@@ -59,7 +59,8 @@ from vlprompt.runs.driver import run_experiment
 log = logging.getLogger(__name__)
 
 __all__ = ["SweepError", "SweepInterrupted", "Cell", "load_sweep", "expand_cells", "cell_status", "run_sweep", "sweep_main",
-           "check_slurm_block", "SLURM_KEYS_HELP"]
+           "check_slurm_block", "SLURM_KEYS_HELP", "parse_cell", "check_cells",
+           "cell_argv", "run_cell"]
 
 _FILE_AXES = {"learner": "learners", "dataset": "datasets", "protocol": "protocols", "backbone": "backbones",
               "trainer": "trainer"}
@@ -202,27 +203,33 @@ def _runs_root(cell: Cell, out: Path) -> Path:
     return out / "runs"
 
 
-def _cell_argv(cell: Cell, out: Path) -> list[str]:
+def cell_argv(cell: Cell, out: Path) -> list[str]:
     return [*cell.argv, "--trainer.default_root_dir", str(_runs_root(cell, out)), "--run_id", cell.cell_id]
+
+
+def parse_cell(spec: Mapping[str, Any], cell: Cell, out: Path, extra: Sequence[str] = ()) -> Any:
+    """The parsed and validated ``vlprompt <stage>`` config of ``cell`` (nothing is built); errors name the cell."""
+    # LightningCLI(run=False) instantiates model and data at the end of parsing; the check only parses, so the
+    # sweep driver (single-threaded) turns instantiation off for the duration of the call
+    saved = VlpromptCLI.instantiate_classes
+    VlpromptCLI.instantiate_classes = lambda self: None  # type: ignore[method-assign]
+    try:
+        cli = build_cli(spec["stage"], [*cell_argv(cell, out), *extra])
+        validate_config(spec["stage"], cli.config)
+        return cli.config
+    except SystemExit as exc:  # jsonargparse error exit: its message went to stderr
+        raise SweepError(f"cell [{cell.label()}]: invalid arguments (see the parser message above); "
+                         f"argv: {' '.join(cell.argv)}") from exc
+    except Exception as exc:  # noqa: BLE001 - any parse/validation error stops the sweep before it starts
+        raise SweepError(f"cell [{cell.label()}]: {exc}") from exc
+    finally:
+        VlpromptCLI.instantiate_classes = saved  # type: ignore[method-assign]
 
 
 def check_cells(spec: Mapping[str, Any], cells: Sequence[Cell], out: Path) -> None:
     """Parse every cell's arguments with the ``vlprompt`` parser (nothing is built); the first bad cell raises."""
     for cell in cells:
-        # LightningCLI(run=False) instantiates model and data at the end of parsing; the check only parses, so the
-        # sweep driver (single-threaded) turns instantiation off for the duration of the call
-        saved = VlpromptCLI.instantiate_classes
-        VlpromptCLI.instantiate_classes = lambda self: None  # type: ignore[method-assign]
-        try:
-            cli = build_cli(spec["stage"], _cell_argv(cell, out))
-            validate_config(spec["stage"], cli.config)
-        except SystemExit as exc:  # jsonargparse error exit: its message went to stderr
-            raise SweepError(f"cell [{cell.label()}]: invalid arguments (see the parser message above); "
-                             f"argv: {' '.join(cell.argv)}") from exc
-        except Exception as exc:  # noqa: BLE001 - any parse/validation error stops the sweep before it starts
-            raise SweepError(f"cell [{cell.label()}]: {exc}") from exc
-        finally:
-            VlpromptCLI.instantiate_classes = saved  # type: ignore[method-assign]
+        parse_cell(spec, cell, out)
 
 
 def cell_status(cell: Cell, out: Path) -> tuple[str, str]:
@@ -325,7 +332,7 @@ def run_sweep(spec: Mapping[str, Any], *, out: str | os.PathLike | None = None, 
                         break
                 while queue and len(running) < n_workers:
                     cell = queue.pop(0)
-                    running[cell.cell_id] = (cell, ex.submit(run_cell, spec["stage"], _cell_argv(cell, root)))
+                    running[cell.cell_id] = (cell, ex.submit(run_cell, spec["stage"], cell_argv(cell, root)))
                 for cid, (cell, job) in list(running.items()):
                     if not job.done():
                         continue
