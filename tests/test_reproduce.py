@@ -183,6 +183,8 @@ def test_dry_run_builds_eurosat_cells_with_a_tiny_open_clip_and_skips_cells_with
     spec = yaml.safe_load(Path(SLURM_EXAMPLE).read_text())
     spec["args"] += ["--data.init_args.dataset.init_args.root", str(shared_data)]
     spec["grid"]["dataset"] = ["eurosat", "oxford_pets"]  # Oxford Pets' images are not in shared/data
+    # MaPLe's ViT-B/16 config prompts 9 layers deep: the tiny stand-in has the real model's 12 layers
+    spec["grid"]["learner"] = ["coop/ctx16_rand", "maple/vit_b16_c2_ep5_batch4_2ctx"]
     path = tmp_path / "dry.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     assert sweep_main(["--config", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
@@ -191,3 +193,17 @@ def test_dry_run_builds_eurosat_cells_with_a_tiny_open_clip_and_skips_cells_with
     assert out.count("skipped  [learner=") == 2 and "data absent: Oxford" in out
     assert "ok: 2, skipped: 2, failed: 0" in out
     assert not (REPO / "sweeps-out" / "slurm_example").exists() and not (tmp_path / "out" / "runs").exists()
+
+
+def test_tiny_stand_in_keeps_the_real_models_depth_and_context():
+    import open_clip
+
+    from vlprompt.learners.testing import tiny_clip_config, tiny_clip_like
+
+    name = tiny_clip_like("ViT-B-16-quickgelu")
+    cfg = open_clip.get_model_config(name)
+    assert cfg["vision_cfg"]["layers"] == cfg["text_cfg"]["layers"] == 12 and cfg["text_cfg"]["context_length"] == 77
+    assert cfg["vision_cfg"]["width"] == tiny_clip_config()["vision_cfg"]["width"] == 32 and cfg["quick_gelu"] is True
+    assert tiny_clip_like("ViT-B-16-quickgelu") == name
+    with pytest.raises(Exception, match="unknown open_clip model 'ViT-Nope'"):
+        tiny_clip_like("ViT-Nope")

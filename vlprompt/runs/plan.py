@@ -8,7 +8,8 @@ when a full batch exists, x epochs) and the test images, and an estimate of devi
 
 :func:`dry_run_cell` runs a cell through the ordinary driver with one training step and one test batch, on CPU,
 with a tiny random backbone of the same family in place of the real weights (open_clip cells: the tiny open_clip
-model of :func:`vlprompt.learners.testing.tiny_clip`; the toy CLIP is tiny already), results into a temp folder.
+model of :func:`vlprompt.learners.testing.tiny_clip_like`: the widths of ``tiny_clip()`` with the real model's depth
+and context length; the toy CLIP is tiny already), results into a temp folder.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import open_clip
 from huggingface_hub import try_to_load_from_cache
 
 from vlprompt.backbones.open_clip import OpenCLIPBackbone
-from vlprompt.learners.testing import TINY_MODEL, tiny_clip
+from vlprompt.learners.testing import tiny_clip_like
 from vlprompt.runs.config import learner_trainable
 from vlprompt.runs.sweep import Cell, SweepError, parse_cell, run_cell
 
@@ -290,8 +291,8 @@ def _tiny_backbone_args(cfg: Any) -> list[str] | None:
     """Overrides that swap the cell's backbone for a tiny random one of its family; None: no tiny stand-in."""
     class_path = str(cfg.model.backbone.class_path)
     if class_path == f"{OpenCLIPBackbone.__module__}.{OpenCLIPBackbone.__name__}":
-        tiny_clip()  # registers the tiny open_clip config in this process and caches its fixed random weights
-        return ["--model.backbone.init_args.model", TINY_MODEL, "--model.backbone.init_args.pretrained", "null",
+        tiny = tiny_clip_like(str(cfg.model.backbone.init_args.model))  # tiny widths, the real depth and context
+        return ["--model.backbone.init_args.model", tiny, "--model.backbone.init_args.pretrained", "null",
                 "--model.backbone.init_args.precision", "fp32", "--model.backbone.init_args.quick_gelu", "null"]
     if class_path.endswith(".ToyCLIP"):
         return ["--model.backbone.init_args.precision", "fp32"]  # the embedded toy CLIP is tiny already
