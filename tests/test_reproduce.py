@@ -207,3 +207,49 @@ def test_tiny_stand_in_keeps_the_real_models_depth_and_context():
     assert tiny_clip_like("ViT-B-16-quickgelu") == name
     with pytest.raises(Exception, match="unknown open_clip model 'ViT-Nope'"):
         tiny_clip_like("ViT-Nope")
+
+
+# ------------------------------------------------------------------------------------ sweeps/paper/base2new_vitb16
+PAPER = REPO / "sweeps" / "paper" / "base2new_vitb16.yaml"
+
+
+def test_paper_grid_every_cell_parses_with_the_full_fit_parser(tmp_path, monkeypatch):
+    from vlprompt.runs.sweep import check_cells, expand_cells
+
+    monkeypatch.chdir(REPO)
+    spec = load_sweep(PAPER)
+    cells = expand_cells(spec)
+    learners = sorted({dict(c.params)["learner"] for c in cells})
+    assert len(cells) == 11 * len(learners) and len(learners) == 5
+    assert all(Path(f"configs/learners/{name}.yaml").name.startswith("vit_b16_") for name in learners)
+    check_cells(spec, cells, tmp_path / "out")  # every cell, the full `vlprompt fit` parser
+
+
+def test_paper_plan_names_missing_weights_and_data_here(capsys, monkeypatch, shared_data):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("VLPROMPT_DATA", str(shared_data))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(REPO / "nonexistent-hf-home"))
+    assert sweep_main(["--config", str(PAPER), "--plan"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("backbone weights open_clip ViT-B-16/openai: not downloaded here") == 55
+    for absent in ("ImageNet", "OxfordPets", "StanfordCars", "Food101", "FGVCAircraft", "SUN397", "UCF101"):
+        assert f"data: {absent}: expected the dataset folder" in out, absent
+    # the Caltech-101 subset has 8 training images per class: 16 shots would stop the run
+    assert out.count("have fewer than shots=16 training images (class 0: 8)") == 5
+    # EuroSAT is there: CoCoOp trains 80 images at batch 1 for 10 epochs
+    assert "data: eurosat root" in out and "train images 80, optimizer steps per seed 800, test images 1000" in out
+
+
+@pytest.mark.slow
+def test_paper_dry_run_passes_for_the_eurosat_cells(tmp_path, capsys, monkeypatch, shared_data):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("VLPROMPT_DATA", str(shared_data))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    spec = yaml.safe_load(PAPER.read_text())
+    spec["grid"]["dataset"] = ["eurosat"]
+    path = tmp_path / "eurosat.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert sweep_main(["--config", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert "ok: 5, skipped: 0, failed: 0" in capsys.readouterr().out

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +249,13 @@ def plan_cell(spec: Mapping[str, Any], cell: Cell, out: Path, cost: CostModel) -
     train_classes = set(spaces[data.train_space])
     if shots is not None:
         plan.train_images = int(shots) * len(train_classes)
+        counts = Counter(int(y) for y in dataset.labels("train"))  # the draw covers every class before base/new
+        short = sorted((n, c) for c, n in counts.items() if n < int(shots))
+        if short:
+            plan.missing.append(
+                f"data: {len(short)} class(es) of {plan.data.split(' root ')[0]} have fewer than shots={shots} training "
+                f"images (class {short[0][1]}: {short[0][0]}); the run would stop there: use the full dataset, or "
+                f"lower --data.init_args.shots to at most {short[0][0]}")
     else:
         plan.train_images = sum(1 for y in dataset.labels("train") if y in train_classes)
     plan.test_images = sum(sum(1 for y in data.space_source(space).labels("test") if y in set(spaces[space]))
