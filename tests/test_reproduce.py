@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -253,3 +254,31 @@ def test_paper_dry_run_passes_for_the_eurosat_cells(tmp_path, capsys, monkeypatc
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     assert sweep_main(["--config", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
     assert "ok: 5, skipped: 0, failed: 0" in capsys.readouterr().out
+
+
+def test_plan_finds_weights_in_open_clips_cache_and_respects_step_limits(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    hub = tmp_path / "hf" / "hub" / "models--timm--vit_base_patch16_clip_224.openai"
+    (hub / "refs").mkdir(parents=True)
+    (hub / "refs" / "main").write_text("abc123")
+    (hub / "snapshots" / "abc123").mkdir(parents=True)
+    (hub / "snapshots" / "abc123" / "open_clip_pytorch_model.bin").write_bytes(b"cached")
+    from vlprompt.runs.plan import weights_status
+
+    class Backbone:  # a parsed backbone config
+        class_path = "vlprompt.backbones.open_clip.OpenCLIPBackbone"
+        init_args = SimpleNamespace(model="ViT-B-16", pretrained="openai", cache_dir=str(tmp_path / "hf" / "hub"))
+
+    import hashlib
+
+    text, problem = weights_status(Backbone())
+    assert problem is None and "(in the local cache:" in text and hashlib.sha256(b"cached").hexdigest() in text
+    spec = yaml.safe_load((REPO / "sweeps" / "toy_smoke.yaml").read_text())
+    spec["grid"] = {"dataset": ["toy_colors"], "learner": ["coop/ctx4_init"], "seeds": [[1]],
+                    "trainer.max_epochs": [2], "trainer.max_steps": [-1, 3]}
+    path = tmp_path / "limits.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert sweep_main(["--config", str(path), "--plan"]) == 0
+    steps = [int(line.split("optimizer steps per seed ")[1].split(",")[0])
+             for line in capsys.readouterr().out.splitlines() if "optimizer steps per seed" in line]
+    assert len(steps) == 2 and steps[0] > 3 and steps[1] == 3
