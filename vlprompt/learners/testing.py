@@ -91,6 +91,32 @@ def tiny_clip(*, precision: Precision = "fp32") -> OpenCLIPBackbone:
         return OpenCLIPBackbone(TINY_MODEL, pretrained=None, precision=precision)
 
 
+def tiny_clip_like(model: str) -> str:
+    """Register (once per process) and return the open_clip name of a tiny random stand-in for ``model``: the widths
+    of :func:`tiny_clip` (32, 32 px images, patch 8) with ``model``'s depth (text and vision layers), context length
+    and vocabulary, so learner configs written for ``model`` (prompt depths, context positions) build on it. Used by
+    ``vlprompt sweep --dry-run``; weights come from the global RNG when the backbone is built."""
+    name = f"vlprompt-tiny-like-{model.replace('/', '_')}"
+    with _REGISTER_LOCK:
+        if open_clip.get_model_config(name) is not None:
+            return name
+        real = open_clip.get_model_config(model)
+        if real is None:
+            raise LearnerError(f"unknown open_clip model {model!r}: no tiny stand-in can copy its depth; pick a name "
+                               "from open_clip.list_models()")
+        vision, text = dict(real.get("vision_cfg") or {}), dict(real.get("text_cfg") or {})
+        tiny = tiny_clip_config()
+        tiny["vision_cfg"]["layers"] = int(vision.get("layers", tiny["vision_cfg"]["layers"]))
+        tiny["text_cfg"].update({k: int(text[k]) for k in ("layers", "context_length", "vocab_size") if k in text})
+        if real.get("quick_gelu"):
+            tiny["quick_gelu"] = True
+        folder = Path(tempfile.mkdtemp(prefix="vlprompt-tiny-like-"))
+        atexit.register(shutil.rmtree, folder, True)
+        (folder / f"{name}.json").write_text(json.dumps(tiny))
+        open_clip.add_model_config(folder)
+    return name
+
+
 #: seed of the tiny VLSM's random weights
 TINY_VLSM_SEED = 4321
 _vlsm_dir: Path | None = None
@@ -376,6 +402,6 @@ def _check(
 
 
 __all__ = [
-    "TINY_MODEL", "check_learner", "save_random_clipseg", "tiny_clip", "tiny_clip_config", "tiny_vlsm",
+    "TINY_MODEL", "check_learner", "save_random_clipseg", "tiny_clip", "tiny_clip_config", "tiny_clip_like", "tiny_vlsm",
     "tiny_vlsm_config", "tiny_vlsm_folder",
 ]

@@ -320,7 +320,7 @@ def validate_config(stage: str, cfg: Any) -> None:
             "and the run's end need a finite number of epochs (-1 would train forever). Give e.g. "
             "--trainer.max_epochs 50.")
     if stage == "fit" and max_epochs is not None and max_epochs >= 0 and isinstance(warmup, int) and warmup > 0 \
-            and max_epochs <= warmup and _learner_trainable(cfg):
+            and max_epochs <= warmup and learner_trainable(cfg):
         raise ConfigError(
             f"trainer.max_epochs={max_epochs} <= model.warmup_epochs={warmup}: every epoch would be warm-up at the "
             f"constant warm-up lr, so nothing is learned. Raise --trainer.max_epochs above {warmup} or lower "
@@ -360,7 +360,7 @@ def user_error(exc: BaseException) -> str | None:
     return None
 
 
-def _learner_trainable(cfg: Any) -> bool:
+def learner_trainable(cfg: Any) -> bool:
     """The ``trainable`` attribute of the configured learner class (True when it cannot be told)."""
     path = str(getattr(getattr(cfg.model, "learner", None), "class_path", "") or "")
     try:

@@ -315,6 +315,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     row["train_seconds"] = round(time.time() - t_fit, 2)
                     row["epochs"] = int(trainer.current_epoch)
                     row.update(image_count(trainer.train_dataloader, "train_images"))
+                    row["optimizer_steps"] = int(trainer.global_step)  # read by `vlprompt sweep --plan --calibrate`
                     if cfg.save_prompts:
                         out = run.seed_dir(seed) / "prompts.safetensors"
                         learner.save_prompts(out, metadata={"backbone": model.backbone.info.to_dict(), "seed": seed,

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +58,9 @@ from vlprompt.runs.driver import run_experiment
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SweepError", "SweepInterrupted", "Cell", "load_sweep", "expand_cells", "cell_status", "run_sweep", "sweep_main"]
+__all__ = ["SweepError", "SweepInterrupted", "Cell", "load_sweep", "expand_cells", "cell_status", "run_sweep", "sweep_main",
+           "check_slurm_block", "SLURM_KEYS_HELP", "parse_cell", "check_cells",
+           "cell_argv", "run_cell"]
 
 _FILE_AXES = {"learner": "learners", "dataset": "datasets", "protocol": "protocols", "backbone": "backbones",
               "trainer": "trainer"}
@@ -143,7 +146,32 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
     timeout = spec.get("timeout_min")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
         raise SweepError(f"{p}: timeout_min must be a positive number of minutes per cell, got {timeout!r}")
+    check_slurm_block(spec.get("slurm"), where=str(p))
     return spec
+
+
+#: submitit's generic job keys; any SLURM sbatch option is ``slurm_<option>`` (slurm_partition, slurm_account, ...)
+SLURM_KEYS_HELP = ("use submitit's names: gpus_per_node, tasks_per_node, cpus_per_task, mem_gb, nodes, timeout_min, "
+                   "or slurm_<sbatch option> such as slurm_partition, slurm_account, slurm_qos, slurm_constraint")
+
+
+def check_slurm_block(block: Any, *, where: str) -> None:
+    """Check a sweep file's ``slurm:`` mapping against submitit's own parameter names and types (on any machine:
+    submitit's debug executor validates the names without needing ``srun``); errors name the key and the fix."""
+    if block is None:
+        return
+    if not isinstance(block, Mapping):
+        raise SweepError(f"{where}: slurm must be a mapping such as {{slurm_partition: gpu, gpus_per_node: 1}}, "
+                         f"got {block!r}")
+    for key, value in block.items():
+        with tempfile.TemporaryDirectory(prefix="vlprompt-slurm-check-") as tmp:
+            probe = submitit.AutoExecutor(folder=tmp, cluster="debug")
+            try:
+                probe.update_parameters(**{str(key): value})
+            except (NameError, AssertionError, TypeError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise SweepError(f"{where}: slurm.{key}: {value!r} is not accepted by submitit ({first}); "
+                                 f"{SLURM_KEYS_HELP}") from exc
 
 
 def _axis_args(key: str, value: Any) -> list[str]:
@@ -175,27 +203,33 @@ def _runs_root(cell: Cell, out: Path) -> Path:
     return out / "runs"
 
 
-def _cell_argv(cell: Cell, out: Path) -> list[str]:
+def cell_argv(cell: Cell, out: Path) -> list[str]:
     return [*cell.argv, "--trainer.default_root_dir", str(_runs_root(cell, out)), "--run_id", cell.cell_id]
+
+
+def parse_cell(spec: Mapping[str, Any], cell: Cell, out: Path, extra: Sequence[str] = ()) -> Any:
+    """The parsed and validated ``vlprompt <stage>`` config of ``cell`` (nothing is built); errors name the cell."""
+    # LightningCLI(run=False) instantiates model and data at the end of parsing; the check only parses, so the
+    # sweep driver (single-threaded) turns instantiation off for the duration of the call
+    saved = VlpromptCLI.instantiate_classes
+    VlpromptCLI.instantiate_classes = lambda self: None  # type: ignore[method-assign]
+    try:
+        cli = build_cli(spec["stage"], [*cell_argv(cell, out), *extra])
+        validate_config(spec["stage"], cli.config)
+        return cli.config
+    except SystemExit as exc:  # jsonargparse error exit: its message went to stderr
+        raise SweepError(f"cell [{cell.label()}]: invalid arguments (see the parser message above); "
+                         f"argv: {' '.join(cell.argv)}") from exc
+    except Exception as exc:  # noqa: BLE001 - any parse/validation error stops the sweep before it starts
+        raise SweepError(f"cell [{cell.label()}]: {exc}") from exc
+    finally:
+        VlpromptCLI.instantiate_classes = saved  # type: ignore[method-assign]
 
 
 def check_cells(spec: Mapping[str, Any], cells: Sequence[Cell], out: Path) -> None:
     """Parse every cell's arguments with the ``vlprompt`` parser (nothing is built); the first bad cell raises."""
     for cell in cells:
-        # LightningCLI(run=False) instantiates model and data at the end of parsing; the check only parses, so the
-        # sweep driver (single-threaded) turns instantiation off for the duration of the call
-        saved = VlpromptCLI.instantiate_classes
-        VlpromptCLI.instantiate_classes = lambda self: None  # type: ignore[method-assign]
-        try:
-            cli = build_cli(spec["stage"], _cell_argv(cell, out))
-            validate_config(spec["stage"], cli.config)
-        except SystemExit as exc:  # jsonargparse error exit: its message went to stderr
-            raise SweepError(f"cell [{cell.label()}]: invalid arguments (see the parser message above); "
-                             f"argv: {' '.join(cell.argv)}") from exc
-        except Exception as exc:  # noqa: BLE001 - any parse/validation error stops the sweep before it starts
-            raise SweepError(f"cell [{cell.label()}]: {exc}") from exc
-        finally:
-            VlpromptCLI.instantiate_classes = saved  # type: ignore[method-assign]
+        parse_cell(spec, cell, out)
 
 
 def cell_status(cell: Cell, out: Path) -> tuple[str, str]:
@@ -298,7 +332,7 @@ def run_sweep(spec: Mapping[str, Any], *, out: str | os.PathLike | None = None, 
                         break
                 while queue and len(running) < n_workers:
                     cell = queue.pop(0)
-                    running[cell.cell_id] = (cell, ex.submit(run_cell, spec["stage"], _cell_argv(cell, root)))
+                    running[cell.cell_id] = (cell, ex.submit(run_cell, spec["stage"], cell_argv(cell, root)))
                 for cid, (cell, job) in list(running.items()):
                     if not job.done():
                         continue
