@@ -85,7 +85,8 @@ def _migrate_main(args: argparse.Namespace) -> int:
 
 
 def leaderboard_main(argv: Sequence[str]) -> int:
-    """``vlprompt leaderboard build RESULTS_DIR [--out DIR]`` / ``push RESULTS_DIR --wandb``; returns the exit status."""
+    """``vlprompt leaderboard build RESULTS_DIR [--out DIR]`` / ``push RESULTS_DIR --wandb`` / ``migrate RESULTS_DIR``;
+    returns the exit status."""
     parser = argparse.ArgumentParser(prog="vlprompt leaderboard", description="Build leaderboards from result JSONs.")
     sub = parser.add_subparsers(dest="action", required=True)
     build = sub.add_parser("build", help="write <out>/<protocol>/<benchmark>/README.md and results.csv")
