@@ -13,7 +13,7 @@ import pytest
 
 from vlprompt.cli.leaderboard import leaderboard_main
 from vlprompt.runs.results import (
-    find_absolute_paths, migrate_results, portable_path, portable_result, portable_text, resolve_recorded_path,
+    find_absolute_paths, make_result, migrate_results, portable_path, portable_result, portable_text, resolve_recorded_path,
     write_result,
 )
 
@@ -64,15 +64,15 @@ def test_command_lines_are_rewritten_token_by_token(tmp_path):
 
 def test_write_result_records_portable_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = {
-        "protocol": "base2new", "benchmark": "toy", "dataset": "toy_colors", "learner": "coop",
-        "created": "2026-12-06T00:00:00.000+00:00",
-        "backbone": {"pretrained": str(PACKAGE / ASSET), "checkpoint_sha256": "ab" * 32},
-        "run_dir": str(tmp_path / "runs" / "coop-1"),
-        "artifacts": {"seed1/prompts": {"path": Path("/scratch/me/runs/coop-1/seed1/prompts.safetensors"),
-                                        "sha256": "cd" * 32}},
-        "per_seed": [{"seed": 1, "metrics": {"base": 80.0}}],
-    }
+    result = make_result(
+        protocol="base2new", benchmark="toy", dataset="toy_colors", learner="coop", learner_config={},
+        backbone={"pretrained": str(PACKAGE / ASSET), "checkpoint_sha256": "ab" * 32}, data={}, shots=16, seeds=[1],
+        per_seed=[{"seed": 1, "metrics": {"base": 80.0}}], config={}, command="vlprompt fit", wall_seconds=1.0,
+        device="cpu")
+    result["created"] = "2026-12-06T00:00:00.000+00:00"
+    result["run_dir"] = str(tmp_path / "runs" / "coop-1")
+    result["artifacts"] = {"seed1/prompts": {"path": Path("/scratch/me/runs/coop-1/seed1/prompts.safetensors"),
+                                             "sha256": "cd" * 32}}
     result["artifacts"]["seed1/overlays"] = {"path": str(tmp_path / "results" / "overlays" / "0.png")}
     path = write_result(result, tmp_path / "results")
     saved = json.loads(path.read_text(encoding="utf-8"))
@@ -125,3 +125,18 @@ def test_committed_results_and_pages_carry_no_absolute_paths():
             offenders[str(path.relative_to(REPO))] = sorted(set(hits))[:3]
     assert not offenders, ("absolute paths in committed leaderboards (run `vlprompt leaderboard migrate "
                            f"leaderboards/results`, then rebuild the pages): {offenders}")
+
+
+def test_migrate_checks_every_file_before_rewriting_any(tmp_path):
+    """A file that is not a valid result stops the migration with its name, and nothing is rewritten."""
+    src = next((REPO / "leaderboards" / "results" / "base2new" / "toy" / "toy_mixtures").glob("vpt-*.json"))
+    good = json.loads(src.read_text(encoding="utf-8"))
+    with_path = json.dumps(good).replace("external:", "/tmp/zooruns/")
+    folder = tmp_path / "results" / "base2new" / "toy" / "toy_mixtures"
+    folder.mkdir(parents=True)
+    (folder / "a.json").write_text(with_path, encoding="utf-8")
+    (folder / "b.json").write_text("[" * 100_000, encoding="utf-8")  # nested too deeply to be a result
+    with pytest.raises(ValueError, match="b.json"):
+        migrate_results(tmp_path / "results")
+    assert (folder / "a.json").read_text(encoding="utf-8") == with_path
+    assert leaderboard_main(["migrate", str(tmp_path / "results")]) == 1

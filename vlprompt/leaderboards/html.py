@@ -52,9 +52,7 @@ from vlprompt.leaderboards.select import (
     select_results,
 )
 from vlprompt.metrics import harmonic_mean
-from vlprompt.runs.results import (
-    EXTERNAL_SCHEME, PACKAGE_SCHEME, RESULTS_SCHEME, ResultError, format_mean_std, resolve_recorded_path, safe_name,
-)
+from vlprompt.runs.results import ResultError, format_mean_std, resolve_recorded_path, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -447,8 +445,9 @@ def overlay_paths(result: Mapping[str, Any]) -> list[Path]:
 def _overlay_entries(result: Mapping[str, Any]) -> list[tuple[str, Path]]:
     """``(key prefix, path)`` of the overlay PNGs a result lists under ``artifacts`` keys ending in ``/overlays`` (e.g. ``seed1/overlays``),
     sorted by key then path. A value is a path (a PNG, or a folder whose ``*.png`` are taken), a list of paths, or
-    a mapping with ``path`` / ``paths``. Relative paths are taken from the working directory, else from the result
-    file's folder. Missing files are skipped with a warning."""
+    a mapping with ``path`` / ``paths``, plain or in the portable form (``vlprompt:``, ``results:``; an ``external:``
+    name is skipped). Relative paths are taken from the working directory, else from the result file's folder.
+    Missing files are skipped with a warning."""
     artifacts = result.get("artifacts")
     if not isinstance(artifacts, Mapping):
         return []
@@ -465,16 +464,11 @@ def _overlay_entries(result: Mapping[str, Any]) -> list[tuple[str, Path]]:
         for item in items:
             if not isinstance(item, (str, os.PathLike)):
                 continue
-            text = os.fspath(item)
-            if text.startswith((PACKAGE_SCHEME, RESULTS_SCHEME, EXTERNAL_SCHEME)):  # portable form (results.py)
-                found = resolve_recorded_path(text, results_root=root)
-                if found is None:
-                    log.warning("%s: overlay %s (artifacts[%r]) was recorded outside the results tree and the "
-                                "working directory; not embedded", result.get("_rel", "result"), text, key)
-                    continue
-                p = found
-            else:
-                p = Path(item)
+            p = resolve_recorded_path(os.fspath(item), results_root=root)  # vlprompt:, results:, plain paths
+            if p is None:
+                log.warning("%s: overlay %s (artifacts[%r]) was recorded outside the results tree and the "
+                            "working directory; not embedded", result.get("_rel", "result"), item, key)
+                continue
             if not p.is_absolute() and not p.exists() and (base / p).exists():
                 p = base / p
             if p.is_dir():

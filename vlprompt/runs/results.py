@@ -33,7 +33,6 @@ from vlprompt.metrics import harmonic_mean, summarize_seeds
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-    from rich.console import Console
 
 log = logging.getLogger(__name__)
 
@@ -348,13 +347,10 @@ def portable_path(path: str | os.PathLike, *, results_root: str | os.PathLike | 
     for root, scheme in roots:
         if root is None:
             continue
-        try:
-            return scheme + p.relative_to(Path(root).resolve()).as_posix()
-        except ValueError:
-            try:
-                return scheme + p.resolve().relative_to(Path(root).resolve()).as_posix()
-            except (ValueError, OSError):
-                continue
+        base = Path(root).resolve()
+        for candidate in (p, p.resolve()):  # as written, then with symlinks resolved
+            if candidate.is_relative_to(base):
+                return scheme + candidate.relative_to(base).as_posix()
     if not publish:
         return text
     # below its first two folders (``/tmp/runs/``, ``/home/<user>/``): what the run named, not the machine's layout
@@ -405,12 +401,14 @@ def migrate_results(folder: str | os.PathLike, *, cwd: str | os.PathLike | None 
                     check: bool = False) -> list[Path]:
     """Rewrite every result JSON under ``folder`` to the published path form (:func:`portable_path` with
     ``publish``: no absolute path left), in place and atomically; only path strings change (metrics, checksums
-    and keys stay). Returns the files that changed (with ``check``: that would change, nothing written)."""
+    and keys stay). Returns the files that changed (with ``check``: that would change, nothing written). Raises
+    :class:`ResultError` naming the first file that is not a valid result, before anything is written."""
     root = Path(folder)
+    # every file is read and checked as a result (size, UTF-8, nesting, schema) before any is rewritten: a bad file
+    # is a ResultError naming it, with nothing changed
+    loaded = [(path, load_result(path)) for path in sorted(root.rglob("*.json")) if path.is_file()]
     changed = []
-    for path in sorted(root.rglob("*.json")):
-        text = path.read_text(encoding="utf-8")
-        old = json.loads(text)
+    for path, old in loaded:
         new = portable_result(old, results_root=root, cwd=cwd, publish=True)
         if new == old:
             continue
