@@ -97,7 +97,7 @@ def test_segmentation_fit_logs_to_wandb_offline_and_overlays_reach_the_page(tmp_
             by_seed[run["config"]["vlprompt"]["seed"]] = (run_dir, run)
         for row in result["per_seed"]:
             run_dir, run = by_seed[row["seed"]]
-            assert {k: run["summary"][k] for k in ("dice", "iou")} == row["metrics"]
+            assert {k: run["summary"][k] for k in ("dice", "iou", "nsd", "hd95")} == row["metrics"]
             assert run["run"]["id"] == f"{result['run_id']}-seed{row['seed']}"
             epochs = [h for h in run["history"] if "epoch/train_loss" in h]
             assert [h["epoch"] for h in epochs] == [0, 1]

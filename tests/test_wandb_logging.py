@@ -123,6 +123,8 @@ def test_leaderboard_push_wandb_offline_tables_and_plots(tmp_path, wandb_offline
     (table_file,) = (run_dir / "files" / "media" / "table").glob("leaderboard_*.table.json")
     table = json.loads(table_file.read_text())
     assert len(table["data"]) == len(csv_rows) == run["summary"]["rows"]
+    assert table["columns"] == list(csv_rows[0])  # the same columns: intervals, HM conventions, cost (issue 29)
+    assert {"hm_ci95_low", "hm_seed_mean", "not_separated", "test_s_per_image"} <= set(table["columns"])
     assert sorted(r[table["columns"].index("dataset")] for r in table["data"]) == sorted(r["dataset"] for r in csv_rows)
     assert run["summary"]["leaderboard/_type"] == "table-file"
     assert list((run_dir / "files" / "media" / "table").glob("reported_*.table.json"))

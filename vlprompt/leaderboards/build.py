@@ -48,7 +48,7 @@ from vlprompt.runs.results import ResultError, format_mean_std, parse_created, s
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_leaderboards", "CSV_COLUMNS", "DEFAULT_OUT"]
+__all__ = ["build_leaderboards", "CSV_COLUMNS", "CSV_RIGOR_COLUMNS", "DEFAULT_OUT", "leaderboard_table"]
 
 #: where ``vlprompt leaderboard build`` writes without ``--out`` (never the committed ``leaderboards/``)
 DEFAULT_OUT = "leaderboards-local"
@@ -66,14 +66,17 @@ CSV_RIGOR_COLUMNS: tuple[str, ...] = (
 )
 
 _HEADERS = {"base": "base", "new": "new", "hm": "HM of means"}
-_HEADERS.update({"dice": "Dice", "iou": "IoU"})  # segmentation results
+_HEADERS.update({"dice": "Dice", "iou": "IoU", "nsd": "NSD", "hd95": "HD95 (px)"})  # segmentation results
 
 #: the caption of a segmentation leaderboard (results whose metrics are Dice and IoU)
 SEGMENTATION_EXPLAIN = (
     "Numbers are in percent, mean ± std (sample std) over seeds, on each dataset's test split: Dice of the masks "
     "thresholded at 0.5, averaged over test images (an empty prediction of an empty mask scores 100), and IoU "
-    "over all test pixels (TuneVLSeg's metrics). Trained learners keep the prompts of their best-validation-Dice "
-    "epoch. `shots`: training images used (None: the whole train split)."
+    "over all test pixels (TuneVLSeg's metrics); where recorded, NSD (normalised surface Dice, %, tolerance in the "
+    "result's config, default 2 px) and HD95 (95th-percentile Hausdorff distance, pixels, lower is better), per "
+    "test image and averaged (MONAI), and the text-ignored controls `*_text_empty` / `*_text_shuffled` (the same "
+    "prompts replaced by empty or another image's prompt). Trained learners keep the prompts of their "
+    "best-validation-Dice epoch. `shots`: training images used (None: the whole train split)."
 )
 
 
@@ -232,21 +235,26 @@ def _csv_value(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _render_csv(rows: Sequence[dict[str, Any]]) -> str:
-    extra_metrics = [k for k in ordered_metrics(rows) if k not in {"base", "new", "hm"}]
+def leaderboard_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """The rows of one leaderboard as a table: ``(columns, values)``, one list per row in ``rows``' order.
+
+    Columns: :data:`CSV_COLUMNS`, the other metrics with their std, every metric's 95% interval bounds
+    (``<metric>_ci95_low`` / ``_high``) and :data:`CSV_RIGOR_COLUMNS` (mean of per-seed HM, the not-separated
+    mark, cost). ``results.csv`` and the W&B ``leaderboard`` table are this table (values not yet formatted).
+    """
+    metrics = ordered_metrics(rows)
+    extra_metrics = [k for k in metrics if k not in {"base", "new", "hm"}]
     extra = ["hm_std"] + [c for k in extra_metrics for c in (k, f"{k}_std")]
-    ci = [c for k in ordered_metrics(rows) for c in (f"{k}_ci95_low", f"{k}_ci95_high")]
+    ci = [c for k in metrics for c in (f"{k}_ci95_low", f"{k}_ci95_high")]
     columns = list(CSV_COLUMNS) + extra + ci + list(CSV_RIGOR_COLUMNS)
-    prim = primary_metric(ordered_metrics(rows))
+    prim = primary_metric(metrics)
     close: dict[int, bool] = {}
     by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_dataset[str(r["dataset"])].append(r)
     for group in by_dataset.values():
         close.update({id(r): c for r, c in zip(group, not_separated(group, prim))})
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
+    values = []
     for r in rows:
         s = r["summary"]
         bb = result_backbone(r)
@@ -257,14 +265,24 @@ def _render_csv(rows: Sequence[dict[str, Any]]) -> str:
             "command": r.get("command"), "created": r.get("created"), "path": r["_rel"],
             "not_separated": close.get(id(r), False),
         }
-        for k in ordered_metrics(rows):
+        for k in metrics:
             bounds = interval(r, k)
             fixed[f"{k}_ci95_low"], fixed[f"{k}_ci95_high"] = bounds if bounds is not None else (None, None)
         c = cost(r)
         fixed.update({"train_s_per_image": c["train s/image"], "test_s_per_image": c["test s/image"],
                       "peak_rss_mib": c["peak RSS (MiB)"], "trainable_params": c["trainable params"],
                       "device": c["device"]})
-        writer.writerow([_csv_value(fixed[c] if c in fixed else s.get(c)) for c in columns])
+        values.append([fixed[c] if c in fixed else s.get(c) for c in columns])
+    return columns, values
+
+
+def _render_csv(rows: Sequence[dict[str, Any]]) -> str:
+    columns, values = leaderboard_table(rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in values:
+        writer.writerow([_csv_value(v) for v in row])
     return buf.getvalue()
 
 

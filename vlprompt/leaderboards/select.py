@@ -90,9 +90,16 @@ def _weights_id(result: Mapping[str, Any]) -> str:
 
 
 def shots_cell(result: Mapping[str, Any]) -> str:
-    """The shots column: the count, or ``all`` when the whole train split was used (``shots: null``)."""
+    """The shots column: the count, or ``all`` when the whole train split was used (``shots: null``); with the
+    label fraction a segmentation run was given (``data.init_args.label_fraction``), e.g. ``90 (10%)``."""
     shots = result.get("shots")
-    return "all" if shots is None else str(shots)
+    cell = "all" if shots is None else str(shots)
+    data = (result.get("config") or {}).get("data") if isinstance(result.get("config"), Mapping) else None
+    args = data.get("init_args") if isinstance(data, Mapping) else None
+    fraction = args.get("label_fraction") if isinstance(args, Mapping) else None
+    if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 1:
+        cell += f" ({100 * fraction:g}%)"
+    return cell
 
 
 def _shots_key(result: Mapping[str, Any]) -> tuple[int, str]:
@@ -258,11 +265,12 @@ def _dedupe(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ordered_metrics(results: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The metric columns of ``results``: base, new, hm first (when present), then the others sorted."""
+    """The metric columns of ``results``: base, new, hm (classification) or dice, iou, nsd, hd95 (segmentation)
+    first, when present, then the others sorted."""
     keys: set[str] = set()
     for r in results:
         keys.update(metric_keys(r))
-    front = [k for k in ("base", "new", "hm") if k in keys]
+    front = [k for k in ("base", "new", "hm", "dice", "iou", "nsd", "hd95") if k in keys]
     return front + sorted(keys - set(front))
 
 

@@ -1,4 +1,7 @@
-"""``vlprompt leaderboard push --wandb``: upload every leaderboard (tables, averages, reported numbers, plots) to W&B."""
+"""``vlprompt leaderboard push --wandb``: upload every leaderboard (tables, averages, reported numbers, plots) to W&B.
+
+The ``leaderboard`` table is the one ``results.csv`` holds (:func:`vlprompt.leaderboards.build.leaderboard_table`):
+every metric with its std and 95% interval, the mean of per-seed HM, the not-separated mark and the cost columns."""
 
 from __future__ import annotations
 
@@ -9,27 +12,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlprompt.leaderboards.build import leaderboard_table
 from vlprompt.leaderboards.html import averages, build_figures, load_reported
 from vlprompt.leaderboards.select import (
-    backbone_label,
-    learner_label,
     load_results_tolerant,
     ordered_metrics,
     select_results,
 )
 from vlprompt.runs.results import safe_name
 from vlprompt.runs.wandb_logging import choose_offline, wandb_mode
-
-
-def _table_rows(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
-    columns = ["dataset", "learner", "backbone", "shots", "seeds", *metrics, *(f"{k}_std" for k in metrics), "result"]
-    data = []
-    for r in rows:
-        s = r["summary"]
-        data.append([str(r["dataset"]), learner_label(r), backbone_label(r), r.get("shots"),
-                     int(s.get("n_seeds", len(r.get("per_seed", [])))),
-                     *(s.get(k) for k in metrics), *(s.get(f"{k}_std") for k in metrics), r.get("_rel", "")])
-    return columns, data
 
 
 def leaderboard_run_id(protocol: str, benchmark: str) -> str:
@@ -75,7 +66,7 @@ def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leade
                          config={"protocol": protocol, "benchmark": benchmark, "results_dir": str(results_dir),
                                  "rows": len(rows)}, reinit="finish_previous")
         try:
-            columns, data = _table_rows(rows, metrics)
+            columns, data = leaderboard_table(rows)
             payload: dict[str, Any] = {"leaderboard": wandb.Table(columns=columns, data=data)}
             avgs = averages(rows, metrics)
             if avgs:

@@ -16,6 +16,13 @@ and ``configs/model/*/clipseg.yaml``. Facts carried over:
   ``JaccardIndex(task="binary", threshold=0.5, zero_division=1)``: one confusion matrix accumulated over all
   pixels of the split (dataset-level IoU, not a per-sample mean). Both come from torchmetrics
   (``dice_score`` samplewise, ``BinaryJaccardIndex``); reported in percent.
+- boundary metrics (issue 29, not in TuneVLSeg's training module; its ``scripts/eval_metrics.py`` has MONAI's
+  surface Dice and Hausdorff distance commented out): normalised surface Dice (NSD) at a tolerance in pixels of
+  the evaluated mask (default :data:`NSD_TOLERANCE_PX`) and the 95th-percentile symmetric Hausdorff distance
+  (HD95, pixels), per sample, from MONAI (``compute_surface_dice``, ``compute_hausdorff_distance``): the
+  field's medical benchmarks report them through MONAI, and its edge extraction and distance transforms are
+  maintained and tested there. MONAI leaves empty masks undefined (NaN); here both empty scores NSD 1 and HD95 0,
+  and exactly one empty scores NSD 0 and HD95 = the image diagonal (the largest distance the image allows).
 - weight decay: only weights of ``Linear``/``Conv`` layers (and tensors named ``*proj_weight``) decay; biases,
   norms, embeddings and raw prompt vectors do not (the reference's ``get_optim_groups``).
 """
@@ -25,7 +32,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import math
+
 import torch
+from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss
 from torch import nn
 from torchmetrics.classification import BinaryJaccardIndex
@@ -33,6 +43,13 @@ from torchmetrics.functional.segmentation import dice_score
 
 # torchmetrics warns about its default `average` even when it is given explicitly (as here: micro per sample)
 warnings.filterwarnings("ignore", message=r"dice_score metric currently defaults to `average=micro`")
+# MONAI 1.5-1.6 warn about an argument their own surface-distance code passes (not ours)
+warnings.filterwarnings("ignore", message=r".*always_return_as_numpy.*", category=FutureWarning)
+
+#: tolerance of the normalised surface Dice, in pixels of the evaluated mask
+NSD_TOLERANCE_PX = 2.0
+#: percentile of the Hausdorff distance reported as HD95
+HD_PERCENTILE = 95.0
 
 #: MONAI DiceLoss's default smooth_nr = smooth_dr (the reference's Dice smoothing)
 DICE_SMOOTH = 1e-5
@@ -98,18 +115,54 @@ def binary_iou(logits: torch.Tensor, masks: torch.Tensor, *, threshold: float = 
     return metric(torch.sigmoid(logits.float()), (masks > 0.5).long())
 
 
+def boundary_scores(
+    logits: torch.Tensor, masks: torch.Tensor, *, threshold: float = 0.5,
+    tolerance_px: float = NSD_TOLERANCE_PX, percentile: float = HD_PERCENTILE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample normalised surface Dice and percentile Hausdorff distance of ``sigmoid(logits) >= threshold``.
+
+    ``logits``, ``masks`` ``[B, H, W]`` -> ``(nsd [B] in [0, 1], hd [B] in pixels)``. NSD: the fraction of both
+    masks' boundary pixels that lie within ``tolerance_px`` of the other mask's boundary (Nikolov et al. 2021);
+    HD: the ``percentile`` of the symmetric boundary-to-boundary distances (95: HD95). MONAI computes both (8-
+    connected boundaries, Euclidean distance transforms, unit pixel spacing). Empty masks: both empty give
+    ``(1, 0)``, exactly one empty ``(0, sqrt(H^2 + W^2))``.
+    """
+    _check(logits, masks)
+    if tolerance_px < 0 or not 0 <= percentile <= 100:
+        raise ValueError(f"tolerance_px={tolerance_px} must be >= 0 and percentile={percentile} in [0, 100]")
+    preds = (torch.sigmoid(logits.detach().float()) >= threshold).unsqueeze(1).cpu()
+    target = (masks.detach() > 0.5).unsqueeze(1).cpu()
+    b, _, h, w = preds.shape
+    nsd, hd = torch.zeros(b), torch.zeros(b)
+    has_pred, has_target = preds.flatten(1).any(1), target.flatten(1).any(1)
+    both = has_pred & has_target
+    nsd[~has_pred & ~has_target] = 1.0
+    hd[has_pred ^ has_target] = math.hypot(h, w)
+    if both.any():
+        p, t = preds[both], target[both]
+        nsd[both] = compute_surface_dice(p, t, class_thresholds=[float(tolerance_px)], include_background=True).reshape(-1).float()
+        hd[both] = compute_hausdorff_distance(p, t, include_background=True, percentile=percentile).reshape(-1).float()
+    return nsd, hd
+
+
 class SegmentationScores(nn.Module):
     """Streaming Dice (mean over samples) and IoU (dataset-level) over batches; equals
-    ``dice_per_sample(all).mean()`` and ``binary_iou(all)`` on the concatenated split (tested)."""
+    ``dice_per_sample(all).mean()`` and ``binary_iou(all)`` on the concatenated split (tested). With
+    ``boundary=True`` also the mean over samples of NSD (at ``tolerance_px``) and HD95 (:func:`boundary_scores`)."""
 
-    def __init__(self, *, threshold: float = 0.5) -> None:
+    def __init__(self, *, threshold: float = 0.5, boundary: bool = False,
+                 tolerance_px: float = NSD_TOLERANCE_PX) -> None:
         super().__init__()
         self.threshold = threshold
+        self.boundary = boundary
+        self.tolerance_px = tolerance_px
         self.iou = BinaryJaccardIndex(threshold=threshold, zero_division=1.0)
         self.reset()
 
     def reset(self) -> None:
         self.dice_sum = 0.0
+        self.nsd_sum = 0.0
+        self.hd_sum = 0.0
         self.count = 0
         self.iou.reset()
 
@@ -119,13 +172,21 @@ class SegmentationScores(nn.Module):
         self.dice_sum += float(dice.sum())
         self.count += int(dice.numel())
         self.iou.to(logits.device).update(torch.sigmoid(logits.detach().float()), (masks > 0.5).long())
+        if self.boundary:
+            nsd, hd = boundary_scores(logits, masks, threshold=self.threshold, tolerance_px=self.tolerance_px)
+            self.nsd_sum += float(nsd.sum())
+            self.hd_sum += float(hd.sum())
         return dice
 
     def compute(self) -> dict[str, float]:
-        """``{"dice": %, "iou": %}`` (percent, as classification accuracies)."""
+        """``{"dice": %, "iou": %}`` (percent, as classification accuracies); with ``boundary`` also
+        ``"nsd"`` (%) and ``"hd95"`` (pixels)."""
         if self.count == 0:
             raise ValueError("no samples were scored")
-        return {"dice": 100.0 * self.dice_sum / self.count, "iou": 100.0 * float(self.iou.compute())}
+        out = {"dice": 100.0 * self.dice_sum / self.count, "iou": 100.0 * float(self.iou.compute())}
+        if self.boundary:
+            out.update(nsd=100.0 * self.nsd_sum / self.count, hd95=self.hd_sum / self.count)
+        return out
 
 
 def weight_decay_groups(

@@ -39,6 +39,7 @@ Checkpoints hold only the learner's tensors (and the best epoch's copy), never t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from vlprompt.backbones.base import VLBackbone
 from vlprompt.learners.prompts.layers import segmentation_text
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.metrics.segmentation import (
+    NSD_TOLERANCE_PX,
     SegmentationScores,
     dice_bce_loss,
     weight_decay_groups,
@@ -59,6 +61,9 @@ from vlprompt.modules.classification import apply_lr_scales
 from vlprompt.modules.overlays import OVERLAYS_ARTIFACT, save_overlays, wandb_mask_images
 
 log = logging.getLogger(__name__)
+
+#: the "text ignored" controls :class:`PromptSegmenter` can evaluate beside the real prompts (``text_controls``)
+TEXT_CONTROLS = ("empty", "shuffled")
 
 #: the class names a learner is built with on the segmentation track (prompts then change per batch)
 SETUP_PROMPTS = ("object",)
@@ -87,6 +92,15 @@ class PromptSegmenter(pl.LightningModule):
         plateau_factor / plateau_patience: ReduceLROnPlateau on the validation loss (0.2, 5 epochs).
         keep_best: keep the learned tensors of the best-validation-Dice epoch (TuneVLSeg); ``false`` keeps the last.
         overlays: test images per seed drawn as overlay PNGs (image, ground truth, prediction) in the run folder.
+        boundary_metrics: on the test split, also normalised surface Dice (``nsd``, %) and HD95 (``hd95``, pixels)
+            per image (:func:`~vlprompt.metrics.segmentation.boundary_scores`, MONAI); validation stays Dice/IoU.
+        nsd_tolerance_px: NSD's tolerance in pixels of the evaluated mask (default 2).
+        text_controls: "text ignored" controls evaluated on the test split beside the real prompts (issue 29):
+            ``empty`` (every prompt replaced by the empty string) and/or ``shuffled`` (each image gets the prompt of
+            the image before it in test order; the first image of the split the last one's). Recorded as
+            ``dice_text_<control>`` / ``iou_text_<control>``, and for ``shuffled`` the percentage of images whose
+            prompt actually changed (``text_shuffled_changed``: 0 on a dataset with one prompt). A learner whose
+            Dice barely moves under these controls is not using the text.
         task: evaluation sets; linked from the data module by ``vlprompt fit``.
     """
 
@@ -104,6 +118,9 @@ class PromptSegmenter(pl.LightningModule):
         plateau_patience: int = 5,
         keep_best: bool = True,
         overlays: int = 4,
+        boundary_metrics: bool = True,
+        nsd_tolerance_px: float = NSD_TOLERANCE_PX,
+        text_controls: Sequence[str] = (),
         task: dict | None = None,
     ) -> None:
         super().__init__()
@@ -115,6 +132,11 @@ class PromptSegmenter(pl.LightningModule):
                 "context), but segmentation prompts change from batch to batch. Use a class-agnostic configuration "
                 "(for CoOp: class_specific: false)."
             )
+        unknown = sorted(set(text_controls) - set(TEXT_CONTROLS))
+        if unknown:
+            raise ValueError(f"text_controls={list(text_controls)}: unknown {unknown}; choose from {list(TEXT_CONTROLS)}")
+        if nsd_tolerance_px < 0:
+            raise ValueError(f"nsd_tolerance_px={nsd_tolerance_px} must be >= 0 (pixels)")
         if lr <= 0 or weight_decay < 0 or overlays < 0:
             raise ValueError(f"lr={lr} must be > 0, weight_decay={weight_decay} and overlays={overlays} >= 0")
         self.backbone = backbone
@@ -127,7 +149,12 @@ class PromptSegmenter(pl.LightningModule):
         self.n_overlays = overlays
         self.task = task or {}
         self.strict_loading = False  # checkpoints carry only the learner
-        self.scores = SegmentationScores(threshold=threshold)
+        self.boundary_metrics = boundary_metrics
+        self.scores = SegmentationScores(threshold=threshold, tolerance_px=nsd_tolerance_px)
+        self.text_controls = tuple(dict.fromkeys(text_controls))
+        self.control_scores = {c: SegmentationScores(threshold=threshold) for c in self.text_controls}
+        self._previous_prompt: str | None = None
+        self._shuffled_changed, self._shuffled_n = 0, 0
         self.eval_results: dict[str, dict[str, float]] = {}
         self.best: dict[str, Any] = {"dice": None, "epoch": None, "state": None}
         self.overlay_samples: list[dict[str, Any]] = []
@@ -197,11 +224,34 @@ class PromptSegmenter(pl.LightningModule):
                      self.best["dice"])
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_start(self) -> None:
+    def _eval_start(self, stage: str) -> None:
         self.scores.reset()
+        self.scores.boundary = self.boundary_metrics and stage == "test"
+        for scores in self.control_scores.values():
+            scores.reset()
+        self._previous_prompt = None
+        self._shuffled_changed, self._shuffled_n = 0, 0
         self._loss_sum, self._loss_n = 0.0, 0
 
-    def _eval_step(self, batch, *, keep_overlays: bool) -> None:
+    def _control_prompts(self, control: str, prompts: list[str]) -> list[str]:
+        """The prompts of a text-ignored control (see ``text_controls``)."""
+        if control == "empty":
+            return [""] * len(prompts)
+        previous = self._previous_prompt if self._previous_prompt is not None else prompts[-1]
+        shuffled = [previous] + prompts[:-1]
+        self._previous_prompt = prompts[-1]
+        self._shuffled_changed += sum(a != b for a, b in zip(shuffled, prompts))
+        self._shuffled_n += len(prompts)
+        return shuffled
+
+    def _score_text_controls(self, batch: dict, masks: torch.Tensor) -> None:
+        prompts = [str(p) for p in batch["prompt"]]
+        for control, scores in self.control_scores.items():
+            with torch.no_grad():
+                scores.update(self.mask_logits(batch["image"], self._control_prompts(control, prompts)), masks)
+
+    def _eval_step(self, batch, *, keep_overlays: bool) -> torch.Tensor:
+        """Score one evaluation batch; returns its ground-truth masks ``[B, H, W]``."""
         logits, masks, loss = self._step(batch)
         self.scores.update(logits, masks)
         self._loss_sum += float(loss) * masks.shape[0]
@@ -214,18 +264,24 @@ class PromptSegmenter(pl.LightningModule):
                     "prob": torch.sigmoid(logits[i].detach().float()).cpu(), "prompt": str(batch["prompt"][i]),
                     "name": str(batch["name"][i]) if "name" in batch else str(len(self.overlay_samples)),
                 })
+        return masks
 
     def _eval_end(self, stage: str) -> dict[str, float]:
         results = self.scores.compute()
+        if stage == "test":
+            for control, scores in self.control_scores.items():
+                results.update({f"{k}_text_{control}": v for k, v in scores.compute().items()})
+            if "shuffled" in self.control_scores:
+                results["text_shuffled_changed"] = 100.0 * self._shuffled_changed / max(1, self._shuffled_n)
+        self.eval_results[stage] = dict(results)
         results["loss"] = self._loss_sum / max(1, self._loss_n)
-        self.eval_results[stage] = {"dice": results["dice"], "iou": results["iou"]}
         for k, v in results.items():
             self.log(f"{stage}/{k}", v)
         self._prompts = None
         return results
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_start()
+        self._eval_start("val")
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, keep_overlays=False)
@@ -239,11 +295,13 @@ class PromptSegmenter(pl.LightningModule):
                 self.best = {"dice": dice, "epoch": int(self.current_epoch), "state": state}
 
     def on_test_epoch_start(self) -> None:
-        self._eval_start()
+        self._eval_start("test")
         self.overlay_samples = []
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, keep_overlays=True)
+        masks = self._eval_step(batch, keep_overlays=True)
+        if self.control_scores:
+            self._score_text_controls(batch, masks)
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")

@@ -9,12 +9,16 @@ Reference facts (naamiinepal/tunevlseg ``configs/experiment/*/clipseg.yaml``): b
 use 32), ``drop_last: false``, prompts chosen by ``prompt_index`` (``-1``: a random key other than ``p0``
 per item and epoch). Optional seeded subsets (``shots`` training images, ``val_size`` / ``test_size``
 evaluation images) keep small runs small; evaluation subsets are drawn with a fixed seed so that every seed
-and learner is scored on the same images.
+and learner is scored on the same images. ``label_fraction`` (issue 29's label-fraction protocol, as the 2026
+medical benchmarks report 10/25/50/100% of the labels) trains on that fraction of the train split, rounded up,
+drawn as a prefix of one seeded permutation so that the draws are nested: with the same seed the 10% images
+are among the 25%, which are among the 50%.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import Any
 
@@ -55,6 +59,19 @@ def subset_indices(n: int, size: int | None, seed: int | None) -> list[int] | No
     return sorted(random.Random(seed).sample(range(n), size))
 
 
+def nested_subset_indices(n: int, fraction: float, seed: int | None) -> list[int] | None:
+    """Sorted indices of ``ceil(fraction * n)`` of ``range(n)``: the first ones of a permutation seeded by ``seed``,
+    so a smaller fraction's draw is inside a larger one's with the same seed; ``None`` when all are kept."""
+    if not 0 < fraction <= 1:
+        raise DataError(f"label_fraction={fraction} must be in (0, 1] (e.g. 0.1 for 10% of the training images)")
+    size = max(1, math.ceil(fraction * n - 1e-9))
+    if size >= n:
+        return None
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[:size])
+
+
 class SegmentationProtocol(pl.LightningDataModule):
     """Train / val / test splits of a :class:`SegmentationSource`, at the backbone's input size.
 
@@ -64,6 +81,9 @@ class SegmentationProtocol(pl.LightningDataModule):
             and epoch (TuneVLSeg); ``None`` uses the source's ``default_prompt_index`` (TuneVLSeg's runs: 1).
         prompt: one fixed prompt for every item (overrides ``prompt_index``).
         shots: training images, drawn with the run seed (``None``: the whole train split).
+        label_fraction: train on this fraction of the train split instead (``0.1``, ``0.25``, ``0.5``, ``1.0``),
+            nested draws with the run seed (see the module docstring); ``shots`` then records the number of
+            training images it gave. Exclusive with ``shots``.
         val_size / test_size: evaluation images, a fixed subset (``None``: the whole split).
         seed: set per run by ``vlprompt fit``.
         batch_size / eval_batch_size / num_workers: loader settings (``eval_batch_size`` defaults to ``batch_size``).
@@ -82,6 +102,7 @@ class SegmentationProtocol(pl.LightningDataModule):
         prompt_index: int | None = None,
         prompt: str | None = None,
         shots: int | None = None,
+        label_fraction: float | None = None,
         val_size: int | None = None,
         test_size: int | None = None,
         seed: int | None = None,
@@ -101,6 +122,11 @@ class SegmentationProtocol(pl.LightningDataModule):
         for key, value in (("shots", shots), ("val_size", val_size), ("test_size", test_size)):
             if value is not None and value < 1:
                 raise DataError(f"{key}={value} must be a positive number of images or null (all)")
+        if label_fraction is not None:
+            if shots is not None:
+                raise DataError(f"shots={shots} and label_fraction={label_fraction} both choose the training images: "
+                                "set one of them")
+            nested_subset_indices(1, label_fraction, 0)  # range check, before any work
         if prompt_index is None:
             prompt_index = int(getattr(dataset, "default_prompt_index", 0))
         if prompt_index < -1:
@@ -109,6 +135,7 @@ class SegmentationProtocol(pl.LightningDataModule):
         self.prompt_index = prompt_index
         self.prompt = prompt
         self.shots = shots
+        self.label_fraction = label_fraction
         self.val_size, self.test_size = val_size, test_size
         self.seed = seed
         self.batch_size = batch_size
@@ -138,10 +165,14 @@ class SegmentationProtocol(pl.LightningDataModule):
             split, preprocess=self._preprocess(), prompt_index=self.prompt_index, prompt=self.prompt,
             augment=bool(self.augment and train), seed=int(self.seed or 0),
         )
-        size = {"train": self.shots, "val": self.val_size, "test": self.test_size}[split]
-        idx = subset_indices(len(ds), size, self.seed if train else EVAL_SUBSET_SEED)
         if len(ds) == 0:
             raise DataError(f"split {split!r} of {self.dataset.name} is empty")
+        if train and self.label_fraction is not None:
+            idx = nested_subset_indices(len(ds), self.label_fraction, self.seed)
+            self.shots = len(idx) if idx is not None else None  # what the result records as training images
+        else:
+            size = {"train": self.shots, "val": self.val_size, "test": self.test_size}[split]
+            idx = subset_indices(len(ds), size, self.seed if train else EVAL_SUBSET_SEED)
         return _Subset(ds, idx if idx is not None else list(range(len(ds))))
 
     def _loader(self, ds: Dataset, *, train: bool) -> DataLoader:
@@ -167,6 +198,7 @@ class SegmentationProtocol(pl.LightningDataModule):
             self.dataset.dataset(split, preprocess=None, prompt_index=self.prompt_index, prompt=self.prompt)
 
     def identity(self) -> dict:
-        return {"protocol": self.name, "shots": self.shots, "seed": self.seed, "prompt_index": self.prompt_index,
+        return {"protocol": self.name, "shots": self.shots, "label_fraction": self.label_fraction,
+                "seed": self.seed, "prompt_index": self.prompt_index,
                 "prompt": self.prompt, "val_size": self.val_size, "test_size": self.test_size,
                 "dataset": self.dataset.identity()}

@@ -649,6 +649,8 @@ METRIC_NOTES: dict[str, str] = {
     "accuracy": "accuracy: top-1 accuracy, %",
     "dice": "dice: Dice of each test image, averaged over the images, % (an empty mask predicted empty counts 100)",
     "iou": "iou: IoU of all test pixels pooled (dataset-level, not per image), %",
+    "nsd": "nsd: normalised surface Dice of each test image (boundary within the tolerance, default 2 px), averaged, %",
+    "hd95": "hd95: 95th-percentile Hausdorff distance of each test image, averaged, pixels (lower is better)",
 }
 
 
@@ -659,6 +661,9 @@ def summary_notes(result: Mapping[str, Any], keys: Sequence[str] | None = None) 
     lines = [METRIC_NOTES[k] for k in keys if k in METRIC_NOTES]
     if any(str(k).endswith("_ece") for k in keys):
         lines.append("<set>_ece: expected calibration error of that evaluation set, 15 equal-width confidence bins, %")
+    if any(str(k).startswith(("dice_text_", "iou_text_")) for k in keys):
+        lines.append("<metric>_text_<control>: the same test images with the prompts replaced (empty: no text; "
+                     "shuffled: another image's prompt); close to the real prompts' means the text is barely used")
     if result.get("seed_independent"):
         lines.append("nothing to train: evaluated once; the result holds for every seed (std 0 by construction)")
     elif len(result.get("per_seed") or []) > 1:
