@@ -46,4 +46,6 @@ LEARNER_FACTS: dict[str, LearnerFacts] = {
                                    "tests/test_shared_learners.py"),
     "shared_attention": LearnerFacts("multimodal", _CS, "TuneVLSeg Shared Attention (Adhikari et al., ACCV 2024)",
                                     "tests/test_shared_learners.py"),
+    "linear_probe": LearnerFacts("baseline", ("classification",), "linear probe (Radford et al., ICML 2021; CLIP_benchmark)",
+                                 "tests/test_linear_probe.py"),
 }

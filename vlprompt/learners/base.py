@@ -26,7 +26,7 @@ from vlprompt.data.atomic import save_safetensors
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("text", "visual", "multimodal", "meta-learned", "test-time")
+FAMILIES = ("text", "visual", "multimodal", "meta-learned", "test-time", "baseline")
 
 
 def _tensor_key(named: list[tuple[str, torch.Tensor]]) -> tuple:
@@ -56,7 +56,8 @@ class PromptLearner(nn.Module, abc.ABC):
     """Base class of every prompt learner (built-in or third-party).
 
     Class attributes a plugin sets:
-        family: one of ``text``, ``visual``, ``multimodal``, ``meta-learned``, ``test-time``.
+        family: one of ``text``, ``visual``, ``multimodal``, ``meta-learned``, ``test-time``, ``baseline`` (not a
+            prompt learner: e.g. the linear probe on image features).
         trainable: ``False`` for learners with nothing to fit (zero-shot): ``fit`` only evaluates them.
         modifies_image_encoder: ``True`` if image features depend on learned parameters (visual prompts);
             ``False`` lets protocols cache frozen image features.
