@@ -150,6 +150,13 @@ class ClassificationProtocol(pl.LightningDataModule):
         feature_views: augmented views stored per training image when augmentation is on.
         drop_last: drop the last incomplete training batch, as Dassl does (``drop_last=is_train and
             len(data) >= batch_size``): 80 shots at batch 32 make 2 steps per epoch, not 3. ``false`` keeps it.
+        validation: ``true`` (the legacy CoOp protocol: a few-shot validation split of ``min(K, 4)`` images per
+            class is drawn and can be evaluated); ``false``: the validation-free protocol (issue 29, CLAP /
+            2SFS style): no validation image is loaded or evaluated, the last epoch is what is tested, and
+            the protocol is recorded as ``<name>-vf`` (its own leaderboard). The validation draw's labels are
+            still drawn, so every seed's training images equal the legacy protocol's. Fixed hyper-parameters
+            across datasets are the sweep's part: ``sweeps/toy_validation_free.yaml`` gives every dataset one
+            learner configuration.
     """
 
     name = "classification"
@@ -168,8 +175,13 @@ class ClassificationProtocol(pl.LightningDataModule):
         feature_cache: bool = False,
         feature_views: int = 8,
         drop_last: bool = True,
+        validation: bool = True,
     ) -> None:
         super().__init__()
+        self.validation = bool(validation)
+        if not self.validation:
+            self.name = f"{type(self).name}-vf"
+            self.val_sets = ()
         if shots is not None and shots < 1:
             raise DataError(f"shots={shots} must be a positive integer (the field uses 1, 2, 4, 8, 16) or null")
         if augment not in ("auto", "none", "flip_crop"):
@@ -323,13 +335,16 @@ class ClassificationProtocol(pl.LightningDataModule):
         return self._loader(self._dataset("train", self.train_space, self.shots, train=True), train=True)
 
     def val_dataloader(self) -> list[DataLoader]:
+        if not self.validation:
+            return []
         return [self._loader(self._dataset("val", space, self.shots, train=False), train=False) for _, space in self.val_sets]
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(self._dataset("test", space, None, train=False), train=False) for _, space in self.test_sets]
 
     def identity(self) -> dict:
-        return {"protocol": self.name, "shots": self.shots, "seed": self.seed, "dataset": self.dataset.identity()}
+        out = {"protocol": self.name, "shots": self.shots, "seed": self.seed, "dataset": self.dataset.identity()}
+        return out if self.validation else {**out, "validation": False}
 
 
 class BaseToNew(ClassificationProtocol):

@@ -326,6 +326,9 @@ def validate_config(stage: str, cfg: Any) -> None:
             f"constant warm-up lr, so nothing is learned. Raise --trainer.max_epochs above {warmup} or lower "
             f"--model.warmup_epochs.")
     data_init = getattr(cfg.data, "init_args", None)
+    if stage == "validate" and getattr(data_init, "validation", True) is False:
+        raise ConfigError("`vlprompt validate` evaluates the validation split, but data.init_args.validation is false "
+                          "(the validation-free protocol has none): use `vlprompt test`, or drop validation: false")
     batch_size = getattr(data_init, "batch_size", None)
     if isinstance(batch_size, int) and batch_size < 1:
         raise ConfigError(f"data batch_size={batch_size} must be >= 1, e.g. --data.init_args.batch_size 32")
