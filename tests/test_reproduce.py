@@ -221,8 +221,8 @@ def test_paper_grid_every_cell_parses_with_the_full_fit_parser(tmp_path, monkeyp
     spec = load_sweep(PAPER)
     cells = expand_cells(spec)
     learners = sorted({dict(c.params)["learner"] for c in cells})
-    assert len(cells) == 11 * len(learners) and len(learners) == 5
-    assert all(Path(f"configs/learners/{name}.yaml").name.startswith("vit_b16_") for name in learners)
+    assert len(cells) == 11 * len(learners) and len(learners) == 6
+    assert all(Path(f"configs/learners/{name}.yaml").name.startswith("vit_b16") for name in learners)
     check_cells(spec, cells, tmp_path / "out")  # every cell, the full `vlprompt fit` parser
 
 
@@ -233,11 +233,11 @@ def test_paper_plan_names_missing_weights_and_data_here(capsys, monkeypatch, sha
     monkeypatch.setenv("HF_HOME", str(REPO / "nonexistent-hf-home"))
     assert sweep_main(["--config", str(PAPER), "--plan"]) == 1
     out = capsys.readouterr().out
-    assert out.count("backbone weights open_clip ViT-B-16/openai: not downloaded here") == 55
+    assert out.count("backbone weights open_clip ViT-B-16/openai: not downloaded here") == 66
     for absent in ("ImageNet", "OxfordPets", "StanfordCars", "Food101", "FGVCAircraft", "SUN397", "UCF101"):
         assert f"data: {absent}: expected the dataset folder" in out, absent
     # the Caltech-101 subset has 8 training images per class: 16 shots would stop the run
-    assert out.count("have fewer than shots=16 training images (class 0: 8)") == 5
+    assert out.count("have fewer than shots=16 training images (class 0: 8)") == 6
     # EuroSAT is there: CoCoOp trains 80 images at batch 1 for 10 epochs
     assert "data: eurosat root" in out and "train images 80, optimizer steps per seed 800, test images 1000" in out
 
@@ -253,7 +253,7 @@ def test_paper_dry_run_passes_for_the_eurosat_cells(tmp_path, capsys, monkeypatc
     path = tmp_path / "eurosat.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     assert sweep_main(["--config", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
-    assert "ok: 5, skipped: 0, failed: 0" in capsys.readouterr().out
+    assert "ok: 6, skipped: 0, failed: 0" in capsys.readouterr().out
 
 
 def test_plan_finds_weights_in_open_clips_cache_and_respects_step_limits(tmp_path, capsys, monkeypatch):
