@@ -21,7 +21,7 @@ import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -207,17 +207,27 @@ class TestTimeMethod(abc.ABC):
 
     __test__ = False  # not a pytest class
 
+    #: the resource track: what the method consumes at test time beyond the wrapped learner's own training data,
+    #: recorded in the result JSON (``test_time.resources``). Episodic methods see each ``test image`` alone;
+    #: TDA also keeps ``earlier test images`` of the stream (an online track, not comparable with episodic rows).
+    resources: ClassVar[tuple[str, ...]] = ("test image",)
+
     @abc.abstractmethod
     def build_views(self, image: torch.Tensor) -> torch.Tensor:
         """Views ``[N, 3, S, S]`` of a raw image ``[3, H, W]`` in ``[0, 1]``; view 0 is the test-transformed original."""
 
     @abc.abstractmethod
-    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """The optimiser over the tunable tensors (reset per image from its initial state)."""
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer | None:
+        """The optimiser over the tunable tensors (reset per image from its initial state); ``None`` for a
+        training-free method, whose :meth:`PromptLearner.tunable_parameters` is then empty."""
 
     @abc.abstractmethod
-    def adapt(self, views: torch.Tensor, optimizer: torch.optim.Optimizer) -> TTAStep:
+    def adapt(self, views: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> TTAStep:
         """Select views, tune, and return the tuned logits of view 0 (see :func:`vlprompt.learners.prompts.tta.tpt_step`)."""
+
+    def start_test_set(self, name: str) -> None:
+        """Hook: called before the first image of each test set ``name``. A method that carries state from one
+        test image to the next (TDA's caches) starts it afresh here; episodic methods need nothing."""
 
     def tta_settings(self) -> dict[str, Any]:
         """Settings written into the result JSON (views, steps, selection...)."""
