@@ -8,6 +8,7 @@ FarinaMatteo/zero, kdiAAA/TDA and hee-suk-yoon/C-TPT); the inputs are regenerate
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from safetensors import safe_open
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.testing import tiny_clip, torch_threads
+from vlprompt.learners.tda import TDA, ClassCache, TDAStream, cache_logits, normalised_entropy, summarise_views
 from vlprompt.learners.zero import ZERO, zero_votes
 from vlprompt.learners.zero_shot import ZeroShot
 from vlprompt.learners.prompts.tta import TTAError
@@ -128,6 +130,76 @@ def test_zero_through_the_module(backbone):
     assert zero.tta_settings()["resources"] == ["test image"]
 
 
+# ---------------------------------------------------------------- TDA
+def _tda_stream(case: str) -> tuple[torch.Tensor, TDAStream]:
+    views, *_rest, pos, neg = R.TDA_CASES[case]
+    feats, text = R.tda_inputs(case)
+    stream = TDAStream({"enabled": True, **pos}, {"enabled": True, **neg})
+    out = []
+    for f in feats:
+        f = F.normalize(f if views > 1 else f[:1], dim=-1)
+        out.append(stream.step(f, _scaled_logits(f, text))[0])
+    return torch.cat(out), stream
+
+
+@pytest.mark.parametrize("case", list(R.TDA_CASES))
+def test_tda_logits_match_the_reference(reference, case):
+    ours, stream = _tda_stream(case)
+    ref = reference[0][f"{case}.logits"]
+    assert ours.shape == ref.shape and _rel(ours, ref) <= 1e-4
+    # not trivial: both caches were used, and they move the logits away from the learner's own
+    assert stream.pos and stream.neg and sum(map(len, stream.pos.entries.values())) > len(stream.pos.entries)
+    feats, text = R.tda_inputs(case)
+    off = TDAStream({**stream.positive, "enabled": False}, {**stream.negative, "enabled": False})
+    views = R.TDA_CASES[case][0]
+    plain = torch.cat([off.step(F.normalize(f if views > 1 else f[:1], dim=-1), _scaled_logits(f if views > 1 else f[:1], text))[0]
+                       for f in feats])
+    assert float((plain - ref).abs().max()) > 1e-2
+
+
+def test_tda_cache_rules():
+    cache = ClassCache(capacity=2)
+    f = torch.eye(3)[None]
+    cache.update(1, f[:, 0], 0.5)
+    cache.update(1, f[:, 1], 0.2)
+    cache.update(1, f[:, 2], 0.9)  # full, and worse than the worst kept: ignored
+    assert [e[1] for e in cache.entries[1]] == [0.2, 0.5]
+    cache.update(1, f[:, 2], 0.3)  # replaces the worst (0.5), then sorted
+    assert [e[1] for e in cache.entries[1]] == [0.2, 0.3]
+    cache.update(0, f[:, 0], 0.7)
+    keys, values = cache.keys_values(3)
+    assert values.argmax(1).tolist() == [0, 1, 1] and keys.shape == (3, 3)  # classes ascending, then entropy
+    # cache logits: alpha * exp(-beta (1 - cos)) @ values; an identical key gives alpha on its class
+    assert torch.allclose(cache_logits(keys[:1], keys[:1], values[:1], 2.0, 5.0), torch.tensor([[2.0, 0.0, 0.0]]))
+    assert normalised_entropy(torch.tensor(math.log(4)), 4) == pytest.approx(math.log(4) / 2)
+    s = summarise_views(torch.eye(20, 4), torch.randn(20, 3), 0.1)
+    assert s.kept.numel() == 2 and s.feature.shape == (1, 4) and s.probs.sum().item() == pytest.approx(1.0)
+    with pytest.raises(TTAError, match="selection"):
+        summarise_views(torch.eye(5, 4), torch.randn(5, 3), 0.1)
+
+
+def test_tda_keeps_its_caches_along_a_test_set_and_resets_them(backbone):
+    tda = TDA(CoOp(n_ctx=None, ctx_init="a photo of a"))
+    module = TestTimeClassifier(backbone, tda, task={"label_spaces": {"s": NAMES}, "train_space": "s",
+                                                     "test_sets": [("t1", "s"), ("t2", "s")]})
+    module.on_test_epoch_start()
+    assert module._optimizer is None
+    torch.manual_seed(2)
+    images = torch.rand(4, 3, 32, 32)
+    module.test_step((images, torch.arange(4)), 0, dataloader_idx=0)
+    assert sum(map(len, tda.stream.pos.entries.values())) >= 2  # the stream kept earlier images
+    first = tda.stream.pos.entries
+    module.test_step((images[:1], torch.arange(1)), 0, dataloader_idx=1)  # a new test set: a new stream
+    assert sum(map(len, tda.stream.pos.entries.values())) == 1 and tda.stream.pos.entries is not first
+    module.on_test_epoch_end()
+    assert set(module.eval_results["test"]) == {"t1", "t1_ece", "t2", "t2_ece"}
+    assert tda.tta_settings()["resources"] == ["test image", "earlier test images"]
+    with pytest.raises(LearnerError, match="unknown setting"):
+        TDA(positive={"shots": 3})
+    with pytest.raises(LearnerError, match="selection"):
+        TDA(views=5)
+
+
 # ---------------------------------------------------------------- through `vlprompt tta` on the toy world
 SMALL = [
     "--config", "configs/protocols/test_time/toy_shifts.yaml", "--config", "configs/backbones/toyclip.yaml",
@@ -137,6 +209,8 @@ SMALL = [
 CLI_CASES = {
     "zero": (["--config", "configs/learners/zero/default.yaml", "--model.learner.init_args.views", "8"],
              {"method": "zero", "steps": 0, "resources": ["test image"]}),
+    "tda": (["--config", "configs/learners/tda/imagenet_a.yaml", "--model.learner.init_args.views", "10"],
+            {"method": "tda", "views": 10, "resources": ["test image", "earlier test images"]}),
 }
 
 

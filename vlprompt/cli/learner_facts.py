@@ -42,6 +42,7 @@ LEARNER_FACTS: dict[str, LearnerFacts] = {
     "tpt": LearnerFacts("test-time", ("test-time",), "TPT (Shu et al., NeurIPS 2022)", "tests/test_tta.py"),
     "difftpt": LearnerFacts("test-time", ("test-time",), "DiffTPT (Feng et al., ICCV 2023)", "tests/test_tta.py"),
     "zero": LearnerFacts("test-time", ("test-time",), "ZERO (Farina et al., NeurIPS 2024)", "tests/test_tta_methods.py"),
+    "tda": LearnerFacts("test-time", ("test-time",), "TDA (Karmanov et al., CVPR 2024)", "tests/test_tta_methods.py"),
     "gram": LearnerFacts("meta-learned", ("classification",), "GRAM (Li et al., ICCV 2023)"),
     "shared_separate": LearnerFacts("multimodal", _CS, "TuneVLSeg Shared Separate (Adhikari et al., ACCV 2024)",
                                    "tests/test_shared_learners.py"),
