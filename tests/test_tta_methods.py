@@ -17,8 +17,12 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from vlprompt.backbones.open_clip import OpenCLIPBackbone
 from vlprompt.learners.base import LearnerError
+from vlprompt.learners.cocoop import CoCoOp
 from vlprompt.learners.coop import CoOp
+from vlprompt.learners.ctpt import CTPT, text_feature_dispersion
+from vlprompt.learners.tpt import TPT
 from vlprompt.learners.testing import tiny_clip, torch_threads
 from vlprompt.learners.tda import TDA, ClassCache, TDAStream, cache_logits, normalised_entropy, summarise_views
 from vlprompt.learners.zero import ZERO, zero_votes
@@ -28,6 +32,8 @@ from vlprompt.modules.test_time import TestTimeClassifier
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS / "fixtures"))
+import tiny_openai_clip  # noqa: E402
 import tta_reference_recipe as R  # noqa: E402
 
 FIXTURE = TESTS / "fixtures" / "tta_reference" / "reference_outputs.safetensors"
@@ -200,6 +206,76 @@ def test_tda_keeps_its_caches_along_a_test_set_and_resets_them(backbone):
         TDA(views=5)
 
 
+# ---------------------------------------------------------------- C-TPT
+@pytest.fixture(scope="module")
+def openai_layout_backbone() -> OpenCLIPBackbone:
+    """vlprompt's open_clip backbone holding the fixture's random OpenAI-layout weights (as the reference's)."""
+    bb = OpenCLIPBackbone(tiny_openai_clip.register(), pretrained=None, quick_gelu=True)
+    bb.clip.load_state_dict(tiny_openai_clip.state_dict(), strict=True)
+    bb.freeze()
+    return bb
+
+
+def _one_step(backbone, method) -> tuple[torch.Tensor, object]:
+    """(tuned context, TTAStep) after one episode of ``method`` on the recipe's views."""
+    with torch_threads(1):
+        method.setup(backbone, R.CTPT_CLASSNAMES)
+        (ctx,) = method.tunable_parameters().values()
+        step = method.adapt(R.ctpt_views(backbone.preprocess.image_size), method.make_optimizer([ctx]))
+    return ctx.detach().clone(), step
+
+
+@pytest.mark.parametrize("lam", [R.CTPT_LAMBDA, 0.0])
+def test_ctpt_step_matches_the_reference(reference, openai_layout_backbone, lam):
+    """One C-TPT step (and, with lambda 0, TPT's) equals the reference's test_time_tuning on its own model."""
+    key = "ctpt" if lam else "tpt"
+    ref = reference[0]
+    method = CTPT(CoOp(n_ctx=None, ctx_init="a photo of a"), views=R.CTPT_VIEWS, selection=R.CTPT_SELECTION,
+                  lr=R.CTPT_LR, lambda_term=lam, augmix=False)
+    ctx, step = _one_step(openai_layout_backbone, method)
+    assert step.selected.tolist() == ref[f"{key}.selected"].tolist()
+    assert _rel(ctx, ref[f"{key}.ctx"]) <= 1e-4
+    assert _rel(step.logits, ref[f"{key}.logits"]) <= 1e-4
+    if lam:
+        with torch.no_grad():
+            atfd = text_feature_dispersion(method.learner.text_features())
+        assert float(atfd) == pytest.approx(float(ref["ctpt.atfd_after"]), rel=1e-4)
+
+
+def test_ctpt_dispersion_term_changes_the_step(reference):
+    """The fixture is not trivial: the dispersion term changes the reference's own tuned context."""
+    ref = reference[0]
+    assert float((ref["ctpt.ctx"] - ref["tpt.ctx"]).abs().max()) > 1e-3
+    assert float((ref["ctpt.logits"] - ref["tpt.logits"]).abs().max()) > 1e-4
+
+
+def test_text_feature_dispersion_and_ctpt_settings(backbone):
+    # two opposite unit vectors: centroid 0, every distance 1; scale does not matter (normalised first)
+    assert float(text_feature_dispersion(torch.tensor([[3.0, 0.0], [-1.0, 0.0]]))) == pytest.approx(1.0)
+    assert float(text_feature_dispersion(torch.ones(4, 3))) == pytest.approx(0.0)
+    with pytest.raises(LearnerError, match=r"\[C, D\]"):
+        text_feature_dispersion(torch.ones(2, 3, 4))
+    with pytest.raises(LearnerError, match="lambda_term"):
+        CTPT(lambda_term=-1)
+    with pytest.raises(LearnerError, match="instance-conditioned"):
+        CTPT(CoCoOp(n_ctx=4, ctx_init="a photo of a"), views=8, selection=0.25).setup(backbone, NAMES)
+    method = CTPT(views=8, selection=0.25, lambda_term=20)
+    method.setup(backbone, NAMES)
+    settings = method.tta_settings()
+    assert settings["method"] == "ctpt" and settings["lambda_term"] == 20.0 and settings["resources"] == ["test image"]
+    # lambda 0 is TPT: the same tuned context on the same views
+    torch.manual_seed(0)
+    views = torch.rand(8, 3, 32, 32)
+    ctxs = []
+    for method in (CTPT(views=8, selection=0.25, lambda_term=0.0, augmix=False), TPT(views=8, selection=0.25)):
+        torch.manual_seed(0)
+        method.setup(backbone, NAMES)
+        (ctx,) = method.tunable_parameters().values()
+        method.adapt(views, method.make_optimizer([ctx]))
+        ctxs.append(ctx.detach().clone())
+    torch.testing.assert_close(ctxs[0], ctxs[1], rtol=0, atol=1e-6)
+
+
 # ---------------------------------------------------------------- through `vlprompt tta` on the toy world
 SMALL = [
     "--config", "configs/protocols/test_time/toy_shifts.yaml", "--config", "configs/backbones/toyclip.yaml",
@@ -211,6 +287,9 @@ CLI_CASES = {
              {"method": "zero", "steps": 0, "resources": ["test image"]}),
     "tda": (["--config", "configs/learners/tda/imagenet_a.yaml", "--model.learner.init_args.views", "10"],
             {"method": "tda", "views": 10, "resources": ["test image", "earlier test images"]}),
+    "ctpt": (["--config", "configs/learners/ctpt/default.yaml", "--model.learner.init_args.views", "8",
+              "--model.learner.init_args.selection", "0.25"],
+             {"method": "ctpt", "views": 8, "lambda_term": 50.0, "steps": 1}),
 }
 
 

@@ -93,9 +93,7 @@ CTPT_SEED = 31
 
 
 def ctpt_views(image_size: int) -> torch.Tensor:
-    """Normalised (OpenAI mean / std) views ``[N, 3, S, S]`` as the reference's data pipeline hands them over."""
+    """Views ``[N, 3, S, S]`` in ``[0, 1]`` (vlprompt's backbone normalises them; the fixture script normalises
+    them with OpenAI's mean and std before the reference sees them, as its data pipeline does)."""
     g = torch.Generator().manual_seed(CTPT_SEED)
-    images = torch.rand(CTPT_VIEWS, 3, image_size, image_size, generator=g)
-    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-    return (images - mean) / std
+    return torch.rand(CTPT_VIEWS, 3, image_size, image_size, generator=g)

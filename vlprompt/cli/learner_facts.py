@@ -41,6 +41,7 @@ LEARNER_FACTS: dict[str, LearnerFacts] = {
     "tmml": LearnerFacts("multimodal", _CS, "TMML (Long et al., ICCV 2023)"),
     "tpt": LearnerFacts("test-time", ("test-time",), "TPT (Shu et al., NeurIPS 2022)", "tests/test_tta.py"),
     "difftpt": LearnerFacts("test-time", ("test-time",), "DiffTPT (Feng et al., ICCV 2023)", "tests/test_tta.py"),
+    "ctpt": LearnerFacts("test-time", ("test-time",), "C-TPT (Yoon et al., ICLR 2024)", "tests/test_tta_methods.py"),
     "zero": LearnerFacts("test-time", ("test-time",), "ZERO (Farina et al., NeurIPS 2024)", "tests/test_tta_methods.py"),
     "tda": LearnerFacts("test-time", ("test-time",), "TDA (Karmanov et al., CVPR 2024)", "tests/test_tta_methods.py"),
     "gram": LearnerFacts("meta-learned", ("classification",), "GRAM (Li et al., ICCV 2023)"),

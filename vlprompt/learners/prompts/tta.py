@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.learners.base import LearnerError, PromptLearner, cosine_logits
 
 
 class TTAError(ValueError):
@@ -145,6 +145,7 @@ def tpt_step(
     steps: int = 1,
     selector: Selector | None = None,
     features: torch.Tensor | None = None,
+    text_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TTAStep:
     """One test-time tuning episode (TPT, Shu et al. 2022, Sec. 3.2) on views ``[N, 3, H, W]`` (view 0 = original).
 
@@ -154,6 +155,10 @@ def tpt_step(
     with ``selection``); each of ``steps`` steps minimises :func:`marginal_entropy` of the chosen views'
     logits with ``optimizer`` (which must hold ``learner.tunable_parameters()``); cached text features are
     invalidated after every step. ``steps=0`` only predicts. Returns a :class:`TTAStep`.
+
+    ``text_loss`` (C-TPT) adds a term on the class text features ``[C, D]`` of each step: they are then computed
+    once per step with ``learner.text_features()`` and the logits are their cosine logits (the default
+    :meth:`PromptLearner.logits`; the caller checks that the learner does not override it).
     """
     if views.dim() != 4:
         raise TTAError(f"views must be [N, 3, H, W], got shape {tuple(views.shape)}")
@@ -175,10 +180,16 @@ def tpt_step(
     with torch.enable_grad():
         for _ in range(steps):
             feats = features if frozen_images else learner.encode_images(views)
-            logits = learner.logits(feats)
+            if text_loss is None:
+                logits = learner.logits(feats)
+            else:
+                text = learner.text_features()
+                logits = cosine_logits(feats, text, learner.backbone.logit_scale)
             if selected is None:
                 selected = selector(logits.detach(), feats.detach())
             loss = marginal_entropy(logits[selected])
+            if text_loss is not None:
+                loss = loss + text_loss(text)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
