@@ -35,7 +35,8 @@ class TestTimeClassifier(pl.LightningModule):
 
     Args:
         backbone: the frozen model.
-        learner: a :class:`TestTimeMethod` learner (``tpt``, ``difftpt``) or any learner (evaluated as is).
+        learner: a :class:`TestTimeMethod` learner (``tpt``, ``ctpt``, ``difftpt``, ``zero``, ``tda``) or any learner
+            (evaluated as is).
         task: label spaces and test sets; linked from the data module by ``vlprompt tta``.
     """
 
