@@ -23,6 +23,7 @@ from vlprompt.learners.cocoop import CoCoOp
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.ctpt import CTPT, text_feature_dispersion
 from vlprompt.learners.tpt import TPT
+from vlprompt.learners.vpt import VPT
 from vlprompt.learners.testing import tiny_clip, torch_threads
 from vlprompt.learners.tda import TDA, ClassCache, TDAStream, cache_logits, normalised_entropy, summarise_views
 from vlprompt.learners.zero import ZERO, zero_votes
@@ -282,6 +283,30 @@ def test_text_feature_dispersion_and_ctpt_settings(backbone):
         method.adapt(views, method.make_optimizer([ctx]))
         ctxs.append(ctx.detach().clone())
     torch.testing.assert_close(ctxs[0], ctxs[1], rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- stacking
+@pytest.mark.parametrize("inner", ["zero_shot", "coop", "cocoop", "vpt"])
+def test_training_free_methods_stack_on_learners_they_never_name(backbone, inner):
+    """ZERO and TDA only read the wrapped learner's image features and logits: an instance-conditioned learner
+    (CoCoOp, its own logits) and one that prompts the image encoder (VPT) work as zero-shot and CoOp do."""
+    make = {"zero_shot": ZeroShot, "coop": lambda: CoOp(n_ctx=None, ctx_init="a photo of a"),
+            "cocoop": lambda: CoCoOp(n_ctx=4, ctx_init="a photo of a"), "vpt": lambda: VPT(n_ctx=2, prompt_depth=1)}[inner]
+    torch.manual_seed(3)
+    image = torch.rand(3, 36, 36)
+    for method in (ZERO(make(), views=8, gamma=0.5), TDA(make(), views=1, negative={"enabled": False})):
+        module = TestTimeClassifier(backbone, method, task={"label_spaces": {"s": NAMES}, "train_space": "s",
+                                                            "test_sets": [("t", "s")]})
+        module.on_test_epoch_start()
+        with torch_threads(1):
+            logits = module.predict_image(image)
+            with torch.no_grad():
+                own = method.learner(method.build_views(image)[:1])
+        assert logits.shape == (1, len(NAMES)) and bool(torch.isfinite(logits.exp()).all())
+        if isinstance(method, TDA):  # the first image meets only itself in the cache: own logits + alpha * onehot
+            expected = own.clone()
+            expected[0, own.argmax()] += method.positive["alpha"]
+            torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- through `vlprompt tta` on the toy world
