@@ -1,9 +1,11 @@
 """Episodic test-time evaluation: one generic Lightning module, backbone and learner injected.
 
-For every test image, a :class:`TestTimeMethod` learner (TPT, DiffTPT, or a third-party one) is reset to its
-initial tunable tensors and its optimiser to its initial state (episodic: nothing carries over between
-images), builds the image's views, selects confident views, takes its optimiser steps on the
-marginal-entropy loss and predicts the original image. A plain learner (zero-shot, CoOp...) is evaluated on
+For every test image, a :class:`TestTimeMethod` learner (TPT, DiffTPT, C-TPT, ZERO, TDA or a third-party one)
+is reset to its initial tunable tensors and its optimiser to its initial state (episodic: no tuned tensor
+carries over between images), builds the image's views, selects confident views, takes its optimiser steps
+and predicts the original image. Training-free methods (ZERO, TDA) tune nothing and have no optimiser; a
+method that keeps state along the test stream (TDA's caches) is told when each test set starts
+(:meth:`TestTimeMethod.start_test_set`). A plain learner (zero-shot, CoOp...) is evaluated on
 the test-transformed original with the same data, so baselines share the protocol and the image subset.
 The module never branches on the learner's identity: it only uses the :class:`TestTimeMethod` interface and
 the learner's test-time tensors (:meth:`PromptLearner.tunable_parameters`, ``snapshot_tunable``,
@@ -33,7 +35,8 @@ class TestTimeClassifier(pl.LightningModule):
 
     Args:
         backbone: the frozen model.
-        learner: a :class:`TestTimeMethod` learner (``tpt``, ``difftpt``) or any learner (evaluated as is).
+        learner: a :class:`TestTimeMethod` learner (``tpt``, ``ctpt``, ``difftpt``, ``zero``, ``tda``) or any learner
+            (evaluated as is).
         task: label spaces and test sets; linked from the data module by ``vlprompt tta``.
     """
 
@@ -52,6 +55,7 @@ class TestTimeClassifier(pl.LightningModule):
         self._optimizer: torch.optim.Optimizer | None = None
         self._opt_state: dict | None = None
         self._snapshot: dict[str, torch.Tensor] | None = None
+        self._test_set: str | None = None
         self._views = TPTViews(backbone.preprocess, 2)
         spaces = self.task.get("label_spaces") or {}
         train_space = self.task.get("train_space")
@@ -76,17 +80,20 @@ class TestTimeClassifier(pl.LightningModule):
         if self.adapts:
             params = list(self.learner.tunable_parameters().values())
             self._snapshot = self.learner.snapshot_tunable()
-            self._optimizer = self.learner.make_optimizer(params)
-            self._opt_state = copy.deepcopy(self._optimizer.state_dict())
+            self._optimizer = self.learner.make_optimizer(params)  # None for a training-free method
+            self._opt_state = copy.deepcopy(self._optimizer.state_dict()) if self._optimizer is not None else None
+        self._test_set = None
 
     def predict_image(self, image: torch.Tensor) -> torch.Tensor:
         """Logits ``[1, C]`` of one raw image ``[3, H, W]`` after its (episodic) test-time tuning."""
         if not self.adapts:
             with torch.no_grad():
                 return self.learner(self._views.original(image)[None])
-        assert self._optimizer is not None and self._snapshot is not None
-        self.learner.restore_tunable(self._snapshot)
-        self._optimizer.load_state_dict(self._opt_state)
+        assert self._snapshot is not None
+        if self._snapshot:
+            self.learner.restore_tunable(self._snapshot)
+        if self._optimizer is not None:
+            self._optimizer.load_state_dict(self._opt_state)
         views = self.learner.build_views(image)
         out = self.learner.adapt(views, self._optimizer)
         self._stats["selected"].append(float(out.selected.numel()))
@@ -96,6 +103,10 @@ class TestTimeClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         name, space = self.task["test_sets"][dataloader_idx]
         self._use_space(space)
+        if name != self._test_set:
+            self._test_set = name
+            if self.adapts:
+                self.learner.start_test_set(name)
         images, targets = batch
         counts = self._counts.setdefault(name, [0, 0])
         for image, target in zip(images, targets):

@@ -21,12 +21,12 @@ import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.learners.base import LearnerError, PromptLearner, cosine_logits
 
 
 class TTAError(ValueError):
@@ -145,6 +145,7 @@ def tpt_step(
     steps: int = 1,
     selector: Selector | None = None,
     features: torch.Tensor | None = None,
+    text_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TTAStep:
     """One test-time tuning episode (TPT, Shu et al. 2022, Sec. 3.2) on views ``[N, 3, H, W]`` (view 0 = original).
 
@@ -154,6 +155,10 @@ def tpt_step(
     with ``selection``); each of ``steps`` steps minimises :func:`marginal_entropy` of the chosen views'
     logits with ``optimizer`` (which must hold ``learner.tunable_parameters()``); cached text features are
     invalidated after every step. ``steps=0`` only predicts. Returns a :class:`TTAStep`.
+
+    ``text_loss`` (C-TPT) adds a term on the class text features ``[C, D]`` of each step: they are then computed
+    once per step with ``learner.text_features()`` and the logits are their cosine logits (the default
+    :meth:`PromptLearner.logits`; the caller checks that the learner does not override it).
     """
     if views.dim() != 4:
         raise TTAError(f"views must be [N, 3, H, W], got shape {tuple(views.shape)}")
@@ -175,10 +180,16 @@ def tpt_step(
     with torch.enable_grad():
         for _ in range(steps):
             feats = features if frozen_images else learner.encode_images(views)
-            logits = learner.logits(feats)
+            if text_loss is None:
+                logits = learner.logits(feats)
+            else:
+                text = learner.text_features()
+                logits = cosine_logits(feats, text, learner.backbone.logit_scale)
             if selected is None:
                 selected = selector(logits.detach(), feats.detach())
             loss = marginal_entropy(logits[selected])
+            if text_loss is not None:
+                loss = loss + text_loss(text)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -207,17 +218,27 @@ class TestTimeMethod(abc.ABC):
 
     __test__ = False  # not a pytest class
 
+    #: the resource track: what the method consumes at test time beyond the wrapped learner's own training data,
+    #: recorded in the result JSON (``test_time.resources``). Episodic methods see each ``test image`` alone;
+    #: TDA also keeps ``earlier test images`` of the stream (an online track, not comparable with episodic rows).
+    resources: ClassVar[tuple[str, ...]] = ("test image",)
+
     @abc.abstractmethod
     def build_views(self, image: torch.Tensor) -> torch.Tensor:
         """Views ``[N, 3, S, S]`` of a raw image ``[3, H, W]`` in ``[0, 1]``; view 0 is the test-transformed original."""
 
     @abc.abstractmethod
-    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """The optimiser over the tunable tensors (reset per image from its initial state)."""
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer | None:
+        """The optimiser over the tunable tensors (reset per image from its initial state); ``None`` for a
+        training-free method, whose :meth:`PromptLearner.tunable_parameters` is then empty."""
 
     @abc.abstractmethod
-    def adapt(self, views: torch.Tensor, optimizer: torch.optim.Optimizer) -> TTAStep:
+    def adapt(self, views: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> TTAStep:
         """Select views, tune, and return the tuned logits of view 0 (see :func:`vlprompt.learners.prompts.tta.tpt_step`)."""
+
+    def start_test_set(self, name: str) -> None:
+        """Hook: called before the first image of each test set ``name``. A method that carries state from one
+        test image to the next (TDA's caches) starts it afresh here; episodic methods need nothing."""
 
     def tta_settings(self) -> dict[str, Any]:
         """Settings written into the result JSON (views, steps, selection...)."""

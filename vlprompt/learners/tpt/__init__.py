@@ -136,5 +136,5 @@ class TPT(WrappedLearner, TestTimeMethod):
             "method": "tpt", "views": self.views, "selection": self.selection,
             "selected_views": int(self.views * self.selection), "steps": self.steps, "optimizer": "AdamW",
             "lr": self.lr, "augmix": self.augmix, "tuned": sorted(self.learner.tunable_parameters()),
-            "tuned_learner": type(self.learner).__name__,
+            "tuned_learner": type(self.learner).__name__, "resources": list(self.resources),
         }
