@@ -72,6 +72,26 @@ def test_loss_equals_reference_dice_ce_on_nonempty_masks() -> None:
     assert torch.allclose(one, both)
 
 
+def test_loss_on_soft_targets_equals_monai() -> None:
+    """TuneVLSeg trains on ``mask / 255`` (soft for JPEG masks): dice_bce_loss equals MONAI 1.4.0's
+    ``DiceCELoss(sigmoid=True, lambda_dice, lambda_ce)`` on soft targets. The values were computed by MONAI on this
+    very case (torch 2.14.1, CPU) in the scratch environment of tests/fixtures/tunevlseg_reference/make_fixtures.py:
+    ``DiceCELoss(...)(logits, soft)`` with the tensors below, shape ``[3, 1, 12, 10]``."""
+    g = torch.Generator().manual_seed(3034)
+    logits = torch.randn(3, 1, 12, 10, generator=g) * 2
+    soft = torch.rand(3, 1, 12, 10, generator=g)
+    soft[:, :, :4] = 0.0
+    soft[:, :, -3:] = 1.0
+    assert float(logits.sum()) == pytest.approx(-58.28424835205078) and float(soft.sum()) == pytest.approx(172.25059509277344)
+    for (ld, lc), monai in (((1.0, 0.2), 0.7760831117630005), ((0.5, 2.0), 2.5639827251434326)):
+        ours = dice_bce_loss(logits[:, 0], soft[:, 0], lambda_dice=ld, lambda_ce=lc)
+        assert float(ours) == pytest.approx(monai, rel=1e-6, abs=1e-6)
+    # the intersection is sum(p * m): smp 0.6's sum(min(p, m)) would give 0.7146 here
+    p_, m_ = torch.sigmoid(logits[:, 0]).flatten(1), soft[:, 0].flatten(1)
+    by_hand = (1 - (2 * (p_ * m_).sum(1) + 1e-5) / (p_.sum(1) + m_.sum(1) + 1e-5)).mean()
+    torch.testing.assert_close(dice_loss(logits[:, 0], soft[:, 0]), by_hand)
+
+
 def test_loss_on_empty_mask_is_bce_only_and_gradients_flow() -> None:
     logits = torch.full((1, 4, 4), 2.0, requires_grad=True)
     masks = torch.zeros(1, 4, 4)
@@ -507,3 +527,18 @@ def test_decoder_branch_trains_with_the_learner_and_is_saved(tmp_path: Path) -> 
     with pytest.raises(LearnerError, match="does not hold this decoder_branch's tensors"):
         other.load_extra_learned(tmp_path)
     plain.load_extra_learned(tmp_path / "elsewhere")  # no branch: nothing to load
+
+
+def test_step_trains_on_the_soft_target_and_scores_the_mask() -> None:
+    """With the protocol's soft_targets the batch carries ``target`` (mask / 255): the loss uses it, the metrics the
+    binary mask."""
+    module = PromptSegmenter(fake_vlsm(), CoOp(n_ctx=2, ctx_init=None), overlays=0)
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(2, 3, 32, 32, generator=g)
+    masks = (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float()
+    soft = masks * 0.9 + 0.05
+    batch = {"image": images, "mask": masks, "prompt": ["a cat.", "a dog."]}
+    logits, scored, loss = module._step({**batch, "target": soft})
+    assert torch.equal(scored, masks[:, 0])
+    torch.testing.assert_close(loss, dice_bce_loss(logits, soft[:, 0]))
+    assert not torch.allclose(loss, module._step(batch)[2])

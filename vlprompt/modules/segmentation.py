@@ -251,7 +251,9 @@ class PromptSegmenter(pl.LightningModule):
         if logits.shape[-2:] != masks.shape[-2:]:
             raise RuntimeError(f"the backbone decoded masks of size {tuple(logits.shape[-2:])} for ground-truth masks "
                                f"of size {tuple(masks.shape[-2:])}")
-        loss = dice_bce_loss(logits, masks, lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce)
+        target = batch.get("target")  # TuneVLSeg's soft target mask / 255 (protocol soft_targets); else the mask
+        target = masks if target is None else (target[:, 0] if target.dim() == 4 else target)
+        loss = dice_bce_loss(logits, target.to(logits.dtype), lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce)
         return logits, masks, loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
