@@ -14,6 +14,7 @@ and learner is scored on the same images.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from typing import Any
@@ -22,6 +23,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from vlprompt.data.base import DataError
+from vlprompt.data.seg_dataset import INTERPOLATIONS, SegmentationDataset
 from vlprompt.data.segmentation import SegmentationSource
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,12 @@ class SegmentationProtocol(pl.LightningDataModule):
         batch_size / eval_batch_size / num_workers: loader settings (``eval_batch_size`` defaults to ``batch_size``).
         augment: training augmentation of the source (``False``: none).
         drop_last: drop the last incomplete training batch (TuneVLSeg: false).
+        soft_targets: train on the soft target ``mask / 255`` as TuneVLSeg (its dataset divides the grey mask by 255
+            and its loss takes that; ``false``: the mask thresholded at 128, which the metrics always use). Sources
+            must yield :class:`~vlprompt.data.seg_dataset.SegmentationDataset` items.
+        image_interpolation: resize images with this interpolation (``bilinear``, ``bicubic``, ...) instead of the
+            backbone's processor (CLIPSeg: PIL bilinear, the default); TuneVLSeg resizes with OpenCV ``INTER_CUBIC``,
+            whose nearest PIL-side equivalent is ``bicubic`` (antialiased, so not bit-identical).
     """
 
     name = "segmentation"
@@ -90,6 +98,8 @@ class SegmentationProtocol(pl.LightningDataModule):
         num_workers: int = 0,
         augment: bool = False,
         drop_last: bool = False,
+        soft_targets: bool = False,
+        image_interpolation: str | None = None,
     ) -> None:
         super().__init__()
         if getattr(dataset, "task", None) != "segmentation":
@@ -116,6 +126,11 @@ class SegmentationProtocol(pl.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self.drop_last = drop_last
+        if image_interpolation is not None and image_interpolation not in INTERPOLATIONS:
+            raise DataError(f"image_interpolation={image_interpolation!r} is not one of {sorted(INTERPOLATIONS)} "
+                            "(null: the backbone's processor)")
+        self.soft_targets = soft_targets
+        self.image_interpolation = image_interpolation
 
     @property
     def task(self) -> dict[str, Any]:
@@ -129,6 +144,8 @@ class SegmentationProtocol(pl.LightningDataModule):
         pre = getattr(getattr(module, "backbone", None), "preprocess", None)
         if pre is None:
             raise DataError("the segmentation protocol needs the backbone's preprocessing: run it through `vlprompt fit`")
+        if self.image_interpolation is not None:
+            pre = dataclasses.replace(pre, interpolation=self.image_interpolation)
         return pre
 
     def split_dataset(self, split: str) -> Dataset:
@@ -138,6 +155,11 @@ class SegmentationProtocol(pl.LightningDataModule):
             split, preprocess=self._preprocess(), prompt_index=self.prompt_index, prompt=self.prompt,
             augment=bool(self.augment and train), seed=int(self.seed or 0),
         )
+        if self.soft_targets:
+            if not isinstance(ds, SegmentationDataset):
+                raise DataError(f"soft_targets: true needs items from vlprompt's SegmentationDataset, but "
+                                f"{self.dataset.name} gives {type(ds).__name__}: set soft_targets: false")
+            ds.soft_targets = True
         size = {"train": self.shots, "val": self.val_size, "test": self.test_size}[split]
         idx = subset_indices(len(ds), size, self.seed if train else EVAL_SUBSET_SEED)
         if len(ds) == 0:
@@ -168,5 +190,7 @@ class SegmentationProtocol(pl.LightningDataModule):
 
     def identity(self) -> dict:
         return {"protocol": self.name, "shots": self.shots, "seed": self.seed, "prompt_index": self.prompt_index,
+                **({"soft_targets": True} if self.soft_targets else {}),
+                **({"image_interpolation": self.image_interpolation} if self.image_interpolation else {}),
                 "prompt": self.prompt, "val_size": self.val_size, "test_size": self.test_size,
                 "dataset": self.dataset.identity()}
