@@ -29,7 +29,8 @@ Deliberate differences from the references (TuneVLSeg ``configs/experiment/coop/
 ``ImageTextMaskDataset``; medvlsm ``ImageTextMaskDataset``):
 
 - TuneVLSeg resizes images with OpenCV ``INTER_CUBIC`` (albumentations) and masks with OpenCV nearest; medvlsm
-  with torchvision on PIL images. vlprompt follows the backbone's own processor (PIL, its interpolation), so
+  with torchvision on PIL images. vlprompt follows the backbone's own processor (PIL, its interpolation; the
+  segmentation protocol's ``image_interpolation`` picks another, e.g. ``bicubic``), so
   image pixels differ slightly from TuneVLSeg's, and mask borders by up to one pixel (PIL's nearest samples
   pixel centres).
 - TuneVLSeg feeds ``mask / 255`` (soft for JPEG masks; ``image_text_mask_dataset.py`` lines 65-70) to the loss
