@@ -443,3 +443,61 @@ def test_kvasir_release_without_lists_and_missing_mask(tmp_path):
     os.remove(root / "masks" / "id007.png")
     with pytest.raises(DataError, match=r"id007\.png has no mask"):
         KvasirSEGRelease(str(tmp_path))
+
+
+# ------------------------------------------------------------------ TuneVLSeg's soft targets, resize and eval prompts
+def _protocol(src, **kw):
+    from types import SimpleNamespace
+
+    from vlprompt.protocols.segmentation import SegmentationProtocol
+
+    data = SegmentationProtocol(src, seed=1, **kw)
+    data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(backbone=SimpleNamespace(preprocess=PP)))
+    return data
+
+
+def test_soft_targets_are_the_grey_mask_over_255(tmp_path):
+    """TuneVLSeg's loss target is the grey mask / 255 (image_text_mask_dataset.py); the metrics' mask stays the
+    one thresholded at 128."""
+    root = make_medvlsm(tmp_path / "ds")
+    grey = np.zeros((20, 24), np.uint8)
+    grey[3:12, 2:10] = 250  # JPEG-like foreground
+    grey[0, :5] = 20  # and background noise
+    Image.fromarray(grey).save(root / "masks" / "train0.png")
+    src = MedVLSMDataset(str(root))
+    plain = src.dataset("train", preprocess=PP, prompt_index=1)[0]
+    assert "target" not in plain
+    soft = _protocol(src, soft_targets=True).split_dataset("train")
+    item = next(soft[i] for i in range(len(soft)) if soft[i]["name"] == "train0.png")
+    near = np.asarray(Image.fromarray(grey).resize((16, 16), Image.Resampling.NEAREST))
+    assert torch.equal(item["target"][0], torch.from_numpy(near.astype(np.float32) / 255))
+    assert torch.equal(item["mask"], plain["mask"])
+    assert set(item["target"].unique().tolist()) >= {float(np.float32(20 / 255)), float(np.float32(250 / 255))}
+    with pytest.raises(DataError, match="soft_targets: true needs items from vlprompt's SegmentationDataset"):
+        from seg_fakes import FakeSegSource
+
+        _protocol(FakeSegSource(), soft_targets=True).split_dataset("train")
+
+
+def test_image_interpolation_option(tmp_path):
+    root = make_medvlsm(tmp_path / "ds")
+    src = MedVLSMDataset(str(root))
+    ds = _protocol(src, image_interpolation="bilinear").split_dataset("test")
+    pil = Image.open(root / "images" / "test0.png").convert("RGB")
+    ref = TF.to_dtype(TF.pil_to_tensor(TF.resize(pil, [16, 16], interpolation=InterpolationMode.BILINEAR)),
+                      torch.float32, scale=True)
+    assert torch.equal(next(ds[i] for i in range(len(ds)) if ds[i]["name"] == "test0.png")["image"], ref)
+    assert _protocol(src).identity().get("image_interpolation") is None  # default: the backbone's processor
+    with pytest.raises(DataError, match="image_interpolation='cubic' is not one of"):
+        _protocol(src, image_interpolation="cubic")
+
+
+def test_random_prompt_index_draws_per_item_in_every_split(tmp_path):
+    """TuneVLSeg passes one prompt_index to train, val and test (configs/data/image_text_mask.yaml): with -1 eval
+    prompts are random too; here they are drawn per (seed, item) once, the same at every validation, while training
+    draws anew each epoch."""
+    src = MedVLSMDataset(str(make_medvlsm(tmp_path / "ds", n=8)))
+    data = _protocol(src, prompt_index=-1)
+    val = [data.split_dataset("val")[i]["prompt"] for i in range(8)]
+    assert val == [data.split_dataset("val")[i]["prompt"] for i in range(8)] and "" not in val
+    assert len(set(val)) > 1

@@ -16,9 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from vlprompt.learners.base import LearnerError
+from vlprompt.learners.cocoop import CoCoOp
+from vlprompt.learners.prompts.vl_layers import mlp_projection
 from vlprompt.learners.prompts.layers import ClassPrompts, prompt_end, segmentation_text, template_features
 from vlprompt.learners.maple import MaPLe
 from vlprompt.modules.segmentation import PromptSegmenter
@@ -166,4 +170,44 @@ def test_maple_coupling_options() -> None:
     assert all(p is uni.proj for p in uni.projections)
     assert len(uni.learned_state()) == 2 + 5  # ctx, 1 deep text prompt, one MLP (w, b, w, ln w, ln b)
     with pytest.raises(Exception, match="intermediate_dim: null"):
+        tv.import_reference_state({})
+
+
+def test_projection_options_lora_and_final_bias() -> None:
+    """TuneVLSeg's get_lora_projection: Linear(in, r, no bias) -> Linear(r, out[, bias]) [-> LayerNorm]; with r above
+    out only Linear(in, out, no bias); a list of widths is refused; final_bias=False drops every last bias."""
+    lora = mlp_projection(32, 48, intermediate_dim=8, final_norm=True, lora=True)
+    assert [type(m) for m in lora] == [nn.Linear, nn.Linear, nn.LayerNorm]
+    assert lora[0].bias is None and lora[1].bias is None and lora[2].bias is not None
+    assert (lora[0].out_features, lora[1].in_features) == (8, 8)
+    plain = mlp_projection(32, 48, intermediate_dim=8, final_norm=False, lora=True)
+    assert [type(m) for m in plain] == [nn.Linear, nn.Linear] and plain[1].bias is not None
+    wide = mlp_projection(32, 16, intermediate_dim=64, final_norm=False, lora=True)
+    assert len(wide) == 1 and wide[0].out_features == 16 and wide[0].bias is None
+    with pytest.raises(ValueError, match="lora_proj needs one rank"):
+        mlp_projection(32, 48, intermediate_dim=[8, 8], lora=True)
+    nobias = mlp_projection(32, 48, intermediate_dim=8, final_norm=True, final_bias=False)
+    assert nobias[2].bias is None and nobias[3].bias is None and nobias[0].bias is not None
+    assert isinstance(mlp_projection(32, 48, lora=True), nn.Linear)  # no intermediate_dim: one Linear, as the reference
+
+
+def test_cocoop_tunevlseg_meta_net() -> None:
+    """TuneVLSeg's CoCoOp (configs/model/cocoop/clipseg.yaml): Linear(D, 64) -> ReLU -> Linear(64, Wt, no bias) ->
+    LayerNorm(Wt, no bias) on the unnormalised image feature; CoCoOp's meta-net by default."""
+    bb = tiny_vlsm()
+    tv = tunevlseg_learner("cocoop")
+    tv.setup(bb, ["cat"])
+    assert [type(m) for m in tv.meta_net] == [nn.Linear, nn.ReLU, nn.Linear, nn.LayerNorm]
+    assert (tv.meta_net[0].in_features, tv.meta_net[0].out_features, tv.meta_net[2].out_features) == (
+        bb.embed_dim, 64, bb.text_width)
+    assert tv.meta_net[2].bias is None and tv.meta_net[3].bias is None
+    feats = torch.randn(3, bb.embed_dim, generator=torch.Generator().manual_seed(0)) * 5
+    torch.testing.assert_close(tv.conditioned_context(feats), tv.ctx[None] + tv.meta_net(feats)[:, None])
+    paper = CoCoOp(n_ctx=4)
+    paper.setup(bb, ["cat"])
+    torch.testing.assert_close(paper.conditioned_context(feats),
+                               paper.ctx[None] + paper.meta_net(F.normalize(feats, dim=-1))[:, None])
+    with pytest.raises(LearnerError, match="needs intermediate_dim"):
+        CoCoOp(proj_norm=True)
+    with pytest.raises(LearnerError, match="intermediate_dim: null to import"):
         tv.import_reference_state({})

@@ -72,6 +72,26 @@ def test_loss_equals_reference_dice_ce_on_nonempty_masks() -> None:
     assert torch.allclose(one, both)
 
 
+def test_loss_on_soft_targets_equals_monai() -> None:
+    """TuneVLSeg trains on ``mask / 255`` (soft for JPEG masks): dice_bce_loss equals MONAI 1.4.0's
+    ``DiceCELoss(sigmoid=True, lambda_dice, lambda_ce)`` on soft targets. The values were computed by MONAI on this
+    very case (torch 2.14.1, CPU) in the scratch environment of tests/fixtures/tunevlseg_reference/make_fixtures.py:
+    ``DiceCELoss(...)(logits, soft)`` with the tensors below, shape ``[3, 1, 12, 10]``."""
+    g = torch.Generator().manual_seed(3034)
+    logits = torch.randn(3, 1, 12, 10, generator=g) * 2
+    soft = torch.rand(3, 1, 12, 10, generator=g)
+    soft[:, :, :4] = 0.0
+    soft[:, :, -3:] = 1.0
+    assert float(logits.sum()) == pytest.approx(-58.28424835205078) and float(soft.sum()) == pytest.approx(172.25059509277344)
+    for (ld, lc), monai in (((1.0, 0.2), 0.7760831117630005), ((0.5, 2.0), 2.5639827251434326)):
+        ours = dice_bce_loss(logits[:, 0], soft[:, 0], lambda_dice=ld, lambda_ce=lc)
+        assert float(ours) == pytest.approx(monai, rel=1e-6, abs=1e-6)
+    # the intersection is sum(p * m): smp 0.6's sum(min(p, m)) would give 0.7146 here
+    p_, m_ = torch.sigmoid(logits[:, 0]).flatten(1), soft[:, 0].flatten(1)
+    by_hand = (1 - (2 * (p_ * m_).sum(1) + 1e-5) / (p_.sum(1) + m_.sum(1) + 1e-5)).mean()
+    torch.testing.assert_close(dice_loss(logits[:, 0], soft[:, 0]), by_hand)
+
+
 def test_loss_on_empty_mask_is_bce_only_and_gradients_flow() -> None:
     logits = torch.full((1, 4, 4), 2.0, requires_grad=True)
     masks = torch.zeros(1, 4, 4)
@@ -389,8 +409,13 @@ def test_checkpoint_keeps_best_state_for_resume(tmp_path: Path) -> None:
 
 
 SEG_YAMLS = ["protocols/segmentation.yaml", "learners/coop/tunevlseg.yaml", "learners/cocoop/tunevlseg.yaml",
-             "learners/vpt/tunevlseg.yaml", "learners/maple/tunevlseg.yaml", "learners/zero_shot/segmentation.yaml",
+             "learners/vpt/tunevlseg.yaml", "learners/maple/tunevlseg.yaml", "learners/shared_separate/tunevlseg.yaml",
+             "learners/shared_attention/tunevlseg.yaml", "learners/zero_shot/segmentation.yaml",
              "datasets/toy_seg.yaml", "datasets/kvasir_seg_release.yaml"]
+#: TuneVLSeg's decoder branch per learner config (None: off; COOPCLIPSeg never applies it)
+SEG_BRANCH = {"learners/coop/tunevlseg.yaml": None, "learners/cocoop/tunevlseg.yaml": None,
+              "learners/vpt/tunevlseg.yaml": "add", "learners/maple/tunevlseg.yaml": "residual",
+              "learners/shared_separate/tunevlseg.yaml": "residual", "learners/shared_attention/tunevlseg.yaml": "residual"}
 
 
 @pytest.mark.parametrize("name", SEG_YAMLS)
@@ -403,6 +428,10 @@ def test_segmentation_yamls_parse_on_top_of_the_seg_quickstart(name: str, monkey
     assert c.config.data.class_path == "vlprompt.protocols.segmentation.SegmentationProtocol"
     assert c.config.model.learner.class_path.count(".") >= 1
     assert c.config.model.lr == 2e-4 and c.config.model.lambda_ce == 0.2
+    if name in SEG_BRANCH:
+        branch = c.config.model.decoder_branch
+        assert (branch and branch["mix"]) == SEG_BRANCH[name]
+        assert branch is None or (branch["kernel_size"], branch["residual_ratio"]) == (5, 0.5)
 
 
 def test_training_set_is_told_each_epoch(tmp_path: Path) -> None:
@@ -418,3 +447,98 @@ def test_training_set_is_told_each_epoch(tmp_path: Path) -> None:
     trainer.fit(module, datamodule=data)
     assert trainer.train_dataloader.dataset.dataset.epochs == [0, 1]
     assert module.best["epoch"] in (0, 1) and module.best["dice"] is not None
+
+
+# ------------------------------------------------------------------------------------ TuneVLSeg's decoder branch
+
+
+def test_decoder_branch_is_tunevlseg_formula() -> None:
+    """e = conv5x5_replicate(bilinear_up(z)); residual: (1 - r) y + r e with r starting at 0.5; add: y + e."""
+    from vlprompt.modules.segmentation import DecoderBranch
+
+    g = torch.Generator().manual_seed(5)
+    z, y = torch.randn(2, 3, 5, 5, generator=g), torch.randn(2, 1, 20, 20, generator=g)
+    res = DecoderBranch(3, 4, kernel_size=5, residual_ratio=0.5, mix="residual")
+    up = F.interpolate(z, size=(20, 20), mode="bilinear", align_corners=False)
+    e = F.conv2d(F.pad(up, (2, 2, 2, 2), mode="replicate"), res.conv.weight, res.conv.bias)
+    assert float(res.ratio.detach()) == 0.5 and res.conv.weight.shape == (1, 3, 5, 5)
+    torch.testing.assert_close(res(z, y), 0.5 * y + 0.5 * e)
+    with torch.no_grad():
+        res.ratio.fill_(0.2)
+    torch.testing.assert_close(res(z, y), 0.8 * y + 0.2 * e)
+    add = DecoderBranch(3, 4, mix="add")
+    add.conv.load_state_dict(res.conv.state_dict())
+    torch.testing.assert_close(add(z, y), y + e)
+    assert sorted(n for n, _ in add.named_parameters()) == ["conv.bias", "conv.weight"]  # no unused ratio
+
+
+def test_decoder_branch_options_are_checked() -> None:
+    from vlprompt.modules.segmentation import DecoderBranch, make_decoder_branch
+
+    with pytest.raises(ValueError, match="mix='sum'"):
+        DecoderBranch(3, 4, mix="sum")
+    with pytest.raises(ValueError, match="kernel_size=4 must be an odd"):
+        DecoderBranch(3, 4, kernel_size=4)
+    vlsm = _tiny_vlsm()
+    with pytest.raises(ValueError, match=r"unknown keys \['ratio'\]"):
+        make_decoder_branch(vlsm, {"ratio": 0.5})
+    with pytest.raises(ValueError, match="FakeVLSM does not expose"):
+        make_decoder_branch(fake_vlsm(), {})
+    branch = make_decoder_branch(vlsm, {"mix": "add"})
+    assert branch.conv.in_channels == vlsm.decoder_width and branch.stride == vlsm.decoder_stride
+
+
+def test_decoder_branch_trains_with_the_learner_and_is_saved(tmp_path: Path) -> None:
+    opts = {"kernel_size": 5, "residual_ratio": 0.5, "mix": "residual"}
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    masks = (torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    torch.manual_seed(0)
+    plain = PromptSegmenter(_tiny_vlsm(), CoOp(n_ctx=2, ctx_init=None), overlays=0)
+    torch.manual_seed(0)
+    module = PromptSegmenter(_tiny_vlsm(), CoOp(n_ctx=2, ctx_init=None), overlays=0, decoder_branch=opts)
+    assert torch.equal(plain.learner.ctx, module.learner.ctx)
+    logits = module.mask_logits(images, ["a cat.", "a dog."])
+    assert not torch.allclose(logits, plain.mask_logits(images, ["a cat.", "a dog."]))
+    dice_bce_loss(logits, masks).backward()
+    branch = dict(module.decoder_branch.named_parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in branch.values())
+    opt = module.configure_optimizers()["optimizer"]
+    grouped = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert grouped[id(branch["conv.weight"])] == module.weight_decay and grouped[id(branch["ratio"])] == 0.0
+    assert id(module.learner.ctx) in grouped
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    assert {k for k in ckpt["state_dict"] if k.startswith("decoder_branch.")} == {
+        "decoder_branch.conv.weight", "decoder_branch.conv.bias", "decoder_branch.ratio"}
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert trainable == module.learner.ctx.numel() + sum(p.numel() for p in branch.values())
+    with torch.no_grad():
+        module.decoder_branch.ratio.fill_(0.3)
+    report = module.seed_report(tmp_path)
+    assert report["artifacts"]["decoder_branch"] == str(tmp_path / "decoder_branch.safetensors")
+    fresh = PromptSegmenter(_tiny_vlsm(), CoOp(n_ctx=2, ctx_init=None), overlays=0, decoder_branch=opts)
+    fresh.load_extra_learned(tmp_path)
+    assert float(fresh.decoder_branch.ratio.detach()) == pytest.approx(0.3)
+    assert torch.equal(fresh.decoder_branch.conv.weight, module.decoder_branch.conv.weight)
+    with pytest.raises(LearnerError, match="decoder_branch.safetensors' does not exist"):
+        fresh.load_extra_learned(tmp_path / "elsewhere")
+    other = PromptSegmenter(_tiny_vlsm(), CoOp(n_ctx=2, ctx_init=None), overlays=0,
+                            decoder_branch={**opts, "kernel_size": 3})
+    with pytest.raises(LearnerError, match="does not hold this decoder_branch's tensors"):
+        other.load_extra_learned(tmp_path)
+    plain.load_extra_learned(tmp_path / "elsewhere")  # no branch: nothing to load
+
+
+def test_step_trains_on_the_soft_target_and_scores_the_mask() -> None:
+    """With the protocol's soft_targets the batch carries ``target`` (mask / 255): the loss uses it, the metrics the
+    binary mask."""
+    module = PromptSegmenter(fake_vlsm(), CoOp(n_ctx=2, ctx_init=None), overlays=0)
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(2, 3, 32, 32, generator=g)
+    masks = (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float()
+    soft = masks * 0.9 + 0.05
+    batch = {"image": images, "mask": masks, "prompt": ["a cat.", "a dog."]}
+    logits, scored, loss = module._step({**batch, "target": soft})
+    assert torch.equal(scored, masks[:, 0])
+    torch.testing.assert_close(loss, dice_bce_loss(logits, soft[:, 0]))
+    assert not torch.allclose(loss, module._step(batch)[2])

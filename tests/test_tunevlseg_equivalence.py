@@ -19,11 +19,21 @@ are compared at ``GRAD_RTOL = 5e-3``, not 1e-4: with a random CLIPSeg whose mask
 gradient of the learned tensors is a sum over 2 x 352 x 352 pixels with heavy cancellation, so fp32 rounding alone
 moves it by ~1e-4 relative (measured: perturbing the learned tensors by 1e-6 relative moves CoOp's ctx gradient by
 1.3e-4; SDPA vs eager attention, 3e-6; vlprompt vs TuneVLSeg, 2.6e-4 for CoOp and 1.6e-3 for VPT-shallow, whose
-forward logits agree to 1e-6). A wrong gradient (another prompt, a missing term) is off by far more. Deliberate difference not exercised here: TuneVLSeg's trainable
-decoder branch (``use_new_last_layer``) is off on both sides (vlprompt has no such option yet).
+forward logits agree to 1e-6). A wrong gradient (another prompt, a missing term) is off by far more.
+
+Cases (``tests/tunevlseg_recipe.py``): CoOp, VPT shallow/deep, MaPLe depth 1/3 with TuneVLSeg's decoder branch
+off; CoCoOp, shared_separate and shared_attention with every setting of their ``configs/model/*clipseg.yaml``
+(branch on); the branch with each of TuneVLSeg's three behaviours (``coop_branch``: COOPCLIPSeg builds it but never
+applies it, so vlprompt's CoOp/CoCoOp configs leave it off and the logits equal the reference's; ``vpt_branch``:
+logits + branch; ``maple_branch``: (1 - r) logits + r branch); the projection options (``maple_lora``: LoRA,
+unified, depth 2; ``shared_separate_deep``: MLP + LayerNorm, unified, depth 3). shared_attention runs in training
+mode with the projector's dropout 0.25 drawn from one seed on both sides. Every trainable tensor of the reference
+that its forward reaches is compared (the set is asserted); deliberate differences: vlprompt builds no branch for
+CoOp/CoCoOp and no unused residual ratio for VPT (the reference's ``no_grad`` list names them).
 
 Reverting issue 30's fix A (double full stop), B (normalised conditional) or C (MaPLe's coupling) makes the
-CoOp/MaPLe, VPT and MaPLe cases fail respectively. The model folder is ~600 MB, written once per session (~15 s).
+CoOp/MaPLe, VPT and MaPLe cases fail respectively; reverting the later fixes, the cases named in
+``tests/fixtures/tunevlseg_reference/README.md``. The model folder is ~600 MB, written once per session (~15 s).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -45,6 +56,7 @@ from vlprompt.metrics.segmentation import dice_bce_loss
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tunevlseg_recipe as R  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tunevlseg_reference" / "reference_outputs.safetensors"
 RTOL = 1e-4
 GRAD_RTOL = 5e-3  # fp32 noise floor of these gradients (see the module docstring)
@@ -90,15 +102,39 @@ def test_same_model_and_tokens(folder, reference) -> None:
         assert row[:n].tolist() == ids[:n]  # padding differs (0 here, EOT there); the text tower never reads it
 
 
+@pytest.mark.parametrize("case", sorted(c for c in R.CASES if "config" in R.CASES[c]))
+def test_cases_are_the_tunevlseg_configs(case: str) -> None:
+    """The cases marked ``config`` run what configs/learners/<name>/tunevlseg.yaml builds: its learner keywords and
+    its decoder_branch (the module option)."""
+    spec = R.CASES[case]
+    cfg = yaml.safe_load((REPO / "configs" / "learners" / spec["config"] / "tunevlseg.yaml").read_text())["model"]
+    assert cfg["learner"]["class_path"] == spec["learner"]
+    args = cfg["learner"].get("init_args", {})
+    assert {k: args.get(k, "<missing>") for k in spec["kwargs"]} == spec["kwargs"]
+    assert cfg.get("decoder_branch") == spec.get("module", {}).get("decoder_branch")
+
+
 @pytest.mark.parametrize("case", sorted(R.CASES))
 def test_mask_logits_and_one_step_equal_tunevlseg(case: str, folder, reference, data) -> None:
     ref, meta = reference
     spec = R.CASES[case]
     learner = get_registry("learners").get(spec["learner"])(**spec["kwargs"])
-    module = PromptSegmenter(CLIPSegBackbone(str(folder)), learner, overlays=0)
-    learner.set_learned_state(R.learned_tensors(case), strict=True)  # every trainable tensor, no more
-    assert len(learner.learned_state()) == len(spec["tensors"])
-    assert len(json.loads(meta[f"{case}/trainable"])) <= len(spec["tensors"])
+    module = PromptSegmenter(CLIPSegBackbone(str(folder)), learner, overlays=0, **spec.get("module", {}))
+    values = R.learned_tensors(case)
+    branch = {k[len("decoder_branch."):]: v for k, v in values.items() if k.startswith("decoder_branch.")}
+    learner.set_learned_state({k: v for k, v in values.items() if not k.startswith("decoder_branch.")}, strict=True)
+    params = dict(learner.named_parameters())
+    if branch:
+        module.decoder_branch.load_state_dict(branch, strict=True)  # every tensor of the branch, no more
+        params.update({f"decoder_branch.{k}": v for k, v in module.decoder_branch.named_parameters()})
+    else:
+        assert module.decoder_branch is None
+    # the same trainable tensors on both sides: the reference's, less those its forward never reaches
+    assert len(params) == len(spec["tensors"]) and len(learner.learned_state()) + len(branch) == len(spec["tensors"])
+    trainable, unused = set(json.loads(meta[f"{case}/trainable"])), set(json.loads(meta[f"{case}/no_grad"]))
+    assert trainable - unused == {name for name, _, _ in spec["tensors"].values()}
+    if "dropout_seed" in spec:  # the projector's dropout draws, as the reference's (make_fixtures.py)
+        torch.manual_seed(spec["dropout_seed"])
     logits = module.mask_logits(data["images"], list(R.PROMPTS))
     loss = dice_bce_loss(logits, data["masks"], lambda_dice=R.LAMBDA_DICE, lambda_ce=R.LAMBDA_CE)
     loss.backward()
@@ -108,16 +144,16 @@ def test_mask_logits_and_one_step_equal_tunevlseg(case: str, folder, reference, 
     for row, name in zip(range(3), ("mean", "std", "L2 norm")):
         close(stats[row], ref[f"{case}/logit_stats"][row], f"{case} per-image logit {name}")
     close(loss.detach().reshape(1), ref[f"{case}/loss"], f"{case} DiceCE loss")
-    params = dict(learner.named_parameters())
     for name in spec["tensors"]:
         grad = params[name].grad
         assert grad is not None, f"{case}: no gradient reached {name}"
         close(R.sample(grad, 256), ref[f"{case}/grad/{name}"], f"{case} gradient of {name}", GRAD_RTOL)
         close(grad.norm().reshape(1), ref[f"{case}/grad_norm/{name}"], f"{case} gradient norm of {name}", GRAD_RTOL)
-    torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad], lr=R.LR).step()
+    torch.optim.AdamW(list(params.values()), lr=R.LR).step()
     for name in spec["tensors"]:  # where the gradient is above its fp32 noise floor (see the module docstring)
         g = ref[f"{case}/grad/{name}"]
         keep = g.abs() > GRAD_RTOL * g.abs().max()
         ours, theirs = R.sample(params[name], 256), ref[f"{case}/step/{name}"]
-        close(ours[keep], theirs[keep], f"{case} {name} after one AdamW step")
+        if keep.any():  # (a sample can fall on a dead ReLU unit's column: all its gradients are 0)
+            close(ours[keep], theirs[keep], f"{case} {name} after one AdamW step")
         assert float((ours - theirs).abs().max()) <= 2 * R.LR, f"{case} {name}: an AdamW update beyond its 2 lr bound"

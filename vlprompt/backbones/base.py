@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -74,6 +74,11 @@ class VLBackbone(nn.Module, abc.ABC):
     #: what the backbone can predict: ``classification`` (image-text similarity) and, for vision-language
     #: segmentation models (VLSMs), ``segmentation`` (a mask decoder, see :meth:`record_activations`).
     tasks: tuple[str, ...] = ("classification",)
+    #: channels of the feature map the mask decoder's last layer reads (CLIPSeg: ``reduce_dim``), for a trainable
+    #: branch beside it (``decode_masks(..., branch=)``); ``None``: the backbone offers no such features
+    decoder_width: int | None = None
+    #: the decoder's upsampling from that feature map to its logits (CLIPSeg: the patch size)
+    decoder_stride: int | None = None
 
     def train(self, mode: bool = True) -> "VLBackbone":  # noqa: D102 - frozen: always eval
         return super().train(False)
@@ -156,12 +161,21 @@ class VLBackbone(nn.Module, abc.ABC):
         yield  # pragma: no cover
 
     def decode_masks(
-        self, record: "ActivationRecord", conditional: torch.Tensor, *, output_size: tuple[int, int] | None = None
+        self,
+        record: "ActivationRecord",
+        conditional: torch.Tensor,
+        *,
+        output_size: tuple[int, int] | None = None,
+        branch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Mask logits ``[B, H, W]`` from recorded activations of ``B`` images and one conditional (projected
         text) embedding per image ``[B, D]`` (e.g. the learner's text feature of that image's prompt).
 
-        ``output_size`` defaults to the input image size. Backbones without a decoder raise :class:`BackboneError`.
+        ``output_size`` defaults to the input image size. ``branch`` (backbones with :attr:`decoder_width`): a
+        trainable module called as ``branch(features [B, decoder_width, h, w], logits [B, 1, h * s, w * s])`` on
+        the decoder's last feature map and its logits (``s`` = :attr:`decoder_stride`), before any resize, returning
+        the logits to use (e.g. :class:`~vlprompt.modules.segmentation.DecoderBranch`). Backbones without a decoder
+        raise :class:`BackboneError`.
         """
         self.require_task("segmentation", "decode_masks()")
         raise NotImplementedError  # pragma: no cover

@@ -316,6 +316,8 @@ class CLIPSegBackbone(VLBackbone):
         #: visual prompt depth whose tokens reach the masks: inputs of layers 0..max(extract_layers)+1
         self.vision_layers = min(self.vision_tower_layers, max(self.extract_layers) + 2)
         self.patch_size = int(vc.patch_size)
+        self.decoder_width = int(config.reduce_dim)  # the decoder's last feature map, before the transposed conv
+        self.decoder_stride = self.patch_size
         if self.preprocess.image_size % self.patch_size:
             raise BackboneError(
                 f"image size {self.preprocess.image_size} (preprocessor_config.json of {str(folder)!r}) is not a "
@@ -489,12 +491,19 @@ class CLIPSegBackbone(VLBackbone):
             self._recording = None
 
     def decode_masks(
-        self, record: ActivationRecord, conditional: torch.Tensor, *, output_size: tuple[int, int] | None = None
+        self,
+        record: ActivationRecord,
+        conditional: torch.Tensor,
+        *,
+        output_size: tuple[int, int] | None = None,
+        branch=None,
     ) -> torch.Tensor:
         """Mask logits ``[B, H, W]`` (float32) from CLIPSeg's decoder: FiLM with ``conditional [B, D]`` at
         ``conditional_layer``, then one decoder layer per extract layer (deepest first), prompt tokens dropped
-        before the transposed convolution (TuneVLSeg). Logits are resized bilinearly when ``output_size``
-        (default: the encoded images' size) differs from the decoder's output."""
+        before the transposed convolution (TuneVLSeg). ``branch`` (see :meth:`VLBackbone.decode_masks`) gets the
+        ``[B, reduce_dim, h, w]`` map the transposed convolution reads and its logits, as TuneVLSeg's
+        ``use_new_last_layer`` branch does. Logits are resized bilinearly when ``output_size`` (default: the
+        encoded images' size) differs from the decoder's output."""
         if not record.activations:
             raise BackboneError(
                 "decode_masks() got an empty ActivationRecord: call learner.encode_images(images) (or "
@@ -519,7 +528,10 @@ class CLIPSegBackbone(VLBackbone):
         out = out[:, 1 : out.shape[1] - n]  # drop the class token and the visual prompt tokens
         gh, gw = _grid(out.shape[1], record.image_size, self.patch_size)
         out = out.transpose(1, 2).reshape(batch, -1, gh, gw)
-        logits = decoder.transposed_convolution(out).squeeze(1).float()
+        logits = decoder.transposed_convolution(out)
+        if branch is not None:
+            logits = branch(out.float(), logits.float())
+        logits = logits.squeeze(1).float()
         size = tuple(output_size) if output_size is not None else record.image_size
         if size is not None and tuple(logits.shape[-2:]) != tuple(size):
             logits = F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

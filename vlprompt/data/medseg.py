@@ -71,7 +71,8 @@ class SegRecord:
 
 
 class FileLoader:
-    """``loader(i) -> (RGB PIL image, boolean mask)`` of record ``i`` (picklable, for loader workers)."""
+    """``loader(i) -> (RGB PIL image, uint8 grey mask)`` of record ``i`` (picklable, for loader workers); the grey
+    values give both the binary mask and the soft target (:func:`~vlprompt.data.seg_dataset.prepare_pair`)."""
 
     def __init__(self, records: Sequence[SegRecord]) -> None:
         self.records = records
@@ -79,7 +80,7 @@ class FileLoader:
     def __call__(self, i: int) -> tuple[Image.Image, np.ndarray]:
         rec = self.records[i]
         image = read_image(rec.image)
-        return image, read_mask(rec.masks, size=image.size, image=str(rec.image))
+        return image, read_mask(rec.masks, size=image.size, image=str(rec.image), grey=True)
 
 
 def _inside(name: str) -> bool:

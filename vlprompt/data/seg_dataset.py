@@ -29,12 +29,16 @@ Deliberate differences from the references (TuneVLSeg ``configs/experiment/coop/
 ``ImageTextMaskDataset``; medvlsm ``ImageTextMaskDataset``):
 
 - TuneVLSeg resizes images with OpenCV ``INTER_CUBIC`` (albumentations) and masks with OpenCV nearest; medvlsm
-  with torchvision on PIL images. vlprompt follows the backbone's own processor (PIL, its interpolation), so
+  with torchvision on PIL images. vlprompt follows the backbone's own processor (PIL, its interpolation; the
+  segmentation protocol's ``image_interpolation`` picks another, e.g. ``bicubic``), so
   image pixels differ slightly from TuneVLSeg's, and mask borders by up to one pixel (PIL's nearest samples
   pixel centres).
-- TuneVLSeg feeds ``mask / 255`` (soft for JPEG masks) to the loss and ``mask.long()`` (1 only where the
-  value is exactly 255) to the metrics; vlprompt thresholds once at 128 and uses the same binary mask for
-  both, so a JPEG mask's 247..254 foreground pixels count as foreground.
+- TuneVLSeg feeds ``mask / 255`` (soft for JPEG masks; ``image_text_mask_dataset.py`` lines 65-70) to the loss
+  and ``mask.long()`` (1 only where the value is exactly 255; ``image_text_mask_module.py`` line 107) to the
+  metrics. With ``soft_targets`` (the segmentation protocol's option, on in ``configs/protocols/segmentation.yaml``)
+  items carry that soft ``target`` (the grey mask resized with nearest neighbour, divided by 255; the union of
+  several mask files is their maximum) and the loss uses it; the metrics always use the mask thresholded at 128,
+  so a JPEG mask's 247..254 foreground pixels count as foreground there.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ _INTERP = {
     "hamming": InterpolationMode.HAMMING,
 }
 _TENSOR_INTERP = {"bicubic", "bilinear", "nearest"}
+#: the image interpolations a preprocessing may name (PIL-side for files; tensors fall back to bicubic)
+INTERPOLATIONS = frozenset(_INTERP)
 _KEY = re.compile(r"^p(\d+)$")
 
 
@@ -153,12 +159,17 @@ def mask_value_problem(grey: np.ndarray) -> str | None:
     return None
 
 
-def read_mask(paths: Sequence[Path | str], *, size: tuple[int, int] | None = None, image: str = "") -> np.ndarray:
-    """Boolean mask ``[H, W]``: the union of the binary masks ``paths`` (thresholded at :data:`MASK_THRESHOLD`).
+def read_mask(
+    paths: Sequence[Path | str], *, size: tuple[int, int] | None = None, image: str = "", grey: bool = False
+) -> np.ndarray:
+    """Boolean mask ``[H, W]``: the union of the binary masks ``paths`` (thresholded at :data:`MASK_THRESHOLD`);
+    with ``grey=True`` the uint8 grey values instead (the union is their maximum; thresholding it gives the same
+    boolean mask), from which :func:`prepare_pair` derives both the binary mask and the soft target.
 
     Raises :class:`DataError` naming the file when a mask cannot be read, is not binary, or its size differs
     from ``size`` (``(width, height)`` of the image ``image``).
     """
+    want_grey = grey
     out: np.ndarray | None = None
     for path in paths:
         try:
@@ -174,14 +185,14 @@ def read_mask(paths: Sequence[Path | str], *, size: tuple[int, int] | None = Non
         problem = mask_value_problem(grey)
         if problem is not None:
             raise DataError(f"mask {path} is not binary: {problem}")
-        binary = grey >= MASK_THRESHOLD
+        binary = grey.copy() if want_grey else grey >= MASK_THRESHOLD
         if out is None:
             out = binary
         elif out.shape != binary.shape:
             raise DataError(f"mask {path} is {binary.shape[1]}x{binary.shape[0]} px, unlike the other mask(s) of "
                             f"{image or 'the same image'} ({out.shape[1]}x{out.shape[0]}): re-export it at the image size")
         else:
-            out = out | binary
+            out = np.maximum(out, binary) if want_grey else out | binary
     if out is None:
         raise DataError(f"no mask file given for {image}")
     return out
@@ -204,16 +215,25 @@ def prepare_pair(
     *,
     preprocess: PreprocessConfig | None,
     flip: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image ``[3, S, S]`` float in ``[0, 1]`` and mask ``[1, S, S]`` float in ``{0, 1}`` at the backbone size.
+    target: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Image ``[3, S, S]`` float in ``[0, 1]`` and mask ``[1, S, S]`` float in ``{0, 1}`` at the backbone size; with
+    ``target=True`` also the soft target ``[1, S, S]`` = resized grey mask / 255 (TuneVLSeg's loss target).
 
     ``image`` is a PIL image (files: resized as a PIL image, then converted) or a uint8/float tensor
-    ``[3, H, W]`` (the toy world: converted to float, then resized); ``mask`` is boolean ``[H, W]``.
-    ``preprocess=None`` keeps the input size.
+    ``[3, H, W]`` (the toy world: converted to float, then resized); ``mask`` is boolean ``[H, W]`` (0/255) or uint8
+    grey ``[H, W]`` (:func:`read_mask` with ``grey=True``). ``preprocess=None`` keeps the input size.
     """
     if isinstance(mask, torch.Tensor):
         mask = mask.cpu().numpy()
-    mask_img = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
+    if mask.dtype == np.bool_:
+        grey = np.where(mask, 255, 0).astype(np.uint8)
+    elif mask.dtype == np.uint8:
+        grey = mask
+    else:
+        raise DataError(f"a mask must be boolean or uint8 grey, got {mask.dtype}: the source's loader returns "
+                        "something else (read masks with read_mask)")
+    mask_img = Image.fromarray(grey, mode="L")
     if flip:
         mask_img = mask_img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if isinstance(image, Image.Image):
@@ -233,7 +253,10 @@ def prepare_pair(
             img = TF.resize(img, [preprocess.image_size] * 2, interpolation=_INTERP[mode], antialias=True)
     if preprocess is not None and mask_img.size != (preprocess.image_size,) * 2:
         mask_img = mask_img.resize((preprocess.image_size,) * 2, Image.Resampling.NEAREST)
-    out_mask = torch.from_numpy(np.asarray(mask_img) >= MASK_THRESHOLD).float()[None]
+    values = np.asarray(mask_img)
+    out_mask = torch.from_numpy(values >= MASK_THRESHOLD).float()[None]
+    if target:
+        return img.clamp(0.0, 1.0), out_mask, torch.from_numpy(values.astype(np.float32) / 255.0)[None]
     return img.clamp(0.0, 1.0), out_mask
 
 
@@ -249,6 +272,7 @@ class SegmentationDataset(Dataset):
         augment: joint random horizontal flip (train only).
         seed: seed of the per-item draws (prompt and flip), combined with the epoch and the item index.
         stop_at_end: append ``.`` to non-empty prompts lacking it (TuneVLSeg ``insert_stop_at_last``).
+        soft_targets: items also carry ``target``, the soft mask ``grey / 255`` TuneVLSeg's loss trains on.
     """
 
     def __init__(
@@ -262,8 +286,10 @@ class SegmentationDataset(Dataset):
         augment: bool = False,
         seed: int = 0,
         stop_at_end: bool = False,
+        soft_targets: bool = False,
     ) -> None:
         self.records = list(records)
+        self.soft_targets = soft_targets
         self.load = load
         self.preprocess = preprocess
         self.prompt_index = prompt_index
@@ -300,7 +326,10 @@ class SegmentationDataset(Dataset):
         text = self.prompt_of(i, rng)
         flip = self.augment and rng.random() < 0.5
         image, mask = self.load(i)
-        img, msk = prepare_pair(image, mask, preprocess=self.preprocess, flip=flip)
+        img, msk, *soft = prepare_pair(image, mask, preprocess=self.preprocess, flip=flip, target=self.soft_targets)
         if flip:
             text = swap_left_right(text)
-        return {"image": img, "mask": msk, "prompt": text, "name": str(self.records[i].name)}
+        item = {"image": img, "mask": msk, "prompt": text, "name": str(self.records[i].name)}
+        if soft:
+            item["target"] = soft[0]
+        return item

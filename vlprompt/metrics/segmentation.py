@@ -5,11 +5,12 @@ and ``configs/model/*/clipseg.yaml``. Facts carried over:
 
 - loss ``lambda_dice * Dice + lambda_ce * BCE`` on the mask logits with ``lambda_dice = 1``, ``lambda_ce = 0.2``
   (MONAI ``DiceCELoss(sigmoid=True)``: soft Dice per sample with smoothing 1e-5 in numerator and denominator,
-  averaged over samples, plus ``BCEWithLogits`` averaged over pixels). Here the two terms come from
-  segmentation-models-pytorch (``DiceLoss`` from logits, ``SoftBCEWithLogitsLoss``), arranged so that the Dice
-  term is per sample with the same smoothing. **Deliberate difference**: on a sample whose ground truth is empty,
-  smp sets the Dice term to 0 (MONAI's is ``1 - 1e-5 / (sum(sigmoid) + 1e-5)``); the BCE term still penalises
-  false positives there. It changes nothing on datasets without empty masks (toy, Kvasir-SEG).
+  averaged over samples, plus ``BCEWithLogits`` averaged over pixels), on binary masks or on TuneVLSeg's soft
+  targets ``mask / 255``. The Dice term is written out with MONAI's intersection ``sum(p * m)`` (smp 0.6's
+  ``DiceLoss`` uses ``sum(min(p, m))``, which differs on soft targets); the BCE term is segmentation-models-pytorch's
+  ``SoftBCEWithLogitsLoss``. **Deliberate difference** (kept from smp): on a sample whose target is empty the Dice
+  term is 0 (MONAI's is ``1 - 1e-5 / (sum(sigmoid) + 1e-5)``); the BCE term still penalises false positives there.
+  It changes nothing on datasets without empty masks (toy, Kvasir-SEG).
 - metrics: Dice of the masks thresholded at 0.5, per sample, averaged over the samples of the evaluated split,
   with ``zero_division = 1`` (an empty prediction of an empty mask scores 1), as the reference's
   ``torchmetrics.Dice(average="samples", threshold=0.5, zero_division=1)``; IoU is the reference's
@@ -29,14 +30,13 @@ and ``configs/model/*/clipseg.yaml``. Facts carried over:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
-import math
-
 import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
-from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss
+from segmentation_models_pytorch.losses import SoftBCEWithLogitsLoss
 from torch import nn
 from torchmetrics.classification import BinaryJaccardIndex
 from torchmetrics.functional.segmentation import dice_score
@@ -54,7 +54,6 @@ HD_PERCENTILE = 95.0
 #: MONAI DiceLoss's default smooth_nr = smooth_dr (the reference's Dice smoothing)
 DICE_SMOOTH = 1e-5
 
-_DICE = DiceLoss(mode="multilabel", from_logits=True, smooth=DICE_SMOOTH)
 _BCE = SoftBCEWithLogitsLoss()
 
 
@@ -66,19 +65,22 @@ def _check(logits: torch.Tensor, masks: torch.Tensor) -> None:
 
 def dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Soft Dice loss averaged over samples: ``mean_b (1 - (2 sum(p m) + s) / (sum p + sum m + s))`` with
-    ``p = sigmoid(logits)``, ``s = 1e-5``; 0 for a sample with an empty mask (smp). ``logits``/``masks``
-    ``[B, H, W]`` (masks float in ``{0, 1}``) -> scalar.
-
-    smp's multilabel Dice reduces over dims (0, 2) of ``[N, C, P]``; viewing the batch as ``C`` channels of one
-    item (``[1, B, H*W]``) makes it a per-sample Dice.
+    ``p = sigmoid(logits)``, ``s = 1e-5`` (MONAI ``DiceLoss(sigmoid=True)``); 0 for a sample whose target sums to 0
+    (smp's rule). ``logits``/``masks`` ``[B, H, W]`` (masks float in ``[0, 1]``: binary, or soft ``mask / 255``)
+    -> scalar.
     """
     _check(logits, masks)
     b = logits.shape[0]
-    return _DICE(logits.reshape(1, b, -1), masks.reshape(1, b, -1).to(logits.dtype))
+    p = torch.sigmoid(logits.reshape(b, -1))
+    m = masks.reshape(b, -1).to(p.dtype)
+    target = m.sum(1)
+    loss = 1 - (2 * (p * m).sum(1) + DICE_SMOOTH) / (p.sum(1) + target + DICE_SMOOTH)
+    return (loss * (target > 0).to(loss.dtype)).mean()
 
 
 def bce_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy from logits, averaged over all pixels: ``[B, H, W]`` x2 -> scalar (smp)."""
+    """Binary cross-entropy from logits, averaged over all pixels: ``[B, H, W]`` x2 -> scalar (smp; masks in
+    ``[0, 1]``, soft targets allowed)."""
     _check(logits, masks)
     return _BCE(logits, masks.to(logits.dtype))
 
@@ -88,7 +90,9 @@ def dice_bce_loss(
 ) -> torch.Tensor:
     """TuneVLSeg's training loss ``lambda_dice * dice_loss + lambda_ce * bce_loss`` (defaults 1 and 0.2).
 
-    ``logits [B, H, W]`` mask logits, ``masks [B, H, W]`` float in ``{0, 1}`` -> scalar.
+    ``logits [B, H, W]`` mask logits, ``masks [B, H, W]`` float in ``[0, 1]`` (binary, or TuneVLSeg's soft targets
+    ``mask / 255``) -> scalar; equals MONAI ``DiceCELoss(sigmoid=True, lambda_dice, lambda_ce)`` on targets that are
+    not all zero (tested against MONAI's values).
     """
     return lambda_dice * dice_loss(logits, masks) + lambda_ce * bce_loss(logits, masks)
 

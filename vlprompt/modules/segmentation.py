@@ -33,22 +33,32 @@ checkpoint; ties keep the earlier epoch, as Lightning's ModelCheckpoint). Delibe
   do run; at fit end the best-validation-Dice tensors replace whatever the fit-end hook left;
 - no early stopping (the reference stops after 12 epochs without a 1e-4 decrease of the validation loss).
 
-Checkpoints hold only the learner's tensors (and the best epoch's copy), never the frozen backbone.
+``decoder_branch`` adds TuneVLSeg's trainable decoder branch (``use_new_last_layer``, :class:`DecoderBranch`) beside
+the frozen decoder; off by default. Its tensors train with the learner's, are kept with the best epoch's, counted
+in the run's trainable parameters and saved in the Lightning checkpoint and, per seed, as
+``decoder_branch.safetensors`` beside ``prompts.safetensors`` (read back by ``vlprompt test --prompts``).
+
+Checkpoints hold only the learned tensors (the learner's, the branch's, and the best epoch's copy), never the
+frozen backbone.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from vlprompt.backbones.base import VLBackbone
+from vlprompt.data.atomic import save_safetensors
 from vlprompt.learners.prompts.layers import segmentation_text
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.metrics.segmentation import (
@@ -67,6 +77,74 @@ TEXT_CONTROLS = ("empty", "shuffled")
 
 #: the class names a learner is built with on the segmentation track (prompts then change per batch)
 SETUP_PROMPTS = ("object",)
+#: the file of the decoder branch's tensors in a seed folder (beside ``prompts.safetensors``)
+DECODER_BRANCH_FILE = "decoder_branch.safetensors"
+#: how the branch meets the decoder's logits: TuneVLSeg's two forms (see :class:`DecoderBranch`)
+BRANCH_MIXES = ("residual", "add")
+
+
+class DecoderBranch(nn.Module):
+    """TuneVLSeg's trainable decoder branch (``use_new_last_layer``; naamiinepal/tunevlseg @7956bcd,
+    ``src/models/core_models/coop/base_clipseg.py`` lines 56-72 and 152-155, ``vpt_clipseg.py`` lines 301-302).
+
+    On the feature map ``z [B, C, h, w]`` the decoder's transposed convolution reads (CLIPSeg: ``C = reduce_dim``,
+    after dropping the class and prompt tokens) it computes ``e = conv(up(z))``: ``up`` bilinear upsampling by
+    ``stride`` (the patch size; ``align_corners=False``), ``conv`` a ``kernel_size`` convolution ``C -> 1`` with
+    "same" replicate padding and PyTorch's default init. With the decoder's logits ``y [B, 1, H, W]``:
+
+    - ``mix="residual"``: ``(1 - r) * y + r * e`` with ``r`` learned, starting at ``residual_ratio`` (0.5)
+      (TuneVLSeg's ``BaseCLIPSeg.decoder_forward``: MaPLe and the shared learners);
+    - ``mix="add"``: ``y + e`` (TuneVLSeg's ``VPTCLIPSeg``, which builds ``r`` but never uses it; not built here).
+
+    TuneVLSeg's CoOp/CoCoOp models (``COOPCLIPSeg``) build the branch but call the HF decoder, so it never reaches
+    their logits: their ``tunevlseg`` configs leave it off.
+
+    Args:
+        channels: ``C``, the backbone's :attr:`~vlprompt.backbones.base.VLBackbone.decoder_width`.
+        stride: the upsampling factor, the backbone's :attr:`~vlprompt.backbones.base.VLBackbone.decoder_stride`.
+        kernel_size: odd convolution size (TuneVLSeg's ``new_last_layer_kernel_size``: 5).
+        residual_ratio: the start of ``r`` (TuneVLSeg: 0.5).
+        mix: ``residual`` or ``add``.
+    """
+
+    def __init__(self, channels: int, stride: int, *, kernel_size: int = 5, residual_ratio: float = 0.5,
+                 mix: str = "residual") -> None:
+        super().__init__()
+        if mix not in BRANCH_MIXES:
+            raise ValueError(f"decoder_branch mix={mix!r} is not one of {list(BRANCH_MIXES)}: 'residual' mixes "
+                             "(1 - r) * decoder + r * branch (TuneVLSeg's MaPLe/shared models), 'add' adds it (VPT)")
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"decoder_branch kernel_size={kernel_size!r} must be an odd positive integer (TuneVLSeg: 5)")
+        if channels < 1 or stride < 1:
+            raise ValueError(f"decoder_branch needs positive channels and stride, got {channels} and {stride}")
+        self.stride = int(stride)
+        self.mix = mix
+        self.conv = nn.Conv2d(channels, 1, kernel_size, padding="same", padding_mode="replicate")
+        if mix == "residual":
+            self.ratio = nn.Parameter(torch.tensor(float(residual_ratio)))
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``features [B, C, h, w]``, ``logits [B, 1, h * stride, w * stride]`` -> logits of the same shape."""
+        extra = self.conv(F.interpolate(features, scale_factor=float(self.stride), mode="bilinear"))
+        if self.mix == "add":
+            return logits + extra
+        return (1 - self.ratio) * logits + self.ratio * extra
+
+
+def make_decoder_branch(backbone: VLBackbone, options: Mapping[str, Any]) -> DecoderBranch:
+    """The :class:`DecoderBranch` of ``options`` (``kernel_size``, ``residual_ratio``, ``mix``) for ``backbone``;
+    a ``ValueError`` naming the unknown key or the backbone without decoder features."""
+    if not isinstance(options, Mapping):
+        raise ValueError(f"decoder_branch={options!r} must be a mapping such as {{kernel_size: 5, residual_ratio: 0.5, "
+                         "mix: residual}} (or null for none)")
+    unknown = sorted(set(options) - {"kernel_size", "residual_ratio", "mix"})
+    if unknown:
+        raise ValueError(f"decoder_branch has unknown keys {unknown}: use kernel_size, residual_ratio and mix")
+    width, stride = getattr(backbone, "decoder_width", None), getattr(backbone, "decoder_stride", None)
+    if width is None or stride is None:
+        raise ValueError(f"decoder_branch needs the decoder's feature map, which {type(backbone).__name__} does not "
+                         "expose (decoder_width/decoder_stride): use a CLIPSeg backbone or set decoder_branch: null")
+    return DecoderBranch(int(width), int(stride), **dict(options))
 
 
 def require_learner_task(learner: PromptLearner, task: str) -> None:
@@ -101,6 +179,8 @@ class PromptSegmenter(pl.LightningModule):
             ``dice_text_<control>`` / ``iou_text_<control>``, and for ``shuffled`` the percentage of images whose
             prompt actually changed (``text_shuffled_changed``: 0 on a dataset with one prompt). A learner whose
             Dice barely moves under these controls is not using the text.
+        decoder_branch: TuneVLSeg's trainable decoder branch, ``{kernel_size, residual_ratio, mix}``
+            (:class:`DecoderBranch`; TuneVLSeg: 5, 0.5, and ``residual`` or ``add`` by model); ``None`` = none.
         task: evaluation sets; linked from the data module by ``vlprompt fit``.
     """
 
@@ -121,6 +201,7 @@ class PromptSegmenter(pl.LightningModule):
         boundary_metrics: bool = True,
         nsd_tolerance_px: float = NSD_TOLERANCE_PX,
         text_controls: Sequence[str] = (),
+        decoder_branch: dict | None = None,
         task: dict | None = None,
     ) -> None:
         super().__init__()
@@ -162,6 +243,7 @@ class PromptSegmenter(pl.LightningModule):
         self._loss_sum, self._loss_n = 0.0, 0
         with segmentation_text():
             self.learner.setup(self.backbone, list(self.task.get("setup_prompts") or SETUP_PROMPTS))
+        self.decoder_branch = None if decoder_branch is None else make_decoder_branch(backbone, decoder_branch)
 
     # ------------------------------------------------------------------ the segmentation step
     def _use_prompts(self, prompts: list[str]) -> None:
@@ -182,7 +264,8 @@ class PromptSegmenter(pl.LightningModule):
         with self.backbone.record_activations() as record:
             feats = self.learner.encode_images(images)
         text = self.learner.paired_text_features(feats, index)
-        return self.backbone.decode_masks(record, text, output_size=tuple(images.shape[-2:]))
+        branch = {} if self.decoder_branch is None else {"branch": self.decoder_branch}
+        return self.backbone.decode_masks(record, text, output_size=tuple(images.shape[-2:]), **branch)
 
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return self.mask_logits(images, prompts)
@@ -194,7 +277,9 @@ class PromptSegmenter(pl.LightningModule):
         if logits.shape[-2:] != masks.shape[-2:]:
             raise RuntimeError(f"the backbone decoded masks of size {tuple(logits.shape[-2:])} for ground-truth masks "
                                f"of size {tuple(masks.shape[-2:])}")
-        loss = dice_bce_loss(logits, masks, lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce)
+        target = batch.get("target")  # TuneVLSeg's soft target mask / 255 (protocol soft_targets); else the mask
+        target = masks if target is None else (target[:, 0] if target.dim() == 4 else target)
+        loss = dice_bce_loss(logits, target.to(logits.dtype), lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce)
         return logits, masks, loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -220,6 +305,8 @@ class PromptSegmenter(pl.LightningModule):
         self.learner.on_fit_end()
         if self.keep_best and self.best["state"] is not None:
             self.learner.set_learned_state(self.best["state"])
+            if self.decoder_branch is not None and self.best.get("branch") is not None:
+                self.decoder_branch.load_state_dict(self.best["branch"])
             log.info("kept the learned prompts of epoch %d (best validation Dice %.2f)", self.best["epoch"] + 1,
                      self.best["dice"])
 
@@ -292,7 +379,9 @@ class PromptSegmenter(pl.LightningModule):
             dice = results["dice"]
             if self.best["dice"] is None or dice > self.best["dice"]:
                 state = {k: v.clone() for k, v in self.learner.learned_state().items()}
-                self.best = {"dice": dice, "epoch": int(self.current_epoch), "state": state}
+                branch = None if self.decoder_branch is None else {
+                    k: v.detach().clone() for k, v in self.decoder_branch.state_dict().items()}
+                self.best = {"dice": dice, "epoch": int(self.current_epoch), "state": state, "branch": branch}
 
     def on_test_epoch_start(self) -> None:
         self._eval_start("test")
@@ -319,9 +408,11 @@ class PromptSegmenter(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         groups = [g for g in self.learner.optimizer_groups() if g["params"]]
+        if self.decoder_branch is not None:
+            groups.append({"params": list(self.decoder_branch.parameters())})
         if not groups:
             raise RuntimeError(f"{type(self.learner).__name__} has no trainable parameters: evaluate it with `vlprompt test`")
-        opt = torch.optim.AdamW(weight_decay_groups(self.learner, groups, self.weight_decay), lr=self.lr)
+        opt = torch.optim.AdamW(weight_decay_groups(self, groups, self.weight_decay), lr=self.lr)
         apply_lr_scales(opt)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=self.plateau_factor, patience=self.plateau_patience)
@@ -350,11 +441,35 @@ class PromptSegmenter(pl.LightningModule):
         """Per-seed extras: the kept epoch and the overlay PNGs written into ``seed_dir`` (``artifacts``:
         ``{"overlays": [png, ...]}``, recorded in the result as ``seed<k>/overlays``)."""
         out: dict[str, Any] = {}
+        if self.decoder_branch is not None:
+            path = Path(seed_dir) / DECODER_BRANCH_FILE
+            save_safetensors({k: v.detach().cpu() for k, v in self.decoder_branch.state_dict().items()}, path,
+                             metadata={"mix": self.decoder_branch.mix})
+            out.setdefault("artifacts", {})["decoder_branch"] = str(path)
         if self.keep_best and self.best["epoch"] is not None:
             out["selected_epoch"] = int(self.best["epoch"]) + 1
             out["selected_val_dice"] = round(float(self.best["dice"]), 4)
         if self.overlay_samples:
             paths = save_overlays(self.overlay_samples, Path(seed_dir) / "overlays", threshold=self.threshold)
             # one naming rule, read by the leaderboard's gallery: the result lists them as ``seed<k>/overlays``
-            out["artifacts"] = {OVERLAYS_ARTIFACT: [str(p) for p in paths]}
+            out.setdefault("artifacts", {})[OVERLAYS_ARTIFACT] = [str(p) for p in paths]
         return out
+
+    def load_extra_learned(self, folder: str | Path) -> None:
+        """Load the decoder branch saved beside a ``prompts.safetensors`` in ``folder`` (``vlprompt test
+        --prompts``); nothing to do without a branch. A missing or mismatched file is an error naming it."""
+        if self.decoder_branch is None:
+            return
+        path = Path(folder) / DECODER_BRANCH_FILE
+        if not path.is_file():
+            raise LearnerError(
+                f"this module has a decoder_branch, but {str(path)!r} does not exist: the prompts were trained "
+                "without one, or the file was not copied with them. Pass the seed folder's prompts of a run with "
+                "the same decoder_branch, or set model.decoder_branch: null")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+            self.decoder_branch.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 - unreadable or another branch shape: name the file and the fix
+            raise LearnerError(f"{str(path)!r} does not hold this decoder_branch's tensors ({exc}): use the options "
+                               "it was trained with (kernel_size, mix) or re-run `vlprompt fit`") from exc

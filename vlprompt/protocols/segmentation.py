@@ -17,6 +17,7 @@ are among the 25%, which are among the 50%.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -26,6 +27,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from vlprompt.data.base import DataError
+from vlprompt.data.seg_dataset import INTERPOLATIONS, SegmentationDataset
 from vlprompt.data.segmentation import SegmentationSource
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,12 @@ class SegmentationProtocol(pl.LightningDataModule):
         batch_size / eval_batch_size / num_workers: loader settings (``eval_batch_size`` defaults to ``batch_size``).
         augment: training augmentation of the source (``False``: none).
         drop_last: drop the last incomplete training batch (TuneVLSeg: false).
+        soft_targets: train on the soft target ``mask / 255`` as TuneVLSeg (its dataset divides the grey mask by 255
+            and its loss takes that; ``false``: the mask thresholded at 128, which the metrics always use). Sources
+            must yield :class:`~vlprompt.data.seg_dataset.SegmentationDataset` items.
+        image_interpolation: resize images with this interpolation (``bilinear``, ``bicubic``, ...) instead of the
+            backbone's processor (CLIPSeg: PIL bilinear, the default); TuneVLSeg resizes with OpenCV ``INTER_CUBIC``,
+            whose nearest PIL-side equivalent is ``bicubic`` (antialiased, so not bit-identical).
     """
 
     name = "segmentation"
@@ -111,6 +119,8 @@ class SegmentationProtocol(pl.LightningDataModule):
         num_workers: int = 0,
         augment: bool = False,
         drop_last: bool = False,
+        soft_targets: bool = False,
+        image_interpolation: str | None = None,
     ) -> None:
         super().__init__()
         if getattr(dataset, "task", None) != "segmentation":
@@ -143,6 +153,11 @@ class SegmentationProtocol(pl.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self.drop_last = drop_last
+        if image_interpolation is not None and image_interpolation not in INTERPOLATIONS:
+            raise DataError(f"image_interpolation={image_interpolation!r} is not one of {sorted(INTERPOLATIONS)} "
+                            "(null: the backbone's processor)")
+        self.soft_targets = soft_targets
+        self.image_interpolation = image_interpolation
 
     @property
     def task(self) -> dict[str, Any]:
@@ -156,6 +171,8 @@ class SegmentationProtocol(pl.LightningDataModule):
         pre = getattr(getattr(module, "backbone", None), "preprocess", None)
         if pre is None:
             raise DataError("the segmentation protocol needs the backbone's preprocessing: run it through `vlprompt fit`")
+        if self.image_interpolation is not None:
+            pre = dataclasses.replace(pre, interpolation=self.image_interpolation)
         return pre
 
     def split_dataset(self, split: str) -> Dataset:
@@ -165,6 +182,11 @@ class SegmentationProtocol(pl.LightningDataModule):
             split, preprocess=self._preprocess(), prompt_index=self.prompt_index, prompt=self.prompt,
             augment=bool(self.augment and train), seed=int(self.seed or 0),
         )
+        if self.soft_targets:
+            if not isinstance(ds, SegmentationDataset):
+                raise DataError(f"soft_targets: true needs items from vlprompt's SegmentationDataset, but "
+                                f"{self.dataset.name} gives {type(ds).__name__}: set soft_targets: false")
+            ds.soft_targets = True
         if len(ds) == 0:
             raise DataError(f"split {split!r} of {self.dataset.name} is empty")
         if train and self.label_fraction is not None:
@@ -198,7 +220,9 @@ class SegmentationProtocol(pl.LightningDataModule):
             self.dataset.dataset(split, preprocess=None, prompt_index=self.prompt_index, prompt=self.prompt)
 
     def identity(self) -> dict:
-        return {"protocol": self.name, "shots": self.shots, "label_fraction": self.label_fraction,
-                "seed": self.seed, "prompt_index": self.prompt_index,
+        return {"protocol": self.name, "shots": self.shots, "seed": self.seed, "prompt_index": self.prompt_index,
+                **({"label_fraction": self.label_fraction} if self.label_fraction is not None else {}),
+                **({"soft_targets": True} if self.soft_targets else {}),
+                **({"image_interpolation": self.image_interpolation} if self.image_interpolation else {}),
                 "prompt": self.prompt, "val_size": self.val_size, "test_size": self.test_size,
                 "dataset": self.dataset.identity()}

@@ -302,6 +302,9 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     run._preflight_done = True
                 if cfg.prompts:
                     evaluated = load_checked_prompts(learner, cfg.prompts, model.backbone, force=cfg.force_prompts)
+                    extra = getattr(model, "load_extra_learned", None)  # e.g. the segmentation decoder branch
+                    if callable(extra):
+                        extra(Path(cfg.prompts).parent)
                 row: dict[str, Any] = {"seed": seed}
                 if stage == "fit" and learner.trainable:
                     ckpt = run.checkpoint(seed)
@@ -395,7 +398,8 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
         result["run_id"] = run_id
         result["run_dir"] = str(run.path)
         result["trainable"] = bool(model.learner.trainable)
-        result["trainable_params"] = sum(int(p.numel()) for p in model.learner.parameters() if p.requires_grad)
+        # the learner's and the module's own trainable tensors (e.g. a segmentation decoder branch); backbones are frozen
+        result["trainable_params"] = sum(int(p.numel()) for p in model.parameters() if p.requires_grad)
         if per_seed and all(r.get("seed_independent") for r in per_seed):
             result["seed_independent"] = True  # evaluated once; the per-seed rows repeat that one evaluation
         if resumed:

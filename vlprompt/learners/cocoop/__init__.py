@@ -19,6 +19,15 @@ Deliberate differences (none changes the computed logits):
 - with ``ctx_init``, ``n_ctx`` is the number of *tokens* of the words (the reference counts words split on
   spaces; the two agree for "a photo of a" and any words that are single tokens);
 - the reference's fp16 default (``PREC: fp16``) is not reproduced: vlprompt computes prompts in fp32.
+
+TuneVLSeg's CoCoOp (Adhikari et al. ACCV 2024; naamiinepal/tunevlseg @7956bcd ``CoCoOpContextLearner`` on
+``BaseProjectorLearner``, ``configs/model/cocoop/clipseg.yaml``) uses another meta-net, offered as options:
+``intermediate_dim`` (config 64) makes it :func:`~vlprompt.learners.prompts.vl_layers.mlp_projection` from the
+image feature width to the text width with the reference's ``use_final_bias=False``:
+``Linear(D, 64) -> ReLU -> Linear(64, Wt, no bias) -> LayerNorm(Wt, no bias)`` with ``proj_norm`` (config true;
+``lora_proj`` = its low-rank variant, config false); ``norm_image_features: false`` feeds the raw projected
+image feature (config ``norm_image_features: false``). ``configs/learners/cocoop/tunevlseg.yaml`` sets them.
+TuneVLSeg's deep CoCoOp (``prompt_depth > 1``) is not offered (its configs use depth 1).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from vlprompt.backbones.base import VLBackbone
 from vlprompt.learners.prompts.conditional import check_chunk_size, encode_conditioned_prompts, encode_paired_prompts
 from vlprompt.learners.prompts.layers import ClassPrompts, context_from_words, random_context
 from vlprompt.learners.base import LearnerError, PromptLearner, cosine_logits
+from vlprompt.learners.prompts.vl_layers import PromptConfigError, mlp_projection
 from vlprompt.learners.reference_import import import_context_state
 
 META_NET_NAMES = ("meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight", "meta_net.linear2.bias")
@@ -48,6 +58,12 @@ class CoCoOp(PromptLearner):
         recompute: recompute text-encoder activations in backward (``torch.utils.checkpoint``) while training.
         meta_reduction: hidden width of the meta-net is ``D // meta_reduction`` (paper: 16).
         init_std: std of the random context initialisation.
+        intermediate_dim: hidden width(s) of TuneVLSeg's meta-net (config 64); ``None`` = CoCoOp's
+            ``D // meta_reduction`` meta-net (``meta_reduction`` is then unused otherwise).
+        proj_norm: LayerNorm (no bias) after TuneVLSeg's meta-net (config true; needs ``intermediate_dim``).
+        lora_proj: TuneVLSeg's low-rank meta-net of rank ``intermediate_dim`` (config false).
+        norm_image_features: divide the image feature by its norm before the meta-net (CoCoOp: true;
+            TuneVLSeg's config: false).
     """
 
     family = "text"
@@ -61,6 +77,10 @@ class CoCoOp(PromptLearner):
         recompute: bool = True,
         meta_reduction: int = 16,
         init_std: float = 0.02,
+        intermediate_dim: int | list[int] | None = None,
+        proj_norm: bool = False,
+        lora_proj: bool = False,
+        norm_image_features: bool = True,
     ) -> None:
         super().__init__()
         if ctx_init is None and (n_ctx is None or n_ctx < 1):
@@ -76,6 +96,14 @@ class CoCoOp(PromptLearner):
         self.recompute = recompute
         self.meta_reduction = meta_reduction
         self.init_std = init_std
+        if intermediate_dim is None and (proj_norm or lora_proj):
+            raise LearnerError(
+                f"CoCoOp: proj_norm={proj_norm} / lora_proj={lora_proj} shape TuneVLSeg's meta-net, which needs "
+                "intermediate_dim (its config: 64); set intermediate_dim, or leave both false for CoCoOp's meta-net")
+        self.intermediate_dim = intermediate_dim
+        self.proj_norm = proj_norm
+        self.lora_proj = lora_proj
+        self.norm_image_features = norm_image_features
         self.prompts: ClassPrompts | None = None
 
     def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
@@ -88,6 +116,14 @@ class CoCoOp(PromptLearner):
         else:
             ctx = random_context(int(self.n_ctx), backbone.text_width, std=self.init_std)
         self.ctx = nn.Parameter(ctx)
+        if self.intermediate_dim is not None:  # TuneVLSeg's meta-net (BaseProjectorLearner, use_final_bias=False)
+            try:
+                self.meta_net = mlp_projection(
+                    backbone.embed_dim, backbone.text_width, intermediate_dim=self.intermediate_dim,
+                    final_norm=self.proj_norm, final_bias=False, lora=self.lora_proj)
+            except PromptConfigError as exc:
+                raise LearnerError(f"CoCoOp: {exc}") from None
+            return
         hidden = backbone.embed_dim // self.meta_reduction
         if hidden < 1:
             raise LearnerError(
@@ -111,8 +147,10 @@ class CoCoOp(PromptLearner):
         self.prompts = prompts.to(self.ctx.device) if hasattr(self, "ctx") else prompts
 
     def conditioned_context(self, image_features: torch.Tensor) -> torch.Tensor:
-        """Per-image context ``[B, n, Wt]`` = ``ctx + meta_net(normalised image features [B, D])`` (eq. 1)."""
-        bias = self.meta_net(F.normalize(image_features, dim=-1).to(self.ctx.dtype))
+        """Per-image context ``[B, n, Wt]`` = ``ctx + meta_net(normalised image features [B, D])`` (eq. 1; the
+        features unnormalised with ``norm_image_features: false``)."""
+        x = F.normalize(image_features, dim=-1) if self.norm_image_features else image_features
+        bias = self.meta_net(x.to(self.ctx.dtype))
         return self.ctx.unsqueeze(0) + bias.unsqueeze(1)
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
@@ -133,4 +171,8 @@ class CoCoOp(PromptLearner):
     def import_reference_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The reference's ``prompt_learner`` state: ``ctx``, ``meta_net.linear{1,2}.{weight,bias}`` (kept under
         the same names) and the frozen ``token_prefix``/``token_suffix`` buffers (dropped)."""
+        if self.intermediate_dim is not None:
+            raise LearnerError(
+                f"CoCoOp: reference CoCoOp checkpoints hold CoCoOp's meta-net, but this learner has TuneVLSeg's "
+                f"(intermediate_dim={self.intermediate_dim!r}): set intermediate_dim: null to import one")
         return import_context_state(self, state, frozen=("token_prefix", "token_suffix"), extra=META_NET_NAMES)

@@ -20,7 +20,9 @@ turns every coupling function into the reference's MLP ``Linear(Wt, h) -> ReLU -
 drawn projection, as the reference builds them; ``unified_projection`` makes one projection serve every layer.
 TuneVLSeg's CLIPSeg setting (``configs/model/maple_clipseg.yaml``) is ``use_unified_projection: false,
 intermediate_dim: 64, use_proj_norm: true``: ``Linear(512, 64) -> ReLU -> Linear(64, 768, no bias) ->
-LayerNorm(768)`` (``configs/learners/maple/tunevlseg.yaml``). The defaults are the MaPLe paper's single Linear.
+LayerNorm(768)`` (``configs/learners/maple/tunevlseg.yaml``); ``lora_proj`` (``use_lora_proj``) swaps the MLP
+for the reference's low-rank product ``Linear(Wt, r, no bias) -> Linear(r, Wv)`` of rank ``intermediate_dim``.
+The defaults are the MaPLe paper's single Linear.
 
 Deliberate differences: widths come from the backbone (the reference hard-codes 512 -> 768, ViT-B/16);
 ``n_ctx`` above the token count of ``ctx_init`` is an error (the reference falls back to random context for
@@ -61,6 +63,8 @@ class MaPLe(PromptLearner):
         proj_norm: ``LayerNorm(Wv)`` after the coupling MLP (TuneVLSeg: true; no effect without
             ``intermediate_dim``, as in the reference).
         unified_projection: one coupling function for every layer (TuneVLSeg's ``use_unified_projection``).
+        lora_proj: the coupling is TuneVLSeg's low-rank product of rank ``intermediate_dim`` instead of the MLP
+            (``use_lora_proj``; see :func:`~vlprompt.learners.prompts.vl_layers.mlp_projection`).
     """
 
     family = "multimodal"
@@ -77,6 +81,7 @@ class MaPLe(PromptLearner):
         intermediate_dim: int | list[int] | None = None,
         proj_norm: bool = False,
         unified_projection: bool = False,
+        lora_proj: bool = False,
     ) -> None:
         super().__init__()
         if n_ctx < 1:
@@ -84,6 +89,7 @@ class MaPLe(PromptLearner):
         self.intermediate_dim = intermediate_dim
         self.proj_norm = proj_norm
         self.unified_projection = unified_projection
+        self.lora_proj = lora_proj
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init
         self.prompt_depth = prompt_depth
@@ -109,12 +115,10 @@ class MaPLe(PromptLearner):
             self.projections = nn.ModuleList([copy.deepcopy(single) for _ in range(self.depth - 1)])
             return
         try:  # TuneVLSeg: one projection per layer, each drawn afresh (or one for all layers when unified)
-            self.proj = mlp_projection(wt, wv, intermediate_dim=self.intermediate_dim, final_norm=self.proj_norm)
-            layers = [
-                self.proj if self.unified_projection
-                else mlp_projection(wt, wv, intermediate_dim=self.intermediate_dim, final_norm=self.proj_norm)
-                for _ in range(self.depth - 1)
-            ]
+            kw = {"intermediate_dim": self.intermediate_dim, "final_norm": self.proj_norm, "lora": self.lora_proj}
+            self.proj = mlp_projection(wt, wv, **kw)
+            layers = [self.proj if self.unified_projection else mlp_projection(wt, wv, **kw)
+                      for _ in range(self.depth - 1)]
         except PromptConfigError as exc:
             raise LearnerError(f"maple: {exc}") from exc
         self.text_deep = DeepPrompts(self.depth, self.n_ctx, wt, std=self.init_std)

@@ -274,29 +274,51 @@ def check_reference_depth(found: Sequence[int], expected: Sequence[int], *, owne
 
 
 def mlp_projection(
-    in_dim: int, out_dim: int, *, intermediate_dim: int | Sequence[int] | None = None, final_norm: bool = False
+    in_dim: int,
+    out_dim: int,
+    *,
+    intermediate_dim: int | Sequence[int] | None = None,
+    final_norm: bool = False,
+    final_bias: bool = True,
+    lora: bool = False,
 ) -> nn.Module:
-    """The reference's prompt projection ``in_dim -> out_dim`` (``BaseProjectorLearner.get_mlp_projection``).
+    """The reference's prompt projection ``in_dim -> out_dim`` (TuneVLSeg ``BaseProjectorLearner``,
+    ``get_mlp_projection`` / ``get_lora_projection`` of ``context_learner/base_projector_learner.py``).
 
-    Without ``intermediate_dim``: one ``nn.Linear`` (``final_norm`` is then ignored, as in the reference).
-    With hidden widths ``h_1..h_k``: ``Linear -> ReLU`` per hidden width (weights re-drawn Kaiming-normal for
-    ReLU), then ``Linear(h_k, out_dim)`` (no bias when ``final_norm``) and ``LayerNorm(out_dim)`` if
-    ``final_norm``. Parameters are drawn in the reference's order, so equal seeds give equal weights.
+    Without ``intermediate_dim``: one ``nn.Linear`` with bias (``final_norm``, ``final_bias`` and ``lora`` are
+    then ignored, as in the reference). With hidden widths ``h_1..h_k``: ``Linear -> ReLU`` per hidden width
+    (weights re-drawn Kaiming-normal for ReLU), then ``Linear(h_k, out_dim)`` (bias only when neither
+    ``final_norm`` nor ``final_bias=False``) and ``LayerNorm(out_dim)`` if ``final_norm`` (its bias only when
+    ``final_bias``; TuneVLSeg's CoCoOp builds it without). ``lora=True`` (the reference's ``use_lora_proj``, one
+    hidden width ``r`` only) is the low-rank product instead: ``Linear(in_dim, min(r, out_dim), no bias)``, then
+    ``Linear(r, out_dim)`` when ``r <= out_dim`` (same bias rule), then the LayerNorm; PyTorch's default init, no
+    ReLU. Parameters are drawn in the reference's order, so equal seeds give equal weights.
     """
     if intermediate_dim is None:
         return nn.Linear(in_dim, out_dim)
     hidden = (intermediate_dim,) if isinstance(intermediate_dim, int) else tuple(intermediate_dim)
     if not hidden or any(h < 1 for h in hidden):
         raise PromptConfigError(f"intermediate_dim={intermediate_dim!r} must be positive widths (or null for one Linear)")
-    layers = nn.Sequential(nn.Linear(in_dim, hidden[0]), nn.ReLU(inplace=True))
-    for a, b in zip(hidden, hidden[1:]):
-        layers.extend((nn.Linear(a, b), nn.ReLU(inplace=True)))
-    for layer in layers:
-        if isinstance(layer, nn.Linear):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-    layers.append(nn.Linear(hidden[-1], out_dim, bias=not final_norm))
+    last_bias = (not final_norm) and final_bias
+    if lora:
+        if len(hidden) != 1:
+            raise PromptConfigError(
+                f"lora_proj needs one rank, but intermediate_dim={intermediate_dim!r} lists {len(hidden)} widths: "
+                "give one integer (the rank), or set lora_proj: false for an MLP")
+        rank = hidden[0]
+        layers = nn.Sequential(nn.Linear(in_dim, min(out_dim, rank), bias=False))
+        if rank <= out_dim:
+            layers.append(nn.Linear(rank, out_dim, bias=last_bias))
+    else:
+        layers = nn.Sequential(nn.Linear(in_dim, hidden[0]), nn.ReLU(inplace=True))
+        for a, b in zip(hidden, hidden[1:]):
+            layers.extend((nn.Linear(a, b), nn.ReLU(inplace=True)))
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        layers.append(nn.Linear(hidden[-1], out_dim, bias=last_bias))
     if final_norm:
-        layers.append(nn.LayerNorm(out_dim))
+        layers.append(nn.LayerNorm(out_dim, bias=final_bias))
     return layers
 
 

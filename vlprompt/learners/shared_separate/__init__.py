@@ -31,8 +31,9 @@ Deliberate differences: the reference inserts the context in front of the tokeni
 overlong sequences; here prompts are ``"X"*n {name}{end}`` with the one full-stop rule of
 :func:`~vlprompt.learners.prompts.layers.prompt_end` (``"."`` after a class name; on the segmentation track nothing, so the
 tokens after the context are the dataset's prompt verbatim, as the reference's) and overlong prompts are an error. The reference's LoRA projection
-(``use_lora_proj``) is not offered. The reference's CLIPSeg-side extras (``use_new_last_layer``, a trainable
-residual decoder convolution) belong to the backbone, not the prompt learner, and are not part of this plugin.
+(``use_lora_proj``) is the ``lora_proj`` option. The reference's CLIPSeg-side extra (``use_new_last_layer``, a trainable
+residual decoder convolution) belongs to the segmentation module, not the prompt learner: ``decoder_branch`` of
+:class:`~vlprompt.modules.segmentation.PromptSegmenter`.
 """
 
 from __future__ import annotations
@@ -59,12 +60,13 @@ class SeparateProjections(JointPrompts):
         unified: bool = False,
         intermediate_dim: int | Sequence[int] | None = None,
         final_norm: bool = True,
+        lora: bool = False,
         std: float = 0.02,
     ) -> None:
         if shared_dim < 1:
             raise PromptConfigError(f"shared_dim={shared_dim} must be at least 1 (TuneVLSeg: 32 or 64)")
         super().__init__(depth, n_ctx, shared_dim, std=std)
-        kw = {"intermediate_dim": intermediate_dim, "final_norm": final_norm}
+        kw = {"intermediate_dim": intermediate_dim, "final_norm": final_norm, "lora": lora}
         self.text_proj = layer_copies(mlp_projection(shared_dim, text_width, **kw), depth, unified=unified)
         self.visual_proj = layer_copies(mlp_projection(shared_dim, vision_width, **kw), depth, unified=unified)
 
@@ -85,6 +87,8 @@ class SharedSeparate(JointPromptLearner):
         unified_projection: one projection pair for every layer instead of ``J`` pairs (reference config: false).
         intermediate_dim: hidden widths of an MLP projection; ``None`` = one Linear (reference config).
         proj_norm: final LayerNorm of an MLP projection (reference config: true; ignored without intermediate_dim).
+        lora_proj: low-rank projections of rank ``intermediate_dim`` instead of MLPs (the reference's
+            ``use_lora_proj``, config false; see :func:`~vlprompt.learners.prompts.vl_layers.mlp_projection`).
         init_std: std of the N(0, std^2) initialisation of the shared context (0.02).
         suffix_text: text after the class name or phrase; ``None`` = the one rule of :func:`~vlprompt.learners.prompts.layers.prompt_end` (CoOp's ``"."`` after a class name, nothing after a segmentation prompt); ``""`` = never.
     """
@@ -98,10 +102,12 @@ class SharedSeparate(JointPromptLearner):
         unified_projection: bool = False,
         intermediate_dim: int | list[int] | None = None,
         proj_norm: bool = True,
+        lora_proj: bool = False,
         init_std: float = 0.02,
         suffix_text: str | None = None,
     ) -> None:
         super().__init__(n_ctx, prompt_depth, init_std=init_std, suffix_text=suffix_text)
+        self.lora_proj = lora_proj
         self.shared_dim = shared_dim
         self.unified_projection = unified_projection
         self.intermediate_dim = intermediate_dim
@@ -111,5 +117,5 @@ class SharedSeparate(JointPromptLearner):
         return SeparateProjections(
             depth, self.n_ctx, self.shared_dim, backbone.text_width, backbone.vision_width,
             unified=self.unified_projection, intermediate_dim=self.intermediate_dim, final_norm=self.proj_norm,
-            std=self.init_std,
+            lora=self.lora_proj, std=self.init_std,
         )
