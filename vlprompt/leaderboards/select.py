@@ -89,6 +89,17 @@ def _weights_id(result: Mapping[str, Any]) -> str:
     return str(bb.get("checkpoint_sha256") or bb.get("pretrained") or "")
 
 
+def track_cell(result: Mapping[str, Any]) -> str:
+    """The resource-track column: what the row used beyond the protocol's labelled images and the frozen backbone
+    (``resources`` of the result, e.g. ``LLM text``), ``standard`` when nothing, ``—`` for results written before
+    results recorded it."""
+    resources = result.get("resources")
+    if not isinstance(resources, list):
+        return "—"
+    words = [str(r) for r in resources if isinstance(r, str) and r]
+    return ", ".join(words) if words else "standard"
+
+
 def shots_cell(result: Mapping[str, Any]) -> str:
     """The shots column: the count, or ``all`` when the whole train split was used (``shots: null``); with the
     label fraction a segmentation run was given (``data.init_args.label_fraction``), e.g. ``90 (10%)``."""

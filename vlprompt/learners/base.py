@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,14 @@ FAMILIES = ("text", "visual", "multimodal", "meta-learned", "test-time", "baseli
 def _tensor_key(named: list[tuple[str, torch.Tensor]]) -> tuple:
     """Identity, storage, shape and in-place version of each tensor (inference tensors have no version)."""
     return tuple((k, id(v), v.data_ptr(), tuple(v.shape), -1 if v.is_inference() else v._version) for k, v in named)
+
+
+#: the words of a resource track (:attr:`PromptLearner.resources`), beyond the protocol's labelled images
+RESOURCES = ("LLM text", "teacher model", "unlabeled images", "image-text corpus", "test image", "earlier test images")
+
+#: learner attributes :meth:`PromptLearner.prompt_record` reports when a learner sets them (hand-written text and
+#: the initialisation of learned context)
+PROMPT_ATTRIBUTES = ("template", "templates", "ctx_init", "n_ctx", "descriptions_path")
 
 
 class LearnerError(ValueError):
@@ -75,6 +83,11 @@ class PromptLearner(nn.Module, abc.ABC):
     trainable: ClassVar[bool] = True
     modifies_image_encoder: ClassVar[bool] = False
     transfers_to_new_classes: ClassVar[bool] = True
+    #: what the learner uses beyond the standard track (the protocol's labelled images and the frozen backbone), in
+    #: :data:`RESOURCES` words, e.g. ``("LLM text",)`` or ``("teacher model", "unlabeled images")``; ``()`` is the
+    #: standard track. Results record it (``resources``) and leaderboards show it, so rows of different tracks are
+    #: never compared unmarked. :meth:`resource_track` may refine it per configuration.
+    resources: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,6 +135,25 @@ class PromptLearner(nn.Module, abc.ABC):
     def train(self, mode: bool = True) -> "PromptLearner":
         self._text_cache = None
         return super().train(mode)
+
+    # ------------------------------------------------------------------ what a result records
+    def resource_track(self) -> tuple[str, ...]:
+        """The resources this configured learner uses beyond the standard track (default :attr:`resources`)."""
+        return tuple(self.resources)
+
+    def prompt_record(self) -> dict[str, Any]:
+        """The prompt text the learner evaluates with, for the result JSON (``prompt``): the hand-written template(s)
+        and the words initialising learned context, from the attributes in :data:`PROMPT_ATTRIBUTES` that this
+        learner sets (``None`` values left out), plus ``learned: true`` when trained tensors enter the prompts.
+        A learner whose prompt is built otherwise overrides it."""
+        out: dict[str, Any] = {}
+        for name in PROMPT_ATTRIBUTES:
+            value = getattr(self, name, None)
+            if isinstance(value, (str, int)) and not isinstance(value, bool) or (
+                    isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) and value):
+                out["descriptions" if name == "descriptions_path" else name] = list(value) if isinstance(value, tuple) else value
+        out["learned"] = bool(self.trainable)
+        return out
 
     # ------------------------------------------------------------------ forward
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ from vlprompt.learners.base import PromptLearner
 
 
 class WrappedLearner(PromptLearner):
-    """Delegates image encoding, text features, logits, tunable and learned tensors to :attr:`wrapped`."""
+    """Delegates image encoding, text features, logits, tunable and learned tensors, the prompt record and the
+    resource track to :attr:`wrapped`."""
 
     @property
     def wrapped(self) -> PromptLearner:
@@ -48,6 +49,13 @@ class WrappedLearner(PromptLearner):
 
     def load_prompts(self, path: str | Path, *, check_classnames: bool = True) -> None:
         self.wrapped.load_prompts(path, check_classnames=check_classnames)
+
+    def resource_track(self) -> tuple[str, ...]:
+        """The wrapped learner's resources, then the wrapper's own (:attr:`resources`), without repeats."""
+        return tuple(dict.fromkeys((*self.wrapped.resource_track(), *self.resources)))
+
+    def prompt_record(self) -> dict:
+        return {**self.wrapped.prompt_record(), "wrapped_by": type(self).__name__}
 
     def invalidate_text_cache(self) -> None:
         super().invalidate_text_cache()

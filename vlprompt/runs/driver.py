@@ -398,6 +398,9 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
         result["run_id"] = run_id
         result["run_dir"] = str(run.path)
         result["trainable"] = bool(model.learner.trainable)
+        # what the prompts were (hand-written text, context initialisation) and the learner's resource track
+        result["prompt"] = model.learner.prompt_record()
+        result["resources"] = list(model.learner.resource_track())
         # the learner's and the module's own trainable tensors (e.g. a segmentation decoder branch); backbones are frozen
         result["trainable_params"] = sum(int(p.numel()) for p in model.parameters() if p.requires_grad)
         if per_seed and all(r.get("seed_independent") for r in per_seed):

@@ -116,6 +116,7 @@ def run_tta(argv: list[str], *, show_summary: bool = True) -> dict:
     result["task"] = model.task
     result["test_time"] = settings_fn() if settings_fn is not None else {"method": "none", "views": 1, "steps": 0}
     result["test_time"]["prompts"] = cfg.prompts
+    result["resources"] = list(result["test_time"].get("resources") or ())  # the method's track (TDA: earlier test images)
     path = write_result(result, cfg.results_dir)
     if show_summary:
         print_summary(result)

@@ -86,6 +86,12 @@ class GRAM(WrappedLearner):
     def wrapped(self) -> PromptLearner:
         return self.inner
 
+    def resource_track(self) -> tuple[str, ...]:
+        """The inner learner's track, plus ``image-text corpus`` when a meta artifact (meta-learned on unlabelled
+        image-text pairs by ``vlprompt meta-train``) is used."""
+        extra = ("image-text corpus",) if self.meta is not None else ()
+        return tuple(dict.fromkeys((*self.inner.resource_track(), *extra)))
+
     # ------------------------------------------------------------------ lifecycle
     def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
         self.inner.setup(backbone, classnames)

@@ -59,6 +59,10 @@ class ZeroShot(PromptLearner):
         self.descriptions_path = descriptions
         self._descriptions: dict[str, list[str]] | None = None
 
+    def resource_track(self) -> tuple[str, ...]:
+        """``("LLM text",)`` with ``descriptions`` (CuPL's sentences are written by a language model), else ()."""
+        return ("LLM text",) if self.descriptions_path else ()
+
     def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
         if self.descriptions_path:
             path = Path(self.descriptions_path)
