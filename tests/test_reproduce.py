@@ -282,3 +282,46 @@ def test_plan_finds_weights_in_open_clips_cache_and_respects_step_limits(tmp_pat
     steps = [int(line.split("optimizer steps per seed ")[1].split(",")[0])
              for line in capsys.readouterr().out.splitlines() if "optimizer steps per seed" in line]
     assert len(steps) == 2 and steps[0] > 3 and steps[1] == 3
+
+
+# ------------------------------------------------------------------------------------ every paper sweep
+PAPER_SWEEPS = sorted((REPO / "sweeps" / "paper").glob("*.yaml"))
+#: per paper sweep, overrides that point one or two of its cells at the shared subsets for a dry run
+SUBSET = {
+    "cross_dataset_vitb16": {"args": ["--data.init_args.dataset", "caltech101", "--data.init_args.targets",
+                                      '[{"class_path": "eurosat"}]', "--data.init_args.shots", "4"], "learner": 2},
+    "domain_generalization_vitb16": {"args": ["--data.init_args.dataset", "caltech101", "--data.init_args.targets",
+                                              '[{"class_path": "eurosat"}]', "--data.init_args.shots", "4"],
+                                     "learner": 1},
+    "segmentation_clipseg": {"grid": {"dataset": ["kvasir_seg_release"]}, "learner": 2},
+    "base2new_vitb16": {"grid": {"dataset": ["eurosat"]}, "learner": 1},
+}
+
+
+def test_every_paper_sweep_parses_and_has_a_dry_run_subset(tmp_path, monkeypatch):
+    from vlprompt.runs.sweep import check_cells, expand_cells
+
+    monkeypatch.chdir(REPO)
+    assert {p.stem for p in PAPER_SWEEPS} == set(SUBSET)
+    for path in PAPER_SWEEPS:
+        spec = load_sweep(path)
+        assert spec["executor"] == "slurm" and spec["slurm"]["gpus_per_node"] == 1, path.name
+        check_cells(spec, expand_cells(spec), tmp_path / path.stem)  # every cell, the full `vlprompt fit` parser
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SUBSET))
+def test_paper_sweep_dry_run_on_the_shared_subsets(name, tmp_path, capsys, monkeypatch, shared_data):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("VLPROMPT_DATA", str(shared_data))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    spec = yaml.safe_load((REPO / "sweeps" / "paper" / f"{name}.yaml").read_text())
+    sub = SUBSET[name]
+    spec["args"] = [*spec["args"], *sub.get("args", [])]
+    spec["grid"].update(sub.get("grid", {}))
+    spec["grid"]["learner"] = spec["grid"]["learner"][: sub["learner"]]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert sweep_main(["--config", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert f"ok: {sub['learner']}, skipped: 0, failed: 0" in capsys.readouterr().out

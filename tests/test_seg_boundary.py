@@ -13,6 +13,7 @@ from seg_fakes import FakeSegSource, fake_vlsm
 
 from vlprompt.data.base import DataError
 from vlprompt.leaderboards.select import shots_cell
+from vlprompt.learners.base import LearnerError
 from vlprompt.learners.coop import CoOp
 from vlprompt.metrics.segmentation import SegmentationScores, boundary_scores
 from vlprompt.modules.segmentation import PromptSegmenter
@@ -152,3 +153,13 @@ def test_label_fraction_trains_on_its_share_and_is_recorded(tmp_path: Path) -> N
         SegmentationProtocol(FakeSegSource(), shots=4, label_fraction=0.5)
     with pytest.raises(DataError, match="label_fraction=0"):
         SegmentationProtocol(FakeSegSource(), label_fraction=0)
+
+
+def test_fit_without_validation_is_refused_before_the_first_step(tmp_path: Path) -> None:
+    data = SegmentationProtocol(FakeSegSource(), batch_size=4, seed=1)
+    module = PromptSegmenter(fake_vlsm(), CoOp(), overlays=0, task=data.task)
+    trainer = pl.Trainer(max_epochs=2, check_val_every_n_epoch=1000, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(LearnerError, match="check_val_every_n_epoch 1"):
+        trainer.fit(module, datamodule=data)
+    assert module.best["epoch"] is None  # nothing trained

@@ -287,6 +287,18 @@ class PromptSegmenter(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=masks.shape[0])
         return loss
 
+    def on_fit_start(self) -> None:
+        """Before the first step: the schedule (ReduceLROnPlateau on ``val/loss``) and the best-epoch choice read the
+        validation split every epoch, so a trainer that skips validation is refused here, not after an epoch."""
+        every = getattr(self.trainer, "check_val_every_n_epoch", 1)
+        limit = getattr(self.trainer, "limit_val_batches", 1.0)
+        if (every is not None and every > 1) or limit == 0:
+            raise LearnerError(
+                f"the segmentation module validates every epoch (ReduceLROnPlateau on val/loss, best-validation-Dice "
+                f"prompts), but the trainer has check_val_every_n_epoch={every}, limit_val_batches={limit} (e.g. from a "
+                "classification trainer config such as configs/trainer/gpu_fp32.yaml): add "
+                "--trainer.check_val_every_n_epoch 1")
+
     def on_train_epoch_start(self) -> None:
         """Tell the training set the epoch (per-epoch random prompts with ``prompt_index: -1``)."""
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)

@@ -31,7 +31,7 @@ import open_clip
 from huggingface_hub import try_to_load_from_cache
 
 from vlprompt.backbones.open_clip import OpenCLIPBackbone
-from vlprompt.learners.testing import tiny_clip_like
+from vlprompt.learners.testing import tiny_clip_like, tiny_vlsm_folder
 from vlprompt.runs.config import learner_trainable
 from vlprompt.runs.sweep import Cell, SweepError, parse_cell, run_cell
 
@@ -161,7 +161,7 @@ def weights_status(backbone: Any) -> tuple[str, str | None]:
         return f"{kind} local folder {path} (present)", None
     if os.sep in value or value.endswith((".bin", ".pt", ".pth", ".safetensors")):
         return (f"{kind} local file {path} (absent)",
-                f"backbone weights {path}: no such file; copy the checkpoint there or fix model.backbone.init_args."
+                f"backbone weights {path}: no such file or folder; copy the checkpoint there or fix model.backbone.init_args."
                 "pretrained")
     if class_path == f"{OpenCLIPBackbone.__module__}.{OpenCLIPBackbone.__name__}":
         model = str(args.get("model", ""))
@@ -282,10 +282,12 @@ def plan_cell(spec: Mapping[str, Any], cell: Cell, out: Path, cost: CostModel) -
 
 # ---------------------------------------------------------------------------------------------------- dry run
 #: the overrides of a dry run: one training step, one test batch, one seed, CPU, no progress bars
-DRY_RUN_ARGS = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0",
+DRY_RUN_ARGS = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
                 "--trainer.limit_test_batches", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
                 "--trainer.strategy", "auto", "--trainer.precision", "32-true", "--trainer.logger", "false",
-                "--trainer.enable_progress_bar", "false", "--seeds", "[1]", "--model.warmup_epochs", "0")
+                "--trainer.enable_progress_bar", "false", "--seeds", "[1]", "--trainer.check_val_every_n_epoch", "1")
+#: added where the cell's module has a warm-up (classification; the segmentation module has none)
+DRY_RUN_NO_WARMUP = ("--model.warmup_epochs", "0")
 
 
 @dataclass
@@ -304,6 +306,9 @@ def _tiny_backbone_args(cfg: Any) -> list[str] | None:
                 "--model.backbone.init_args.precision", "fp32", "--model.backbone.init_args.quick_gelu", "null"]
     if class_path.endswith(".ToyCLIP"):
         return ["--model.backbone.init_args.precision", "fp32"]  # the embedded toy CLIP is tiny already
+    if class_path.endswith((".CLIPSegBackbone", ".ToyVLSM")):  # the tiny random CLIPSeg (a 4-layer ViT, 2-layer text)
+        return ["--model.backbone.init_args.pretrained", str(tiny_vlsm_folder()),
+                "--model.backbone.init_args.precision", "fp32"]
     return None
 
 
@@ -318,7 +323,8 @@ def dry_run_cell(spec: Mapping[str, Any], cell: Cell, out: Path) -> DryRunResult
     except Exception as exc:  # noqa: BLE001 - a cell without its data is skipped with the reason
         return DryRunResult(cell.label(), "skipped", f"data absent: {root_cause(exc)}")
     with tempfile.TemporaryDirectory(prefix="vlprompt-dry-run-") as tmp:
-        argv = [*cell.argv, *backbone, *DRY_RUN_ARGS, "--results_dir", str(Path(tmp) / "results"),
+        warmup = DRY_RUN_NO_WARMUP if "warmup_epochs" in vars(getattr(cfg.model, "init_args", cfg.model)) else ()
+        argv = [*cell.argv, *backbone, *DRY_RUN_ARGS, *warmup, "--results_dir", str(Path(tmp) / "results"),
                 "--trainer.default_root_dir", str(Path(tmp) / "runs"), "--run_id", f"dry-{cell.cell_id}"]
         try:
             run_cell(spec["stage"], argv)
