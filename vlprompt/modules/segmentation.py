@@ -9,7 +9,7 @@ image's own prompt, and the backbone decodes mask logits from both:
       learner.set_classnames(unique prompts of the batch)
       with backbone.record_activations() as rec:
           feats = learner.encode_images(images)
-      text = learner.paired_text_features(feats, prompt_index)    # [B, D], raw projected text feature
+          text = learner.paired_text_features(feats, prompt_index)  # [B, D], raw projected text feature
       logits = backbone.decode_masks(rec, text)                    # [B, H, W]
     loss = dice + 0.2 * bce                                        # vlprompt.metrics.segmentation
 
@@ -60,7 +60,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.atomic import save_safetensors
 from vlprompt.learners.prompts.layers import segmentation_text
-from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.learners.base import LearnerError, PromptLearner, fresh_text_features
 from vlprompt.metrics.segmentation import (
     NSD_TOLERANCE_PX,
     SegmentationScores,
@@ -261,9 +261,10 @@ class PromptSegmenter(pl.LightningModule):
         unique = list(dict.fromkeys(prompts))
         self._use_prompts(unique)
         index = torch.tensor([unique.index(p) for p in prompts], device=images.device)
-        with self.backbone.record_activations() as record:
+        # a decoder that reads word states (CRIS) must see this step's text encodings: no cached text features
+        with fresh_text_features(self.backbone.decoder_reads_words), self.backbone.record_activations() as record:
             feats = self.learner.encode_images(images)
-        text = self.learner.paired_text_features(feats, index)
+            text = self.learner.paired_text_features(feats, index)
         branch = {} if self.decoder_branch is None else {"branch": self.decoder_branch}
         return self.backbone.decode_masks(record, text, output_size=tuple(images.shape[-2:]), **branch)
 
