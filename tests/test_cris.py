@@ -30,6 +30,7 @@ from vlprompt.learners.registry import get_registry
 from vlprompt.learners.testing import torch_threads
 from vlprompt.modules.segmentation import PromptSegmenter
 from vlprompt.modules.testing import check_segmentation_learner
+from vlprompt.runs.driver import run_experiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cris_recipe as R  # noqa: E402
@@ -189,3 +190,21 @@ def test_decode_masks_refuses_what_it_cannot_decode(tiny) -> None:
 
 def test_cris_is_a_registered_backbone() -> None:
     assert get_registry("backbones").get("cris") is CRISBackbone
+
+
+def test_a_run_with_a_cris_checkpoint_file(state, tmp_path) -> None:
+    """``vlprompt fit`` machinery end to end: configs/backbones/cris_rn50.yaml pointed at a checkpoint file, one epoch
+    of CoOp on the toy segmentation benchmark, a result naming the CRIS model and the checkpoint's sha256."""
+    ckpt = tmp_path / "cris.safetensors"
+    save_file(state, str(ckpt))
+    root = Path(__file__).resolve().parents[1]
+    result = run_experiment("fit", [
+        "--config", str(root / "configs" / "seg_quickstart.yaml"), "--config", str(root / "configs" / "backbones" /
+                                                                                   "cris_rn50.yaml"),
+        "--model.backbone.init_args.pretrained", str(ckpt), "--model.backbone.init_args.image_size", str(SIZE),
+        "--model.backbone.init_args.decoder_heads", "2", "--trainer.max_epochs", "1", "--seeds", "[1]",
+        "--model.overlays", "1", "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--results_dir", str(tmp_path / "results")], show_summary=False)
+    row = result["per_seed"][0]
+    assert 0 <= row["metrics"]["dice"] <= 100 and 0 <= row["metrics"]["iou"] <= 100
+    assert result["backbone"]["model"] == "CRIS-RN1-1-1-1" and result["backbone"]["checkpoint_sha256"]
