@@ -51,6 +51,17 @@ TINY = CRISConfig(
 _META = {"meta_net.linear1.weight": ("context_learner.projection_layers.0.0.weight", None, (64, 1024)),
          "meta_net.linear1.bias": ("context_learner.projection_layers.0.0.bias", None, (64,)),
          "meta_net.linear2.weight": ("context_learner.projection_layers.0.2.weight", None, (512, 64))}
+_TVS_COCOOP = {"norm_image_features": False, "prompt_depth": 1, "use_unified_projection": False, "intermediate_dim": 64,
+               "use_proj_norm": True, "use_lora_proj": False, "num_context": 4, "context_initializer": "a photo of a",
+               "vector_std": 0.02}
+_TVS_META = {f"meta_net.{k}": (f"context_learner.projection_layers.0.{k}", None, shape) for k, shape in (
+    ("0.weight", (64, 1024)), ("0.bias", (64,)), ("2.weight", (512, 64)), ("3.weight", (512,)))}
+#: TuneVLSeg's use_new_last_layer as its CRIS configs set it (kernel 5, residual_ratio 0.5)
+BRANCH_ON = {**REF_COMMON, "use_new_last_layer": True, "new_last_layer_kernel_size": 5, "residual_ratio": 0.5}
+_BRANCH = {"decoder_branch.reduce.weight": ("additive_decoder_layer.0.weight", None, (64, 512, 1, 1)),
+           "decoder_branch.conv.weight": ("additive_decoder_layer.2.weight", None, (1, 64, 5, 5)),
+           "decoder_branch.conv.bias": ("additive_decoder_layer.2.bias", None, (1,)),
+           "decoder_branch.ratio": ("residual_ratio", None, ())}
 CASES: dict[str, dict] = {
     "coop": {
         "learner": "coop", "kwargs": {"n_ctx": 4, "ctx_init": "a photo of a"},
@@ -70,16 +81,30 @@ CASES: dict[str, dict] = {
         "tensors": {"ctx": ("context_learner.context_vectors", 0, (4, 512)), **_META},
         "zero": {"meta_net.linear2.bias": (512,)},
     },
-    # CoCoOp exactly as configs/model/cocoop/cris.yaml (raw image feature, last layer LayerNorm without bias): the
-    # reference outputs are kept for when vlprompt's CoCoOp can express this meta-net.
+    # CoCoOp exactly as configs/model/cocoop/cris.yaml (raw image feature, last layer LayerNorm without bias), with
+    # the meta-net under the names of vlprompt's TuneVLSeg meta-net option (mlp_projection: 0 = Linear, 2 = Linear,
+    # 3 = LayerNorm); kept for when vlprompt's CoCoOp offers it (intermediate_dim, proj_norm, norm_image_features)
     "cocoop_tunevlseg": {
-        "learner": None, "kwargs": {},
-        "ref": {"learner": "CoCoOpContextLearner",
-                "kwargs": {"norm_image_features": False, "prompt_depth": 1, "use_unified_projection": False,
-                           "intermediate_dim": 64, "use_proj_norm": True, "use_lora_proj": False, "num_context": 4,
-                           "context_initializer": "a photo of a", "vector_std": 0.02}},
-        "tensors": {"ctx": ("context_learner.context_vectors", 0, (4, 512)), **_META,
-                    "meta_net.norm.weight": ("context_learner.projection_layers.0.3.weight", None, (512,))},
+        "learner": None, "kwargs": {"n_ctx": 4, "ctx_init": "a photo of a", "intermediate_dim": 64, "proj_norm": True,
+                                    "norm_image_features": False},
+        "ref": {"learner": "CoCoOpContextLearner", "kwargs": _TVS_COCOOP},
+        "tensors": {"ctx": ("context_learner.context_vectors", 0, (4, 512)), **_TVS_META},
+    },
+    # TuneVLSeg's CRIS settings as configured: use_new_last_layer true, i.e. its trainable decoder branch
+    # (coop_cris.py:71-85, 198-203: 1x1 conv 512 -> 64 without bias, bilinear up to the image, 5x5 replicate-padded
+    # conv 64 -> 1, mixed as (1 - r) * logits + r * branch). Kept for when vlprompt's decoder branch takes CRIS's
+    # 1x1 reduction; the vlprompt names below are provisional.
+    "coop_branch": {
+        "learner": None, "kwargs": {"n_ctx": 4, "ctx_init": "a photo of a"}, "common": BRANCH_ON,
+        "ref": {"learner": "CoOpContextLearner",
+                "kwargs": {"prompt_depth": 1, "num_context": 4, "context_initializer": "a photo of a", "vector_std": 0.02}},
+        "tensors": {"ctx": ("context_learner.context_vectors", 0, (4, 512)), **_BRANCH},
+    },
+    "cocoop_branch": {
+        "learner": None, "kwargs": {"n_ctx": 4, "ctx_init": "a photo of a", "intermediate_dim": 64, "proj_norm": True,
+                                    "norm_image_features": False}, "common": BRANCH_ON,
+        "ref": {"learner": "CoCoOpContextLearner", "kwargs": _TVS_COCOOP},
+        "tensors": {"ctx": ("context_learner.context_vectors", 0, (4, 512)), **_TVS_META, **_BRANCH},
     },
 }
 
@@ -138,16 +163,19 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 def learned_tensors(case: str) -> dict[str, torch.Tensor]:
-    """The learned tensors of ``case`` by vlprompt name: contexts N(0, 0.02^2), meta-net matrices N(0, 1/fan_in),
-    biases N(0, 0.05^2), norm weights 1 + N(0, 0.05^2); ``zero`` entries are zeros."""
+    """The learned tensors of ``case`` by vlprompt name: contexts N(0, 0.02^2), meta-net and branch matrices
+    N(0, 1/fan_in), biases N(0, 0.05^2), the LayerNorm weight 1 + N(0, 0.05^2), the branch ratio 0.5 + N(0, 0.05^2);
+    ``zero`` entries are zeros."""
     gen = torch.Generator().manual_seed(TENSOR_SEED + sorted(CASES).index(case))
     out = {}
     for name, (_, _, shape) in CASES[case]["tensors"].items():
-        if name.endswith("norm.weight"):
+        if name == "meta_net.3.weight":  # the LayerNorm of TuneVLSeg's meta-net
             out[name] = _draw(shape, 0.05, gen, 1.0)
-        elif name.startswith("meta_net") and len(shape) == 2:
-            out[name] = _draw(shape, shape[1] ** -0.5, gen)
-        elif name.startswith("meta_net"):
+        elif name == "decoder_branch.ratio":
+            out[name] = _draw(shape, 0.05, gen, 0.5)
+        elif name.startswith(("meta_net", "decoder_branch")) and len(shape) >= 2:
+            out[name] = _draw(shape, float(torch.Size(shape[1:]).numel()) ** -0.5, gen)
+        elif name.startswith(("meta_net", "decoder_branch")):
             out[name] = _draw(shape, 0.05, gen)
         else:
             out[name] = _draw(shape, 0.02, gen)

@@ -188,6 +188,24 @@ def test_decode_masks_refuses_what_it_cannot_decode(tiny) -> None:
         tiny.encode_image(images, prompts=torch.zeros(2, 8))
 
 
+def test_decode_masks_hands_a_branch_the_decoder_map_and_the_image_sized_logits(tiny) -> None:
+    seen = {}
+
+    def branch(features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        seen["features"], seen["logits"] = tuple(features.shape), tuple(logits.shape)
+        return logits + 1.0
+
+    images = torch.rand(1, 3, SIZE, SIZE)
+    with tiny.record_activations() as record:
+        tiny.encode_image(images)
+        feats = tiny.encode_text(tiny.tokenize(["a round polyp"]))
+    plain = tiny.decode_masks(record, feats)
+    assert tiny.decoder_stride == 16
+    torch.testing.assert_close(tiny.decode_masks(record, feats, branch=branch), plain + 1.0)
+    assert seen == {"features": (1, tiny.decoder_width, SIZE // 16, SIZE // 16), "logits": (1, 1, SIZE, SIZE)}
+    assert tiny.decode_masks(record, feats, branch=branch, output_size=(32, 32)).shape == (1, 32, 32)
+
+
 def test_cris_is_a_registered_backbone() -> None:
     assert get_registry("backbones").get("cris") is CRISBackbone
 

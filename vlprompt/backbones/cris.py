@@ -39,7 +39,11 @@ Deliberate differences from TuneVLSeg:
   Here the context enters once, at the input, exactly as on CLIPSeg and open_clip (CoOp's definition).
 * Images come in ``[0, 1]`` at ``preprocess.image_size`` (416, TuneVLSeg's CRIS setting) and are normalised with
   CLIP's mean/std here; tokens are open_clip's (CLIP BPE, padded with 0, EOT kept when truncating).
-* The trainable residual decoder branch of TuneVLSeg (``use_new_last_layer``) is not part of the backbone.
+* TuneVLSeg's trainable decoder branch (``use_new_last_layer``, on in its CRIS configs: a 1x1 conv from the
+  decoder's map to 64 channels without bias, bilinear upsampling to the image, a 5x5 replicate-padded conv to one
+  channel, mixed as ``(1 - r) * logits + r * branch``; ``coop_cris.py:71-85, 196-203``) is not part of the frozen
+  backbone: :meth:`CRISBackbone.decode_masks` takes such a module as ``branch`` and calls it on the decoder's map
+  (``decoder_width`` channels, stride ``decoder_stride`` = 16) and the logits at the image size.
 
 The checkpoint: one local file holding the CRIS state dict (``backbone.*``, ``neck.*``, ``decoder.*``, ``proj.*``),
 as safetensors (preferred) or as a PyTorch file read with ``torch.load(weights_only=True)`` (no arbitrary pickle):
@@ -53,7 +57,7 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -345,9 +349,11 @@ class CRISModel(nn.Module):
         return [c3, c4, visual.attnpool(visual.layer4(c4))]
 
     def masks(self, maps: Sequence[torch.Tensor], words: torch.Tensor, pad_mask: torch.Tensor,
-              sentence: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, 1, h, w]`` at stride 4 (``cris_model/__init__.py:118-130``)."""
-        return self.proj(self.decoder(self.neck(maps, sentence), words, pad_mask), sentence)
+              sentence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's map ``[B, decoder_dim, h, w]`` (stride 16) and the logits ``[B, 1, 4h, 4w]`` the projector
+        draws from it (stride 4; ``cris_model/__init__.py:118-130``)."""
+        fused = self.decoder(self.neck(maps, sentence), words, pad_mask)
+        return fused, self.proj(fused, sentence)
 
 
 # ----------------------------------------------------------------------------- checkpoint
@@ -561,6 +567,9 @@ class CRISBackbone(VLBackbone):
         self.vision_layers = 0
         self.grid_size = (0, 0)
         self.supports_visual_prompts = False
+        #: the decoder's map (what TuneVLSeg's trainable branch reads, coop_cris.py:71-85) and its stride to the image
+        self.decoder_width = config.decoder_dim
+        self.decoder_stride = 16
         self.register_buffer("_mean", torch.tensor(DEFAULT_PREPROCESS.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(DEFAULT_PREPROCESS.std).view(1, 3, 1, 1), persistent=False)
         self._recording: ActivationRecord | None = None
@@ -668,11 +677,20 @@ class CRISBackbone(VLBackbone):
             self._recording = None
 
     def decode_masks(
-        self, record: ActivationRecord, conditional: torch.Tensor, *, output_size: tuple[int, int] | None = None
+        self,
+        record: ActivationRecord,
+        conditional: torch.Tensor,
+        *,
+        output_size: tuple[int, int] | None = None,
+        branch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Mask logits ``[B, H, W]`` (float32): the neck and projector read ``conditional [B, D]`` (the sentence
         feature), the decoder the word states recorded with it; logits at stride 4 resized bicubically
-        (``align_corners=True``, ``cris_model/__init__.py:130``) to ``output_size`` (default: the image size)."""
+        (``align_corners=True``, ``cris_model/__init__.py:130``) to ``output_size`` (default: the image size).
+
+        ``branch`` (a trainable module beside the frozen decoder) is called as ``branch(map, logits)`` on the
+        decoder's map ``[B, decoder_width, h, w]`` and the logits resized to ``[B, 1, 16h, 16w]`` (the image size,
+        where TuneVLSeg's CRIS mixes its branch in, ``coop_cris.py:196-203``) and returns the logits to use."""
         maps = record.extra.get("maps")
         if not maps:
             raise BackboneError(
@@ -694,9 +712,15 @@ class CRISBackbone(VLBackbone):
             )
         words, pad = self._words_of(conditional, texts)
         cond = conditional.to(device=maps[0].device, dtype=self.dtype)
-        logits = self.model.masks(maps, words.to(self.dtype), pad, cond).float()
+        fused, logits = self.model.masks(maps, words.to(self.dtype), pad, cond)
         size = tuple(output_size) if output_size is not None else record.image_size
-        return F.interpolate(logits, size=size, mode="bicubic", align_corners=True)[:, 0]
+        if branch is not None:
+            full = (fused.shape[-2] * self.decoder_stride, fused.shape[-1] * self.decoder_stride)
+            logits = F.interpolate(logits.float(), size=full, mode="bicubic", align_corners=True)
+            logits = branch(fused.float(), logits)
+            if tuple(logits.shape[-2:]) == size:
+                return logits[:, 0].float()
+        return F.interpolate(logits.float(), size=size, mode="bicubic", align_corners=True)[:, 0]
 
     @staticmethod
     def _words_of(conditional: torch.Tensor, texts: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
