@@ -56,8 +56,13 @@ _TVS_COCOOP = {"norm_image_features": False, "prompt_depth": 1, "use_unified_pro
                "vector_std": 0.02}
 _TVS_META = {f"meta_net.{k}": (f"context_learner.projection_layers.0.{k}", None, shape) for k, shape in (
     ("0.weight", (64, 1024)), ("0.bias", (64,)), ("2.weight", (512, 64)), ("3.weight", (512,)))}
-#: TuneVLSeg's use_new_last_layer as its CRIS configs set it (kernel 5, residual_ratio 0.5)
+#: vlprompt's CoCoOp options for TuneVLSeg's meta-net (configs/learners/cocoop/tunevlseg.yaml)
+_TVS_COCOOP_KWARGS = {"n_ctx": 4, "ctx_init": "a photo of a", "intermediate_dim": 64, "proj_norm": True,
+                      "norm_image_features": False}
+#: TuneVLSeg's use_new_last_layer as its CRIS configs set it (kernel 5, residual_ratio 0.5), and vlprompt's
+#: PromptSegmenter decoder_branch that builds it (the 1x1 reduction to 64 channels is CRIS's, coop_cris.py:73-75)
 BRANCH_ON = {**REF_COMMON, "use_new_last_layer": True, "new_last_layer_kernel_size": 5, "residual_ratio": 0.5}
+BRANCH = {"kernel_size": 5, "residual_ratio": 0.5, "mix": "residual", "reduce": 64}
 _BRANCH = {"decoder_branch.reduce.weight": ("additive_decoder_layer.0.weight", None, (64, 512, 1, 1)),
            "decoder_branch.conv.weight": ("additive_decoder_layer.2.weight", None, (1, 64, 5, 5)),
            "decoder_branch.conv.bias": ("additive_decoder_layer.2.bias", None, (1,)),
@@ -82,27 +87,23 @@ CASES: dict[str, dict] = {
         "zero": {"meta_net.linear2.bias": (512,)},
     },
     # CoCoOp exactly as configs/model/cocoop/cris.yaml (raw image feature, last layer LayerNorm without bias), with
-    # the meta-net under the names of vlprompt's TuneVLSeg meta-net option (mlp_projection: 0 = Linear, 2 = Linear,
-    # 3 = LayerNorm); kept for when vlprompt's CoCoOp offers it (intermediate_dim, proj_norm, norm_image_features)
+    # vlprompt's TuneVLSeg meta-net options (mlp_projection: 0 = Linear, 2 = Linear, 3 = LayerNorm)
     "cocoop_tunevlseg": {
-        "learner": None, "kwargs": {"n_ctx": 4, "ctx_init": "a photo of a", "intermediate_dim": 64, "proj_norm": True,
-                                    "norm_image_features": False},
+        "learner": "cocoop", "kwargs": _TVS_COCOOP_KWARGS,
         "ref": {"learner": "CoCoOpContextLearner", "kwargs": _TVS_COCOOP},
         "tensors": {"ctx": ("context_learner.context_vectors", 0, (4, 512)), **_TVS_META},
     },
     # TuneVLSeg's CRIS settings as configured: use_new_last_layer true, i.e. its trainable decoder branch
-    # (coop_cris.py:71-85, 198-203: 1x1 conv 512 -> 64 without bias, bilinear up to the image, 5x5 replicate-padded
-    # conv 64 -> 1, mixed as (1 - r) * logits + r * branch). Kept for when vlprompt's decoder branch takes CRIS's
-    # 1x1 reduction; the vlprompt names below are provisional.
+    # (coop_cris.py:72-88, 196-203: 1x1 conv 512 -> 64 without bias, bilinear up to the image, 5x5 replicate-padded
+    # conv 64 -> 1, mixed as (1 - r) * logits + r * branch); vlprompt: PromptSegmenter(decoder_branch=BRANCH)
     "coop_branch": {
-        "learner": None, "kwargs": {"n_ctx": 4, "ctx_init": "a photo of a"}, "common": BRANCH_ON,
+        "learner": "coop", "kwargs": {"n_ctx": 4, "ctx_init": "a photo of a"}, "common": BRANCH_ON, "branch": BRANCH,
         "ref": {"learner": "CoOpContextLearner",
                 "kwargs": {"prompt_depth": 1, "num_context": 4, "context_initializer": "a photo of a", "vector_std": 0.02}},
         "tensors": {"ctx": ("context_learner.context_vectors", 0, (4, 512)), **_BRANCH},
     },
     "cocoop_branch": {
-        "learner": None, "kwargs": {"n_ctx": 4, "ctx_init": "a photo of a", "intermediate_dim": 64, "proj_norm": True,
-                                    "norm_image_features": False}, "common": BRANCH_ON,
+        "learner": "cocoop", "kwargs": _TVS_COCOOP_KWARGS, "common": BRANCH_ON, "branch": BRANCH,
         "ref": {"learner": "CoCoOpContextLearner", "kwargs": _TVS_COCOOP},
         "tensors": {"ctx": ("context_learner.context_vectors", 0, (4, 512)), **_TVS_META, **_BRANCH},
     },
@@ -185,9 +186,10 @@ def learned_tensors(case: str) -> dict[str, torch.Tensor]:
 
 
 def sample(t: torch.Tensor, most: int = 1024) -> torch.Tensor:
-    """A strided sample (at most ``most`` values) of a tensor, flattened: what the fixture keeps of it."""
+    """A strided sample (at most ``most`` values) of a tensor, flattened: what the fixture keeps of it. The stride is
+    odd, so a matrix's sample runs through its columns instead of repeating one (a dead hidden unit's column)."""
     flat = t.detach().reshape(-1).float()
-    return flat[:: max(1, flat.numel() // most)][:most].clone()
+    return flat[:: max(1, flat.numel() // most) | 1][:most].clone()
 
 
 def checksum(t: torch.Tensor) -> str:

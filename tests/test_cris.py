@@ -30,6 +30,7 @@ from vlprompt.learners.registry import get_registry
 from vlprompt.learners.testing import torch_threads
 from vlprompt.modules.segmentation import PromptSegmenter
 from vlprompt.modules.testing import check_segmentation_learner
+from vlprompt.runs.config import VlpromptCLI, build_cli
 from vlprompt.runs.driver import run_experiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -204,6 +205,17 @@ def test_decode_masks_hands_a_branch_the_decoder_map_and_the_image_sized_logits(
     torch.testing.assert_close(tiny.decode_masks(record, feats, branch=branch), plain + 1.0)
     assert seen == {"features": (1, tiny.decoder_width, SIZE // 16, SIZE // 16), "logits": (1, 1, SIZE, SIZE)}
     assert tiny.decode_masks(record, feats, branch=branch, output_size=(32, 32)).shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize("learner", ["coop", "cocoop"])
+def test_the_tunevlseg_cris_configs_parse_with_the_branch(learner: str, monkeypatch) -> None:
+    monkeypatch.setattr(VlpromptCLI, "instantiate_classes", lambda self: None)
+    root = Path(__file__).resolve().parents[1] / "configs"
+    c = build_cli("fit", ["--config", str(root / "seg_quickstart.yaml"), "--config", str(root / "backbones" /
+                          "cris_rn50.yaml"), "--config", str(root / "learners" / learner / "tunevlseg_cris.yaml")])
+    assert c.config.model.backbone.class_path == "vlprompt.backbones.cris.CRISBackbone"
+    assert c.config.model.decoder_branch == {"kernel_size": 5, "residual_ratio": 0.5, "mix": "residual", "reduce": 64}
+    assert f".learners.{learner}." in c.config.model.learner.class_path
 
 
 def test_cris_is_a_registered_backbone() -> None:

@@ -11,15 +11,15 @@ Pieces and where they come from:
 * CLIP towers (OpenAI layout, ``backbone.*`` keys): open_clip's ``ModifiedResNet`` stem and stages and open_clip's
   text transformer compute what ``cris_model/clip.py`` computes; only the attention pool is CRIS's own
   (:class:`CRISAttentionPool`): no class token, its position table resized bicubically to the feature grid, a
-  1x1 conv + BatchNorm shortcut ``connect`` and ``relu(attention + shortcut)`` (``clip.py:76-185``). The image
-  tower returns the stage-2 and stage-3 maps and the pooled stage-4 map (C3/C4/C5, ``clip.py:262-275``).
+  1x1 conv + BatchNorm shortcut ``connect`` and ``relu(attention + shortcut)`` (``clip.py:78-182``). The image
+  tower returns the stage-2 and stage-3 maps and the pooled stage-4 map (C3/C4/C5, ``clip.py:254-274``).
 * neck (``neck.*``), decoder (``decoder.*``) and projector (``proj.*``): :class:`CRISNeck`, :class:`CRISDecoder`,
   :class:`CRISProjector`, with the parameter names of the checkpoint format (``layers.py``).
 * image features for learners (:meth:`CRISBackbone.encode_image`): the C5 map averaged over space, which is what
-  TuneVLSeg's CoCoOp on CRIS conditions on (``coop_cris.py:55-59, 95-97``).
+  TuneVLSeg's CoCoOp on CRIS conditions on (``coop_cris.py:52-56, 96-99, 198``).
 
 How the decoder meets the learners (the generic segmentation step, :mod:`vlprompt.modules.segmentation`): CRIS's
-decoder attends to the word states of each image's prompt (``cris_model/__init__.py:120-125``), not only to the
+decoder attends to the word states of each image's prompt (``cris_model/__init__.py:119-127``), not only to the
 pooled text feature. Inside :meth:`record_activations` every text encoding is recorded with its word states
 (``ln_final`` output) and padding mask; :meth:`decode_masks` finds, for each conditional embedding, the recorded
 text row it equals (learners hand on the text tower's own output, see
@@ -34,16 +34,18 @@ Deliberate differences from TuneVLSeg:
   BatchNorms use batch statistics and update their running statistics, and its decoder dropout (0.2 in
   ``configs/model/coop/cris.yaml``, 0 in ``configs/experiment/coop/cris.yaml``) is active while training.
 * TuneVLSeg's CRIS text loop writes the learned context back after the *first* block as well
-  (``coop_cris.py:124-136`` counts blocks from 0 where ``coop_clipseg.py:136-164`` counts from 1), so with
+  (``coop_cris.py:128-140`` counts blocks from 0 where ``coop_clipseg.py:136-164`` counts from 1), so with
   ``prompt_depth: 1`` the context enters at the input and again, without position embedding, at block 1's input.
   Here the context enters once, at the input, exactly as on CLIPSeg and open_clip (CoOp's definition).
 * Images come in ``[0, 1]`` at ``preprocess.image_size`` (416, TuneVLSeg's CRIS setting) and are normalised with
   CLIP's mean/std here; tokens are open_clip's (CLIP BPE, padded with 0, EOT kept when truncating).
 * TuneVLSeg's trainable decoder branch (``use_new_last_layer``, on in its CRIS configs: a 1x1 conv from the
   decoder's map to 64 channels without bias, bilinear upsampling to the image, a 5x5 replicate-padded conv to one
-  channel, mixed as ``(1 - r) * logits + r * branch``; ``coop_cris.py:71-85, 196-203``) is not part of the frozen
+  channel, mixed as ``(1 - r) * logits + r * branch``; ``coop_cris.py:72-88, 235-242``) is not part of the frozen
   backbone: :meth:`CRISBackbone.decode_masks` takes such a module as ``branch`` and calls it on the decoder's map
-  (``decoder_width`` channels, stride ``decoder_stride`` = 16) and the logits at the image size.
+  (``decoder_width`` channels, stride ``decoder_stride`` = 16) and the logits at the image size; the segmentation
+  module builds it with ``decoder_branch: {kernel_size: 5, residual_ratio: 0.5, mix: residual, reduce: 64}``
+  (``configs/learners/{coop,cocoop}/tunevlseg_cris.yaml``).
 
 The checkpoint: one local file holding the CRIS state dict (``backbone.*``, ``neck.*``, ``decoder.*``, ``proj.*``),
 as safetensors (preferred) or as a PyTorch file read with ``torch.load(weights_only=True)`` (no arbitrary pickle):
@@ -137,12 +139,12 @@ RN50_CONFIG = CRISConfig(
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, padding: int = 0) -> nn.Sequential:
-    # CRIS's basic block (layers.py:15-27): bias-free conv, BatchNorm, ReLU, as Sequential indices 0/1/2
+    # CRIS's basic block (layers.py:15-34): bias-free conv, BatchNorm, ReLU, as Sequential indices 0/1/2
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, 1, padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
 class CRISAttentionPool(nn.Module):
-    """CRIS's attention pool over the last ResNet stage (``clip.py:76-185``): attention among the grid positions
+    """CRIS's attention pool over the last ResNet stage (``clip.py:78-182``): attention among the grid positions
     (no class token; the pretrained position table minus its first row, resized bicubically to the grid), plus a
     1x1 conv + BatchNorm shortcut, then ReLU. Returns a map ``[B, output_dim, H, W]``."""
 
@@ -174,7 +176,7 @@ class CRISAttentionPool(nn.Module):
 
 
 class CoordConv(nn.Module):
-    """A conv block whose input gets two extra channels, x and y in ``[-1, 1]`` (``layers.py:36-66``)."""
+    """A conv block whose input gets two extra channels, x and y in ``[-1, 1]`` (``layers.py:37-68``)."""
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
@@ -190,7 +192,7 @@ class CoordConv(nn.Module):
 
 
 class CRISNeck(nn.Module):
-    """Multi-modal FPN (``layers.py:374-447``): C5 times the projected sentence feature, merged top-down with C4
+    """Multi-modal FPN (``layers.py:359-447``): C5 times the projected sentence feature, merged top-down with C4
     and (average-pooled) C3 at the C4 grid, each level re-projected, concatenated, aggregated, then a CoordConv.
     ``fpn_in``/``fpn_out`` are the (C3, C4, C5) channel counts in and out."""
 
@@ -223,7 +225,7 @@ class CRISNeck(nn.Module):
 
 def sine_positions_1d(dim: int, length: int, like: torch.Tensor) -> torch.Tensor:
     """Sinusoidal codes ``[length, 1, dim]`` of positions ``0..length-1``: sine at even channels, cosine at odd,
-    frequency ``1e-4 ** (2i / dim)`` (``layers.py:159-197``)."""
+    frequency ``1e-4 ** (2i / dim)`` (``layers.py:149-185``)."""
     if dim % 2:
         raise BackboneError(f"sinusoidal text positions need an even width, got {dim}")
     kw = {"device": like.device, "dtype": like.dtype}
@@ -235,7 +237,7 @@ def sine_positions_1d(dim: int, length: int, like: torch.Tensor) -> torch.Tensor
 
 def sine_positions_2d(dim: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
     """Sinusoidal codes ``[H*W, 1, dim]`` of a grid: the first half of the channels codes the column, the second
-    half the row, each half as :func:`sine_positions_1d` of half the width (``layers.py:199-263``)."""
+    half the row, each half as :func:`sine_positions_1d` of half the width (``layers.py:187-236``)."""
     if dim % 4:
         raise BackboneError(f"sinusoidal grid positions need a width divisible by 4, got {dim}")
     kw = {"device": like.device, "dtype": like.dtype}
@@ -252,7 +254,7 @@ def sine_positions_2d(dim: int, height: int, width: int, like: torch.Tensor) -> 
 
 
 class CRISDecoderLayer(nn.Module):
-    """One pre-norm decoder layer (``layers.py:291-371``): self-attention over the grid, cross-attention from the
+    """One pre-norm decoder layer (``layers.py:278-356``): self-attention over the grid, cross-attention from the
     grid to the words (padding masked), a ReLU MLP with a LayerNorm inside; each attention output is normalised
     before its residual addition. Positions are added to queries and keys, never to values."""
 
@@ -279,7 +281,7 @@ class CRISDecoderLayer(nn.Module):
 
 
 class CRISDecoder(nn.Module):
-    """The vision-language decoder (``layers.py:126-289``): ``layers`` :class:`CRISDecoderLayer` on the neck's map
+    """The vision-language decoder (``layers.py:124-276``): ``layers`` :class:`CRISDecoderLayer` on the neck's map
     (sequence-first), then a final LayerNorm; returns ``[B, C, H, W]``."""
 
     def __init__(self, layers: int, dim: int, heads: int, ffn: int) -> None:
@@ -299,7 +301,7 @@ class CRISDecoder(nn.Module):
 
 
 class CRISProjector(nn.Module):
-    """The projector (``layers.py:69-124``): the map upsampled twice (x2 bilinear, conv blocks) to stride 4, and
+    """The projector (``layers.py:71-122``): the map upsampled twice (x2 bilinear, conv blocks) to stride 4, and
     a sentence-conditioned ``k x k`` dynamic convolution (weights and bias from one Linear) to one logit map."""
 
     def __init__(self, word_dim: int, dim: int, kernel: int) -> None:
@@ -331,7 +333,7 @@ class CRISModel(nn.Module):
                                image_size=config.pool_grid * 32, head_width=64)
         text = CLIPTextCfg(context_length=config.context_length, vocab_size=config.vocab_size, width=config.text_width,
                            heads=config.text_width // 64, layers=config.text_layers)
-        # OpenAI CLIP's text tower uses QuickGELU; heads = width / 64 (clip.py:600-614)
+        # OpenAI CLIP's text tower uses QuickGELU; heads = width / 64 (clip.py:286-318, 623)
         self.backbone = CLIP(config.embed_dim, vision, text, quick_gelu=True)
         feature_dim = config.vision_width * 32
         self.backbone.visual.attnpool = CRISAttentionPool(config.pool_grid, feature_dim, feature_dim // 64,
@@ -341,7 +343,7 @@ class CRISModel(nn.Module):
         self.proj = CRISProjector(config.embed_dim, config.projector_dim, config.projector_kernel)
 
     def image_maps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        """C3, C4 and the pooled C5 maps of normalised images (``clip.py:262-275``)."""
+        """C3, C4 and the pooled C5 maps of normalised images (``clip.py:254-274``)."""
         visual = self.backbone.visual
         x = visual.layer1(visual.stem(pixels))
         c3 = visual.layer2(x)
@@ -351,7 +353,7 @@ class CRISModel(nn.Module):
     def masks(self, maps: Sequence[torch.Tensor], words: torch.Tensor, pad_mask: torch.Tensor,
               sentence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's map ``[B, decoder_dim, h, w]`` (stride 16) and the logits ``[B, 1, 4h, 4w]`` the projector
-        draws from it (stride 4; ``cris_model/__init__.py:118-130``)."""
+        draws from it (stride 4; ``cris_model/__init__.py:123-132``)."""
         fused = self.decoder(self.neck(maps, sentence), words, pad_mask)
         return fused, self.proj(fused, sentence)
 
@@ -364,11 +366,11 @@ def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
 def config_from_state_dict(state: Mapping[str, torch.Tensor], *, source: str = "the checkpoint",
                            decoder_heads: int = DEFAULT_DECODER_HEADS) -> CRISConfig:
     """The :class:`CRISConfig` of a CRIS state dict (keys without a ``module.`` prefix), from tensor shapes as
-    TuneVLSeg's ``build_model`` reads them (``clip.py:582-631``); clear errors for other layouts."""
+    TuneVLSeg's ``build_model`` reads them (``clip.py:578-647``); clear errors for other layouts."""
     if "backbone.visual.proj" in state or "backbone.visual.class_embedding" in state:
         raise BackboneError(
             f"{source} holds a ViT image tower (backbone.visual.proj). CRIS's FPN reads three ResNet stages (C3, C4, "
-            "C5) and TuneVLSeg's ViT tower returns one token map it cannot read (cris_model/clip.py:308-380), so "
+            "C5) and TuneVLSeg's ViT tower returns one token map it cannot read (cris_model/clip.py:347-403), so "
             "only ResNet CRIS checkpoints (e.g. RN50, cris_best.pth) are supported"
         )
     needed = ("backbone.visual.layer1.0.conv1.weight", "backbone.visual.attnpool.positional_embedding",
@@ -473,7 +475,7 @@ def build_model(state: Mapping[str, torch.Tensor], *, source: str = "the checkpo
     config = config_from_state_dict(state, source=source, decoder_heads=decoder_heads)
     model = CRISModel(config)
     state = {k: v for k, v in state.items() if not k.startswith("backbone.") or k[len("backbone."):] not in (
-        "input_resolution", "context_length", "vocab_size")}  # OpenAI's metadata entries (clip.py:638-640)
+        "input_resolution", "context_length", "vocab_size")}  # OpenAI's metadata entries (clip.py:641-643)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -567,7 +569,7 @@ class CRISBackbone(VLBackbone):
         self.vision_layers = 0
         self.grid_size = (0, 0)
         self.supports_visual_prompts = False
-        #: the decoder's map (what TuneVLSeg's trainable branch reads, coop_cris.py:71-85) and its stride to the image
+        #: the decoder's map (what TuneVLSeg's trainable branch reads, coop_cris.py:72-88) and its stride to the image
         self.decoder_width = config.decoder_dim
         self.decoder_stride = 16
         self.register_buffer("_mean", torch.tensor(DEFAULT_PREPROCESS.mean).view(1, 3, 1, 1), persistent=False)
@@ -590,7 +592,7 @@ class CRISBackbone(VLBackbone):
         return self.model.backbone.token_embedding(tokens.to(self._mean.device)).float()
 
     def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens.argmax(dim=-1)  # the EOT token has the largest id (clip.py:565)
+        return tokens.argmax(dim=-1)  # the EOT token has the largest id (clip.py:522)
 
     def encode_text_embeddings(
         self,
@@ -622,7 +624,7 @@ class CRISBackbone(VLBackbone):
         words = clip.ln_final(x)
         pooled = words[torch.arange(words.shape[0], device=x.device), pool_index] @ clip.text_projection
         pooled = pooled.float()
-        if self._recording is not None:  # CRIS's decoder attends to these words (cris_model/__init__.py:120-125)
+        if self._recording is not None:  # CRIS's decoder attends to these words (cris_model/__init__.py:119-127)
             pad = torch.arange(keep, device=x.device)[None, :] > pool_index[:, None]
             self._recording.extra.setdefault("text", []).append({"pooled": pooled, "words": words, "pad": pad})
         return pooled
@@ -686,11 +688,11 @@ class CRISBackbone(VLBackbone):
     ) -> torch.Tensor:
         """Mask logits ``[B, H, W]`` (float32): the neck and projector read ``conditional [B, D]`` (the sentence
         feature), the decoder the word states recorded with it; logits at stride 4 resized bicubically
-        (``align_corners=True``, ``cris_model/__init__.py:130``) to ``output_size`` (default: the image size).
+        (``align_corners=True``, ``cris_model/__init__.py:132``) to ``output_size`` (default: the image size).
 
         ``branch`` (a trainable module beside the frozen decoder) is called as ``branch(map, logits)`` on the
         decoder's map ``[B, decoder_width, h, w]`` and the logits resized to ``[B, 1, 16h, 16w]`` (the image size,
-        where TuneVLSeg's CRIS mixes its branch in, ``coop_cris.py:196-203``) and returns the logits to use."""
+        where TuneVLSeg's CRIS mixes its branch in, ``coop_cris.py:235-242``) and returns the logits to use."""
         maps = record.extra.get("maps")
         if not maps:
             raise BackboneError(
