@@ -605,7 +605,8 @@ class CRISBackbone(VLBackbone):
         clip = self.model.backbone
         blocks = clip.transformer.resblocks
         if deep_prompts is not None and len(deep_prompts) > len(blocks):
-            raise BackboneError(f"{len(deep_prompts)} deep prompt layers given but the text tower has {len(blocks)} layers")
+            raise BackboneError(
+                f"{len(deep_prompts)} deep prompt layers given but the text tower has {len(blocks)} layers")
         length = embeddings.shape[1]
         if length > self.context_length:
             raise BackboneError(f"{length} token embeddings given but the text context holds {self.context_length}")
@@ -703,7 +704,8 @@ class CRISBackbone(VLBackbone):
         batch = maps[0].shape[0]
         if conditional.dim() != 2 or conditional.shape != (batch, self.embed_dim):
             raise BackboneError(
-                f"decode_masks() needs one conditional embedding per image, shape [B, D] = [{batch}, {self.embed_dim}], "
+                "decode_masks() needs one conditional embedding per image, shape [B, D] = "
+                f"[{batch}, {self.embed_dim}], "
                 f"got {tuple(conditional.shape)}"
             )
         if not texts:

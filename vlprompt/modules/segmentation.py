@@ -155,7 +155,8 @@ def make_decoder_branch(backbone: VLBackbone, options: Mapping[str, Any]) -> Dec
     width, stride = getattr(backbone, "decoder_width", None), getattr(backbone, "decoder_stride", None)
     if width is None or stride is None:
         raise ValueError(f"decoder_branch needs the decoder's feature map, which {type(backbone).__name__} does not "
-                         "expose (decoder_width/decoder_stride): use a CLIPSeg or CRIS backbone or set decoder_branch: null")
+                         "expose (decoder_width/decoder_stride): use a CLIPSeg or CRIS backbone or set "
+                         "decoder_branch: null")
     return DecoderBranch(int(width), int(stride), **dict(options))
 
 
