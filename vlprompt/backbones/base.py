@@ -79,6 +79,10 @@ class VLBackbone(nn.Module, abc.ABC):
     decoder_width: int | None = None
     #: the decoder's upsampling from that feature map to its logits (CLIPSeg: the patch size)
     decoder_stride: int | None = None
+    #: True for a VLSM whose mask decoder attends to the word states of each image's prompt, not only to its pooled
+    #: text feature (CRIS). The host then encodes the prompts inside :meth:`record_activations`, without cached text
+    #: features, so that the backbone records every text encoding with its word states for :meth:`decode_masks`.
+    decoder_reads_words: bool = False
 
     def train(self, mode: bool = True) -> "VLBackbone":  # noqa: D102 - frozen: always eval
         return super().train(False)
@@ -153,8 +157,10 @@ class VLBackbone(nn.Module, abc.ABC):
         """Record, during every :meth:`encode_image` call made inside the context, what the mask decoder reads.
 
         The host segmentation module wraps the learner's own image encoding (``learner.encode_images``, with
-        whatever visual prompts the learner inserts) in this context, so learners never call the decoder and
-        never know the task. Backbones without a decoder raise :class:`BackboneError`.
+        whatever visual prompts the learner inserts) and text encoding (``learner.paired_text_features``) in this
+        context, so learners never call the decoder and never know the task. A backbone whose decoder reads word
+        states (:attr:`decoder_reads_words`) also records the text encodings made inside. Backbones without a
+        decoder raise :class:`BackboneError`.
         """
         self.require_task("segmentation", "record_activations()")
         raise NotImplementedError  # pragma: no cover - VLSM backbones override

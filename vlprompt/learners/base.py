@@ -9,9 +9,11 @@ only sees :meth:`set_classnames` calls.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +42,28 @@ RESOURCES = ("LLM text", "teacher model", "unlabeled images", "image-text corpus
 #: learner attributes :meth:`PromptLearner.prompt_record` reports when a learner sets them (hand-written text and
 #: the initialisation of learned context)
 PROMPT_ATTRIBUTES = ("template", "templates", "ctx_init", "n_ctx", "descriptions_path")
+
+#: True inside :func:`fresh_text_features`: no cached text features are reused
+_FRESH_TEXT: ContextVar[bool] = ContextVar("vlprompt_fresh_text", default=False)
+
+
+@contextlib.contextmanager
+def fresh_text_features(active: bool = True) -> Iterator[None]:
+    """Inside this block (when ``active``) text features are computed afresh: :meth:`PromptLearner.cached_text_features`
+    and :func:`~vlprompt.learners.prompts.layers.template_features` neither reuse nor fill their caches.
+
+    A host uses it when its backbone must see every text encoding of a step, e.g. a segmentation backbone whose
+    decoder reads the prompt's word states (:attr:`~vlprompt.backbones.base.VLBackbone.decoder_reads_words`)."""
+    token = _FRESH_TEXT.set(bool(active) or _FRESH_TEXT.get())
+    try:
+        yield
+    finally:
+        _FRESH_TEXT.reset(token)
+
+
+def text_caches_allowed() -> bool:
+    """False inside :func:`fresh_text_features`: text-feature caches must be bypassed."""
+    return not _FRESH_TEXT.get()
 
 
 class LearnerError(ValueError):
@@ -170,7 +194,7 @@ class PromptLearner(nn.Module, abc.ABC):
         The cache is per label space and per state of the learner's tensors: any change (``load_state_dict``,
         :meth:`set_learned_state`, in-place edits, optimiser steps) recomputes it.
         """
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or not text_caches_allowed():
             return self.text_features()
         if self._text_cache is None or not self._text_cache_is_current():
             self._text_cache = self.text_features()

@@ -9,7 +9,7 @@ image's own prompt, and the backbone decodes mask logits from both:
       learner.set_classnames(unique prompts of the batch)
       with backbone.record_activations() as rec:
           feats = learner.encode_images(images)
-      text = learner.paired_text_features(feats, prompt_index)    # [B, D], raw projected text feature
+          text = learner.paired_text_features(feats, prompt_index)  # [B, D], raw projected text feature
       logits = backbone.decode_masks(rec, text)                    # [B, H, W]
     loss = dice + 0.2 * bce                                        # vlprompt.metrics.segmentation
 
@@ -60,7 +60,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.data.atomic import save_safetensors
 from vlprompt.learners.prompts.layers import segmentation_text
-from vlprompt.learners.base import LearnerError, PromptLearner
+from vlprompt.learners.base import LearnerError, PromptLearner, fresh_text_features
 from vlprompt.metrics.segmentation import (
     NSD_TOLERANCE_PX,
     SegmentationScores,
@@ -97,7 +97,10 @@ class DecoderBranch(nn.Module):
     - ``mix="add"``: ``y + e`` (TuneVLSeg's ``VPTCLIPSeg``, which builds ``r`` but never uses it; not built here).
 
     TuneVLSeg's CoOp/CoCoOp models (``COOPCLIPSeg``) build the branch but call the HF decoder, so it never reaches
-    their logits: their ``tunevlseg`` configs leave it off.
+    their logits: their ``tunevlseg`` configs leave it off. On CRIS (``COOPCRIS``, ``coop_cris.py`` lines 72-88 and
+    235-242) the branch does reach the logits, with a bias-free 1x1 convolution ``C -> reduce`` (64) first and the
+    ``kernel_size`` convolution then from ``reduce`` channels (``reduce``; applied before the upsampling, with which
+    a 1x1 convolution commutes).
 
     Args:
         channels: ``C``, the backbone's :attr:`~vlprompt.backbones.base.VLBackbone.decoder_width`.
@@ -105,10 +108,11 @@ class DecoderBranch(nn.Module):
         kernel_size: odd convolution size (TuneVLSeg's ``new_last_layer_kernel_size``: 5).
         residual_ratio: the start of ``r`` (TuneVLSeg: 0.5).
         mix: ``residual`` or ``add``.
+        reduce: channels of a bias-free 1x1 convolution applied first (TuneVLSeg's CRIS: 64); ``None``: none.
     """
 
     def __init__(self, channels: int, stride: int, *, kernel_size: int = 5, residual_ratio: float = 0.5,
-                 mix: str = "residual") -> None:
+                 mix: str = "residual", reduce: int | None = None) -> None:
         super().__init__()
         if mix not in BRANCH_MIXES:
             raise ValueError(f"decoder_branch mix={mix!r} is not one of {list(BRANCH_MIXES)}: 'residual' mixes "
@@ -117,14 +121,22 @@ class DecoderBranch(nn.Module):
             raise ValueError(f"decoder_branch kernel_size={kernel_size!r} must be an odd positive integer (TuneVLSeg: 5)")
         if channels < 1 or stride < 1:
             raise ValueError(f"decoder_branch needs positive channels and stride, got {channels} and {stride}")
+        if reduce is not None and (isinstance(reduce, bool) or not isinstance(reduce, int) or reduce < 1):
+            raise ValueError(f"decoder_branch reduce={reduce!r} must be a positive number of channels (TuneVLSeg's "
+                             "CRIS: 64) or null")
         self.stride = int(stride)
         self.mix = mix
-        self.conv = nn.Conv2d(channels, 1, kernel_size, padding="same", padding_mode="replicate")
+        if reduce is not None:
+            self.reduce = nn.Conv2d(channels, reduce, 1, bias=False)
+        self.conv = nn.Conv2d(channels if reduce is None else reduce, 1, kernel_size, padding="same",
+                              padding_mode="replicate")
         if mix == "residual":
             self.ratio = nn.Parameter(torch.tensor(float(residual_ratio)))
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``features [B, C, h, w]``, ``logits [B, 1, h * stride, w * stride]`` -> logits of the same shape."""
+        if hasattr(self, "reduce"):
+            features = self.reduce(features)
         extra = self.conv(F.interpolate(features, scale_factor=float(self.stride), mode="bilinear"))
         if self.mix == "add":
             return logits + extra
@@ -132,18 +144,19 @@ class DecoderBranch(nn.Module):
 
 
 def make_decoder_branch(backbone: VLBackbone, options: Mapping[str, Any]) -> DecoderBranch:
-    """The :class:`DecoderBranch` of ``options`` (``kernel_size``, ``residual_ratio``, ``mix``) for ``backbone``;
-    a ``ValueError`` naming the unknown key or the backbone without decoder features."""
+    """The :class:`DecoderBranch` of ``options`` (``kernel_size``, ``residual_ratio``, ``mix``, ``reduce``) for
+    ``backbone``; a ``ValueError`` naming the unknown key or the backbone without decoder features."""
     if not isinstance(options, Mapping):
         raise ValueError(f"decoder_branch={options!r} must be a mapping such as {{kernel_size: 5, residual_ratio: 0.5, "
                          "mix: residual}} (or null for none)")
-    unknown = sorted(set(options) - {"kernel_size", "residual_ratio", "mix"})
+    unknown = sorted(set(options) - {"kernel_size", "residual_ratio", "mix", "reduce"})
     if unknown:
-        raise ValueError(f"decoder_branch has unknown keys {unknown}: use kernel_size, residual_ratio and mix")
+        raise ValueError(f"decoder_branch has unknown keys {unknown}: use kernel_size, residual_ratio, mix and reduce")
     width, stride = getattr(backbone, "decoder_width", None), getattr(backbone, "decoder_stride", None)
     if width is None or stride is None:
         raise ValueError(f"decoder_branch needs the decoder's feature map, which {type(backbone).__name__} does not "
-                         "expose (decoder_width/decoder_stride): use a CLIPSeg backbone or set decoder_branch: null")
+                         "expose (decoder_width/decoder_stride): use a CLIPSeg or CRIS backbone or set "
+                         "decoder_branch: null")
     return DecoderBranch(int(width), int(stride), **dict(options))
 
 
@@ -261,9 +274,10 @@ class PromptSegmenter(pl.LightningModule):
         unique = list(dict.fromkeys(prompts))
         self._use_prompts(unique)
         index = torch.tensor([unique.index(p) for p in prompts], device=images.device)
-        with self.backbone.record_activations() as record:
+        # a decoder that reads word states (CRIS) must see this step's text encodings: no cached text features
+        with fresh_text_features(self.backbone.decoder_reads_words), self.backbone.record_activations() as record:
             feats = self.learner.encode_images(images)
-        text = self.learner.paired_text_features(feats, index)
+            text = self.learner.paired_text_features(feats, index)
         branch = {} if self.decoder_branch is None else {"branch": self.decoder_branch}
         return self.backbone.decode_masks(record, text, output_size=tuple(images.shape[-2:]), **branch)
 

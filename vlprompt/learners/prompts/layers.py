@@ -27,6 +27,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vlprompt.backbones.base import VLBackbone
+from vlprompt.learners.base import text_caches_allowed
 
 ClassTokenPosition = Literal["end", "middle", "front"]
 PLACEHOLDER = "X"
@@ -281,6 +282,7 @@ def template_features(
         raise ValueError("at least one template such as 'a photo of a {}.' is needed")
     owner = getattr(backbone, "clip", backbone)
     raw = raw_text_features()
+    cache = cache and text_caches_allowed()  # a host asked for fresh text features (fresh_text_features)
     key = (tuple(classnames), tuple(templates), str(backbone.logit_scale.device), getattr(backbone, "dtype", None), normalize_each)
     key = key + ("raw",) if raw else key
     if cache:
