@@ -79,6 +79,9 @@ class VLBackbone(nn.Module, abc.ABC):
     decoder_width: int | None = None
     #: the decoder's upsampling from that feature map to its logits (CLIPSeg: the patch size)
     decoder_stride: int | None = None
+    #: position of the first text token in :meth:`tokenize`'s ids: 1 after a start token (CLIP's
+    #: ``<start_of_text>``), 0 for tokenizers without one (SigLIP). Prompt learners put their context there.
+    text_start: int = 1
 
     def train(self, mode: bool = True) -> "VLBackbone":  # noqa: D102 - frozen: always eval
         return super().train(False)
@@ -102,6 +105,12 @@ class VLBackbone(nn.Module, abc.ABC):
     def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
         """Index ``[N]`` of the token whose final state is pooled (EOT for CLIP)."""
 
+    def text_end(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index ``[N]`` of the end-of-text token of ids ``[N, L]`` (the tokens of a text are
+        ``text_start : text_end``). Default: :meth:`pool_index` (CLIP pools its end token); a backbone that
+        pools elsewhere (SigLIP: the last position) overrides it."""
+        return self.pool_index(tokens)
+
     @abc.abstractmethod
     def encode_text_embeddings(
         self,
@@ -109,14 +118,14 @@ class VLBackbone(nn.Module, abc.ABC):
         pool_index: torch.Tensor,
         *,
         deep_prompts: Sequence[torch.Tensor | None] | None = None,
-        deep_prompt_start: int = 1,
+        deep_prompt_start: int | None = None,
     ) -> torch.Tensor:
         """Projected text features ``[N, D]`` from token embeddings ``[N, L, Wt]``.
 
         ``deep_prompts[i]`` (``[n, Wt]`` or ``[N, n, Wt]``), for transformer layer ``i >= 1``, replaces
         the hidden states at positions ``deep_prompt_start : deep_prompt_start + n`` at that layer's
         input (deep prompting as in MaPLe, eq. 5-7); ``None`` leaves a layer untouched. Entry 0 is ignored:
-        layer 0's prompts are part of ``embeddings``.
+        layer 0's prompts are part of ``embeddings``. ``deep_prompt_start=None`` means :attr:`text_start`.
         """
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -146,6 +155,19 @@ class VLBackbone(nn.Module, abc.ABC):
     @abc.abstractmethod
     def logit_scale(self) -> torch.Tensor:
         """The pretrained temperature, already exponentiated (a 0-d float32 tensor)."""
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """The pretrained logit bias added to ``logit_scale * cos`` (a 0-d float32 tensor; SigLIP's sigmoid
+        loss learns one), or ``None`` for models without one (CLIP). A constant over classes: softmax
+        probabilities, cross-entropy and accuracy do not change with it; sigmoid probabilities do."""
+        return None
+
+    @property
+    def supports_dense_features(self) -> bool:
+        """Whether ``encode_image(dense=True)`` returns projected patch tokens (default: a tower that takes
+        visual prompts, :attr:`supports_visual_prompts`). Learners that read patch tokens check it in ``setup``."""
+        return bool(getattr(self, "supports_visual_prompts", False))
 
     # ----------------------------------------------------------------- segmentation (VLSMs only)
     @contextlib.contextmanager

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 from safetensors import safe_open
+from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 
 from vlprompt.backbones.base import (
     BackboneError,
@@ -186,6 +187,27 @@ def _check_pretrained(model: str, pretrained: str | None) -> None:
             )
 
 
+def _check_tokenizer(model: str) -> None:
+    """Fail fast, with the fix, when an open_clip model's Hugging Face tokenizer (SigLIP's
+    ``timm/ViT-B-16-SigLIP``...) would need a download in an offline process."""
+    if not is_offline() or model.startswith(("hf-hub:", "local-dir:")):
+        return
+    name = ((open_clip.get_model_config(model) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    if not name or Path(name).is_dir():
+        return
+    try:
+        cached = any(isinstance(try_to_load_from_cache(name, f), str) for f in ("tokenizer.json", "tokenizer_config.json"))
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        cached = False
+    if not cached:
+        raise BackboneError(
+            f"open_clip model {model!r} uses the Hugging Face tokenizer {name!r}, which is not in the local cache, "
+            "and this process is offline (HF_HUB_OFFLINE=1). On a connected machine run `python -c \"import "
+            f"open_clip; open_clip.get_tokenizer('{model}')\"` and copy its Hugging Face cache (~/.cache/huggingface) "
+            "here, or set HF_HOME to a copy of it."
+        )
+
+
 ALLOW_EMULATED_ENV = "VLPROMPT_ALLOW_EMULATED_PRECISION"
 
 
@@ -231,6 +253,11 @@ def resolve_precision(precision: str) -> str:
 class OpenCLIPBackbone(VLBackbone):
     """Frozen open_clip CLIP behind the vlprompt backbone interface.
 
+    Text towers: CLIP's (causal mask, start token, pooled at the end token) and SigLIP's (no causal mask, no
+    start token, pooled at the last of the padded positions; :attr:`text_start` is then 0 and :meth:`text_end`
+    finds the end token). Image towers that take visual prompts: open_clip's ``VisionTransformer`` and timm's
+    ``VisionTransformer`` (SigLIP). SigLIP's learned logit bias is :attr:`logit_bias`.
+
     Args:
         model: open_clip model name (``ViT-B-16``, ``ViT-B-16-quickgelu``, ``hf-hub:...``, ``local-dir:...``).
         pretrained: open_clip tag, local checkpoint path, or ``None`` for random weights.
@@ -255,6 +282,7 @@ class OpenCLIPBackbone(VLBackbone):
             raise BackboneError(f"precision={precision!r} is not one of {sorted(DTYPES)}")
         requested, precision = precision, resolve_precision(precision)
         _check_pretrained(model, pretrained)
+        _check_tokenizer(model)
         qg = resolve_quick_gelu(model, pretrained, quick_gelu) if not model.startswith(("hf-hub:", "local-dir:")) else False
         key = (model, pretrained, precision, qg, cache_dir)
         with _LOCK:
@@ -274,11 +302,21 @@ class OpenCLIPBackbone(VLBackbone):
         self.text_width = int(text.token_embedding.weight.shape[1])
         self.text_layers = len(text.transformer.resblocks)
         self.context_length = int(text.positional_embedding.shape[0])
-        self.embed_dim = int(clip.text_projection.shape[1]) if hasattr(clip, "text_projection") and isinstance(
-            clip.text_projection, torch.Tensor) else int(clip.visual.output_dim)
+        self.text_start, self._end_id = _start_and_end(self._tokenizer)
+        proj = getattr(text, "text_projection", None)
+        if isinstance(proj, torch.nn.Linear):  # SigLIP's text tower: a projection with bias
+            self.embed_dim = int(proj.out_features)
+        else:
+            self.embed_dim = int(proj.shape[1]) if isinstance(proj, torch.Tensor) else int(clip.visual.output_dim)
         visual = clip.visual
-        self.supports_visual_prompts = isinstance(visual, VisionTransformer)
-        if self.supports_visual_prompts:
+        trunk = getattr(visual, "trunk", None)
+        self._timm_vit = trunk if isinstance(trunk, TimmVisionTransformer) else None
+        self.supports_visual_prompts = isinstance(visual, VisionTransformer) or self._timm_vit is not None
+        if self._timm_vit is not None:  # timm ViT tower (SigLIP)
+            self.vision_width = int(trunk.embed_dim)
+            self.vision_layers = len(trunk.blocks)
+            self.grid_size = tuple(int(g) for g in trunk.patch_embed.grid_size)
+        elif self.supports_visual_prompts:
             self.vision_width = int(visual.conv1.out_channels)
             self.vision_layers = len(visual.transformer.resblocks)
             self.grid_size = tuple(int(g) for g in visual.grid_size)
@@ -348,15 +386,30 @@ class OpenCLIPBackbone(VLBackbone):
             return torch.zeros(tokens.shape[0], dtype=torch.long)
         return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long)
 
+    def text_end(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index of the end-of-text token: the pooled one for CLIP-style pooling (``argmax``/``eos``), else the
+        first occurrence of the tokenizer's end token (SigLIP pads with that same id, after the text)."""
+        pool_type = getattr(self._text, "text_pool_type", getattr(self._text, "pool_type", "argmax"))
+        if pool_type in ("argmax", "eos"):
+            return self.pool_index(tokens)
+        return (tokens == self._end_id).int().argmax(dim=-1)
+
     def encode_text_embeddings(
         self,
         embeddings: torch.Tensor,
         pool_index: torch.Tensor,
         *,
         deep_prompts: Sequence[torch.Tensor | None] | None = None,
-        deep_prompt_start: int = 1,
+        deep_prompt_start: int | None = None,
     ) -> torch.Tensor:
         text = self._text
+        if getattr(text, "cls_emb", None) is not None or getattr(text, "use_pad_mask", False):
+            raise BackboneError(
+                f"open_clip model {self.info.model!r} has a text tower with an appended class token or a padding "
+                "mask (CoCa-style), which the prompt path does not reproduce. Use a CLIP or SigLIP model."
+            )
+        if deep_prompt_start is None:
+            deep_prompt_start = self.text_start
         x = embeddings.to(self.dtype) + text.positional_embedding.to(self.dtype)
         mask = text.attn_mask
         mask = mask.to(self.dtype) if mask is not None else None
@@ -392,6 +445,8 @@ class OpenCLIPBackbone(VLBackbone):
             if prompts is not None or dense or (deep_prompts is not None and any(d is not None for d in deep_prompts)):
                 self.require_visual_prompts("this request (visual prompts or dense features)")
             return visual(x).float()
+        if self._timm_vit is not None:
+            return self._encode_timm_vit(x, prompts, deep_prompts, dense)
         x = visual._embeds(x)  # [B, 1 + HW, Wv], after ln_pre
         n = 0
         if prompts is not None:
@@ -415,9 +470,55 @@ class OpenCLIPBackbone(VLBackbone):
             tokens = tokens @ visual.proj
         return pooled.float(), tokens.float()
 
+    def _encode_timm_vit(self, x, prompts, deep_prompts, dense: bool) -> torch.Tensor:
+        """timm ``VisionTransformer.forward_features`` + ``forward_head`` and open_clip's head (SigLIP), with the
+        visual prompt tokens appended after the patch tokens (as for open_clip's ViT) and dropped before the
+        pooling (SigLIP's attention pool then reads the image tokens only, as the class token does for CLIP)."""
+        if dense:
+            raise BackboneError(
+                f"dense=True: model {self.info.model!r} has a timm image tower pooled by attention (SigLIP), whose "
+                "patch tokens are not in the joint space. Use a CLIP ViT (model: ViT-B-16) for dense features."
+            )
+        trunk = self._timm_vit
+        x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(x))))
+        n = 0
+        if prompts is not None:
+            p = expand_prompt(prompts, x.shape[0], self.dtype)
+            n = p.shape[1]
+            x = torch.cat([x, trunk.norm_pre(p)], dim=1)  # norm_pre is per token: same as before it
+        elif deep_prompts is not None and any(d is not None for d in deep_prompts):
+            raise BackboneError("deep visual prompts need shallow `prompts` too (they replace those tokens)")
+        if deep_prompts is not None and len(deep_prompts) > len(trunk.blocks):
+            raise BackboneError(f"{len(deep_prompts)} deep prompt layers given but the tower has {len(trunk.blocks)} layers")
+        for i, block in enumerate(trunk.blocks):
+            if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
+                x = replace_tail(x, deep_prompts[i], n)
+            x = block(x)
+        x = trunk.norm(x)
+        if n:
+            x = x[:, :-n]
+        return self.clip.visual.head(trunk.forward_head(x)).float()
+
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.detach().float().exp().reshape(())
+
+    @property
+    def supports_dense_features(self) -> bool:
+        return self.supports_visual_prompts and self._timm_vit is None
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        bias = getattr(self.clip, "logit_bias", None)
+        return None if bias is None else bias.detach().float().reshape(())
+
+
+def _start_and_end(tokenizer) -> tuple[int, int]:
+    """``(text_start, end id)`` of an open_clip tokenizer, read from its own output: the empty text is
+    ``[start?, end, ...]``; a first id that every text shares (the empty one included) is a start token."""
+    probe = tokenizer(["", "a photo", "zebra crossing"])
+    start = 1 if bool((probe[:, 0] == probe[0, 0]).all()) else 0
+    return start, int(probe[0, start])
 
 
 def expand_prompt(p: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
