@@ -169,6 +169,25 @@ class VLBackbone(nn.Module, abc.ABC):
         visual prompts, :attr:`supports_visual_prompts`). Learners that read patch tokens check it in ``setup``."""
         return bool(getattr(self, "supports_visual_prompts", False))
 
+    # ----------------------------------------------------------------- attention adapters (LoRA...)
+    def attention_layers(self) -> dict[str, int]:
+        """Towers (``"text"``, ``"vision"``) whose self-attention q/k/v projections take an
+        :meth:`attention_adapter`, with their layer counts; ``{}``: this backbone takes none."""
+        return {}
+
+    @contextlib.contextmanager
+    def attention_adapter(self, adapter: Callable[[str, int, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+        """Inside this block, every text and image encoding adds ``adapter(tower, layer, x)`` to the packed q/k/v
+        input projection ``[B, L, 3W]`` (q, k, v in that order) of the self-attention of layer ``layer`` of
+        ``tower``, where ``x [B, L, W]`` is that attention's input (after the block's LayerNorm); ``None`` leaves a
+        layer as it is. The frozen weights are never changed: a learner keeps its deltas (e.g. LoRA) and applies
+        them through this hook. Backbones without support (:meth:`attention_layers` empty) raise."""
+        raise BackboneError(
+            f"backbone {self.info.name!r} (model {self.info.model!r}) takes no attention adapter (LoRA): use an "
+            "open_clip CLIP model (e.g. model: ViT-B-16)."
+        )
+        yield  # pragma: no cover
+
     # ----------------------------------------------------------------- segmentation (VLSMs only)
     @contextlib.contextmanager
     def record_activations(self) -> Iterator["ActivationRecord"]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import contextlib
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +41,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MODEL_CACHE: dict[tuple, torch.nn.Module] = {}
 _SHA_CACHE: dict[tuple, str] = {}
 _LOCK = threading.Lock()
+#: the adapter of :meth:`OpenCLIPBackbone.attention_adapter` active in this context (``None``: none)
+_ADAPTER: ContextVar[Callable | None] = ContextVar("vlprompt_attention_adapter", default=None)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -417,7 +421,7 @@ class OpenCLIPBackbone(VLBackbone):
         if keep < x.shape[1]:  # causal attention: later tokens never reach the pooled one (exact, faster)
             x, mask = x[:, :keep], mask[:keep, :keep]
         x = _run_blocks(
-            text.transformer, x, mask, deep_prompts, lambda h, p: replace_span(h, p, deep_prompt_start)
+            text.transformer, x, mask, deep_prompts, lambda h, p: replace_span(h, p, deep_prompt_start), tower="text"
         )
         x = text.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), pool_index.to(x.device)]
@@ -456,7 +460,7 @@ class OpenCLIPBackbone(VLBackbone):
             x = torch.cat([x, visual.ln_pre(p)], dim=1)
         elif deep_prompts is not None and any(d is not None for d in deep_prompts):
             raise BackboneError("deep visual prompts need shallow `prompts` too (they replace those tokens)")
-        x = _run_blocks(visual.transformer, x, None, deep_prompts, lambda h, p: replace_tail(h, p, n))
+        x = _run_blocks(visual.transformer, x, None, deep_prompts, lambda h, p: replace_tail(h, p, n), tower="vision")
         if n:
             x = x[:, :-n]
         pooled, tokens = visual._pool(x)
@@ -478,6 +482,11 @@ class OpenCLIPBackbone(VLBackbone):
             raise BackboneError(
                 f"dense=True: model {self.info.model!r} has a timm image tower pooled by attention (SigLIP), whose "
                 "patch tokens are not in the joint space. Use a CLIP ViT (model: ViT-B-16) for dense features."
+            )
+        if _ADAPTER.get() is not None:
+            raise BackboneError(
+                f"an attention adapter (LoRA) is active, but model {self.info.model!r} has a timm image tower (SigLIP) "
+                "that takes none: adapt the text tower only, or use a CLIP ViT model (e.g. model: ViT-B-16)."
             )
         trunk = self._timm_vit
         x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(x))))
@@ -502,6 +511,23 @@ class OpenCLIPBackbone(VLBackbone):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.detach().float().exp().reshape(())
+
+    def attention_layers(self) -> dict[str, int]:
+        out = {}
+        if all(_is_plain_block(b) for b in self._text.transformer.resblocks):
+            out["text"] = self.text_layers
+        visual = self.clip.visual
+        if isinstance(visual, VisionTransformer) and all(_is_plain_block(b) for b in visual.transformer.resblocks):
+            out["vision"] = self.vision_layers
+        return out
+
+    @contextlib.contextmanager
+    def attention_adapter(self, adapter: Callable[[str, int, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+        token = _ADAPTER.set(adapter)
+        try:
+            yield
+        finally:
+            _ADAPTER.reset(token)
 
     @property
     def supports_dense_features(self) -> bool:
@@ -559,16 +585,23 @@ def replace_tail(h: torch.Tensor, p: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([h[:, :-n], p], dim=1)
 
 
-def _run_blocks(transformer, x, mask, deep_prompts, replace) -> torch.Tensor:
-    """Run open_clip residual blocks (batch-first ``[B, L, W]``), injecting deep prompts per layer."""
+def _run_blocks(transformer, x, mask, deep_prompts, replace, *, tower: str | None = None) -> torch.Tensor:
+    """Run open_clip residual blocks (batch-first ``[B, L, W]``), injecting deep prompts per layer and, for a
+    ``tower`` named, the active attention adapter's q/k/v deltas."""
     batch_first = getattr(transformer, "batch_first", True)
     blocks = transformer.resblocks
     if deep_prompts is not None and len(deep_prompts) > len(blocks):
         raise BackboneError(f"{len(deep_prompts)} deep prompt layers given but the tower has {len(blocks)} layers")
+    adapter = _ADAPTER.get() if tower is not None else None
     for i, block in enumerate(blocks):
         if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
             x = replace(x, deep_prompts[i])
-        if batch_first and _FAST_BLOCKS and _is_plain_block(block):
+        if adapter is not None:
+            if not (batch_first and _is_plain_block(block)):
+                raise BackboneError(f"an attention adapter needs plain open_clip attention blocks; {tower} layer {i} is "
+                                    f"{type(block).__name__}")
+            x = _block_forward(block, x, mask, lambda h, i=i: adapter(tower, i, h))
+        elif batch_first and _FAST_BLOCKS and _is_plain_block(block):
             x = _block_forward(block, x, mask)
         elif batch_first:
             x = block(x, attn_mask=mask)
@@ -598,6 +631,19 @@ def _is_plain_block(block) -> bool:
     )
 
 
+def _adapted_attention(attn: torch.nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None,
+                       delta: torch.Tensor | None) -> torch.Tensor:
+    """Self-attention of batch-first ``x`` ``[B, L, W]`` with ``delta`` ``[B, L, 3W]`` added to the packed q/k/v
+    projection: ``nn.MultiheadAttention``'s math (scaled dot product per head, additive ``mask``, out projection)."""
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    if delta is not None:
+        qkv = qkv + delta.to(qkv.dtype)
+    b, n, w = x.shape
+    q, k, v = (t.reshape(b, n, attn.num_heads, w // attn.num_heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.linear(out.transpose(1, 2).reshape(b, n, w), attn.out_proj.weight, attn.out_proj.bias)
+
+
 def _attention(attn: torch.nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Self-attention of batch-first ``x`` ``[B, L, W]``, as ``nn.MultiheadAttention`` computes it.
 
@@ -625,9 +671,14 @@ def _quick_gelu_(h: torch.Tensor) -> torch.Tensor:
     return s.mul_(h)
 
 
-def _block_forward(block, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """open_clip ``ResidualAttentionBlock.forward`` for self-attention, with the two fixes above."""
-    x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
+def _block_forward(block, x: torch.Tensor, mask: torch.Tensor | None, delta: Callable | None = None) -> torch.Tensor:
+    """open_clip ``ResidualAttentionBlock.forward`` for self-attention, with the two fixes above; ``delta(h)``: an
+    attention adapter's q/k/v term for the attention input ``h`` (see :meth:`OpenCLIPBackbone.attention_adapter`)."""
+    if delta is not None:
+        h = block.ln_1(x)
+        x = x + block.ls_1(_adapted_attention(block.attn, h, mask, delta(h)))
+    else:
+        x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
     mlp = block.mlp
     h = mlp.c_fc(block.ln_2(x))
     if isinstance(mlp.gelu, QuickGELU) and not (torch.is_grad_enabled() and h.requires_grad):
