@@ -83,6 +83,9 @@ class VLBackbone(nn.Module, abc.ABC):
     #: text feature (CRIS). The host then encodes the prompts inside :meth:`record_activations`, without cached text
     #: features, so that the backbone records every text encoding with its word states for :meth:`decode_masks`.
     decoder_reads_words: bool = False
+    #: position of the first text token in :meth:`tokenize`'s ids: 1 after a start token (CLIP's
+    #: ``<start_of_text>``), 0 for tokenizers without one (SigLIP). Prompt learners put their context there.
+    text_start: int = 1
 
     def train(self, mode: bool = True) -> "VLBackbone":  # noqa: D102 - frozen: always eval
         return super().train(False)
@@ -106,6 +109,12 @@ class VLBackbone(nn.Module, abc.ABC):
     def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
         """Index ``[N]`` of the token whose final state is pooled (EOT for CLIP)."""
 
+    def text_end(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index ``[N]`` of the end-of-text token of ids ``[N, L]`` (the tokens of a text are
+        ``text_start : text_end``). Default: :meth:`pool_index` (CLIP pools its end token); a backbone that
+        pools elsewhere (SigLIP: the last position) overrides it."""
+        return self.pool_index(tokens)
+
     @abc.abstractmethod
     def encode_text_embeddings(
         self,
@@ -113,14 +122,14 @@ class VLBackbone(nn.Module, abc.ABC):
         pool_index: torch.Tensor,
         *,
         deep_prompts: Sequence[torch.Tensor | None] | None = None,
-        deep_prompt_start: int = 1,
+        deep_prompt_start: int | None = None,
     ) -> torch.Tensor:
         """Projected text features ``[N, D]`` from token embeddings ``[N, L, Wt]``.
 
         ``deep_prompts[i]`` (``[n, Wt]`` or ``[N, n, Wt]``), for transformer layer ``i >= 1``, replaces
         the hidden states at positions ``deep_prompt_start : deep_prompt_start + n`` at that layer's
         input (deep prompting as in MaPLe, eq. 5-7); ``None`` leaves a layer untouched. Entry 0 is ignored:
-        layer 0's prompts are part of ``embeddings``.
+        layer 0's prompts are part of ``embeddings``. ``deep_prompt_start=None`` means :attr:`text_start`.
         """
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -150,6 +159,38 @@ class VLBackbone(nn.Module, abc.ABC):
     @abc.abstractmethod
     def logit_scale(self) -> torch.Tensor:
         """The pretrained temperature, already exponentiated (a 0-d float32 tensor)."""
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """The pretrained logit bias added to ``logit_scale * cos`` (a 0-d float32 tensor; SigLIP's sigmoid
+        loss learns one), or ``None`` for models without one (CLIP). A constant over classes: softmax
+        probabilities, cross-entropy and accuracy do not change with it; sigmoid probabilities do."""
+        return None
+
+    @property
+    def supports_dense_features(self) -> bool:
+        """Whether ``encode_image(dense=True)`` returns projected patch tokens (default: a tower that takes
+        visual prompts, :attr:`supports_visual_prompts`). Learners that read patch tokens check it in ``setup``."""
+        return bool(getattr(self, "supports_visual_prompts", False))
+
+    # ----------------------------------------------------------------- attention adapters (LoRA...)
+    def attention_layers(self) -> dict[str, int]:
+        """Towers (``"text"``, ``"vision"``) whose self-attention q/k/v projections take an
+        :meth:`attention_adapter`, with their layer counts; ``{}``: this backbone takes none."""
+        return {}
+
+    @contextlib.contextmanager
+    def attention_adapter(self, adapter: Callable[[str, int, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+        """Inside this block, every text and image encoding adds ``adapter(tower, layer, x)`` to the packed q/k/v
+        input projection ``[B, L, 3W]`` (q, k, v in that order) of the self-attention of layer ``layer`` of
+        ``tower``, where ``x [B, L, W]`` is that attention's input (after the block's LayerNorm); ``None`` leaves a
+        layer as it is. The frozen weights are never changed: a learner keeps its deltas (e.g. LoRA) and applies
+        them through this hook. Backbones without support (:meth:`attention_layers` empty) raise."""
+        raise BackboneError(
+            f"backbone {self.info.name!r} (model {self.info.model!r}) takes no attention adapter (LoRA): use an "
+            "open_clip CLIP model (e.g. model: ViT-B-16)."
+        )
+        yield  # pragma: no cover
 
     # ----------------------------------------------------------------- segmentation (VLSMs only)
     @contextlib.contextmanager

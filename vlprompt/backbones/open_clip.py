@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import contextlib
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 from safetensors import safe_open
+from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 
 from vlprompt.backbones.base import (
     BackboneError,
@@ -38,6 +41,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MODEL_CACHE: dict[tuple, torch.nn.Module] = {}
 _SHA_CACHE: dict[tuple, str] = {}
 _LOCK = threading.Lock()
+#: the adapter of :meth:`OpenCLIPBackbone.attention_adapter` active in this context (``None``: none)
+_ADAPTER: ContextVar[Callable | None] = ContextVar("vlprompt_attention_adapter", default=None)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -186,6 +191,27 @@ def _check_pretrained(model: str, pretrained: str | None) -> None:
             )
 
 
+def _check_tokenizer(model: str) -> None:
+    """Fail fast, with the fix, when an open_clip model's Hugging Face tokenizer (SigLIP's
+    ``timm/ViT-B-16-SigLIP``...) would need a download in an offline process."""
+    if not is_offline() or model.startswith(("hf-hub:", "local-dir:")):
+        return
+    name = ((open_clip.get_model_config(model) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    if not name or Path(name).is_dir():
+        return
+    try:
+        cached = any(isinstance(try_to_load_from_cache(name, f), str) for f in ("tokenizer.json", "tokenizer_config.json"))
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        cached = False
+    if not cached:
+        raise BackboneError(
+            f"open_clip model {model!r} uses the Hugging Face tokenizer {name!r}, which is not in the local cache, "
+            "and this process is offline (HF_HUB_OFFLINE=1). On a connected machine run `python -c \"import "
+            f"open_clip; open_clip.get_tokenizer('{model}')\"` and copy its Hugging Face cache (~/.cache/huggingface) "
+            "here, or set HF_HOME to a copy of it."
+        )
+
+
 ALLOW_EMULATED_ENV = "VLPROMPT_ALLOW_EMULATED_PRECISION"
 
 
@@ -231,6 +257,11 @@ def resolve_precision(precision: str) -> str:
 class OpenCLIPBackbone(VLBackbone):
     """Frozen open_clip CLIP behind the vlprompt backbone interface.
 
+    Text towers: CLIP's (causal mask, start token, pooled at the end token) and SigLIP's (no causal mask, no
+    start token, pooled at the last of the padded positions; :attr:`text_start` is then 0 and :meth:`text_end`
+    finds the end token). Image towers that take visual prompts: open_clip's ``VisionTransformer`` and timm's
+    ``VisionTransformer`` (SigLIP). SigLIP's learned logit bias is :attr:`logit_bias`.
+
     Args:
         model: open_clip model name (``ViT-B-16``, ``ViT-B-16-quickgelu``, ``hf-hub:...``, ``local-dir:...``).
         pretrained: open_clip tag, local checkpoint path, or ``None`` for random weights.
@@ -255,6 +286,7 @@ class OpenCLIPBackbone(VLBackbone):
             raise BackboneError(f"precision={precision!r} is not one of {sorted(DTYPES)}")
         requested, precision = precision, resolve_precision(precision)
         _check_pretrained(model, pretrained)
+        _check_tokenizer(model)
         qg = resolve_quick_gelu(model, pretrained, quick_gelu) if not model.startswith(("hf-hub:", "local-dir:")) else False
         key = (model, pretrained, precision, qg, cache_dir)
         with _LOCK:
@@ -274,11 +306,21 @@ class OpenCLIPBackbone(VLBackbone):
         self.text_width = int(text.token_embedding.weight.shape[1])
         self.text_layers = len(text.transformer.resblocks)
         self.context_length = int(text.positional_embedding.shape[0])
-        self.embed_dim = int(clip.text_projection.shape[1]) if hasattr(clip, "text_projection") and isinstance(
-            clip.text_projection, torch.Tensor) else int(clip.visual.output_dim)
+        self.text_start, self._end_id = _start_and_end(self._tokenizer)
+        proj = getattr(text, "text_projection", None)
+        if isinstance(proj, torch.nn.Linear):  # SigLIP's text tower: a projection with bias
+            self.embed_dim = int(proj.out_features)
+        else:
+            self.embed_dim = int(proj.shape[1]) if isinstance(proj, torch.Tensor) else int(clip.visual.output_dim)
         visual = clip.visual
-        self.supports_visual_prompts = isinstance(visual, VisionTransformer)
-        if self.supports_visual_prompts:
+        trunk = getattr(visual, "trunk", None)
+        self._timm_vit = trunk if isinstance(trunk, TimmVisionTransformer) else None
+        self.supports_visual_prompts = isinstance(visual, VisionTransformer) or self._timm_vit is not None
+        if self._timm_vit is not None:  # timm ViT tower (SigLIP)
+            self.vision_width = int(trunk.embed_dim)
+            self.vision_layers = len(trunk.blocks)
+            self.grid_size = tuple(int(g) for g in trunk.patch_embed.grid_size)
+        elif self.supports_visual_prompts:
             self.vision_width = int(visual.conv1.out_channels)
             self.vision_layers = len(visual.transformer.resblocks)
             self.grid_size = tuple(int(g) for g in visual.grid_size)
@@ -348,15 +390,30 @@ class OpenCLIPBackbone(VLBackbone):
             return torch.zeros(tokens.shape[0], dtype=torch.long)
         return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long)
 
+    def text_end(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index of the end-of-text token: the pooled one for CLIP-style pooling (``argmax``/``eos``), else the
+        first occurrence of the tokenizer's end token (SigLIP pads with that same id, after the text)."""
+        pool_type = getattr(self._text, "text_pool_type", getattr(self._text, "pool_type", "argmax"))
+        if pool_type in ("argmax", "eos"):
+            return self.pool_index(tokens)
+        return (tokens == self._end_id).int().argmax(dim=-1)
+
     def encode_text_embeddings(
         self,
         embeddings: torch.Tensor,
         pool_index: torch.Tensor,
         *,
         deep_prompts: Sequence[torch.Tensor | None] | None = None,
-        deep_prompt_start: int = 1,
+        deep_prompt_start: int | None = None,
     ) -> torch.Tensor:
         text = self._text
+        if getattr(text, "cls_emb", None) is not None or getattr(text, "use_pad_mask", False):
+            raise BackboneError(
+                f"open_clip model {self.info.model!r} has a text tower with an appended class token or a padding "
+                "mask (CoCa-style), which the prompt path does not reproduce. Use a CLIP or SigLIP model."
+            )
+        if deep_prompt_start is None:
+            deep_prompt_start = self.text_start
         x = embeddings.to(self.dtype) + text.positional_embedding.to(self.dtype)
         mask = text.attn_mask
         mask = mask.to(self.dtype) if mask is not None else None
@@ -364,7 +421,7 @@ class OpenCLIPBackbone(VLBackbone):
         if keep < x.shape[1]:  # causal attention: later tokens never reach the pooled one (exact, faster)
             x, mask = x[:, :keep], mask[:keep, :keep]
         x = _run_blocks(
-            text.transformer, x, mask, deep_prompts, lambda h, p: replace_span(h, p, deep_prompt_start)
+            text.transformer, x, mask, deep_prompts, lambda h, p: replace_span(h, p, deep_prompt_start), tower="text"
         )
         x = text.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), pool_index.to(x.device)]
@@ -392,6 +449,8 @@ class OpenCLIPBackbone(VLBackbone):
             if prompts is not None or dense or (deep_prompts is not None and any(d is not None for d in deep_prompts)):
                 self.require_visual_prompts("this request (visual prompts or dense features)")
             return visual(x).float()
+        if self._timm_vit is not None:
+            return self._encode_timm_vit(x, prompts, deep_prompts, dense)
         x = visual._embeds(x)  # [B, 1 + HW, Wv], after ln_pre
         n = 0
         if prompts is not None:
@@ -401,7 +460,7 @@ class OpenCLIPBackbone(VLBackbone):
             x = torch.cat([x, visual.ln_pre(p)], dim=1)
         elif deep_prompts is not None and any(d is not None for d in deep_prompts):
             raise BackboneError("deep visual prompts need shallow `prompts` too (they replace those tokens)")
-        x = _run_blocks(visual.transformer, x, None, deep_prompts, lambda h, p: replace_tail(h, p, n))
+        x = _run_blocks(visual.transformer, x, None, deep_prompts, lambda h, p: replace_tail(h, p, n), tower="vision")
         if n:
             x = x[:, :-n]
         pooled, tokens = visual._pool(x)
@@ -415,9 +474,77 @@ class OpenCLIPBackbone(VLBackbone):
             tokens = tokens @ visual.proj
         return pooled.float(), tokens.float()
 
+    def _encode_timm_vit(self, x, prompts, deep_prompts, dense: bool) -> torch.Tensor:
+        """timm ``VisionTransformer.forward_features`` + ``forward_head`` and open_clip's head (SigLIP), with the
+        visual prompt tokens appended after the patch tokens (as for open_clip's ViT) and dropped before the
+        pooling (SigLIP's attention pool then reads the image tokens only, as the class token does for CLIP)."""
+        if dense:
+            raise BackboneError(
+                f"dense=True: model {self.info.model!r} has a timm image tower pooled by attention (SigLIP), whose "
+                "patch tokens are not in the joint space. Use a CLIP ViT (model: ViT-B-16) for dense features."
+            )
+        if _ADAPTER.get() is not None:
+            raise BackboneError(
+                f"an attention adapter (LoRA) is active, but model {self.info.model!r} has a timm image tower (SigLIP) "
+                "that takes none: adapt the text tower only, or use a CLIP ViT model (e.g. model: ViT-B-16)."
+            )
+        trunk = self._timm_vit
+        x = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(x))))
+        n = 0
+        if prompts is not None:
+            p = expand_prompt(prompts, x.shape[0], self.dtype)
+            n = p.shape[1]
+            x = torch.cat([x, trunk.norm_pre(p)], dim=1)  # norm_pre is per token: same as before it
+        elif deep_prompts is not None and any(d is not None for d in deep_prompts):
+            raise BackboneError("deep visual prompts need shallow `prompts` too (they replace those tokens)")
+        if deep_prompts is not None and len(deep_prompts) > len(trunk.blocks):
+            raise BackboneError(f"{len(deep_prompts)} deep prompt layers given but the tower has {len(trunk.blocks)} layers")
+        for i, block in enumerate(trunk.blocks):
+            if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
+                x = replace_tail(x, deep_prompts[i], n)
+            x = block(x)
+        x = trunk.norm(x)
+        if n:
+            x = x[:, :-n]
+        return self.clip.visual.head(trunk.forward_head(x)).float()
+
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.detach().float().exp().reshape(())
+
+    def attention_layers(self) -> dict[str, int]:
+        out = {}
+        if all(_is_plain_block(b) for b in self._text.transformer.resblocks):
+            out["text"] = self.text_layers
+        visual = self.clip.visual
+        if isinstance(visual, VisionTransformer) and all(_is_plain_block(b) for b in visual.transformer.resblocks):
+            out["vision"] = self.vision_layers
+        return out
+
+    @contextlib.contextmanager
+    def attention_adapter(self, adapter: Callable[[str, int, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+        token = _ADAPTER.set(adapter)
+        try:
+            yield
+        finally:
+            _ADAPTER.reset(token)
+
+    @property
+    def supports_dense_features(self) -> bool:
+        return self.supports_visual_prompts and self._timm_vit is None
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        bias = getattr(self.clip, "logit_bias", None)
+        return None if bias is None else bias.detach().float().reshape(())
+
+
+def _start_and_end(tokenizer) -> tuple[int, int]:
+    """``(text_start, end id)`` of an open_clip tokenizer, read from its own output: the empty text is
+    ``[start?, end, ...]``; a first id that every text shares (the empty one included) is a start token."""
+    probe = tokenizer(["", "a photo", "zebra crossing"])
+    start = 1 if bool((probe[:, 0] == probe[0, 0]).all()) else 0
+    return start, int(probe[0, start])
 
 
 def expand_prompt(p: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
@@ -458,16 +585,23 @@ def replace_tail(h: torch.Tensor, p: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([h[:, :-n], p], dim=1)
 
 
-def _run_blocks(transformer, x, mask, deep_prompts, replace) -> torch.Tensor:
-    """Run open_clip residual blocks (batch-first ``[B, L, W]``), injecting deep prompts per layer."""
+def _run_blocks(transformer, x, mask, deep_prompts, replace, *, tower: str | None = None) -> torch.Tensor:
+    """Run open_clip residual blocks (batch-first ``[B, L, W]``), injecting deep prompts per layer and, for a
+    ``tower`` named, the active attention adapter's q/k/v deltas."""
     batch_first = getattr(transformer, "batch_first", True)
     blocks = transformer.resblocks
     if deep_prompts is not None and len(deep_prompts) > len(blocks):
         raise BackboneError(f"{len(deep_prompts)} deep prompt layers given but the tower has {len(blocks)} layers")
+    adapter = _ADAPTER.get() if tower is not None else None
     for i, block in enumerate(blocks):
         if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
             x = replace(x, deep_prompts[i])
-        if batch_first and _FAST_BLOCKS and _is_plain_block(block):
+        if adapter is not None:
+            if not (batch_first and _is_plain_block(block)):
+                raise BackboneError(f"an attention adapter needs plain open_clip attention blocks; {tower} layer {i} is "
+                                    f"{type(block).__name__}")
+            x = _block_forward(block, x, mask, lambda h, i=i: adapter(tower, i, h))
+        elif batch_first and _FAST_BLOCKS and _is_plain_block(block):
             x = _block_forward(block, x, mask)
         elif batch_first:
             x = block(x, attn_mask=mask)
@@ -497,6 +631,19 @@ def _is_plain_block(block) -> bool:
     )
 
 
+def _adapted_attention(attn: torch.nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None,
+                       delta: torch.Tensor | None) -> torch.Tensor:
+    """Self-attention of batch-first ``x`` ``[B, L, W]`` with ``delta`` ``[B, L, 3W]`` added to the packed q/k/v
+    projection: ``nn.MultiheadAttention``'s math (scaled dot product per head, additive ``mask``, out projection)."""
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    if delta is not None:
+        qkv = qkv + delta.to(qkv.dtype)
+    b, n, w = x.shape
+    q, k, v = (t.reshape(b, n, attn.num_heads, w // attn.num_heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.linear(out.transpose(1, 2).reshape(b, n, w), attn.out_proj.weight, attn.out_proj.bias)
+
+
 def _attention(attn: torch.nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Self-attention of batch-first ``x`` ``[B, L, W]``, as ``nn.MultiheadAttention`` computes it.
 
@@ -524,9 +671,14 @@ def _quick_gelu_(h: torch.Tensor) -> torch.Tensor:
     return s.mul_(h)
 
 
-def _block_forward(block, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """open_clip ``ResidualAttentionBlock.forward`` for self-attention, with the two fixes above."""
-    x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
+def _block_forward(block, x: torch.Tensor, mask: torch.Tensor | None, delta: Callable | None = None) -> torch.Tensor:
+    """open_clip ``ResidualAttentionBlock.forward`` for self-attention, with the two fixes above; ``delta(h)``: an
+    attention adapter's q/k/v term for the attention input ``h`` (see :meth:`OpenCLIPBackbone.attention_adapter`)."""
+    if delta is not None:
+        h = block.ln_1(x)
+        x = x + block.ls_1(_adapted_attention(block.attn, h, mask, delta(h)))
+    else:
+        x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
     mlp = block.mlp
     h = mlp.c_fc(block.ln_2(x))
     if isinstance(mlp.gelu, QuickGELU) and not (torch.is_grad_enabled() and h.requires_grad):

@@ -51,4 +51,6 @@ LEARNER_FACTS: dict[str, LearnerFacts] = {
                                     "tests/test_shared_learners.py"),
     "linear_probe": LearnerFacts("baseline", ("classification",), "linear probe (Radford et al., ICML 2021; CLIP_benchmark)",
                                  "tests/test_linear_probe.py"),
+    "clip_lora": LearnerFacts("multimodal", ("classification",), "CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024)",
+                              "tests/test_clip_lora.py"),
 }

@@ -235,7 +235,7 @@ class PromptLearner(nn.Module, abc.ABC):
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of image features ``[B, D]`` over the current class names."""
-        return cosine_logits(image_features, self.cached_text_features(), self.backbone.logit_scale)
+        return cosine_logits(image_features, self.cached_text_features(), self.backbone.logit_scale, self.backbone.logit_bias)
 
     def paired_text_features(self, image_features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Text feature ``[B, D]`` of each image's own prompt: row ``index[b]`` of the class text features for
@@ -426,10 +426,21 @@ class PromptLearner(nn.Module, abc.ABC):
         self.invalidate_text_cache()
 
 
-def cosine_logits(image_features: torch.Tensor, text_feats: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """Logits ``[B, C]`` = ``scale * cos`` between images ``[B, D]`` and texts ``[C, D]`` or ``[B, C, D]``."""
+def cosine_logits(
+    image_features: torch.Tensor,
+    text_feats: torch.Tensor,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Logits ``[B, C]`` = ``scale * cos + bias`` between images ``[B, D]`` and texts ``[C, D]`` or ``[B, C, D]``.
+
+    ``bias`` is the backbone's :attr:`~vlprompt.backbones.base.VLBackbone.logit_bias` (``None``: no bias, CLIP);
+    callers pass ``backbone.logit_bias`` so that a model trained with one (SigLIP) gives its own logits.
+    """
     img = F.normalize(image_features, dim=-1)
     txt = F.normalize(text_feats, dim=-1)
     if txt.dim() == 3:
-        return scale * torch.einsum("bd,bcd->bc", img, txt)
-    return scale * img @ txt.t()
+        out = scale * torch.einsum("bd,bcd->bc", img, txt)
+    else:
+        out = scale * img @ txt.t()
+    return out if bias is None else out + bias

@@ -18,6 +18,7 @@ import atexit
 import json
 import logging
 import shutil
+import string
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,8 @@ from typing import Any
 
 import open_clip
 import torch
+from timm.models import is_model, register_model
+from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.backbones.clipseg import CLIPSegBackbone, write_clip_tokenizer
@@ -175,6 +178,92 @@ def tiny_vlsm(*, precision: Precision = "fp32"):
     """A tiny randomly initialised CLIPSeg behind :class:`~vlprompt.backbones.clipseg.CLIPSegBackbone` (the same
     adapter as a real CLIPSeg folder); identical weights on every call, cached per process."""
     return CLIPSegBackbone(str(tiny_vlsm_folder()), precision=precision)
+
+
+# ---------------------------------------------------------------------------------------------- tiny SigLIP
+#: open_clip model name of the tiny random test SigLIP, and timm name of its image tower
+TINY_SIGLIP = "vlprompt-tiny-siglip"
+TINY_SIGLIP_VIT = "vlprompt_tiny_siglip_vit"
+#: seed of the tiny SigLIP's random weights
+TINY_SIGLIP_SEED = 4242
+#: words the tiny SigLIP tokenizer knows whole (others are spelled letter by letter, as sentencepiece does for
+#: rare words): the test prompts and :data:`DEFAULT_CLASSNAMES` / :data:`OTHER_CLASSNAMES`
+TINY_SIGLIP_WORDS = ("a", "photo", "of", "the", "x", "red", "circle", "blue", "square", "green", "triangle", "yellow",
+                     "star", "purple", "ring", "orange", "cross", "white", "dot", "an", "image", "picture")
+_siglip_dir: Path | None = None
+
+
+def vlprompt_tiny_siglip_vit(pretrained: bool = False, **kwargs) -> TimmVisionTransformer:
+    """timm ``VisionTransformer`` of the tiny SigLIP (registered in timm under this name): timm's ``vit_base_patch16_siglip_224`` layout (no class
+    token, attention-pool ``map`` head) at width 32, 2 layers, 32 px images, patch 8 (random weights only)."""
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    args = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "class_token": False,
+            "global_pool": "map"}
+    return TimmVisionTransformer(**{**args, **kwargs})
+
+
+def tiny_siglip_tokenizer_json() -> dict:
+    """``tokenizer.json`` of a T5-style unigram tokenizer laid out as SigLIP's: no start token, the text, the end
+    token ``</s>`` (id 1) and padding with that same id; ``"▁"``-prefixed words, letters for unknown words."""
+    specials = ["<pad>", "</s>", "<unk>"]
+    vocab = [[t, 0.0] for t in specials] + [["\u2581", -5.0]]
+    vocab += [[c, -8.0] for c in string.ascii_lowercase + string.digits]
+    vocab += [["\u2581" + w, -1.0] for w in TINY_SIGLIP_WORDS]
+    end = {"SpecialToken": {"id": "</s>", "type_id": 0}}
+    meta = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True}
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "normalizer": None, "pre_tokenizer": meta, "decoder": meta,
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, t in enumerate(specials)],
+        "post_processor": {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}, end],
+                           "pair": [{"Sequence": {"id": "A", "type_id": 0}}, end, {"Sequence": {"id": "B", "type_id": 0}}, end],
+                           "special_tokens": {"</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}}},
+        "model": {"type": "Unigram", "unk_id": 2, "vocab": vocab, "byte_fallback": False},
+    }
+
+
+def tiny_siglip_config(tokenizer_dir: str) -> dict:
+    """open_clip model config of the tiny SigLIP: ``ViT-B-16-SigLIP.json``'s text tower (no causal mask, pooled at
+    the last position, projection with bias, LayerNorm eps 1e-6, canonicalising tokenizer, logit bias -10) at
+    width 32, 2 layers, context 64 (as SigLIP's), with the tokenizer in ``tokenizer_dir`` and :func:`vlprompt_tiny_siglip_vit`."""
+    return {
+        "embed_dim": 32, "init_logit_bias": -10, "custom_text": True,
+        "vision_cfg": {"image_size": 32, "timm_model_name": TINY_SIGLIP_VIT, "timm_model_pretrained": False,
+                       "timm_pool": "map", "timm_proj": "none"},
+        "text_cfg": {"context_length": 64, "vocab_size": 128, "hf_tokenizer_name": tokenizer_dir,
+                     "tokenizer_kwargs": {"clean": "canonicalize"}, "width": 32, "heads": 2, "layers": 2,
+                     "no_causal_mask": True, "proj_bias": True, "pool_type": "last", "norm_kwargs": {"eps": 1e-6}},
+    }
+
+
+def _register_tiny_siglip() -> None:
+    """Make :data:`TINY_SIGLIP` known to open_clip and :data:`TINY_SIGLIP_VIT` to timm (once per process)."""
+    global _siglip_dir
+    with _REGISTER_LOCK:
+        if not is_model(TINY_SIGLIP_VIT):
+            register_model(vlprompt_tiny_siglip_vit)
+        if _siglip_dir is not None and open_clip.get_model_config(TINY_SIGLIP) is not None:
+            return
+        _siglip_dir = Path(tempfile.mkdtemp(prefix="vlprompt-tiny-siglip-"))
+        atexit.register(shutil.rmtree, _siglip_dir, True)
+        tok = _siglip_dir / "tokenizer"
+        tok.mkdir()
+        (tok / "tokenizer.json").write_text(json.dumps(tiny_siglip_tokenizer_json()))
+        (tok / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "</s>", "eos_token": "</s>", "unk_token": "<unk>",
+            "model_max_length": 64}))
+        (_siglip_dir / f"{TINY_SIGLIP}.json").write_text(json.dumps(tiny_siglip_config(str(tok))))
+        open_clip.add_model_config(_siglip_dir)
+
+
+def tiny_siglip(*, precision: Precision = "fp32") -> OpenCLIPBackbone:
+    """A tiny randomly initialised open_clip SigLIP (:func:`tiny_siglip_config`) behind :class:`OpenCLIPBackbone`;
+    identical on every call (fixed seed, global RNG untouched), offline (its tokenizer is written locally)."""
+    _register_tiny_siglip()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SIGLIP_SEED)
+        return OpenCLIPBackbone(TINY_SIGLIP, pretrained=None, precision=precision)
 
 
 # ---------------------------------------------------------------------------------------------- contract
@@ -403,5 +492,6 @@ def _check(
 
 __all__ = [
     "TINY_MODEL", "check_learner", "save_random_clipseg", "tiny_clip", "tiny_clip_config", "tiny_clip_like", "tiny_vlsm",
-    "tiny_vlsm_config", "tiny_vlsm_folder",
+    "tiny_vlsm_config", "tiny_vlsm_folder", "TINY_SIGLIP", "TINY_SIGLIP_VIT", "TINY_SIGLIP_WORDS", "tiny_siglip",
+    "tiny_siglip_config", "tiny_siglip_tokenizer_json", "vlprompt_tiny_siglip_vit",
 ]

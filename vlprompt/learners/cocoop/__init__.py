@@ -159,7 +159,7 @@ class CoCoOp(PromptLearner):
         texts = encode_conditioned_prompts(
             self.backbone, self.prompts, ctx, chunk_size=self.chunk_size, recompute=self.recompute and self.training
         )
-        return cosine_logits(image_features, texts, self.backbone.logit_scale)
+        return cosine_logits(image_features, texts, self.backbone.logit_scale, self.backbone.logit_bias)
 
     def paired_text_features(self, image_features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Text feature ``[B, D]`` of each image's own prompt ``t_{index[b]}(x_b)`` (eq. 1), for segmentation:

@@ -75,9 +75,9 @@ def raw_text_features() -> bool:
 
 
 def count_tokens(backbone: VLBackbone, text: str) -> int:
-    """Number of BPE tokens of ``text`` (without start/end tokens)."""
-    tokens = backbone.tokenize([text])[0]
-    return int(backbone.pool_index(tokens[None])[0]) - 1
+    """Number of tokens of ``text`` (without start/end tokens): ``text_end - text_start`` of the backbone."""
+    tokens = backbone.tokenize([text])
+    return int(backbone.text_end(tokens)[0]) - backbone.text_start
 
 
 def context_from_words(backbone: VLBackbone, words: str, n_ctx: int | None = None) -> torch.Tensor:
@@ -95,7 +95,8 @@ def context_from_words(backbone: VLBackbone, words: str, n_ctx: int | None = Non
         )
     with torch.no_grad():
         emb = backbone.embed_tokens(backbone.tokenize([words]))[0]
-    return emb[1 : 1 + n].clone()
+    start = backbone.text_start
+    return emb[start : start + n].clone()
 
 
 def random_context(n_ctx: int, width: int, *, n_cls: int | None = None, std: float = 0.02) -> torch.Tensor:
@@ -112,7 +113,8 @@ class ClassPrompts(nn.Module):
     ``end`` is ``suffix_text`` when given, otherwise :func:`prompt_end` (``"."`` for class names; nothing on the
     segmentation track, whose prompts carry the dataset's own full stop).
 
-    Buffers: ``prefix`` ``[C, 1, Wt]`` (start token), ``suffix`` ``[C, L-1-n, Wt]`` (class tokens, period,
+    Buffers: ``prefix`` ``[C, s, Wt]`` (the ``s = backbone.text_start`` start tokens: 1 for CLIP, 0 for
+    SigLIP), ``suffix`` ``[C, L-s-n, Wt]`` (class tokens, period,
     end and padding), ``name_lens`` ``[C]``, ``pool_index`` ``[C]``, ``tokens`` ``[C, L]``.
 
     With ``lead_text`` (e.g. ``"a photo of a"``) the prompt is ``"{lead_text} {class}."`` and its first ``n``
@@ -147,7 +149,7 @@ class ClassPrompts(nn.Module):
                 )
             prompts = [f"{lead_text} {name}{suffix_text}" for name in names]
         tokens = backbone.tokenize(prompts)
-        ends = backbone.pool_index(tokens)
+        ends = backbone.text_end(tokens)
         if int(ends.max()) >= tokens.shape[1] - 1:
             longest = prompts[int(ends.argmax())]
             raise ValueError(
@@ -158,8 +160,9 @@ class ClassPrompts(nn.Module):
         self.n_ctx = n_ctx
         self.position = position
         self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("prefix", emb[:, :1].clone(), persistent=False)
-        self.register_buffer("suffix", emb[:, 1 + n_ctx :].clone(), persistent=False)
+        start = backbone.text_start
+        self.register_buffer("prefix", emb[:, :start].clone(), persistent=False)
+        self.register_buffer("suffix", emb[:, start + n_ctx :].clone(), persistent=False)
         self.register_buffer("name_lens", torch.tensor([count_tokens(backbone, n) for n in names]), persistent=False)
         self.register_buffer("pool_index", backbone.pool_index(tokens), persistent=False)
 

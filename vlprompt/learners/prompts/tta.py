@@ -184,7 +184,7 @@ def tpt_step(
                 logits = learner.logits(feats)
             else:
                 text = learner.text_features()
-                logits = cosine_logits(feats, text, learner.backbone.logit_scale)
+                logits = cosine_logits(feats, text, learner.backbone.logit_scale, learner.backbone.logit_bias)
             if selected is None:
                 selected = selector(logits.detach(), feats.detach())
             loss = marginal_entropy(logits[selected])

@@ -73,7 +73,8 @@ def lead_context(backbone: VLBackbone, words: str, n_ctx: int) -> torch.Tensor:
         )
     with torch.no_grad():
         emb = backbone.embed_tokens(backbone.tokenize([words]))[0]
-    return emb[1 : 1 + n_ctx].clone()
+    start = backbone.text_start
+    return emb[start : start + n_ctx].clone()
 
 
 def text_context(

@@ -142,7 +142,7 @@ class PromptSRC(IVLP):
         if self.image_loss_weight > 0:
             loss = loss + self.image_loss_weight * feature_l1_loss(image_features, frozen_img)
         if self.kl_loss_weight > 0:
-            zs_logits = cosine_logits(frozen_img, frozen_txt, self.backbone.logit_scale)
+            zs_logits = cosine_logits(frozen_img, frozen_txt, self.backbone.logit_scale, self.backbone.logit_bias)
             loss = loss + self.kl_loss_weight * logit_kl_loss(logits, zs_logits)
         self._stash_images = None
         self._stash_text = None

@@ -109,11 +109,12 @@ class TMML(PromptLearner):
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(self, backbone: VLBackbone, classnames) -> None:
-        if not getattr(backbone, "supports_visual_prompts", False):
+        if not backbone.supports_dense_features:
             raise LearnerError(
                 f"TMML attends over the image's dense patch tokens, but backbone {backbone.info.name!r} (model "
-                f"{backbone.info.model!r}) cannot return them (encode_image(dense=True) needs a ViT image tower). "
-                "Use a ViT model (e.g. model: ViT-B-16) or a learner without patch attention (e.g. coop)."
+                f"{backbone.info.model!r}) cannot return them (encode_image(dense=True) needs a CLIP ViT image tower; "
+                "SigLIP's attention-pooled tower has none). Use a CLIP ViT model (e.g. model: ViT-B-16) or a learner "
+                "without patch attention (e.g. coop, cocoop, kgcoop, vpt, maple, ivlp, promptsrc)."
             )
         super().setup(backbone, classnames)
 
