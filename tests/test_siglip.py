@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: learners run on SigLIP here: text (CoOp, CoCoOp, KgCoOp, DePT), visual (VPT), multimodal (IVLP, MaPLe,
 #: PromptSRC, shared_*), and the baselines
 SUPPORTED = ("zero_shot", "coop", "cocoop", "kgcoop", "dept", "vpt", "ivlp", "maple", "promptsrc", "shared_separate",
-             "shared_attention", "linear_probe")
+             "shared_attention", "linear_probe", "tcp")
 
 
 @pytest.fixture(scope="module", autouse=True)

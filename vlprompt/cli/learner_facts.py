@@ -53,4 +53,5 @@ LEARNER_FACTS: dict[str, LearnerFacts] = {
                                  "tests/test_linear_probe.py"),
     "clip_lora": LearnerFacts("multimodal", ("classification",), "CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024)",
                               "tests/test_clip_lora.py"),
+    "tcp": LearnerFacts("text", ("classification",), "TCP (Yao, Zhang & Xu, CVPR 2024)", "tests/test_tcp_equivalence.py"),
 }
