@@ -42,6 +42,8 @@ from vlprompt.learners.testing import (
 )
 
 LEARNERS = get_registry("learners").entries()
+#: learners whose adapters go into open_clip's attention blocks (vlprompt.backbones.base.VLBackbone.attention_adapter)
+NEEDS_OPEN_CLIP_ATTENTION = {"clip_lora"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -390,9 +392,16 @@ def test_registered_and_toy_vlsm_resolution() -> None:
 
 @pytest.mark.parametrize("info", LEARNERS, ids=[i.name for i in LEARNERS])
 def test_registered_learner_classifies_on_the_tiny_vlsm(info) -> None:
+    """Every learner classifies on the CLIPSeg adapter, except one that needs what the adapter does not offer
+    (CLIP-LoRA's attention adapters): that one is refused at setup, naming the backbone and what to use."""
     bb = tiny_vlsm()
     state = {k: v.clone() for k, v in bb.model.state_dict().items()}
     try:
+        if info.name in NEEDS_OPEN_CLIP_ATTENTION:
+            learner = info.obj()
+            with pytest.raises(LearnerError, match="CLIPSegBackbone.*Use an open_clip CLIP ViT"):
+                learner.setup(bb, ["red circle", "blue square"])
+            return
         check_learner(info.obj, backbone=bb)
     finally:
         bb.model.load_state_dict(state)

@@ -210,7 +210,7 @@ def test_bad_inputs_name_the_value_and_the_fix(bb, monkeypatch) -> None:
     assert cones.classnames == NAMES
     nodense = tiny_clip()
     monkeypatch.setattr(nodense, "supports_visual_prompts", False)
-    with pytest.raises(LearnerError, match=r"dense patch tokens.*Use a ViT model"):
+    with pytest.raises(LearnerError, match=r"dense patch tokens.*Use a CLIP ViT model"):
         TMML().setup(nodense, NAMES)
     tmml = TMML()
     tmml.setup(bb, NAMES)

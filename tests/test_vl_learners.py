@@ -154,7 +154,8 @@ def test_maple_layer_projections_start_as_copies_of_one_linear(bb) -> None:
     import types
 
     fake = types.SimpleNamespace(text_layers=3, vision_layers=3, text_width=bb.text_width, vision_width=bb.vision_width,
-                                 tokenize=bb.tokenize, embed_tokens=bb.embed_tokens, pool_index=bb.pool_index)
+                                 tokenize=bb.tokenize, embed_tokens=bb.embed_tokens, pool_index=bb.pool_index,
+                                 text_end=bb.text_end, text_start=bb.text_start)
     maple.build(fake, NAMES)
     assert len(maple.projections) == 2
     assert torch.equal(maple.projections[0].weight, maple.projections[1].weight)

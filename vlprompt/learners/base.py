@@ -107,11 +107,6 @@ class PromptLearner(nn.Module, abc.ABC):
     trainable: ClassVar[bool] = True
     modifies_image_encoder: ClassVar[bool] = False
     transfers_to_new_classes: ClassVar[bool] = True
-    #: what the learner uses beyond the standard track (the protocol's labelled images and the frozen backbone), in
-    #: :data:`RESOURCES` words, e.g. ``("LLM text",)`` or ``("teacher model", "unlabeled images")``; ``()`` is the
-    #: standard track. Results record it (``resources``) and leaderboards show it, so rows of different tracks are
-    #: never compared unmarked. :meth:`resource_track` may refine it per configuration.
-    resources: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -162,8 +157,12 @@ class PromptLearner(nn.Module, abc.ABC):
 
     # ------------------------------------------------------------------ what a result records
     def resource_track(self) -> tuple[str, ...]:
-        """The resources this configured learner uses beyond the standard track (default :attr:`resources`)."""
-        return tuple(self.resources)
+        """The resources this configured learner uses beyond the standard track (the protocol's labelled images and
+        the frozen backbone), in :data:`RESOURCES` words, e.g. ``("LLM text",)`` or ``("teacher model", "unlabeled
+        images")``; ``()`` is the standard track. Default: the class attribute ``resources`` where a learner (or a
+        mixin such as :class:`~vlprompt.learners.prompts.tta.TestTimeMethod`) sets one, else ``()``. Results record it
+        (``resources``) and leaderboards show it, so rows of different tracks are never compared unmarked."""
+        return tuple(getattr(self, "resources", ()))
 
     def prompt_record(self) -> dict[str, Any]:
         """The prompt text the learner evaluates with, for the result JSON (``prompt``): the hand-written template(s)

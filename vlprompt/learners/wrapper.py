@@ -52,7 +52,7 @@ class WrappedLearner(PromptLearner):
 
     def resource_track(self) -> tuple[str, ...]:
         """The wrapped learner's resources, then the wrapper's own (:attr:`resources`), without repeats."""
-        return tuple(dict.fromkeys((*self.wrapped.resource_track(), *self.resources)))
+        return tuple(dict.fromkeys((*self.wrapped.resource_track(), *getattr(self, "resources", ()))))
 
     def prompt_record(self) -> dict:
         return {**self.wrapped.prompt_record(), "wrapped_by": type(self).__name__}
