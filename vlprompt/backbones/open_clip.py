@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from vlprompt.backbones.base import (
     BackboneError,
@@ -186,6 +187,25 @@ def _check_pretrained(model: str, pretrained: str | None) -> None:
             )
 
 
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def _load_openai_layout(model: str, path: Path, cache_dir: str | None, kwargs: dict) -> torch.nn.Module:
+    """An open_clip ``model`` with the weights of a state dict in OpenAI's original layout (``.safetensors``, or a
+    ``.pt`` read with ``weights_only``): the same tensor names as open_clip's, plus the three integer entries
+    :data:`OPENAI_EXTRA_KEYS` that open_clip has no place for and that are dropped here. Loaded strictly."""
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS}
+    clip = open_clip.create_model(model, pretrained=None, cache_dir=cache_dir, **kwargs)
+    clip.load_state_dict(state, strict=True)
+    return clip
+
+
 ALLOW_EMULATED_ENV = "VLPROMPT_ALLOW_EMULATED_PRECISION"
 
 
@@ -311,6 +331,8 @@ class OpenCLIPBackbone(VLBackbone):
     def _load(model: str, pretrained: str | None, quick_gelu: bool, cache_dir: str | None) -> torch.nn.Module:
         kwargs = {"force_quick_gelu": quick_gelu} if quick_gelu else {}
         try:
+            if pretrained and Path(pretrained).expanduser().is_file() and _has_openai_layout(Path(pretrained).expanduser()):
+                return _load_openai_layout(model, Path(pretrained).expanduser(), cache_dir, kwargs)
             return open_clip.create_model(model, pretrained=pretrained or None, cache_dir=cache_dir, **kwargs)
         except BackboneError:
             raise
