@@ -388,3 +388,16 @@ def test_openai_layout_state_dict_loads_strictly(configs_registered, tmp_path, i
     save_file(state, str(bad)) if suffix == ".safetensors" else torch.save(state, bad)
     with pytest.raises(BackboneError, match="bad"):
         OpenCLIPBackbone(TINY_VIT, pretrained=str(bad), precision="fp32")
+
+
+def test_openai_layout_safetensors_truncated_is_a_named_error(configs_registered, tmp_path):
+    from safetensors.torch import save_file
+
+    ref = open_clip.create_model(TINY_VIT, pretrained=None, force_quick_gelu=True)
+    state = {k: v.detach().clone().contiguous() for k, v in ref.state_dict().items()}
+    state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(32), vocab_size=torch.tensor(49408))
+    path = tmp_path / "cut.safetensors"
+    save_file(state, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(BackboneError, match="cut.safetensors"):
+        OpenCLIPBackbone(TINY_VIT, pretrained=str(path), precision="fp32")
