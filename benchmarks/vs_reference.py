@@ -5,7 +5,8 @@ the reference's own Python environment) and vlprompt (``vlprompt fit`` with the 
 reference first, each in a fresh child process, on the same data root, seeds, shots, epochs, batch size, loader
 workers and weights (fp32, torch's default threads, ``OMP_WAIT_POLICY=PASSIVE`` for both). Before every run the
 1-minute load average is recorded. Per run: training seconds per trained image (images that went through an
-optimiser step; both drop the incomplete last batch), test seconds per test image, and the child's peak RSS
+optimiser step; both drop the incomplete last batch), test seconds per test image, the same in process CPU seconds
+(all threads: on a CPU shared with other processes they vary far less than wall time), and the child's peak RSS
 (``os.wait4``). Printed: every run, then per case the min and median over ``--repeats`` of each side and of
 the ratio reference / vlprompt (> 1: vlprompt faster; for memory: > 1 means vlprompt uses less).
 
@@ -159,14 +160,15 @@ def vlprompt_cmd(a, case: dict, root: Path, work: Path) -> list[str]:
 
 
 def run_reference(a, case: dict, root: Path, work: Path, env: dict) -> dict:
-    row = {"train_s": 0.0, "test_s": 0.0, "train_images": 0, "test_images": 0, "peak_mib": 0.0, "wall_s": 0.0}
+    row = {"train_s": 0.0, "test_s": 0.0, "train_cpu_s": 0.0, "test_cpu_s": 0.0, "train_images": 0, "test_images": 0,
+           "peak_mib": 0.0, "wall_s": 0.0}
     for i, (cmd, out) in enumerate(reference_cmds(a, case, root, work)):
         rc, wall, peak = run_child(cmd, env, work / f"ref-{i}.log")
         if rc != 0:
             raise SystemExit(f"reference run failed (exit {rc}); log: {work / f'ref-{i}.log'}")
         m = json.loads(out.read_text(encoding="utf-8"))
-        row["train_s"] += m["train_s"]
-        row["test_s"] += m["test_s"]
+        for k in ("train_s", "test_s", "train_cpu_s", "test_cpu_s"):
+            row[k] += m[k]
         row["train_images"] += m["train_images"]
         row["test_images"] += m["test_images"]
         row["peak_mib"] = max(row["peak_mib"], peak)
@@ -182,6 +184,8 @@ def run_vlprompt(a, case: dict, root: Path, work: Path, env: dict) -> dict:
     rows = result["per_seed"]
     return {"train_s": sum(r.get("train_seconds", 0.0) for r in rows),
             "test_s": sum(r.get("test_seconds", 0.0) for r in rows),
+            "train_cpu_s": sum(r.get("train_cpu_seconds", 0.0) for r in rows),
+            "test_cpu_s": sum(r.get("test_cpu_seconds", 0.0) for r in rows),
             "train_images": sum(int(r.get("optimizer_steps", 0)) * case["batch"] for r in rows),
             "test_images": sum(int(r.get("test_images", 0)) for r in rows), "peak_mib": peak, "wall_s": wall}
 
@@ -222,13 +226,16 @@ def verdict(ratio: float, target: float) -> str:
 
 def summarize(name: str, runs: list[tuple[dict, dict]]) -> list[str]:
     lines = []
-    for target, (label, key, per) in zip(TARGETS[name], (("train s / trained image", "train_s", "train_images"),
-                                                          ("test s / test image", "test_s", "test_images"),
-                                                          ("peak RSS GiB", "peak_mib", None))):
+    t_train, t_test, t_mem = TARGETS[name]
+    for target, (label, key, per) in ((t_train, ("train s / trained image", "train_s", "train_images")),
+                                      (t_train, ("train CPU-s / trained img", "train_cpu_s", "train_images")),
+                                      (t_test, ("test s / test image", "test_s", "test_images")),
+                                      (t_test, ("test CPU-s / test image", "test_cpu_s", "test_images")),
+                                      (t_mem, ("peak RSS GiB", "peak_mib", None))):
         ref = [r[key] / r[per] if per else r[key] / 1024 for r, _ in runs]
         vl = [v[key] / v[per] if per else v[key] / 1024 for _, v in runs]
         ratio = [x / y for x, y in zip(ref, vl)]
-        lines.append(f"{name:>9} {label:>24} {min(ref):>9.3f} {statistics.median(ref):>9.3f} {min(vl):>9.3f} "
+        lines.append(f"{name:>9} {label:>25} {min(ref):>9.3f} {statistics.median(ref):>9.3f} {min(vl):>9.3f} "
                      f"{statistics.median(vl):>9.3f} {min(ratio):>8.2f}x {statistics.median(ratio):>8.2f}x "
                      f"{target:>6.1f}x {verdict(statistics.median(ratio), target)}")
     return lines
@@ -277,8 +284,8 @@ def main() -> None:
     print(f"# fp32 matmul peak (2048^3) {peak:.1f} GFLOP/s; vlprompt ViT-B/16 image tower (batch 16, no grad) "
           f"{tower:.1f} GFLOP/s = {100 * tower / peak:.0f}% of it ({vitb16_image_gflop():.1f} GFLOP per image), "
           f"best of 3 alternated rounds, load {load0:.2f}")
-    print(f"\n{'case':>9} {'rep':>3} {'side':>9} {'load1':>6} {'train s':>8} {'img':>5} {'s/img':>7} {'test s':>8} "
-          f"{'img':>5} {'s/img':>7} {'peak GiB':>8}", flush=True)
+    print(f"\n{'case':>9} {'rep':>3} {'side':>9} {'load1':>6} {'train s':>8} {'img':>5} {'s/img':>7} {'CPU-s/img':>9} "
+          f"{'test s':>8} {'img':>5} {'s/img':>7} {'CPU-s/img':>9} {'peak GiB':>8}", flush=True)
     summary = []
     for name in a.cases:
         case = CASES[name]
@@ -293,12 +300,13 @@ def main() -> None:
                 row["load"] = load
                 pair.append(row)
                 print(f"{name:>9} {rep:>3} {side:>9} {load:>6.2f} {row['train_s']:>8.1f} {row['train_images']:>5} "
-                      f"{row['train_s'] / row['train_images']:>7.3f} {row['test_s']:>8.1f} {row['test_images']:>5} "
-                      f"{row['test_s'] / row['test_images']:>7.3f} {row['peak_mib'] / 1024:>8.2f}", flush=True)
+                      f"{row['train_s'] / row['train_images']:>7.3f} {row['train_cpu_s'] / row['train_images']:>9.3f} "
+                      f"{row['test_s']:>8.1f} {row['test_images']:>5} {row['test_s'] / row['test_images']:>7.3f} "
+                      f"{row['test_cpu_s'] / row['test_images']:>9.3f} {row['peak_mib'] / 1024:>8.2f}", flush=True)
             runs.append((pair[0], pair[1]))
         summary += summarize(name, runs)
     print(f"\n## reference / vlprompt over {a.repeats} alternated pair(s) (> 1: vlprompt faster / smaller)")
-    print(f"{'case':>9} {'figure':>24} {'ref min':>9} {'ref med':>9} {'vl min':>9} {'vl med':>9} {'ratio min':>9} {'ratio med':>9} {'target':>7} verdict")
+    print(f"{'case':>9} {'figure':>25} {'ref min':>9} {'ref med':>9} {'vl min':>9} {'vl med':>9} {'ratio min':>9} {'ratio med':>9} {'target':>7} verdict")
     print("\n".join(summary))
     print(f"\n# load average at end {os.getloadavg()[0]:.2f}")
 
