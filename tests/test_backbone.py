@@ -362,3 +362,42 @@ def test_local_checkpoint_for_an_architecture_with_openai_releases_needs_an_expl
     torch.save({"visual.proj": torch.zeros(2, 2), "input_resolution": torch.tensor(224),
                 "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)}, openai)
     assert resolve_quick_gelu("ViT-B-16", str(openai), None) is True
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_openai_layout_state_dict_loads_strictly(configs_registered, tmp_path, images, suffix):
+    """A state dict in OpenAI's original layout (open_clip's tensor names plus input_resolution, context_length and
+    vocab_size) loads into the open_clip model with every tensor used; the extra integers are dropped."""
+    from safetensors.torch import save_file
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        ref = open_clip.create_model(TINY_VIT, pretrained=None, force_quick_gelu=True).eval()
+    state = {k: v.detach().clone().contiguous() for k, v in ref.state_dict().items()}
+    state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(32), vocab_size=torch.tensor(49408))
+    path = tmp_path / f"openai_layout{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    b = OpenCLIPBackbone(TINY_VIT, pretrained=str(path), precision="fp32")
+    assert b.info.extra["quick_gelu"] is True
+    with torch.no_grad():
+        want = ref.encode_image(b.normalize(images))
+        got = b.encode_image(images)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    state["visual.proj"] = torch.zeros(3, 3)  # a wrong shape is an error naming the file, not a silent partial load
+    bad = tmp_path / f"bad{suffix}"
+    save_file(state, str(bad)) if suffix == ".safetensors" else torch.save(state, bad)
+    with pytest.raises(BackboneError, match="bad"):
+        OpenCLIPBackbone(TINY_VIT, pretrained=str(bad), precision="fp32")
+
+
+def test_openai_layout_safetensors_truncated_is_a_named_error(configs_registered, tmp_path):
+    from safetensors.torch import save_file
+
+    ref = open_clip.create_model(TINY_VIT, pretrained=None, force_quick_gelu=True)
+    state = {k: v.detach().clone().contiguous() for k, v in ref.state_dict().items()}
+    state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(32), vocab_size=torch.tensor(49408))
+    path = tmp_path / "cut.safetensors"
+    save_file(state, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(BackboneError, match="cut.safetensors"):
+        OpenCLIPBackbone(TINY_VIT, pretrained=str(path), precision="fp32")

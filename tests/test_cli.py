@@ -116,6 +116,7 @@ def test_quickstart_end_to_end_writes_a_result(tmp_path) -> None:
     # cost fields for the leaderboards' cost columns
     assert row["train_images"] > 0 and row["test_images"] > 0 and row["train_seconds"] >= 0
     assert row["test_seconds"] >= 0 and row["peak_rss_mib"] > 0
+    assert row["train_cpu_seconds"] > 0 and row["test_cpu_seconds"] > 0  # process CPU time, all threads
     assert isinstance(saved["trainable_params"], int) and saved["trainable_params"] > 0
     assert Path(row["prompts"]).is_file()
     assert saved["command"].startswith("vlprompt fit --config")

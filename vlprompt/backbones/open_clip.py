@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import contextlib
@@ -212,6 +213,60 @@ def _check_tokenizer(model: str) -> None:
         )
 
 
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def _load_openai_layout(model: str, path: Path, cache_dir: str | None, kwargs: dict) -> torch.nn.Module:
+    """An open_clip ``model`` with the weights of a state dict in OpenAI's original layout (``.safetensors``, or a
+    ``.pt`` read with ``weights_only``): the same tensor names as open_clip's, plus the three integer entries
+    :data:`OPENAI_EXTRA_KEYS` that open_clip has no place for and that are dropped here. Every model tensor must be
+    in the file with its shape, and nothing else. A safetensors file is copied in one tensor at a time, so loading
+    never holds a second copy of the weights (peak memory: the model plus its largest tensor)."""
+    clip = open_clip.create_model(model, pretrained=None, cache_dir=cache_dir, **kwargs)
+    target = clip.state_dict()  # shares storage with the model's tensors
+    if path.suffix != ".safetensors":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        state = {k.removeprefix("module."): v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS}
+        clip.load_state_dict(state, strict=True)
+        return clip
+    copy_safetensors_into(path, target, skip=OPENAI_EXTRA_KEYS)
+    return clip
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def copy_safetensors_into(path: Path, target: dict[str, torch.Tensor], *, skip: Sequence[str] = ()) -> None:
+    """Copy every tensor of the safetensors file ``path`` into the tensor of the same name in ``target`` (cast to
+    its dtype), reading one tensor at a time with plain file reads: no memory map, so the file's pages never count
+    in this process's resident memory, and at most one file tensor is held at once. The names (less ``skip``) must
+    be exactly ``target``'s and the shapes equal; otherwise ``RuntimeError`` names what differs."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        header.pop("__metadata__", None)
+        start = 8 + size
+        names = set(header) - set(skip)
+        missing, unexpected = sorted(set(target) - names), sorted(names - set(target))
+        if missing or unexpected:
+            raise RuntimeError(f"missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+        with torch.no_grad():
+            for name in sorted(names, key=lambda n: header[n]["data_offsets"][0]):
+                info = header[name]
+                if tuple(info["shape"]) != tuple(target[name].shape):
+                    raise RuntimeError(f"{name} has shape {tuple(info['shape'])} in the file, "
+                                       f"{tuple(target[name].shape)} in the model")
+                begin, end = info["data_offsets"]
+                buf = torch.empty(end - begin, dtype=torch.uint8)
+                fh.seek(start + begin)
+                if fh.readinto(memoryview(buf.numpy())) != end - begin:
+                    raise RuntimeError(f"{name}: the file ends inside the tensor (truncated)")
+                target[name].copy_(buf.view(SAFETENSORS_DTYPES[info["dtype"]]).view(info["shape"]))
+
+
 ALLOW_EMULATED_ENV = "VLPROMPT_ALLOW_EMULATED_PRECISION"
 
 
@@ -353,6 +408,8 @@ class OpenCLIPBackbone(VLBackbone):
     def _load(model: str, pretrained: str | None, quick_gelu: bool, cache_dir: str | None) -> torch.nn.Module:
         kwargs = {"force_quick_gelu": quick_gelu} if quick_gelu else {}
         try:
+            if pretrained and Path(pretrained).expanduser().is_file() and _has_openai_layout(Path(pretrained).expanduser()):
+                return _load_openai_layout(model, Path(pretrained).expanduser(), cache_dir, kwargs)
             return open_clip.create_model(model, pretrained=pretrained or None, cache_dir=cache_dir, **kwargs)
         except BackboneError:
             raise

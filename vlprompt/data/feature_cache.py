@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import torch
@@ -311,3 +312,61 @@ def cached_features(
     except OSError as exc:
         log.warning("could not write feature cache %s: %s", path, exc)
     return FeatureDataset(features, labels_t, seed=seed)
+
+
+def weights_version(backbone: VLBackbone) -> int:
+    """Sum of the in-place version counters of ``backbone``'s parameters: changes whenever a weight is written."""
+    return sum(int(p._version) for p in backbone.parameters())
+
+
+class FrozenFeatureStore:
+    """In-memory image features of non-augmented splits (validation, test), computed once per process and reused by
+    every later evaluation of the same images with the same frozen backbone: across epochs and across the seeds of
+    a run (``vlprompt fit`` rebuilds the model per seed, over the same cached backbone weights).
+
+    An entry is found by :func:`feature_cache_key` (backbone identity, dataset identity, split, indices, transform)
+    *and* by the backbone's weight tensors themselves: it holds a weak reference to the first parameter and the
+    :func:`weights_version` at extraction, so two random backbones of the same name never share features, an entry
+    dies with its weights, and a weight written in place invalidates it. Serve entries only to learners that leave the
+    image encoder untouched (``modifies_image_encoder = False``): their ``encode_images`` is the backbone's.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, str], tuple[weakref.ref, int, torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        self._purge()
+        return len(self._entries)
+
+    def _purge(self) -> None:
+        for k in [k for k, (ref, *_rest) in self._entries.items() if ref() is None]:
+            del self._entries[k]
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
+
+    def features(
+        self, backbone: VLBackbone, dataset: Dataset, *, key: str, batch_size: int | None = None,
+        num_workers: int | str = 0,
+    ) -> FeatureDataset:
+        """The features of ``dataset`` (one view, no augmentation) for ``backbone``: stored ones, or extracted now
+        with :func:`extract_features` (in batches of ``batch_size``) and stored."""
+        anchor = next(backbone.parameters(), None)
+        if anchor is None:  # nothing to tie an entry to: extract every time
+            feats, labels = extract_features(backbone, dataset, batch_size=batch_size, num_workers=num_workers, key=key)
+            return FeatureDataset(feats, labels)
+        slot = (id(anchor), key)
+        version = weights_version(backbone)
+        hit = self._entries.get(slot)
+        if hit is not None and hit[0]() is anchor and hit[1] == version and hit[3].shape[0] == len(dataset):  # type: ignore[arg-type]
+            log.debug("frozen eval features reused for %s", key)
+            return FeatureDataset(hit[2], hit[3])
+        feats, labels = extract_features(backbone, dataset, batch_size=batch_size, num_workers=num_workers, key=key)
+        self._purge()
+        self._entries[slot] = (weakref.ref(anchor), version, feats, labels)
+        return FeatureDataset(feats, labels)
+
+
+#: the process-wide store the classification protocols use (``eval_feature_reuse``)
+FROZEN_EVAL_FEATURES = FrozenFeatureStore()

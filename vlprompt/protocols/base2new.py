@@ -32,6 +32,7 @@ from vlprompt.data.distributed import (
     is_distributed,
 )
 from vlprompt.data.feature_cache import (
+    FROZEN_EVAL_FEATURES,
     FeatureDataset,
     cached_features,
     decode_workers,
@@ -148,6 +149,11 @@ class ClassificationProtocol(pl.LightningDataModule):
         feature_cache: serve cached frozen image features instead of images when the learner does not
             modify the image encoder (off by default for exact reproduction).
         feature_views: augmented views stored per training image when augmentation is on.
+        eval_feature_reuse: when the learner leaves the image encoder untouched (``modifies_image_encoder =
+            False``), encode the validation and test images once per process and serve their frozen features to
+            every later evaluation (each epoch's validation, every seed of the run) from memory
+            (:data:`vlprompt.data.feature_cache.FROZEN_EVAL_FEATURES`); logits equal the image path's within 1e-5.
+            ``false`` re-encodes the images at every evaluation. The on-disk ``feature_cache`` takes precedence.
         drop_last: drop the last incomplete training batch, as Dassl does (``drop_last=is_train and
             len(data) >= batch_size``): 80 shots at batch 32 make 2 steps per epoch, not 3. ``false`` keeps it.
         validation: ``true`` (the legacy CoOp protocol: a few-shot validation split of ``min(K, 4)`` images per
@@ -176,6 +182,7 @@ class ClassificationProtocol(pl.LightningDataModule):
         feature_views: int = 8,
         drop_last: bool = True,
         validation: bool = True,
+        eval_feature_reuse: bool = True,
     ) -> None:
         super().__init__()
         self.validation = bool(validation)
@@ -199,6 +206,7 @@ class ClassificationProtocol(pl.LightningDataModule):
         self.feature_cache = feature_cache
         self.feature_views = feature_views
         self.drop_last = drop_last
+        self.eval_feature_reuse = eval_feature_reuse
         self._preprocess = None
 
     # ------------------------------------------------------------------ label spaces
@@ -273,10 +281,13 @@ class ClassificationProtocol(pl.LightningDataModule):
     def _preprocess_cfg(self):
         return getattr(getattr(self._module(), "backbone", None), "preprocess", None)
 
+    def _image_encoder_frozen(self) -> bool:
+        """Whether the module's learner declares that it leaves the image encoder untouched."""
+        learner = getattr(self._module(), "learner", None)
+        return bool(learner is not None and not learner.modifies_image_encoder)
+
     def _uses_feature_cache(self) -> bool:
-        module = self._module()
-        learner = getattr(module, "learner", None)
-        return bool(self.feature_cache and learner is not None and not learner.modifies_image_encoder)
+        return bool(self.feature_cache and self._image_encoder_frozen())
 
     def _dataset(self, split: str, space: str, shots: int | None, train: bool, source: ClassificationSource | None = None):
         """Images (or cached features) of ``split`` restricted to a label space, relabelled ``0..n-1``."""
@@ -302,6 +313,14 @@ class ClassificationProtocol(pl.LightningDataModule):
                 backbone, images, cache_dir=self.cache_dir, key=key, views=views, seed=self.seed,
                 labels=[int(all_labels[i]) for i in idx], identity=source.identity(), sample_ids=idx,
             )
+        elif not train and self.eval_feature_reuse and self._image_encoder_frozen():
+            backbone = self._module().backbone
+            key = feature_cache_key(
+                backbone=backbone, data_identity=source.identity(), split=split, indices=idx,
+                transform=repr(transform), views=1,
+            )
+            images = FROZEN_EVAL_FEATURES.features(backbone, images, key=key, batch_size=self._eval_batch(),
+                                                   num_workers=self.num_workers)
         return Relabel(images, mapping)
 
     def _eval_batch(self) -> int:

@@ -312,10 +312,11 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     resume_from = run.usable_checkpoint(seed)  # a damaged one is reported and the seed redone
                     if resume_from is not None:
                         log.info("seed %d: resuming from %s (epoch %s)", seed, ckpt, run.checkpoint_epoch(seed))
-                    t_fit = time.time()
+                    t_fit, c_fit = time.time(), time.process_time()
                     trainer.fit(model, datamodule=data, ckpt_path=str(resume_from) if resume_from else None,
                                 weights_only=True)
                     row["train_seconds"] = round(time.time() - t_fit, 2)
+                    row["train_cpu_seconds"] = round(time.process_time() - c_fit, 2)  # all threads; steady under load
                     row["epochs"] = int(trainer.current_epoch)
                     row.update(image_count(trainer.train_dataloader, "train_images"))
                     row["optimizer_steps"] = int(trainer.global_step)  # read by `vlprompt sweep --plan --calibrate`
@@ -328,7 +329,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                 elif stage == "fit":
                     log.info("%s has nothing to train: evaluating it once, for all %d seed(s)", type(learner).__name__,
                              len(seeds))
-                t_eval = time.time()
+                t_eval, c_eval = time.time(), time.process_time()
                 if stage == "validate":
                     trainer.validate(model, datamodule=data, verbose=False)
                     results = _eval_results(model, trainer, "val")
@@ -338,6 +339,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
                     results = _eval_results(model, trainer, "test")
                     row.update(image_count(trainer.test_dataloaders, "test_images"))
                 row["test_seconds"] = round(time.time() - t_eval, 2)
+                row["test_cpu_seconds"] = round(time.process_time() - c_eval, 2)
                 row["peak_rss_mib"] = peak_rss_mib()
                 row["metrics"] = rounded_metrics(results)
                 report = getattr(model, "seed_report", None)

@@ -1,0 +1,315 @@
+"""vlprompt against the reference code it replaces, side by side on this machine: seconds per image and peak memory.
+
+Each case runs the reference (KaiyangZhou/CoOp on Dassl.pytorch, through ``benchmarks/reference_child.py`` in
+the reference's own Python environment) and vlprompt (``vlprompt fit`` with the layered configs) alternately,
+reference first, each in a fresh child process, on the same data root, seeds, shots, epochs, batch size, loader
+workers and weights (fp32, torch's default threads, ``OMP_WAIT_POLICY=PASSIVE`` for both). Before every run the
+1-minute load average is recorded. Per run: training seconds per trained image (images that went through an
+optimiser step; both drop the incomplete last batch), test seconds per test image, the same in process CPU seconds
+(all threads: on a CPU shared with other processes they vary far less than wall time), and the child's peak RSS
+(``os.wait4``). Printed: every run, then per case the min and median over ``--repeats`` of each side and of
+the ratio reference / vlprompt (> 1: vlprompt faster; for memory: > 1 means vlprompt uses less).
+
+Cases (``--cases``):
+
+- ``coop5``: CoOp, 4 context vectors from "a photo of a", EuroSAT base-to-new, 5 base classes, 16 shots, batch 32
+  (image-bound); ``coop5x3``: the same over seeds 1, 2, 3 (the reference: one process per seed, as its scripts run);
+- ``coop100``: CoOp on all 100 Caltech-101 classes, 1 shot, batch 32 (text-bound: 100 prompts per step);
+- ``cocoop1``: CoCoOp (4 context vectors from "a photo of a") on EuroSAT base, 8 shots, batch 1 on both sides;
+  ``cocoop32``: vlprompt at batch 32 against the reference at batch 1 (the issue's memory target).
+
+``--quick``: 1 epoch, 1 pair, EuroSAT test cut to 20 images per class and Caltech-101 to 1, cases coop5 coop100.
+A missed target is printed with by how much (median ratio against the issue's minimum).
+
+The weights: an OpenAI-layout ViT-B/16 state dict as safetensors. ``--make-random-weights PATH`` writes a random
+one (fp16, as OpenAI's release, about 300 MB) and exits; the reference builds its model from the same file.
+
+    python benchmarks/vs_reference.py --make-random-weights /dev/shm/vitb16-random.safetensors
+    python benchmarks/vs_reference.py --reference-dir CoOp --dassl-dir Dassl.pytorch \\
+        --reference-python /path/to/reference-venv/bin/python --weights /dev/shm/vitb16-random.safetensors --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+OPENAI_EXTRA = {"input_resolution": 224, "context_length": 77, "vocab_size": 49408}
+
+# Per case: the dataset folder/config names of both sides and the settings both get.
+CASES = {
+    "coop5": dict(dataset="eurosat", protocol="base2new", learner="coop", shots=16, batch=32, seeds=[1]),
+    "coop5x3": dict(dataset="eurosat", protocol="base2new", learner="coop", shots=16, batch=32, seeds=[1, 2, 3]),
+    "coop100": dict(dataset="caltech101", protocol="fewshot", learner="coop", shots=1, batch=32, seeds=[1]),
+    "cocoop1": dict(dataset="eurosat", protocol="base2new", learner="cocoop", shots=8, batch=1, seeds=[1]),
+    # vlprompt at batch 32 against the reference at its paper batch 1 (the issue's memory target)
+    "cocoop32": dict(dataset="eurosat", protocol="base2new", learner="cocoop", shots=8, batch=32, seeds=[1],
+                     reference_batch=1),
+}
+# The issue's targets, as minimum ratios reference / vlprompt (train, test, peak memory) per case.
+TARGETS = {"coop5": (1.5, 1.5, 1.0), "coop5x3": (1.5, 3.0, 1.0), "coop100": (3.0, 1.5, 1.0), "cocoop1": (1.0, 1.0, 1.0),
+           "cocoop32": (1.0, 1.0, 1.0)}
+DATASETS = {  # vlprompt name: (folder, image folder, split file, reference dataset config)
+    "eurosat": ("eurosat", "2750", "split_zhou_EuroSAT.json", "configs/datasets/eurosat.yaml"),
+    "caltech101": ("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", "configs/datasets/caltech101.yaml"),
+}
+
+
+def make_random_weights(path: Path, seed: int = 0) -> None:
+    """Write a random ViT-B/16 (QuickGELU) state dict in OpenAI's layout: open_clip's tensor names, fp16, plus the
+    ``input_resolution`` / ``context_length`` / ``vocab_size`` integers of OpenAI's release."""
+    import open_clip  # deferred: only this mode needs open_clip
+    from safetensors.torch import save_file  # deferred: only this mode writes weights
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    state.update({k: torch.tensor(v) for k, v in OPENAI_EXTRA.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB, {len(state)} tensors, seed {seed})")
+
+
+def prepare_root(src: Path, dst: Path, cuts: dict[str, int | None]) -> None:
+    """A data root both sides read (the reference writes its few-shot pickles into it, never into ``src``): each
+    dataset's image folder linked, its split file copied with the test split cut to ``cuts[name]`` per class."""
+    for name, (folder, images, split, _) in DATASETS.items():
+        test_per_class = cuts.get(name)
+        if not (src / folder / split).is_file():
+            continue
+        (dst / folder).mkdir(parents=True, exist_ok=True)
+        link = dst / folder / images
+        if not link.exists():
+            link.symlink_to(src / folder / images)
+        data = json.loads((src / folder / split).read_text(encoding="utf-8"))
+        if test_per_class:
+            kept, seen = [], {}
+            for item in data["test"]:
+                seen[item[1]] = seen.get(item[1], 0) + 1
+                if seen[item[1]] <= test_per_class:
+                    kept.append(item)
+            data["test"] = kept
+        (dst / folder / split).write_text(json.dumps(data), encoding="utf-8")
+
+
+def run_child(cmd: list[str], env: dict, log: Path) -> tuple[int, float, float]:
+    """Run ``cmd``; returns (exit code, wall seconds, peak RSS MiB of that child, from ``os.wait4``)."""
+    t0 = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def warmup_epochs(epochs: int) -> int:
+    """The configs' 1 warm-up epoch, or none for a 1-epoch run (vlprompt refuses a run that is all warm-up)."""
+    return 1 if epochs > 1 else 0
+
+
+def reference_cmds(a, case: dict, root: Path, work: Path) -> list[tuple[list[str], Path]]:
+    """One reference child per seed (its scripts run one process per seed)."""
+    trainer = "CoOp" if case["learner"] == "coop" else "CoCoOp"
+    config = ("configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml" if trainer == "CoOp"
+              else "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml")
+    key = trainer.upper()
+    cmds = []
+    for seed in case["seeds"]:
+        out = work / f"ref-seed{seed}.json"
+        opts = [f"TRAINER.{key}.N_CTX", "4", f"TRAINER.{key}.CTX_INIT", "a photo of a", f"TRAINER.{key}.PREC", "fp32",
+                "DATASET.NUM_SHOTS", str(case["shots"]),
+                "DATASET.SUBSAMPLE_CLASSES", "base" if case["protocol"] == "base2new" else "all",
+                "OPTIM.MAX_EPOCH", str(a.epochs), "DATALOADER.TRAIN_X.BATCH_SIZE", str(case.get("reference_batch", case["batch"])),
+                "DATALOADER.NUM_WORKERS", str(a.workers), "TEST.FINAL_MODEL", "last_step",
+                "OPTIM.WARMUP_EPOCH", str(warmup_epochs(a.epochs))]
+        cmds.append(([a.reference_python, str(REPO / "benchmarks" / "reference_child.py"),
+                      "--reference-dir", str(a.reference_dir), "--dassl-dir", str(a.dassl_dir), "--weights", str(a.weights),
+                      "--root", str(root), "--trainer", trainer, "--config-file", config,
+                      "--dataset-config-file", DATASETS[case["dataset"]][3], "--seed", str(seed),
+                      "--output-dir", str(work / f"ref-out-seed{seed}"), "--out", str(out), *opts], out))
+    return cmds
+
+
+def vlprompt_cmd(a, case: dict, root: Path, work: Path) -> list[str]:
+    learner_cfg = ("configs/learners/coop/ctx4_init.yaml" if case["learner"] == "coop"
+                   else "configs/learners/cocoop/vit_b16_c4_ep10_batch1_ctxv1.yaml")
+    exe = str(Path(sys.executable).parent / "vlprompt")
+    return [exe, "fit", "--config", f"configs/protocols/{case['protocol'] if case['protocol'] == 'base2new' else 'fewshot_k1'}.yaml",
+            "--config", "configs/trainer/cpu.yaml", "--config", "configs/backbones/vit_b16_openai.yaml",
+            "--config", f"configs/datasets/{case['dataset']}.yaml", "--config", learner_cfg,
+            "--model.backbone.init_args.model", "ViT-B-16-quickgelu",
+            "--model.backbone.init_args.pretrained", str(a.weights), "--model.backbone.init_args.precision", "fp32",
+            "--model.cosine_horizon", "max_epochs", "--model.warmup_epochs", str(warmup_epochs(a.epochs)),
+            "--data.init_args.dataset.init_args.root", str(root), "--data.init_args.shots", str(case["shots"]),
+            "--data.init_args.batch_size", str(case["batch"]), "--data.init_args.num_workers", str(a.workers),
+            "--data.init_args.cache_dir", str(work / "cache"), "--trainer.max_epochs", str(a.epochs),
+            "--trainer.default_root_dir", str(work / "runs"), "--results_dir", str(work / "results"),
+            "--seeds", json.dumps(case["seeds"]), "--progress", "false"]
+
+
+def run_reference(a, case: dict, root: Path, work: Path, env: dict) -> dict:
+    row = {"train_s": 0.0, "test_s": 0.0, "train_cpu_s": 0.0, "test_cpu_s": 0.0, "train_images": 0, "test_images": 0,
+           "peak_mib": 0.0, "wall_s": 0.0}
+    for i, (cmd, out) in enumerate(reference_cmds(a, case, root, work)):
+        rc, wall, peak = run_child(cmd, env, work / f"ref-{i}.log")
+        if rc != 0:
+            raise SystemExit(f"reference run failed (exit {rc}); log: {work / f'ref-{i}.log'}")
+        m = json.loads(out.read_text(encoding="utf-8"))
+        for k in ("train_s", "test_s", "train_cpu_s", "test_cpu_s"):
+            row[k] += m[k]
+        row["train_images"] += m["train_images"]
+        row["test_images"] += m["test_images"]
+        row["peak_mib"] = max(row["peak_mib"], peak)
+        row["wall_s"] += wall
+    return row
+
+
+def run_vlprompt(a, case: dict, root: Path, work: Path, env: dict) -> dict:
+    rc, wall, peak = run_child(vlprompt_cmd(a, case, root, work), env, work / "vl.log")
+    if rc != 0:
+        raise SystemExit(f"vlprompt run failed (exit {rc}); log: {work / 'vl.log'}")
+    result = json.loads(next((work / "results").rglob("*.json")).read_text(encoding="utf-8"))
+    rows = result["per_seed"]
+    return {"train_s": sum(r.get("train_seconds", 0.0) for r in rows),
+            "test_s": sum(r.get("test_seconds", 0.0) for r in rows),
+            "train_cpu_s": sum(r.get("train_cpu_seconds", 0.0) for r in rows),
+            "test_cpu_s": sum(r.get("test_cpu_seconds", 0.0) for r in rows),
+            "train_images": sum(int(r.get("optimizer_steps", 0)) * case["batch"] for r in rows),
+            "test_images": sum(int(r.get("test_images", 0)) for r in rows), "peak_mib": peak, "wall_s": wall}
+
+
+def gflops_pair(weights: Path, batch: int = 16, rounds: int = 3) -> tuple[float, float]:
+    """Best fp32 GFLOP/s of a 2048^3 matmul (this CPU's practical peak) and of vlprompt's ViT-B/16 image tower (no
+    autograd, a batch of ``batch``), measured in alternating rounds so that both see the same load."""
+    from vlprompt.backbones.open_clip import OpenCLIPBackbone  # deferred: keeps vlprompt out of the parent otherwise
+
+    b = OpenCLIPBackbone("ViT-B-16-quickgelu", pretrained=str(weights), precision="fp32")
+    x, m = torch.rand(batch, 3, 224, 224), torch.randn(2048, 2048)
+    best_mm = best_img = math.inf
+    with torch.inference_mode():
+        b.encode_image(x[:2])
+        torch.mm(m, m)
+        for _ in range(rounds):
+            for _ in range(5):
+                t0 = time.perf_counter()
+                torch.mm(m, m)
+                best_mm = min(best_mm, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            b.encode_image(x)
+            best_img = min(best_img, time.perf_counter() - t0)
+    return 2 * 2048**3 / best_mm / 1e9, vitb16_image_gflop() * batch / best_img
+
+
+def vitb16_image_gflop() -> float:
+    """Floating-point operations (multiply + add) of one ViT-B/16 image forward at 224 px, in GFLOP."""
+    tokens, width, layers = 197, 768, 12
+    per_block = 12 * tokens * width**2 + 2 * tokens**2 * width  # qkv + out proj + MLP (4x), attention scores + mix
+    return 2 * (layers * per_block + 196 * width * 3 * 16 * 16) / 1e9
+
+
+def verdict(ratio: float, target: float) -> str:
+    """``met``, or by how much the median ratio misses ``target`` (as a fraction of the target)."""
+    return "met" if ratio >= target else f"missed by {100 * (1 - ratio / target):.0f}%"
+
+
+def summarize(name: str, runs: list[tuple[dict, dict]]) -> list[str]:
+    lines = []
+    t_train, t_test, t_mem = TARGETS[name]
+    for target, (label, key, per) in ((t_train, ("train s / trained image", "train_s", "train_images")),
+                                      (t_train, ("train CPU-s / trained img", "train_cpu_s", "train_images")),
+                                      (t_test, ("test s / test image", "test_s", "test_images")),
+                                      (t_test, ("test CPU-s / test image", "test_cpu_s", "test_images")),
+                                      (t_mem, ("peak RSS GiB", "peak_mib", None))):
+        ref = [r[key] / r[per] if per else r[key] / 1024 for r, _ in runs]
+        vl = [v[key] / v[per] if per else v[key] / 1024 for _, v in runs]
+        ratio = [x / y for x, y in zip(ref, vl)]
+        lines.append(f"{name:>9} {label:>25} {min(ref):>9.3f} {statistics.median(ref):>9.3f} {min(vl):>9.3f} "
+                     f"{statistics.median(vl):>9.3f} {min(ratio):>8.2f}x {statistics.median(ratio):>8.2f}x "
+                     f"{target:>6.1f}x {verdict(statistics.median(ratio), target)}")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--make-random-weights", type=Path, metavar="PATH", help="write a random OpenAI-layout ViT-B/16 and exit")
+    p.add_argument("--reference-dir", type=Path, help="checkout of KaiyangZhou/CoOp")
+    p.add_argument("--dassl-dir", type=Path, help="checkout of KaiyangZhou/Dassl.pytorch")
+    p.add_argument("--reference-python", default=sys.executable, help="Python of the reference's environment")
+    p.add_argument("--weights", type=Path, help="OpenAI-layout ViT-B/16 state dict (.safetensors)")
+    p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data", help="CoOp-layout data (read only)")
+    p.add_argument("--cases", nargs="+", default=["coop5", "coop5x3", "coop100", "cocoop1", "cocoop32"], choices=list(CASES))
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="alternated reference/vlprompt pairs per case")
+    p.add_argument("--test-per-class", type=int, default=None, help="cut EuroSAT's test split to N images per class")
+    p.add_argument("--test-per-class-caltech", type=int, default=None,
+                   help="cut Caltech-101's test split (100 classes, 5 per class) to N per class")
+    p.add_argument("--workers", type=int, default=0, help="data-loader workers of both sides (vlprompt's default: 0)")
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary folder)")
+    p.add_argument("--quick", action="store_true", help="1 epoch, 1 repeat, 20 test images per class, cases coop5 coop100")
+    a = p.parse_args()
+    if a.make_random_weights:
+        make_random_weights(a.make_random_weights)
+        return
+    if not (a.reference_dir and a.dassl_dir and a.weights):
+        p.error("--reference-dir, --dassl-dir and --weights are needed (or --make-random-weights PATH)")
+    if a.quick:
+        a.epochs, a.repeats = 1, 1
+        a.test_per_class, a.test_per_class_caltech = a.test_per_class or 20, a.test_per_class_caltech or 1
+        if a.cases == p.get_default("cases"):
+            a.cases = ["coop5", "coop100"]
+    a.reference_dir, a.dassl_dir, a.weights = a.reference_dir.resolve(), a.dassl_dir.resolve(), a.weights.resolve()
+    work = a.work or Path(tempfile.mkdtemp(prefix="vs_reference-"))
+    root = work / "data"
+    prepare_root(a.data_root, root, {"eurosat": a.test_per_class, "caltech101": a.test_per_class_caltech})
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+
+    load0 = os.getloadavg()[0]
+    peak, tower = gflops_pair(a.weights)
+    print(f"# vlprompt vs reference  torch {torch.__version__}  threads {torch.get_num_threads()}  "
+          f"{platform.processor() or platform.machine()}  {os.cpu_count()} CPUs  OMP_WAIT_POLICY=PASSIVE (children)")
+    print(f"# epochs {a.epochs}  repeats {a.repeats}  test images per class: EuroSAT {a.test_per_class or 'all'}, Caltech-101 {a.test_per_class_caltech or 'all'}  workers "
+          f"{a.workers}  weights {a.weights.name}  work {work}")
+    print(f"# fp32 matmul peak (2048^3) {peak:.1f} GFLOP/s; vlprompt ViT-B/16 image tower (batch 16, no grad) "
+          f"{tower:.1f} GFLOP/s = {100 * tower / peak:.0f}% of it ({vitb16_image_gflop():.1f} GFLOP per image), "
+          f"best of 3 alternated rounds, load {load0:.2f}")
+    print(f"\n{'case':>9} {'rep':>3} {'side':>9} {'load1':>6} {'train s':>8} {'img':>5} {'s/img':>7} {'CPU-s/img':>9} "
+          f"{'test s':>8} {'img':>5} {'s/img':>7} {'CPU-s/img':>9} {'peak GiB':>8}", flush=True)
+    summary = []
+    for name in a.cases:
+        case = CASES[name]
+        runs = []
+        for rep in range(a.repeats):
+            pair = []
+            for side, fn in (("reference", run_reference), ("vlprompt", run_vlprompt)):
+                sub = work / f"{name}-{rep}-{side}"
+                sub.mkdir(parents=True, exist_ok=True)
+                load = os.getloadavg()[0]
+                row = fn(a, case, root, sub, env)
+                row["load"] = load
+                pair.append(row)
+                print(f"{name:>9} {rep:>3} {side:>9} {load:>6.2f} {row['train_s']:>8.1f} {row['train_images']:>5} "
+                      f"{row['train_s'] / row['train_images']:>7.3f} {row['train_cpu_s'] / row['train_images']:>9.3f} "
+                      f"{row['test_s']:>8.1f} {row['test_images']:>5} {row['test_s'] / row['test_images']:>7.3f} "
+                      f"{row['test_cpu_s'] / row['test_images']:>9.3f} {row['peak_mib'] / 1024:>8.2f}", flush=True)
+            runs.append((pair[0], pair[1]))
+        summary += summarize(name, runs)
+    print(f"\n## reference / vlprompt over {a.repeats} alternated pair(s) (> 1: vlprompt faster / smaller)")
+    print(f"{'case':>9} {'figure':>25} {'ref min':>9} {'ref med':>9} {'vl min':>9} {'vl med':>9} {'ratio min':>9} {'ratio med':>9} {'target':>7} verdict")
+    print("\n".join(summary))
+    print(f"\n# load average at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
