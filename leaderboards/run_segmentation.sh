@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce leaderboards/segmentation/ (embedded toy VLSM, seeds 1-3, CPU) with three sweep files (one local
+# Reproduce leaderboards/segmentation/ (embedded toy VLSM, CPU; toy rows seeds 1-5, real-smoke rows seeds 1-3) with
+# four sweep files (one local
 # worker each; an interrupted cell resumes from its run folder under sweeps-out/<name>/):
 #   sweeps/seg_toyvlsm_toy.yaml, sweeps/seg_toyvlsm_toy_defaults.yaml -> segmentation/toy: every built-in learner
 #     that declares segmentation on toy_seg (train/val clean, test in the ultrasound-like "scan" domain), 10 epochs;
@@ -16,6 +17,7 @@ what=${1:-all}
 if [[ $what == toy || $what == all ]]; then
   vlprompt sweep --config sweeps/seg_toyvlsm_toy.yaml
   vlprompt sweep --config sweeps/seg_toyvlsm_toy_defaults.yaml
+  vlprompt sweep --config sweeps/seg_toy_label_fractions.yaml
 fi
 if [[ $what == real || $what == all ]]; then
   vlprompt sweep --config sweeps/seg_toyvlsm_real.yaml
