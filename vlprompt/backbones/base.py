@@ -193,6 +193,9 @@ class VLBackbone(nn.Module, abc.ABC):
         yield  # pragma: no cover
 
     # ----------------------------------------------------------------- segmentation (VLSMs only)
+    #: the open :meth:`record_activations` record (None outside the context)
+    _recording: "ActivationRecord | None" = None
+
     @contextlib.contextmanager
     def record_activations(self) -> Iterator["ActivationRecord"]:
         """Record, during every :meth:`encode_image` call made inside the context, what the mask decoder reads.
@@ -202,10 +205,19 @@ class VLBackbone(nn.Module, abc.ABC):
         context, so learners never call the decoder and never know the task. A backbone whose decoder reads word
         states (:attr:`decoder_reads_words`) also records the text encodings made inside. Backbones without a
         decoder raise :class:`BackboneError`.
+
+        The record is held in ``self._recording`` while the context is open (contexts cannot be nested); a VLSM's
+        ``encode_image`` / text encoding writes what its decoder reads into it.
         """
         self.require_task("segmentation", "record_activations()")
-        raise NotImplementedError  # pragma: no cover - VLSM backbones override
-        yield  # pragma: no cover
+        if self._recording is not None:
+            raise BackboneError("record_activations() contexts cannot be nested on one backbone")
+        record = ActivationRecord()
+        self._recording = record
+        try:
+            yield record
+        finally:
+            self._recording = None
 
     def decode_masks(
         self,

@@ -45,7 +45,6 @@ Deliberate differences from TuneVLSeg:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -54,7 +53,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -354,6 +353,8 @@ class CLIPSegBackbone(VLBackbone):
                 **({"requested_precision": requested} if requested != precision else {}),
             },
         )
+        # inside record_activations(): the decoder's inputs of the first encode_image call (the learner's own,
+        # prompted encoding); later calls (e.g. PromptSRC's frozen features) only counted in extra["later_calls"]
         self._recording: ActivationRecord | None = None
         self.freeze()
 
@@ -476,20 +477,6 @@ class CLIPSegBackbone(VLBackbone):
         return self.model.clip.logit_scale.detach().float().exp().reshape(())
 
     # ----------------------------------------------------------------- segmentation
-    @contextlib.contextmanager
-    def record_activations(self) -> Iterator[ActivationRecord]:
-        """Record the decoder's inputs of the first :meth:`encode_image` call made inside the context (the
-        learner's own, prompted encoding); later calls (e.g. PromptSRC's frozen features) are only counted in
-        ``record.extra["later_calls"]``."""
-        if self._recording is not None:
-            raise BackboneError("record_activations() contexts cannot be nested on one backbone")
-        record = ActivationRecord()
-        self._recording = record
-        try:
-            yield record
-        finally:
-            self._recording = None
-
     def decode_masks(
         self,
         record: ActivationRecord,

@@ -55,11 +55,10 @@ with DDP's ``module.`` prefix, which is stripped). :func:`convert_checkpoint` wr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -574,6 +573,8 @@ class CRISBackbone(VLBackbone):
         self.decoder_stride = 16
         self.register_buffer("_mean", torch.tensor(DEFAULT_PREPROCESS.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(DEFAULT_PREPROCESS.std).view(1, 3, 1, 1), persistent=False)
+        # inside record_activations(): the image maps of the first encode_image call and every text encoding
+        # (pooled feature, word states, padding mask): the decoder reads both
         self._recording: ActivationRecord | None = None
 
     def require_visual_prompts(self, who: str) -> None:
@@ -666,19 +667,6 @@ class CRISBackbone(VLBackbone):
         return self.model.backbone.logit_scale.detach().float().exp().reshape(())
 
     # ----------------------------------------------------------------- segmentation
-    @contextlib.contextmanager
-    def record_activations(self) -> Iterator[ActivationRecord]:
-        """Record the image maps of the first :meth:`encode_image` call and every text encoding (pooled feature,
-        word states, padding mask) made inside the context: the decoder reads both."""
-        if self._recording is not None:
-            raise BackboneError("record_activations() contexts cannot be nested on one backbone")
-        record = ActivationRecord()
-        self._recording = record
-        try:
-            yield record
-        finally:
-            self._recording = None
-
     def decode_masks(
         self,
         record: ActivationRecord,
