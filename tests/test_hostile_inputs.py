@@ -522,7 +522,7 @@ def test_poisoned_generated_view_entry_is_regenerated(tmp_path, caplog, case) ->
 
 
 def test_non_utf8_reported_yaml_is_a_clear_error(tmp_path) -> None:
-    from vlprompt.leaderboards.html import ReportedError, load_reported
+    from vlprompt.leaderboards.reported import ReportedError, load_reported
 
     (tmp_path / "paper.yaml").write_bytes(b"protocol: base2new\nentries: []\n# \xff\xfe\n")
     with pytest.raises(ReportedError, match="not UTF-8"):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from vlprompt.cli.leaderboard import leaderboard_main
-from vlprompt.leaderboards.html import ReportedError, build_html_leaderboards, load_reported
+from vlprompt.leaderboards.html import build_html_leaderboards
+from vlprompt.leaderboards.reported import ReportedError, load_reported
 
 pytest.importorskip("plotly")
 

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from vlprompt.leaderboards.build import build_leaderboards
-from vlprompt.leaderboards.html import HM_CONVENTIONS, ReportedError, load_reported, render_html
+from vlprompt.leaderboards.html import render_html
+from vlprompt.leaderboards.reported import HM_CONVENTIONS, ReportedError, load_reported
 from vlprompt.leaderboards.select import cost, cost_cells, interval, not_separated
 from vlprompt.metrics import summarize_seeds
 

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from vlprompt.leaderboards.build import DEFAULT_OUT, build_leaderboards
-from vlprompt.leaderboards.html import build_html_leaderboards, load_reported
+from vlprompt.leaderboards.html import build_html_leaderboards
+from vlprompt.leaderboards.reported import load_reported
 from vlprompt.leaderboards.wandb import push_leaderboards
 from vlprompt.runs.results import ResultError, migrate_results
 from vlprompt.runs.wandb_logging import wandb_mode
@@ -98,7 +99,8 @@ def leaderboard_main(argv: Sequence[str]) -> int:
                        help="with --html: plotly.js inlined in every page (default), or one shared file in "
                             "<out>/assets/ that the pages load from beside them (the committed leaderboards/)")
     build.add_argument("--reported", default="leaderboards/reported",
-                       help="folder of reported paper numbers (*.yaml) shown in the HTML (default: leaderboards/reported)")
+                       help="folder of reported paper numbers (*.yaml), shown and compared with our rows in the Markdown and "
+                            "HTML pages (default: leaderboards/reported)")
     push = sub.add_parser("push", help="upload leaderboards (W&B Tables and plots) to a tracking service")
     push.add_argument("results_dir", help="folder of result JSON files (searched recursively)")
     push.add_argument("--wandb", action="store_true", help="upload to Weights & Biases (the only service so far)")
@@ -130,9 +132,8 @@ def leaderboard_main(argv: Sequence[str]) -> int:
         return 2
     report: list[tuple[str, str]] = []
     try:
-        if args.html:  # reported numbers are checked before anything is written
-            load_reported(args.reported)
-        paths = build_leaderboards(results_dir, args.out, report=report)
+        load_reported(args.reported)  # reported numbers are checked before anything is written
+        paths = build_leaderboards(results_dir, args.out, report=report, reported_dir=args.reported)
         if args.html and paths:
             paths = sorted(paths + build_html_leaderboards(results_dir, args.out, reported_dir=args.reported,
                                                                    plotly=args.plotly))

@@ -21,6 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.data.atomic import atomic_write_text
+from vlprompt.leaderboards.reported import (
+    COMPARISON_NOTE,
+    REPORTED_TOLERANCE,
+    compare_with_reported,
+    comparison_rows,
+    load_reported,
+    reported_for_page,
+    unmatched_note,
+)
 from vlprompt.leaderboards.select import (
     COST_HEADERS,
     COST_NOTE,
@@ -146,7 +155,7 @@ def _metric_heads(metrics: Sequence[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- rendering
 def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
-                   left_out: Sequence[tuple[str, str]] = ()) -> str:
+                   left_out: Sequence[tuple[str, str]] = (), reported: Sequence[dict[str, Any]] = ()) -> str:
     metrics = ordered_metrics(rows)
     mheads = [_HEADERS.get(k, k) for k in metrics]
     b2n = "base" in metrics and "new" in metrics
@@ -223,6 +232,14 @@ def _render_readme(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]]
         note += "; HM is the harmonic mean of the averaged base and new accuracies." if b2n else "."
         out += ["## Average over datasets", "", note, ""]
         out += _table(["learner", "backbone", "shots", "datasets", *mheads], avg_rows) + [""]
+
+    pairs = compare_with_reported(protocol, rows, reported)
+    if pairs:
+        out += ["## Ours beside reported", "", COMPARISON_NOTE.format(tol=REPORTED_TOLERANCE), ""]
+        heads, cells = comparison_rows(pairs)
+        out += _table(heads, [[_md(c) for c in row] for row in cells]) + [""]
+    elif (line := unmatched_note(rows, reported)) is not None:
+        out += ["## Ours beside reported", "", _md(line), ""]
 
     out += ["## How these numbers were produced", ""]
     for r in rows:
@@ -318,8 +335,13 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def build_leaderboards(results_dir: str | os.PathLike, out_dir: str | os.PathLike = DEFAULT_OUT, *,
-                       report: list[tuple[str, str]] | None = None) -> list[Path]:
+                       report: list[tuple[str, str]] | None = None,
+                       reported_dir: str | os.PathLike | None = None) -> list[Path]:
     """Build ``<out_dir>/<protocol>/<benchmark>/{README.md,results.csv}`` from every result under ``results_dir``.
+
+    With ``reported_dir`` (``leaderboards/reported``), a README also shows our rows beside the numbers papers report
+    for them (:func:`~vlprompt.leaderboards.reported.compare_with_reported`); the folder is read before anything
+    is written, so a malformed file fails first.
 
     Rows follow :data:`SELECTION_RULES`. Returns the written paths (sorted). Files left out (unreadable, foreign,
     not eligible, superseded) are appended to ``report`` as ``(file, reason)``. Raises
@@ -331,6 +353,7 @@ def build_leaderboards(results_dir: str | os.PathLike, out_dir: str | os.PathLik
             f"results folder {str(root)!r} does not exist or is not a directory; pass the folder that "
             "`vlprompt fit` wrote results to (its --results_dir)."
         )
+    reported = load_reported(reported_dir) if reported_dir is not None else []
     results, skipped = load_results_tolerant(root)
     if report is not None:
         report.extend(skipped)
@@ -361,7 +384,8 @@ def build_leaderboards(results_dir: str | os.PathLike, out_dir: str | os.PathLik
             continue
         folder = Path(out_dir) / safe_name(protocol) / safe_name(benchmark)
         readme, table = folder / "README.md", folder / "results.csv"
-        _write_if_changed(readme, _render_readme(protocol, benchmark, rows, left_out))
+        _write_if_changed(readme, _render_readme(protocol, benchmark, rows, left_out,
+                                                 reported_for_page(protocol, rows, reported)))
         _write_if_changed(table, _render_csv(rows))
         written += [readme, table]
     return written

@@ -10,7 +10,7 @@ no network when it is viewed, also from ``file://``. Rows are the ones :func:`vl
 picks, so the HTML and the Markdown always agree. :func:`build_figures` is shared with
 ``vlprompt leaderboard push --wandb``.
 
-Numbers that papers report come from ``leaderboards/reported/*.yaml`` (see :func:`load_reported`); each entry
+Numbers that papers report come from ``leaderboards/reported/*.yaml`` (see :mod:`vlprompt.leaderboards.reported`); each entry
 must name its source. They are shown in their own table and as hollow diamonds in the scatter, labelled
 "reported", never mixed into our rows.
 
@@ -30,9 +30,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vlprompt.data.atomic import atomic_write_text
+from vlprompt.leaderboards.reported import (
+    REPORTED_DIR,
+    REPORTED_METRICS,
+    REPORTED_TOLERANCE,
+    COMPARISON_NOTE,
+    compare_with_reported,
+    comparison_rows,
+    load_reported,
+    reported_for_page,
+    unmatched_note,
+)
 from vlprompt.leaderboards.select import (
     COST_HEADERS,
     COST_NOTE,
@@ -56,93 +65,8 @@ from vlprompt.runs.results import ResultError, format_mean_std, resolve_recorded
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PLOTLY_JSON_ENGINE", "ReportedError", "load_reported", "render_html", "build_html_leaderboards", "build_figures", "overlay_paths",
-           "primary_metric", "HM_CONVENTIONS", "REPORTED_DIR"]
-
-#: default folder of reported (paper) numbers, relative to the working directory
-REPORTED_DIR = "leaderboards/reported"
-
-_REPORTED_METRICS = ("base", "new", "hm", "accuracy")
-
-#: the values of a reported entry's ``hm_convention``: how its source computed HM over seeds
-HM_CONVENTIONS = ("HM of means", "mean of per-seed HM")
-
-
-class ReportedError(ResultError):
-    """A reported-numbers YAML file is malformed (e.g. an entry without a source)."""
-
-
-# --------------------------------------------------------------------------- reported numbers
-def load_reported(folder: str | Path) -> list[dict[str, Any]]:
-    """Every entry of ``folder/*.yaml`` (sorted by file, then order in the file).
-
-    File format::
-
-        protocol: base2new            # pages of this protocol show these entries
-        backbone: ViT-B/16
-        entries:
-          - learner: CoOp
-            dataset: average (11 datasets)
-            base: 82.69
-            new: 63.22
-            hm: 71.66
-            hm_convention: HM of means  # optional: "HM of means" or "mean of per-seed HM", as the source computed it
-            source: "Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022, Table 1"
-
-    An entry without a non-empty ``source`` (or without ``learner``, or with a non-numeric metric) raises
-    :class:`ReportedError` naming the file, the entry and the fix. A missing folder gives ``[]``.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    out: list[dict[str, Any]] = []
-    for path in sorted(root.glob("*.yaml")):
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ReportedError(f"{path}: not valid YAML ({exc}); fix the file") from exc
-        except UnicodeDecodeError as exc:
-            raise ReportedError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
-        if not isinstance(doc, Mapping) or not isinstance(doc.get("entries"), list):
-            raise ReportedError(f"{path}: expected a mapping with a list under 'entries' (see vlprompt.leaderboards.html)")
-        protocol = doc.get("protocol")
-        if not isinstance(protocol, str) or not protocol:
-            raise ReportedError(f"{path}: 'protocol' must name the protocol these numbers belong to, e.g. base2new")
-        for i, entry in enumerate(doc["entries"]):
-            where = f"{path}: entry {i}"
-            if not isinstance(entry, Mapping):
-                raise ReportedError(f"{where}: must be a mapping, got {entry!r:.60}")
-            where += f" ({entry.get('learner')!r})"
-            source = entry.get("source")
-            if not isinstance(source, str) or not source.strip():
-                raise ReportedError(
-                    f"{where} has no 'source'; every reported number needs one (paper, venue, table), "
-                    "e.g. source: \"Zhou et al., CVPR 2022, Table 1\""
-                )
-            if not isinstance(entry.get("learner"), str) or not entry["learner"]:
-                raise ReportedError(f"{where}: 'learner' must be a non-empty string")
-            metrics = {}
-            for k in _REPORTED_METRICS:
-                if k in entry:
-                    v = entry[k]
-                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                        raise ReportedError(f"{where}: {k!r} must be a number, got {v!r}")
-                    metrics[k] = float(v)
-            if not metrics:
-                raise ReportedError(f"{where}: no metric ({', '.join(_REPORTED_METRICS)}) given")
-            convention = entry.get("hm_convention", doc.get("hm_convention"))
-            if convention is not None and convention not in HM_CONVENTIONS:
-                raise ReportedError(f"{where}: 'hm_convention' must be one of {', '.join(map(repr, HM_CONVENTIONS))} "
-                                    f"(or left out when the source does not say), got {convention!r:.60}")
-            out.append({
-                "protocol": protocol, "backbone": str(entry.get("backbone") or doc.get("backbone") or "?"),
-                "learner": entry["learner"], "dataset": str(entry.get("dataset") or "average"),
-                "shots": entry.get("shots", doc.get("shots")), "source": source.strip(), "file": path.name,
-                **({"hm_convention": convention} if convention is not None else {}),
-                **metrics,
-            })
-    return out
-
+__all__ = ["PLOTLY_JSON_ENGINE", "render_html", "build_html_leaderboards", "build_figures", "overlay_paths",
+           "primary_metric"]
 
 # --------------------------------------------------------------------------- helpers
 def _num(value: Any) -> float | None:
@@ -304,7 +228,7 @@ def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
         parts += ["<h2>Average over datasets</h2>",
                   _table_html("table-average", ["learner", "backbone", *shot_cols, "datasets", *metrics], trs)]
     if reported:
-        rmetrics = [k for k in _REPORTED_METRICS if any(k in e for e in reported)]
+        rmetrics = [k for k in REPORTED_METRICS if any(k in e for e in reported)]
         trs = [[(f"{e['learner']} (reported)", None), (e["backbone"], None), (e["dataset"], None)]
                + [(f"{e[k]:.2f}" if k in e else "–", e.get(k)) for k in rmetrics]
                + ([(e.get("hm_convention") or "not stated", None)] if "hm" in rmetrics else []) + [(e["source"], None)]
@@ -315,6 +239,18 @@ def render_html(protocol: str, benchmark: str, rows: Sequence[dict[str, Any]],
                   _table_html("table-reported", ["learner", "backbone", "dataset", *rmetrics,
                                                  *(["HM convention"] if "hm" in rmetrics else []), "source"], trs,
                               ["reported"] * len(trs))]
+
+    pairs = compare_with_reported(protocol, rows, reported)
+    if pairs:
+        heads, cells = comparison_rows(pairs)
+        keys = {"ours (seed range)": "ours", "reported": "reported", "diff": "diff"}
+        trs = [[(c, pair[keys[h]] if h in keys else None) for h, c in zip(heads, row)]
+               for pair, row in zip(pairs, cells)]
+        parts += ['<h2>Ours beside reported <span class="badge">reported</span></h2>',
+                  f'<p class="note" id="note-comparison">{_e(COMPARISON_NOTE.format(tol=REPORTED_TOLERANCE))}</p>',
+                  _table_html("table-comparison", heads, trs)]
+    elif (line := unmatched_note(rows, reported)) is not None:
+        parts += ["<h2>Ours beside reported</h2>", f'<p class="note" id="note-comparison">{_e(line)}</p>']
 
     # ---- plots
     figs = build_figures(rows, reported)
@@ -578,7 +514,7 @@ def build_html_leaderboards(results_dir: str | Path, out_dir: str | Path, *,
             continue
         path = Path(out_dir) / safe_name(protocol) / safe_name(benchmark) / "index.html"
         src = os.path.relpath(asset, path.parent).replace(os.sep, "/") if plotly == "shared" else None
-        page = render_html(protocol, benchmark, rows, [e for e in reported if e["protocol"] == protocol], plotly_src=src)
+        page = render_html(protocol, benchmark, rows, reported_for_page(protocol, rows, reported), plotly_src=src)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text(encoding="utf-8") != page:
             atomic_write_text(path, page)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.leaderboards.build import leaderboard_table
-from vlprompt.leaderboards.html import averages, build_figures, load_reported
+from vlprompt.leaderboards.html import averages, build_figures
+from vlprompt.leaderboards.reported import compare_with_reported, comparison_rows, load_reported, reported_for_page
 from vlprompt.leaderboards.select import (
     load_results_tolerant,
     ordered_metrics,
@@ -58,7 +59,7 @@ def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leade
         if not rows:
             continue
         metrics = ordered_metrics(rows)
-        rep = [e for e in reported if e["protocol"] == protocol]
+        rep = reported_for_page(protocol, rows, reported)
         run = wandb.init(project=project, entity=entity, dir=save_dir, mode=wandb_mode(offline),
                          id=leaderboard_run_id(protocol, benchmark), resume="allow",
                          job_type="leaderboard", name=f"leaderboard-{protocol}-{benchmark}",
@@ -73,8 +74,12 @@ def push_leaderboards(results_dir: str | Path, *, project: str = "vlprompt-leade
                 acols = ["learner", "backbone", "shots", "datasets", *metrics]
                 payload["average"] = wandb.Table(columns=acols, data=[[a.get(c) for c in acols] for a in avgs])
             if rep:
-                rcols = ["learner", "backbone", "dataset", "base", "new", "hm", "accuracy", "hm_convention", "source"]
+                rcols = ["learner", "backbone", "dataset", "base", "new", "hm", "accuracy", "hm_convention", "source_kind", "source"]
                 payload["reported"] = wandb.Table(columns=rcols, data=[[e.get(c) for c in rcols] for e in rep])
+            pairs = compare_with_reported(protocol, rows, rep)
+            if pairs:
+                ccols, cdata = comparison_rows(pairs)
+                payload["ours_vs_reported"] = wandb.Table(columns=ccols, data=cdata)
             for name, fig in build_figures(rows, rep).items():
                 payload[f"plots/{name}"] = wandb.Plotly(fig)
             run.log(payload)
