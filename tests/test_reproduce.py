@@ -295,6 +295,8 @@ SUBSET = {
                                      "learner": 1},
     "segmentation_clipseg": {"grid": {"dataset": ["kvasir_seg_release"]}, "learner": 2},
     "base2new_vitb16": {"grid": {"dataset": ["eurosat"]}, "learner": 1},
+    "test_time_vitb16": {"args": ["--data.init_args.dataset", "eurosat", "--data.init_args.targets",
+                                  '[{"class_path": "eurosat"}]', "--data.init_args.images_per_set", "2"], "learner": 2},
 }
 
 

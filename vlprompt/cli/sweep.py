@@ -106,7 +106,9 @@ def sweep_main(argv: Sequence[str]) -> int:
     try:
         spec = load_sweep(args.config)
         if args.plan:
-            cost = calibrate(args.calibrate) if args.calibrate else CostModel(args.step_s, args.image_s)
+            given = args.step_s != DEFAULT_STEP_S or args.image_s != DEFAULT_IMAGE_S  # test-time cells keep their own default otherwise
+            cost = calibrate(args.calibrate) if args.calibrate else CostModel(
+                args.step_s, args.image_s, source="--step-s/--image-s" if given else "defaults")
             return print_plan(spec, cost, Path(args.out or Path("sweeps-out") / str(spec["name"])))
         if args.dry_run:
             return print_dry_run(spec, Path(args.out or Path("sweeps-out") / str(spec["name"])))

@@ -167,6 +167,19 @@ def resolve_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def strip_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(f"{flag}="):
+            out.append(a)
+    return out
+
+
 def check_config_files(argv: list[str]) -> None:
     """Every ``--config FILE`` must exist and hold a YAML mapping: a missing, invalid, empty or list-valued file is
     a :class:`ConfigError` naming the file (and the line), instead of a parser traceback."""
@@ -286,12 +299,10 @@ MAX_EPOCHS = 1_000_000
 MAX_BATCH_SIZE = 2**20
 
 
-def validate_config(stage: str, cfg: Any) -> None:
-    """Refuse configs that would train nothing useful or give misleading statistics, before any work starts."""
-    if getattr(cfg, "seed_everything", None) not in (None, False):  # e.g. `seed_everything: 1` in a YAML config
-        raise ConfigError(f"seed_everything: {cfg.seed_everything} is Lightning's single seed; vlprompt runs one run per "
-                          "seed: use seeds: [N] (one seed) or seeds: [1, 2, 3] (--seeds on the command line)")
-    seeds = list(cfg.seeds or [])
+def check_seeds(seeds: Any) -> list[int]:
+    """``seeds`` as a list if it is a non-empty list of distinct integers in numpy's seed range; else ConfigError
+    naming the fix (shared by ``vlprompt fit/test/validate`` and ``vlprompt tta``)."""
+    seeds = list(seeds or [])
     if not seeds:
         raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds [1,2,3]")
     dupes = sorted({s for s in seeds if seeds.count(s) > 1})
@@ -302,6 +313,15 @@ def validate_config(stage: str, cfg: Any) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX:
             raise ConfigError(f"--seeds {seeds}: seed {seed} is outside {SEED_MIN}..{SEED_MAX} (numpy's seed range); "
                               "give seeds in that range, e.g. --seeds [1,2,3]")
+    return seeds
+
+
+def validate_config(stage: str, cfg: Any) -> None:
+    """Refuse configs that would train nothing useful or give misleading statistics, before any work starts."""
+    if getattr(cfg, "seed_everything", None) not in (None, False):  # e.g. `seed_everything: 1` in a YAML config
+        raise ConfigError(f"seed_everything: {cfg.seed_everything} is Lightning's single seed; vlprompt runs one run per "
+                          "seed: use seeds: [N] (one seed) or seeds: [1, 2, 3] (--seeds on the command line)")
+    seeds = check_seeds(cfg.seeds)
     if cfg.prompts and len(seeds) > 1:
         raise ConfigError(
             f"--prompts {cfg.prompts} evaluates one checkpoint, but --seeds {seeds} would report it as a {len(seeds)}-seed "

@@ -35,6 +35,7 @@ from vlprompt.runs.config import (
     build_cli,
     plugin_name,
     rounded_metrics,
+    strip_flag,
     validate_config,
 )
 from vlprompt.runs.console import configure_progress, output_is_terminal
@@ -260,7 +261,7 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
     config = yaml.safe_load(cli.parser.dump(cfg, skip_none=False, skip_check=True))
     run_id = cfg.run_id or (Path(resume_dir).name if resume_dir else new_run_id(_learner_label(cfg)))
     runs_root = Path(resume_dir).parent if resume_dir else Path(cfg.trainer.default_root_dir or "runs")
-    full_argv = _strip_flag(argv, "--run_id")
+    full_argv = strip_flag(argv, "--run_id")
     check_writable(cfg.results_dir, "results_dir", ConfigError)
     run, resumed = RunFolder.open(runs_root, run_id, stage=stage, argv=[*full_argv, "--run_id", run_id],
                                   cfg_hash=config_hash(config))
@@ -440,16 +441,3 @@ def run_experiment(stage: str, argv: list[str], *, show_summary: bool = True) ->
         print_summary(result)
     result["_path"] = str(path)
     return result
-
-
-def _strip_flag(argv: list[str], flag: str) -> list[str]:
-    """``argv`` without ``flag VALUE`` / ``flag=VALUE``."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == flag:
-            skip = True
-        elif not a.startswith(f"{flag}="):
-            out.append(a)
-    return out

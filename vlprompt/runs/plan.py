@@ -35,7 +35,7 @@ from vlprompt.learners.testing import tiny_clip_like, tiny_vlsm_folder
 from vlprompt.runs.config import learner_trainable
 from vlprompt.runs.sweep import Cell, SweepError, parse_cell, run_cell
 
-__all__ = ["CostModel", "CellPlan", "DEFAULT_STEP_S", "DEFAULT_IMAGE_S", "plan_cell", "calibrate", "weights_status",
+__all__ = ["CostModel", "CellPlan", "DEFAULT_STEP_S", "DEFAULT_IMAGE_S", "DEFAULT_TTA_IMAGE_S", "plan_cell", "calibrate", "weights_status",
            "DRY_RUN_ARGS", "dry_run_cell", "DryRunResult", "root_cause"]
 
 #: default seconds per optimizer step: an order-of-magnitude assumption for a prompt learner on ViT-B/16 with a
@@ -43,6 +43,9 @@ __all__ = ["CostModel", "CellPlan", "DEFAULT_STEP_S", "DEFAULT_IMAGE_S", "plan_c
 DEFAULT_STEP_S = 0.25
 #: default seconds per test image (ViT-B/16 forward, decoding included; same caveat)
 DEFAULT_IMAGE_S = 0.004
+#: default seconds per test image of a test-time (``stage: tta``) cell: TPT's 0.9 s per image (RN50, ImageNet) from
+#: the run times in TDA's README (kdiAAA/TDA), used for every test-time method until calibrated with a tta result
+DEFAULT_TTA_IMAGE_S = 0.9
 #: Lightning's epoch count when neither max_epochs nor max_steps is set
 LIGHTNING_DEFAULT_EPOCHS = 1000
 
@@ -258,7 +261,9 @@ def plan_cell(spec: Mapping[str, Any], cell: Cell, out: Path, cost: CostModel) -
                 f"lower --data.init_args.shots to at most {short[0][0]}")
     else:
         plan.train_images = sum(1 for y in dataset.labels("train") if y in train_classes)
-    plan.test_images = sum(sum(1 for y in data.space_source(space).labels("test") if y in set(spaces[space]))
+    cap = getattr(data, "images_per_set", None)  # a test-time protocol may draw a fixed number per test set
+    plan.test_images = sum(_limited(sum(1 for y in data.space_source(space).labels("test") if y in set(spaces[space])),
+                                    cap if isinstance(cap, int) else None)
                            for _, space in data.test_sets)
     trainer = cfg.trainer
     plan.devices = _world_size(trainer) if str(getattr(trainer, "accelerator", "")) != "cpu" else 1
@@ -274,7 +279,13 @@ def plan_cell(spec: Mapping[str, Any], cell: Cell, out: Path, cost: CostModel) -
         plan.steps_per_seed = min(steps, cap) if cap is not None else steps
     else:
         plan.steps_per_seed = 0
-    evaluations = plan.seeds if trainable else 1  # a frozen learner is evaluated once for all seeds
+    test_time = spec["stage"] == "tta"
+    # a frozen learner is evaluated once for all seeds; a test-time method draws new views for every seed
+    evaluations = plan.seeds if trainable or test_time else 1
+    if test_time and cost.source == "defaults":
+        cost = CostModel(cost.step_s, DEFAULT_TTA_IMAGE_S, source="test-time default")
+        plan.notes.append(f"test-time cell: {DEFAULT_TTA_IMAGE_S} s per test image assumed (TPT's figure from TDA's "
+                          "README); calibrate with a `vlprompt tta` result: --calibrate RESULT.json")
     seconds = cost.seconds(plan.steps_per_seed * plan.seeds, plan.test_images * evaluations)
     plan.device_hours = seconds / 3600.0 * max(1, plan.devices)
     return plan

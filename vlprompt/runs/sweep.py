@@ -1,9 +1,9 @@
-"""Grids of ``vlprompt fit`` runs: ``vlprompt sweep --config sweeps/<name>.yaml [--workers N] [--executor ...]``.
+"""Grids of ``vlprompt fit`` (or ``test``, ``validate``, ``tta``) runs: ``vlprompt sweep --config sweeps/<name>.yaml [--workers N] [--executor ...]``.
 
 A sweep file::
 
     name: toy_smoke                     # folder sweeps-out/<name>/ (run folders, cell states, submitit logs)
-    stage: fit                          # fit | test | validate
+    stage: fit                          # fit | test | validate | tta (test-time evaluation, `vlprompt tta`)
     args: [--config, configs/protocols/base2new.yaml, --config, configs/trainer/cpu.yaml,
            --config, configs/backbones/toyclip.yaml, --results_dir, results]   # common to every cell
     grid:                               # the cartesian product of these axes is the list of cells
@@ -53,8 +53,9 @@ import submitit
 import yaml
 
 from vlprompt.data.atomic import atomic_write_text
-from vlprompt.runs.config import VlpromptCLI, build_cli, validate_config
+from vlprompt.runs.config import VlpromptCLI, build_cli, check_seeds, validate_config
 from vlprompt.runs.driver import run_experiment
+from vlprompt.runs.test_time import TestTimeCLI, build_tta_cli, run_tta
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,10 @@ class Cell:
         return ", ".join(f"{k}={v}" for k, v in self.params)
 
 
+#: what a sweep's cells run: ``vlprompt fit``, ``test``, ``validate`` or ``tta`` (test-time evaluation)
+STAGES = ("fit", "test", "validate", "tta")
+
+
 def _cli_value(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else str(v)
 
@@ -124,8 +129,8 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
     spec.setdefault("args", [])
     spec.setdefault("executor", "local")
     spec.setdefault("workers", 1)
-    if spec["stage"] not in {"fit", "test", "validate"}:
-        raise SweepError(f"{p}: stage {spec['stage']!r} must be fit, test or validate")
+    if spec["stage"] not in STAGES:
+        raise SweepError(f"{p}: stage {spec['stage']!r} must be one of {', '.join(STAGES)}")
     if spec["executor"] not in EXECUTORS:
         raise SweepError(f"{p}: executor {spec['executor']!r} must be one of {EXECUTORS}")
     if not isinstance(spec["args"], list) or not all(isinstance(a, (str, int, float)) for a in spec["args"]):
@@ -211,11 +216,16 @@ def parse_cell(spec: Mapping[str, Any], cell: Cell, out: Path, extra: Sequence[s
     """The parsed and validated ``vlprompt <stage>`` config of ``cell`` (nothing is built); errors name the cell."""
     # LightningCLI(run=False) instantiates model and data at the end of parsing; the check only parses, so the
     # sweep driver (single-threaded) turns instantiation off for the duration of the call
-    saved = VlpromptCLI.instantiate_classes
-    VlpromptCLI.instantiate_classes = lambda self: None  # type: ignore[method-assign]
+    cli_class = TestTimeCLI if spec["stage"] == "tta" else VlpromptCLI
+    saved = cli_class.instantiate_classes
+    cli_class.instantiate_classes = lambda self: None  # type: ignore[method-assign]
     try:
-        cli = build_cli(spec["stage"], [*cell_argv(cell, out), *extra])
-        validate_config(spec["stage"], cli.config)
+        if spec["stage"] == "tta":
+            cli = build_tta_cli([*cell_argv(cell, out), *extra])
+            check_seeds(cli.config.seeds)
+        else:
+            cli = build_cli(spec["stage"], [*cell_argv(cell, out), *extra])
+            validate_config(spec["stage"], cli.config)
         return cli.config
     except SystemExit as exc:  # jsonargparse error exit: its message went to stderr
         raise SweepError(f"cell [{cell.label()}]: invalid arguments (see the parser message above); "
@@ -223,7 +233,7 @@ def parse_cell(spec: Mapping[str, Any], cell: Cell, out: Path, extra: Sequence[s
     except Exception as exc:  # noqa: BLE001 - any parse/validation error stops the sweep before it starts
         raise SweepError(f"cell [{cell.label()}]: {exc}") from exc
     finally:
-        VlpromptCLI.instantiate_classes = saved  # type: ignore[method-assign]
+        cli_class.instantiate_classes = saved  # type: ignore[method-assign]
 
 
 def check_cells(spec: Mapping[str, Any], cells: Sequence[Cell], out: Path) -> None:
@@ -256,7 +266,10 @@ def cell_status(cell: Cell, out: Path) -> tuple[str, str]:
 
 def run_cell(stage: str, argv: list[str]) -> str:
     """Run one cell in this process (a submitit worker); returns the result path. Errors propagate."""
-    result = run_experiment(stage, list(argv), show_summary=False)
+    if stage == "tta":
+        result = run_tta(list(argv), show_summary=False)
+    else:
+        result = run_experiment(stage, list(argv), show_summary=False)
     return str((result or {}).get("_path", ""))
 
 
