@@ -42,8 +42,8 @@ from vlprompt.learners.testing import (
 )
 
 LEARNERS = get_registry("learners").entries()
-#: learners whose adapters go into open_clip's attention blocks (vlprompt.backbones.base.VLBackbone.attention_adapter)
-NEEDS_OPEN_CLIP_ATTENTION = {"clip_lora"}
+#: learners whose adapters go into open_clip's attention blocks (VLBackbone.attention_adapter, residual_adapter)
+NEEDS_OPEN_CLIP_ATTENTION = {"clip_lora", "mma"}
 
 
 @pytest.fixture(scope="module", autouse=True)

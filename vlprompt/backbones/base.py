@@ -176,7 +176,8 @@ class VLBackbone(nn.Module, abc.ABC):
     # ----------------------------------------------------------------- attention adapters (LoRA...)
     def attention_layers(self) -> dict[str, int]:
         """Towers (``"text"``, ``"vision"``) whose self-attention q/k/v projections take an
-        :meth:`attention_adapter`, with their layer counts; ``{}``: this backbone takes none."""
+        :meth:`attention_adapter` (and whose blocks take a :meth:`residual_adapter`), with their layer counts;
+        ``{}``: this backbone takes none."""
         return {}
 
     @contextlib.contextmanager
@@ -189,6 +190,20 @@ class VLBackbone(nn.Module, abc.ABC):
         raise BackboneError(
             f"backbone {self.info.name!r} (model {self.info.model!r}) takes no attention adapter (LoRA): use an "
             "open_clip CLIP model (e.g. model: ViT-B-16)."
+        )
+        yield  # pragma: no cover
+
+    @contextlib.contextmanager
+    def residual_adapter(self, adapter: Callable[[str, int, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+        """Inside this block, every text and image encoding adds ``adapter(tower, layer, h)`` (``[B, L, W]``) to the
+        output of residual block ``layer`` (0-based) of ``tower`` (``"text"``, ``"vision"``), where ``h [B, L, W]``
+        is that block's input after its first LayerNorm (``ln_1``, the attention's input); ``None`` leaves a block as
+        it is. A parallel adapter beside the block (e.g. MMA), kept in the learner: the frozen weights never change.
+        The towers that take it are those of :meth:`attention_layers` (the same plain blocks); backbones without
+        support raise."""
+        raise BackboneError(
+            f"backbone {self.info.name!r} (model {self.info.model!r}) takes no residual adapter: use an open_clip "
+            "CLIP model (e.g. model: ViT-B-16)."
         )
         yield  # pragma: no cover
 

@@ -44,6 +44,8 @@ _SHA_CACHE: dict[tuple, str] = {}
 _LOCK = threading.Lock()
 #: the adapter of :meth:`OpenCLIPBackbone.attention_adapter` active in this context (``None``: none)
 _ADAPTER: ContextVar[Callable | None] = ContextVar("vlprompt_attention_adapter", default=None)
+#: the adapter of :meth:`OpenCLIPBackbone.residual_adapter` active in this context (``None``: none)
+_RESIDUAL: ContextVar[Callable | None] = ContextVar("vlprompt_residual_adapter", default=None)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -540,9 +542,9 @@ class OpenCLIPBackbone(VLBackbone):
                 f"dense=True: model {self.info.model!r} has a timm image tower pooled by attention (SigLIP), whose "
                 "patch tokens are not in the joint space. Use a CLIP ViT (model: ViT-B-16) for dense features."
             )
-        if _ADAPTER.get() is not None:
+        if _ADAPTER.get() is not None or _RESIDUAL.get() is not None:
             raise BackboneError(
-                f"an attention adapter (LoRA) is active, but model {self.info.model!r} has a timm image tower (SigLIP) "
+                f"an attention or residual adapter (LoRA, MMA) is active, but model {self.info.model!r} has a timm image tower (SigLIP) "
                 "that takes none: adapt the text tower only, or use a CLIP ViT model (e.g. model: ViT-B-16)."
             )
         trunk = self._timm_vit
@@ -585,6 +587,14 @@ class OpenCLIPBackbone(VLBackbone):
             yield
         finally:
             _ADAPTER.reset(token)
+
+    @contextlib.contextmanager
+    def residual_adapter(self, adapter: Callable[[str, int, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+        token = _RESIDUAL.set(adapter)
+        try:
+            yield
+        finally:
+            _RESIDUAL.reset(token)
 
     @property
     def supports_dense_features(self) -> bool:
@@ -644,20 +654,22 @@ def replace_tail(h: torch.Tensor, p: torch.Tensor, n: int) -> torch.Tensor:
 
 def _run_blocks(transformer, x, mask, deep_prompts, replace, *, tower: str | None = None) -> torch.Tensor:
     """Run open_clip residual blocks (batch-first ``[B, L, W]``), injecting deep prompts per layer and, for a
-    ``tower`` named, the active attention adapter's q/k/v deltas."""
+    ``tower`` named, the active attention adapter's q/k/v deltas and residual adapter's block-output terms."""
     batch_first = getattr(transformer, "batch_first", True)
     blocks = transformer.resblocks
     if deep_prompts is not None and len(deep_prompts) > len(blocks):
         raise BackboneError(f"{len(deep_prompts)} deep prompt layers given but the tower has {len(blocks)} layers")
     adapter = _ADAPTER.get() if tower is not None else None
+    residual = _RESIDUAL.get() if tower is not None else None
     for i, block in enumerate(blocks):
         if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
             x = replace(x, deep_prompts[i])
-        if adapter is not None:
+        if adapter is not None or residual is not None:
             if not (batch_first and _is_plain_block(block)):
-                raise BackboneError(f"an attention adapter needs plain open_clip attention blocks; {tower} layer {i} is "
-                                    f"{type(block).__name__}")
-            x = _block_forward(block, x, mask, lambda h, i=i: adapter(tower, i, h))
+                raise BackboneError(f"an attention or residual adapter needs plain open_clip attention blocks; {tower} "
+                                    f"layer {i} is {type(block).__name__}")
+            x = _block_forward(block, x, mask, None if adapter is None else (lambda h, i=i: adapter(tower, i, h)),
+                               None if residual is None else (lambda h, i=i: residual(tower, i, h)))
         elif batch_first and _FAST_BLOCKS and _is_plain_block(block):
             x = _block_forward(block, x, mask)
         elif batch_first:
@@ -728,12 +740,17 @@ def _quick_gelu_(h: torch.Tensor) -> torch.Tensor:
     return s.mul_(h)
 
 
-def _block_forward(block, x: torch.Tensor, mask: torch.Tensor | None, delta: Callable | None = None) -> torch.Tensor:
+def _block_forward(block, x: torch.Tensor, mask: torch.Tensor | None, delta: Callable | None = None,
+                   residual: Callable | None = None) -> torch.Tensor:
     """open_clip ``ResidualAttentionBlock.forward`` for self-attention, with the two fixes above; ``delta(h)``: an
-    attention adapter's q/k/v term for the attention input ``h`` (see :meth:`OpenCLIPBackbone.attention_adapter`)."""
-    if delta is not None:
+    attention adapter's q/k/v term for the attention input ``h`` (see :meth:`OpenCLIPBackbone.attention_adapter`);
+    ``residual(h)``: a residual adapter's term added to the block's output (:meth:`VLBackbone.residual_adapter`)."""
+    extra = None
+    if delta is not None or residual is not None:
         h = block.ln_1(x)
-        x = x + block.ls_1(_adapted_attention(block.attn, h, mask, delta(h)))
+        extra = residual(h) if residual is not None else None
+        attn = _adapted_attention(block.attn, h, mask, delta(h)) if delta is not None else _attention(block.attn, h, mask)
+        x = x + block.ls_1(attn)
     else:
         x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
     mlp = block.mlp
@@ -742,7 +759,8 @@ def _block_forward(block, x: torch.Tensor, mask: torch.Tensor | None, delta: Cal
         h = _quick_gelu_(h)
     else:
         h = mlp.gelu(h)
-    return x + block.ls_2(mlp.c_proj(h))
+    x = x + block.ls_2(mlp.c_proj(h))
+    return x if extra is None else x + extra.to(x.dtype)
 
 
 def clear_model_cache() -> None:

@@ -54,4 +54,5 @@ LEARNER_FACTS: dict[str, LearnerFacts] = {
     "clip_lora": LearnerFacts("multimodal", ("classification",), "CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024)",
                               "tests/test_clip_lora.py"),
     "tcp": LearnerFacts("text", ("classification",), "TCP (Yao, Zhang & Xu, CVPR 2024)", "tests/test_tcp_equivalence.py"),
+    "mma": LearnerFacts("multimodal", ("classification",), "MMA (Yang et al., CVPR 2024)", "tests/test_mma_equivalence.py"),
 }
