@@ -86,6 +86,10 @@ class VLBackbone(nn.Module, abc.ABC):
     #: position of the first text token in :meth:`tokenize`'s ids: 1 after a start token (CLIP's
     #: ``<start_of_text>``), 0 for tokenizers without one (SigLIP). Prompt learners put their context there.
     text_start: int = 1
+    #: True for a backbone that takes prompt tokens entering at a middle layer: ``insert_deep_prompts=True`` in
+    #: :meth:`encode_text_embeddings` and :meth:`encode_image`, and ``encode_image(..., prompt_states=True)``
+    #: (MMRL's representation tokens). Backbones without it refuse those requests.
+    supports_inserted_prompts: bool = False
 
     def train(self, mode: bool = True) -> "VLBackbone":  # noqa: D102 - frozen: always eval
         return super().train(False)
@@ -123,6 +127,7 @@ class VLBackbone(nn.Module, abc.ABC):
         *,
         deep_prompts: Sequence[torch.Tensor | None] | None = None,
         deep_prompt_start: int | None = None,
+        insert_deep_prompts: bool = False,
     ) -> torch.Tensor:
         """Projected text features ``[N, D]`` from token embeddings ``[N, L, Wt]``.
 
@@ -130,6 +135,11 @@ class VLBackbone(nn.Module, abc.ABC):
         the hidden states at positions ``deep_prompt_start : deep_prompt_start + n`` at that layer's
         input (deep prompting as in MaPLe, eq. 5-7); ``None`` leaves a layer untouched. Entry 0 is ignored:
         layer 0's prompts are part of ``embeddings``. ``deep_prompt_start=None`` means :attr:`text_start`.
+
+        ``insert_deep_prompts=True`` (backbones with :attr:`supports_inserted_prompts`): the first given deep
+        prompt is *inserted* before position ``deep_prompt_start`` at its layer's input (the sequence grows by
+        ``n``, a causal mask grows with it, the pooled token moves by ``n``), and later ones replace that span
+        (MMRL's representation tokens, which enter the text tower after the start token at a middle layer).
         """
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -145,7 +155,9 @@ class VLBackbone(nn.Module, abc.ABC):
         prompts: torch.Tensor | None = None,
         deep_prompts: Sequence[torch.Tensor | None] | None = None,
         dense: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        prompt_states: bool = False,
+        insert_deep_prompts: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Projected image features ``[B, D]`` of images ``[B, 3, H, W]`` in ``[0, 1]``.
 
         ``prompts`` (``[n, Wv]`` or ``[B, n, Wv]``) are extra tokens appended to the patch sequence at the
@@ -153,6 +165,11 @@ class VLBackbone(nn.Module, abc.ABC):
         tokens at layer ``i >= 1`` (VPT-deep, eq. 5). With ``dense=True`` also returns projected patch
         tokens ``[B, Hg*Wg, D]`` for segmentation. Raises :class:`BackboneError` for prompts on a tower that
         is not a plain transformer (``supports_visual_prompts`` is False).
+
+        Backbones with :attr:`supports_inserted_prompts` also take ``insert_deep_prompts=True`` (no shallow
+        ``prompts``): the first given ``deep_prompts[k]`` (``k >= 1``) is appended at layer ``k``'s input and later
+        entries replace it; and ``prompt_states=True`` adds, last in the returned tuple, the prompt tokens' final hidden states
+        after the tower's final LayerNorm, unprojected, ``[B, n, Wv]``.
         """
 
     @property

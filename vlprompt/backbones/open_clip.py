@@ -385,6 +385,9 @@ class OpenCLIPBackbone(VLBackbone):
             self.vision_width = 0
             self.vision_layers = 0
             self.grid_size = (0, 0)
+        # mid-layer insertion and prompt states: open_clip's CLIP ViT (class-token pooling, per-token ln_post)
+        self.supports_inserted_prompts = (isinstance(visual, VisionTransformer)
+                                          and getattr(visual, "attn_pool", None) is None)
         pcfg = open_clip.get_model_preprocess_cfg(clip)
         size = pcfg.get("size", 224)
         size = size[0] if isinstance(size, (tuple, list)) else size
@@ -464,6 +467,7 @@ class OpenCLIPBackbone(VLBackbone):
         *,
         deep_prompts: Sequence[torch.Tensor | None] | None = None,
         deep_prompt_start: int | None = None,
+        insert_deep_prompts: bool = False,
     ) -> torch.Tensor:
         text = self._text
         if getattr(text, "cls_emb", None) is not None or getattr(text, "use_pad_mask", False):
@@ -476,14 +480,28 @@ class OpenCLIPBackbone(VLBackbone):
         x = embeddings.to(self.dtype) + text.positional_embedding.to(self.dtype)
         mask = text.attn_mask
         mask = mask.to(self.dtype) if mask is not None else None
-        keep = _causal_prefix(mask, pool_index, deep_prompts, deep_prompt_start, x.shape[1])
+        inserted = 0
+        if insert_deep_prompts:
+            first = next((p for p in (deep_prompts or [])[1:] if p is not None), None)
+            if first is None:
+                raise BackboneError("insert_deep_prompts=True needs a deep prompt at some layer >= 1 (deep_prompts[i])")
+            if mask is not None and not _is_causal(mask):
+                raise BackboneError(f"insert_deep_prompts=True needs a causal or absent text mask; model "
+                                    f"{self.info.model!r} has another one")
+            inserted = int(first.shape[-2])
+        # inserted tokens need no original positions: only the pooled index bounds the causal prefix then
+        keep = _causal_prefix(mask, pool_index, None if inserted else deep_prompts, deep_prompt_start, x.shape[1])
         if keep < x.shape[1]:  # causal attention: later tokens never reach the pooled one (exact, faster)
             x, mask = x[:, :keep], mask[:keep, :keep]
-        x = _run_blocks(
-            text.transformer, x, mask, deep_prompts, lambda h, p: replace_span(h, p, deep_prompt_start), tower="text"
-        )
+        replace = (inserting(lambda h, p: insert_span(h, p, deep_prompt_start),
+                             lambda h, p: replace_span(h, p, deep_prompt_start))
+                   if inserted else (lambda h, p: replace_span(h, p, deep_prompt_start)))
+        x = _run_blocks(text.transformer, x, mask, deep_prompts, replace, tower="text")
         x = text.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), pool_index.to(x.device)]
+        pool_index = pool_index.to(x.device)
+        if inserted:  # the inserted span moved the tokens from deep_prompt_start on
+            pool_index = pool_index + inserted * (pool_index >= deep_prompt_start).long()
+        x = x[torch.arange(x.shape[0], device=x.device), pool_index]
         proj = text.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
@@ -501,13 +519,24 @@ class OpenCLIPBackbone(VLBackbone):
         prompts: torch.Tensor | None = None,
         deep_prompts: Sequence[torch.Tensor | None] | None = None,
         dense: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        prompt_states: bool = False,
+        insert_deep_prompts: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         x = self.normalize(images).to(self.dtype)
         visual = self.clip.visual
+        has_deep = deep_prompts is not None and any(d is not None for d in deep_prompts)
         if not self.supports_visual_prompts:
-            if prompts is not None or dense or (deep_prompts is not None and any(d is not None for d in deep_prompts)):
+            if prompts is not None or dense or prompt_states or has_deep:
                 self.require_visual_prompts("this request (visual prompts or dense features)")
             return visual(x).float()
+        if (prompt_states or insert_deep_prompts) and not self.supports_inserted_prompts:
+            raise BackboneError(
+                f"model {self.info.model!r}: prompt_states=True or insert_deep_prompts=True (tokens inserted at a "
+                "middle layer) need an open_clip CLIP ViT image tower; use e.g. model: ViT-B-16")
+        first = next((d for d in (deep_prompts or [])[1:] if d is not None), None)
+        if insert_deep_prompts and (prompts is not None or first is None):
+            raise BackboneError("insert_deep_prompts=True needs deep prompts (deep_prompts[k], k >= 1) and no shallow "
+                                "`prompts`: the first given layer's tokens are inserted there")
         if self._timm_vit is not None:
             return self._encode_timm_vit(x, prompts, deep_prompts, dense)
         x = visual._embeds(x)  # [B, 1 + HW, Wv], after ln_pre
@@ -517,21 +546,29 @@ class OpenCLIPBackbone(VLBackbone):
             n = p.shape[1]
             # equivalent to concatenating before ln_pre (LayerNorm is per token), as VPT/MaPLe do for CLIP
             x = torch.cat([x, visual.ln_pre(p)], dim=1)
-        elif deep_prompts is not None and any(d is not None for d in deep_prompts):
-            raise BackboneError("deep visual prompts need shallow `prompts` too (they replace those tokens)")
-        x = _run_blocks(visual.transformer, x, None, deep_prompts, lambda h, p: replace_tail(h, p, n), tower="vision")
+        elif has_deep and not insert_deep_prompts:
+            raise BackboneError("deep visual prompts need shallow `prompts` too (they replace those tokens), or "
+                                "insert_deep_prompts=True (they enter at the first given layer)")
+        if not insert_deep_prompts:
+            replace = lambda h, p: replace_tail(h, p, n)  # noqa: E731
+        else:  # appended at the first given layer's input, replaced at the later ones
+            n = int(first.shape[-2])
+            replace = inserting(lambda h, p: torch.cat([h, expand_prompt(p, h.shape[0], h.dtype)], dim=1),
+                                lambda h, p: replace_tail(h, p, n))
+        x = _run_blocks(visual.transformer, x, None, deep_prompts, replace, tower="vision")
+        states = visual.ln_post(x[:, x.shape[1] - n:]) if prompt_states else None
         if n:
             x = x[:, :-n]
         pooled, tokens = visual._pool(x)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
         if not dense:
-            return pooled.float()
+            return (pooled.float(), states.float()) if prompt_states else pooled.float()
         if visual.final_ln_after_pool:
             tokens = visual.ln_post(tokens)
         if visual.proj is not None:
             tokens = tokens @ visual.proj
-        return pooled.float(), tokens.float()
+        return (pooled.float(), tokens.float(), states.float()) if prompt_states else (pooled.float(), tokens.float())
 
     def _encode_timm_vit(self, x, prompts, deep_prompts, dense: bool) -> torch.Tensor:
         """timm ``VisionTransformer.forward_features`` + ``forward_head`` and open_clip's head (SigLIP), with the
@@ -622,6 +659,18 @@ def expand_prompt(p: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tens
     return p.expand(batch, -1, -1) if p.shape[0] == 1 else p
 
 
+def _is_causal(mask: torch.Tensor) -> bool:
+    """Whether an additive ``[L, L]`` mask is the causal one (``-inf`` exactly above the diagonal)."""
+    length = mask.shape[-1]
+    causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=mask.device), diagonal=1)
+    return torch.equal(torch.isinf(mask) & (mask < 0), causal) and bool((mask[~causal] == 0).all())
+
+
+def causal_mask(length: int, like: torch.Tensor) -> torch.Tensor:
+    """The additive causal mask ``[length, length]`` (``-inf`` above the diagonal) in ``like``'s dtype and device."""
+    return torch.full((length, length), float("-inf"), dtype=like.dtype, device=like.device).triu_(1)
+
+
 def _causal_prefix(mask, pool_index: torch.Tensor, deep_prompts, start: int, length: int) -> int:
     """Tokens needed to compute the pooled states under a causal ``mask``: up to the last pooled index (and
     any deep prompt span); ``length`` when the mask is absent or not causal."""
@@ -642,6 +691,26 @@ def replace_span(h: torch.Tensor, p: torch.Tensor, start: int) -> torch.Tensor:
     p = expand_prompt(p, h.shape[0], h.dtype)
     n = p.shape[1]
     return torch.cat([h[:, :start], p, h[:, start + n :]], dim=1)
+
+
+def insert_span(h: torch.Tensor, p: torch.Tensor, start: int) -> torch.Tensor:
+    """``h`` with the (deep) prompt ``p`` of ``n`` tokens inserted before token ``start`` (the sequence grows by ``n``)."""
+    p = expand_prompt(p, h.shape[0], h.dtype)
+    return torch.cat([h[:, :start], p, h[:, start:]], dim=1)
+
+
+def inserting(insert: Callable, replace: Callable) -> Callable:
+    """A ``replace(h, p)`` for :func:`_run_blocks` that calls ``insert`` for the first deep prompt it is given and
+    ``replace`` for every later one (prompts that enter at a middle layer, then are replaced layer by layer)."""
+    done = False
+
+    def step(h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        out = replace(h, p) if done else insert(h, p)
+        done = True
+        return out
+
+    return step
 
 
 def replace_tail(h: torch.Tensor, p: torch.Tensor, n: int) -> torch.Tensor:
@@ -665,6 +734,9 @@ def _run_blocks(transformer, x, mask, deep_prompts, replace, *, tower: str | Non
         if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
             x = replace(x, deep_prompts[i])
         if adapter is not None or residual is not None:
+            if mask is not None and mask.shape[-1] != x.shape[1]:  # tokens were inserted: a causal mask grows
+                mask = causal_mask(x.shape[1], mask)
+        if adapter is not None:
             if not (batch_first and _is_plain_block(block)):
                 raise BackboneError(f"an attention or residual adapter needs plain open_clip attention blocks; {tower} "
                                     f"layer {i} is {type(block).__name__}")

@@ -202,8 +202,12 @@ def text_features(
     deep_prompts: Sequence[torch.Tensor | None] | None = None,
     *,
     chunk_size: int | None | str = "default",
+    insert_deep_prompts: bool = False,
 ) -> torch.Tensor:
     """Projected text features ``[N, D]`` from prompt embeddings ``[N, L, Wt]`` (deep prompts at layers >= 1).
+
+    ``insert_deep_prompts=True`` is passed on to :meth:`~vlprompt.backbones.base.VLBackbone.encode_text_embeddings`
+    (the first deep prompt is inserted, not replacing tokens).
 
     With more than ``chunk_size`` prompts they are encoded ``chunk_size`` at a time (``None``: all at once).
     Under autograd each chunk is gradient-checkpointed (``torch.utils.checkpoint``, recomputed in backward),
@@ -215,14 +219,16 @@ def text_features(
     if chunk_size == "default":
         chunk_size = _DEFAULT_CHUNK
     n = embeddings.shape[0]
+    extra = {"insert_deep_prompts": True} if insert_deep_prompts else {}
     if chunk_size is None or n <= chunk_size:
-        return backbone.encode_text_embeddings(embeddings, pool_index, deep_prompts=deep_prompts)
+        return backbone.encode_text_embeddings(embeddings, pool_index, deep_prompts=deep_prompts, **extra)
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be a positive number of prompts or None")
 
     def encode(start: int, emb: torch.Tensor, *deep: torch.Tensor | None) -> torch.Tensor:
         stop = start + emb.shape[0]
-        return backbone.encode_text_embeddings(emb, pool_index[start:stop], deep_prompts=list(deep) if deep else None)
+        return backbone.encode_text_embeddings(emb, pool_index[start:stop], deep_prompts=list(deep) if deep else None,
+                                               **extra)
 
     out = []
     for start in range(0, n, chunk_size):
