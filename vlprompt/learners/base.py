@@ -107,6 +107,11 @@ class PromptLearner(nn.Module, abc.ABC):
     trainable: ClassVar[bool] = True
     modifies_image_encoder: ClassVar[bool] = False
     transfers_to_new_classes: ClassVar[bool] = True
+    #: the unlabeled image pool the learner trains on instead of the protocol's labelled images (a name of
+    #: :data:`vlprompt.protocols.base2new.UNLABELED_POOLS`, e.g. ``train_all_classes``), or ``None`` (labelled
+    #: training). The protocol must serve the same pool (``--data.init_args.unlabeled_pool``): the host module
+    #: refuses a mismatch before training; targets of unlabeled images are ``-1``.
+    unlabeled_pool: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         super().__init__()

@@ -123,16 +123,33 @@ class PromptClassifier(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._require_task()
+        self._check_unlabeled_pool()
+
+    def _check_unlabeled_pool(self) -> None:
+        """The learner's :attr:`~vlprompt.learners.base.PromptLearner.unlabeled_pool` and the data's must agree: a
+        labelled learner must not get hidden labels (``-1``), an unlabeled one must get its pool."""
+        want, have = getattr(self.learner, "unlabeled_pool", None), self.task.get("unlabeled_pool")
+        if want == have:
+            return
+        name = type(self.learner).__name__
+        if want is None:
+            raise RuntimeError(f"{name} trains on labelled images but the protocol serves the unlabeled pool {have!r}: "
+                               "remove --data.init_args.unlabeled_pool")
+        raise RuntimeError(f"{name} trains on the unlabeled pool {want!r} but the protocol serves "
+                           f"{'labelled images' if have is None else repr(have)}: set "
+                           f"--data.init_args.unlabeled_pool {want}")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        self._use_space(self.task["train_space"])
+        # a learner trained on an unlabeled pool scores its images over the pool's label space (every class)
+        self._use_space(self.task.get("unlabeled_space") or self.task["train_space"])
         inputs, targets = batch
         feats = self._features(inputs)
         logits = self.learner.logits(feats)
         loss = self.learner.loss(logits, targets, feats)
-        acc = (logits.argmax(dim=1) == targets).float().mean() * 100
         self.log("train/loss", loss, prog_bar=True, batch_size=targets.shape[0])
-        self.log("train/acc", acc, prog_bar=True, batch_size=targets.shape[0])
+        if not self.task.get("unlabeled_space"):  # hidden labels (-1) have no accuracy
+            acc = (logits.argmax(dim=1) == targets).float().mean() * 100
+            self.log("train/acc", acc, prog_bar=True, batch_size=targets.shape[0])
         return loss
 
     def on_train_epoch_end(self) -> None:

@@ -111,6 +111,31 @@ def split_base_new(num_classes: int) -> tuple[list[int], list[int]]:
     return labels[:m], labels[m:]
 
 
+#: unlabeled image pools a protocol can serve to a learner that trains without labels
+#: (:attr:`~vlprompt.learners.base.PromptLearner.unlabeled_pool`, e.g. PromptKD): name -> what it holds
+UNLABELED_POOLS = {
+    "train_all_classes": "every image of the dataset's training split, of every class (base and new alike), "
+                         "labels hidden; ``shots`` does not subsample it",
+}
+
+#: the label space of the unlabeled pool in :attr:`ClassificationProtocol.task` (every class of the dataset)
+UNLABELED_SPACE = "unlabeled"
+
+
+class HiddenLabels:
+    """Dataset view that hides the labels of another: items are ``(x, -1)``."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, _ = self.dataset[i]
+        return x, -1
+
+
 def default_cache_dir() -> Path:
     """Where few-shot index lists are cached: ``$VLPROMPT_CACHE`` or ``~/.cache/vlprompt`` (never the data root)."""
     return Path(os.environ.get("VLPROMPT_CACHE", Path.home() / ".cache" / "vlprompt"))
@@ -163,6 +188,12 @@ class ClassificationProtocol(pl.LightningDataModule):
             still drawn, so every seed's training images equal the legacy protocol's. Fixed hyper-parameters
             across datasets are the sweep's part: ``sweeps/toy_validation_free.yaml`` gives every dataset one
             learner configuration.
+        unlabeled_pool: serve training images without labels from a pool of :data:`UNLABELED_POOLS` (``None``:
+            labelled training, the default). ``train_all_classes``: the whole training split of every class
+            (base and new), targets ``-1``; the training label space is then ``unlabeled`` (every class name of
+            the dataset: the learner scores its unlabeled images over all of them) and the validation and test
+            sets are unchanged. Only a learner whose ``unlabeled_pool`` names the same pool trains with it
+            (PromptKD); the pool is recorded in :meth:`identity` and :attr:`task`.
     """
 
     name = "classification"
@@ -183,8 +214,13 @@ class ClassificationProtocol(pl.LightningDataModule):
         drop_last: bool = True,
         validation: bool = True,
         eval_feature_reuse: bool = True,
+        unlabeled_pool: str | None = None,
     ) -> None:
         super().__init__()
+        if unlabeled_pool is not None and unlabeled_pool not in UNLABELED_POOLS:
+            raise DataError(f"unlabeled_pool={unlabeled_pool!r} is not a known pool: use one of "
+                            f"{sorted(UNLABELED_POOLS)} or null (labelled training)")
+        self.unlabeled_pool = unlabeled_pool
         self.validation = bool(validation)
         if not self.validation:
             self.name = f"{type(self).name}-vf"
@@ -223,16 +259,28 @@ class ClassificationProtocol(pl.LightningDataModule):
         """The data source whose classes and test images a label space uses (the protocol's dataset here)."""
         return self.dataset
 
+    def _space_labels(self, space: str) -> list[int]:
+        """Original labels of ``space``: a label space of :attr:`label_spaces`, or the unlabeled pool's (all)."""
+        if space == UNLABELED_SPACE and self.unlabeled_pool is not None:
+            return list(range(len(self.dataset.classnames)))
+        return self.label_spaces[space]
+
     @property
     def task(self) -> dict:
-        """What the model needs: class names per label space, the train space, and (name, space) eval sets."""
+        """What the model needs: class names per label space, the train space, and (name, space) eval sets; with an
+        unlabeled pool also ``unlabeled_pool`` (its name) and ``unlabeled_space`` (its label space)."""
         spaces = self.label_spaces
-        return {
+        out = {
             "label_spaces": {k: [self.space_source(k).classnames[i] for i in v] for k, v in spaces.items()},
             "train_space": self.train_space,
             "val_sets": [list(s) for s in self.val_sets],
             "test_sets": [list(s) for s in self.test_sets],
         }
+        if self.unlabeled_pool is not None:
+            out["label_spaces"][UNLABELED_SPACE] = [self.dataset.classnames[i] for i in self._space_labels(UNLABELED_SPACE)]
+            out["unlabeled_pool"] = self.unlabeled_pool
+            out["unlabeled_space"] = UNLABELED_SPACE
+        return out
 
     # ------------------------------------------------------------------ few-shot sampling
     def _fewshot_indices(self, split: str, shots: int) -> list[int]:
@@ -267,7 +315,7 @@ class ClassificationProtocol(pl.LightningDataModule):
         return draws[split]
 
     def _indices(self, split: str, space: str, shots: int | None, source: ClassificationSource | None = None) -> list[int]:
-        allowed = set(self.label_spaces[space])
+        allowed = set(self._space_labels(space))
         labels = (source or self.dataset).labels(split)
         if shots is None:
             return [i for i, y in enumerate(labels) if y in allowed]
@@ -299,7 +347,7 @@ class ClassificationProtocol(pl.LightningDataModule):
         idx = self._indices(split, space, shots, source)
         if not idx:
             raise DataError(f"split {split!r} of {source.name} has no images of the {space!r} classes")
-        mapping = {orig: new for new, orig in enumerate(self.label_spaces[space])}
+        mapping = {orig: new for new, orig in enumerate(self._space_labels(space))}
         images = source.dataset(split, idx, transform)
         if self._uses_feature_cache():
             views = self.feature_views if augment != "none" else 1
@@ -350,6 +398,8 @@ class ClassificationProtocol(pl.LightningDataModule):
                                         f"few-shot draw of {self.dataset.name} (seed {self.seed})")
 
     def train_dataloader(self) -> DataLoader:
+        if self.unlabeled_pool is not None:  # "train_all_classes": the whole split, every class, labels hidden
+            return self._loader(HiddenLabels(self._dataset("train", UNLABELED_SPACE, None, train=True)), train=True)
         self._check_same_draw()
         return self._loader(self._dataset("train", self.train_space, self.shots, train=True), train=True)
 
@@ -363,6 +413,8 @@ class ClassificationProtocol(pl.LightningDataModule):
 
     def identity(self) -> dict:
         out = {"protocol": self.name, "shots": self.shots, "seed": self.seed, "dataset": self.dataset.identity()}
+        if self.unlabeled_pool is not None:
+            out["unlabeled_pool"] = self.unlabeled_pool
         return out if self.validation else {**out, "validation": False}
 
 

@@ -9,7 +9,7 @@ reports each target's accuracy and their mean.
 from __future__ import annotations
 
 from vlprompt.data.base import ClassificationSource, DataError
-from vlprompt.protocols.base2new import ClassificationProtocol
+from vlprompt.protocols.base2new import UNLABELED_SPACE, ClassificationProtocol
 
 
 class Transfer(ClassificationProtocol):
@@ -59,7 +59,7 @@ class Transfer(ClassificationProtocol):
         return (("source", "source"), *((n, n) for n in self._names))
 
     def _dataset(self, split: str, space: str, shots: int | None, train: bool, source: ClassificationSource | None = None):
-        if space == "source":
+        if space in ("source", UNLABELED_SPACE):
             return super()._dataset(split, space, shots, train)
         return super()._dataset(split, space, None, train, source=self.space_source(space))
 
