@@ -733,10 +733,9 @@ def _run_blocks(transformer, x, mask, deep_prompts, replace, *, tower: str | Non
     for i, block in enumerate(blocks):
         if i > 0 and deep_prompts is not None and i < len(deep_prompts) and deep_prompts[i] is not None:
             x = replace(x, deep_prompts[i])
+        if mask is not None and mask.shape[-1] != x.shape[1]:  # tokens were inserted: a causal mask grows
+            mask = causal_mask(x.shape[1], mask)
         if adapter is not None or residual is not None:
-            if mask is not None and mask.shape[-1] != x.shape[1]:  # tokens were inserted: a causal mask grows
-                mask = causal_mask(x.shape[1], mask)
-        if adapter is not None:
             if not (batch_first and _is_plain_block(block)):
                 raise BackboneError(f"an attention or residual adapter needs plain open_clip attention blocks; {tower} "
                                     f"layer {i} is {type(block).__name__}")

@@ -261,12 +261,11 @@ def plan_cell(spec: Mapping[str, Any], cell: Cell, out: Path, cost: CostModel) -
                 f"lower --data.init_args.shots to at most {short[0][0]}")
     else:
         plan.train_images = sum(1 for y in dataset.labels("train") if y in train_classes)
+    if getattr(data, "unlabeled_pool", None) is not None:  # the pool (train_all_classes) trains instead
+        plan.train_images = len(dataset.labels("train"))
     cap = getattr(data, "images_per_set", None)  # a test-time protocol may draw a fixed number per test set
     plan.test_images = sum(_limited(sum(1 for y in data.space_source(space).labels("test") if y in set(spaces[space])),
                                     cap if isinstance(cap, int) else None)
-    if getattr(data, "unlabeled_pool", None) is not None:  # the pool (train_all_classes) trains instead
-        plan.train_images = len(dataset.labels("train"))
-    plan.test_images = sum(sum(1 for y in data.space_source(space).labels("test") if y in set(spaces[space]))
                            for _, space in data.test_sets)
     trainer = cfg.trainer
     plan.devices = _world_size(trainer) if str(getattr(trainer, "accelerator", "")) != "cpu" else 1
