@@ -42,6 +42,11 @@ def test_learner_facts_match_the_classes():
         assert facts.tasks == expected, name
         assert facts.paper, name
         assert not facts.faithfulness or (REPO / facts.faithfulness).is_file(), name
+        static = tuple(getattr(cls, "resources", ()))
+        if cls.resource_track is PromptLearner.resource_track:  # the class attribute is the track
+            assert facts.track == (", ".join(static) or "standard"), name
+        else:  # a config option or the wrapped learner decides: the facts name every fixed resource
+            assert all(word in facts.track for word in static) and facts.track != "standard", name
     assert PROMPT_LEARNER_DEFAULTS == {"family": PromptLearner.family, "tasks": tuple(PromptLearner.tasks)}
     assert {k: g for k, (g, _) in KINDS.items() if g is not None} == GROUPS
 

@@ -131,12 +131,13 @@ def _literal_class_attrs(path: Path, cls: str) -> dict[str, Any]:
 
 def learner_rows() -> list[dict[str, str]]:
     """One row per installed learner, without importing any: ``name``, ``family``, ``tasks``, ``paper``,
-    ``faithfulness``, ``entry_point``, ``provided_by``."""
+    ``faithfulness``, ``track`` (its resource track; a third-party learner's literal ``resources``),
+    ``entry_point``, ``provided_by``."""
     rows = []
     for ep in entry_point_rows("vlprompt.learners"):
         facts = LEARNER_FACTS.get(ep["name"]) if _norm(ep["distribution"]) == BUILTIN_DISTRIBUTION else None
         if facts is not None:
-            family, tasks, paper, faithful = facts.family, facts.tasks, facts.paper, facts.faithfulness
+            family, tasks, paper, faithful, track = facts.family, facts.tasks, facts.paper, facts.faithfulness, facts.track
         else:
             module, _, attr = ep["value"].partition(":")
             path = _source_file(ep["dist"], module)
@@ -148,8 +149,10 @@ def learner_rows() -> list[dict[str, str]]:
             if family == "test-time":
                 tasks = ("test-time",)
             paper, faithful = str(attrs.get("paper", "?")), ""
+            res = attrs.get("resources", ())
+            track = ", ".join(map(str, res)) if isinstance(res, (tuple, list)) and res else "standard"
         rows.append({"name": ep["name"], "family": family, "tasks": ", ".join(tasks), "paper": paper,
-                     "faithfulness": faithful or "no", "entry_point": ep["value"].replace(":", "."),
+                     "faithfulness": faithful or "no", "track": track, "entry_point": ep["value"].replace(":", "."),
                      "provided_by": f"{ep['distribution']} {ep['version']}"})
     return rows
 
@@ -157,11 +160,12 @@ def learner_rows() -> list[dict[str, str]]:
 def _learners_table() -> Table:
     table = Table(title="learners (vlprompt.learners), from installed metadata; --check imports them",
                   caption="tasks: classification / segmentation (vlprompt fit), test-time (vlprompt tta); "
-                          "faithfulness: the test that pins the learner to its reference code")
-    for header in ("name", "family", "tasks", "paper", "faithfulness", "class", "provided by"):
-        table.add_column(header, no_wrap=header not in {"paper", "faithfulness"})
+                          "faithfulness: the test that pins the learner to its reference code; track: what it uses "
+                          "beyond the labelled images and the frozen backbone (A / B: a config option decides)")
+    for header in ("name", "family", "tasks", "paper", "faithfulness", "track", "class", "provided by"):
+        table.add_column(header, no_wrap=header not in {"paper", "faithfulness", "track"})
     for r in learner_rows():
-        table.add_row(r["name"], r["family"], r["tasks"], r["paper"], r["faithfulness"], r["entry_point"],
+        table.add_row(r["name"], r["family"], r["tasks"], r["paper"], r["faithfulness"], r["track"], r["entry_point"],
                       r["provided_by"])
     return table
 
