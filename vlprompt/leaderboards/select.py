@@ -89,14 +89,18 @@ def _weights_id(result: Mapping[str, Any]) -> str:
     return str(bb.get("checkpoint_sha256") or bb.get("pretrained") or "")
 
 
+def records_track(result: Mapping[str, Any]) -> bool:
+    """Whether a result records its resource track (``resources``, written since results record it)."""
+    return isinstance(result.get("resources"), list)
+
+
 def track_cell(result: Mapping[str, Any]) -> str:
     """The resource-track column: what the row used beyond the protocol's labelled images and the frozen backbone
     (``resources`` of the result, e.g. ``LLM text``), ``standard`` when nothing, ``—`` for results written before
     results recorded it."""
-    resources = result.get("resources")
-    if not isinstance(resources, list):
+    if not records_track(result):
         return "—"
-    words = [str(r) for r in resources if isinstance(r, str) and r]
+    words = [str(r) for r in result["resources"] if isinstance(r, str) and r]
     return ", ".join(words) if words else "standard"
 
 
