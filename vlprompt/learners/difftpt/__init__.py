@@ -110,7 +110,6 @@ class DiffTPT(TPT):
                 "init_args: {path: DIR}}) or set generated: 0"
             )
         super().build(backbone, classnames)
-        self._view_builder.n_views = self.views
 
     def generated_views(self, image: torch.Tensor) -> torch.Tensor:
         """Test-transformed generated views ``[generated, 3, S, S]`` (from the cache, else generated now)."""

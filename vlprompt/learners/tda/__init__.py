@@ -39,11 +39,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbones.base import VLBackbone
-from vlprompt.data.tta_views import TPTViews
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.learners.prompts.tta import TestTimeMethod, TTAError, TTAStep, check_views, marginal_entropy, view_entropy
-from vlprompt.learners.wrapper import WrappedLearner
+from vlprompt.learners.view_method import ViewTestTimeMethod
 from vlprompt.learners.zero_shot import ZeroShot
 
 #: kdiAAA/TDA configs/imagenet.yaml (the reference's settings for ImageNet; other sets change alpha / beta)
@@ -188,7 +186,7 @@ class TDAStream:
         return final, s
 
 
-class TDA(WrappedLearner, TestTimeMethod):
+class TDA(ViewTestTimeMethod):
     """Positive and negative feature caches along the test stream, on top of any classification learner.
 
     Args:
@@ -237,20 +235,9 @@ class TDA(WrappedLearner, TestTimeMethod):
         self.positive = _settings(positive, POSITIVE, "positive")
         self.negative = _settings(negative, NEGATIVE, "negative")
         self.stream = TDAStream(self.positive, self.negative, selection)
-        self._view_builder: TPTViews | None = None
-
-    @property
-    def wrapped(self) -> PromptLearner:
-        return self.learner
-
-    def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
-        self.learner.setup(backbone, classnames)
-        self._view_builder = TPTViews(backbone.preprocess, max(self.views, 2), augmix=self.augmix)
-        self._view_builder.n_views = self.views
 
     def on_classnames_changed(self, classnames: list[str]) -> None:
-        if self.learner.classnames != classnames:
-            self.learner.set_classnames(classnames)
+        super().on_classnames_changed(classnames)
         self.stream.reset()  # cached pseudo-labels index the previous label space
 
     def start_test_set(self, name: str) -> None:
@@ -260,12 +247,6 @@ class TDA(WrappedLearner, TestTimeMethod):
     def tunable_parameters(self) -> dict[str, torch.nn.Parameter]:
         """Nothing: TDA is training-free."""
         return {}
-
-    def build_views(self, image: torch.Tensor) -> torch.Tensor:
-        if self._view_builder is None:
-            raise LearnerError("TDA is not set up: call setup(backbone, classnames) first")
-        views = self._view_builder.original(image)[None] if self.views == 1 else self._view_builder(image)
-        return views.to(self.backbone.logit_scale.device)
 
     def make_optimizer(self, params: list[torch.nn.Parameter]) -> None:
         return None

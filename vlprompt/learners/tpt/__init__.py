@@ -25,19 +25,17 @@ from typing import Any
 import torch
 
 from vlprompt.backbones.base import VLBackbone
-from vlprompt.data.tta_views import TPTViews
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.prompts.layers import chunked_text_encoding
 from vlprompt.learners.prompts.tta import (
-    TestTimeMethod,
     TTAError,
     TTAStep,
     check_views,
     confident_indices,
     tpt_step,
 )
-from vlprompt.learners.wrapper import WrappedLearner
+from vlprompt.learners.view_method import ViewTestTimeMethod
 
 
 def default_prompt_learner() -> PromptLearner:
@@ -45,7 +43,7 @@ def default_prompt_learner() -> PromptLearner:
     return CoOp(n_ctx=None, ctx_init="a photo of a")
 
 
-class TPT(WrappedLearner, TestTimeMethod):
+class TPT(ViewTestTimeMethod):
     """Test-time prompt tuning on top of a prompt learner.
 
     Args:
@@ -98,28 +96,13 @@ class TPT(WrappedLearner, TestTimeMethod):
         self.lr = lr
         self.augmix = augmix
         self.text_chunk = text_chunk
-        self._view_builder: TPTViews | None = None
 
     # ------------------------------------------------------------------ delegation to the tuned learner
-    @property
-    def wrapped(self) -> PromptLearner:
-        return self.learner
-
     def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
-        self.learner.setup(backbone, classnames)
+        super().build(backbone, classnames)
         self.learner.tunable_parameters()  # fail now, before any image, if there is nothing to tune
-        self._view_builder = TPTViews(backbone.preprocess, self.views, augmix=self.augmix)
-
-    def on_classnames_changed(self, classnames: list[str]) -> None:
-        if self.learner.classnames != classnames:
-            self.learner.set_classnames(classnames)
 
     # ------------------------------------------------------------------ test-time method
-    def build_views(self, image: torch.Tensor) -> torch.Tensor:
-        if self._view_builder is None:
-            raise LearnerError("TPT is not set up: call setup(backbone, classnames) first")
-        return self._view_builder(image).to(self.backbone.logit_scale.device)
-
     def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=self.lr)
 

@@ -29,11 +29,9 @@ from typing import Any
 
 import torch
 
-from vlprompt.backbones.base import VLBackbone
-from vlprompt.data.tta_views import TPTViews
 from vlprompt.learners.base import LearnerError, PromptLearner
 from vlprompt.learners.prompts.tta import TestTimeMethod, TTAError, TTAStep, check_views, marginal_entropy
-from vlprompt.learners.wrapper import WrappedLearner
+from vlprompt.learners.view_method import ViewTestTimeMethod
 from vlprompt.learners.zero_shot import ZeroShot
 
 
@@ -74,7 +72,7 @@ def zero_votes(logits: torch.Tensor, logit_scale: torch.Tensor | float, gamma: f
     return votes, kept
 
 
-class ZERO(WrappedLearner, TestTimeMethod):
+class ZERO(ViewTestTimeMethod):
     """Zero-temperature voting over confident augmented views, on top of any classification learner.
 
     Args:
@@ -103,28 +101,10 @@ class ZERO(WrappedLearner, TestTimeMethod):
         self.views = views
         self.gamma = gamma
         self.augmix = augmix
-        self._view_builder: TPTViews | None = None
-
-    @property
-    def wrapped(self) -> PromptLearner:
-        return self.learner
-
-    def build(self, backbone: VLBackbone, classnames: list[str]) -> None:
-        self.learner.setup(backbone, classnames)
-        self._view_builder = TPTViews(backbone.preprocess, self.views, augmix=self.augmix)
-
-    def on_classnames_changed(self, classnames: list[str]) -> None:
-        if self.learner.classnames != classnames:
-            self.learner.set_classnames(classnames)
 
     def tunable_parameters(self) -> dict[str, torch.nn.Parameter]:
         """Nothing: ZERO is training-free."""
         return {}
-
-    def build_views(self, image: torch.Tensor) -> torch.Tensor:
-        if self._view_builder is None:
-            raise LearnerError("ZERO is not set up: call setup(backbone, classnames) first")
-        return self._view_builder(image).to(self.backbone.logit_scale.device)
 
     def make_optimizer(self, params: list[torch.nn.Parameter]) -> None:
         return None
