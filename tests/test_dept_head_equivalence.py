@@ -77,7 +77,8 @@ def one_step(learner: DePTHead) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     feats = learner.encode_images(R.images())
     loss = learner.loss(learner.logits(feats), R.labels(), feats)
     loss.backward()
-    grads = {k: p.grad.detach().clone() for k, p in learner.named_parameters() if p.requires_grad}
+    grads = {k: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+             for k, p in learner.named_parameters() if p.requires_grad}
     opt.step()
     learner.eval()
     return loss.detach(), grads
