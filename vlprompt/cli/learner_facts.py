@@ -67,4 +67,6 @@ LEARNER_FACTS: dict[str, LearnerFacts] = {
                              "teacher model, unlabeled images"),
     "dpc": LearnerFacts("text", ("classification",), "DPC (Li et al., CVPR 2025), a plug-in on any learner",
                         "tests/test_dpc_equivalence.py", "the wrapped learner's"),
+    "dept_head": LearnerFacts("text", ("classification",), "DePT decoupled head (Zhang et al., CVPR 2024), a plug-in on any learner",
+                              "tests/test_dept_head_equivalence.py", "the wrapped learner's"),
 }
