@@ -8,7 +8,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision import transforms as T
 
+from vlprompt.backbones.base import PreprocessConfig
 from vlprompt.data.base import DataError
 from vlprompt.data.toyworld.datasets import ToyMixtures
 from vlprompt.data.tta_views import TPTViews, augmix
@@ -16,6 +19,7 @@ from vlprompt.learners.prompts.layers import chunked_text_encoding
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.coop import CoOp
 from vlprompt.learners.difftpt import DiffTPT
+from vlprompt.generators.testing import JitterGenerator
 from vlprompt.learners.tpt import TPT
 from vlprompt.learners.zero_shot import ZeroShot
 from vlprompt.modules.test_time import TestTimeClassifier
@@ -206,7 +210,7 @@ def test_plain_learner_is_evaluated_on_the_original(backbone):
     module = TestTimeClassifier(backbone, ZeroShot(), task=task)
     module.on_test_epoch_start()
     module._use_space("t")
-    image = torch.rand(3, 32, 32)
+    image = torch.randint(0, 256, (3, 32, 32)) / 255  # on the 8-bit grid, as every dataset's images are
     with torch.no_grad():
         assert torch.allclose(module.predict_image(image), module.learner(image[None]), atol=1e-5)
 
@@ -280,7 +284,90 @@ def test_views_original_first_and_augmix_in_range(backbone):
     assert mixed.shape == crop.shape and not torch.allclose(mixed, crop)
 
 
+def _reference_views(pil: Image.Image, size: int, n: int, seed: int) -> torch.Tensor:
+    """azshue/TPT 63ecbac ``AugMixAugmenter`` without AugMix, restated with the torchvision calls it makes: the
+    test transform (``tpt_classification.py``: bicubic ``Resize`` + ``CenterCrop``) and ``n`` crops
+    (``data/datautils.py`` ``get_preaugment``: ``RandomResizedCrop`` + ``RandomHorizontalFlip``), all on the PIL
+    image, then ``ToTensor``; crop and flip draw from torch's global generator seeded with ``seed``."""
+    torch.manual_seed(seed)
+    base = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor()])
+    pre = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()])
+    return torch.stack([base(pil)] + [pre(pil) for _ in range(n)])
+
+
+def _u8(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def _checkerboard(h: int, w: int, cell: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    board = (((ys // cell + xs // cell) % 2) * 255).to(torch.uint8)  # hard 0/255 edges: bicubic overshoots, PIL clips
+    return torch.stack([board, 255 - board, board // 2])
+
+
+HAND_MADE = {
+    "noise_upsampled": _u8(3, 50, 40),
+    "noise_downsampled": _u8(3, 300, 251, seed=1),
+    "checkerboard": _checkerboard(97, 130, 7),
+    "thin": _u8(3, 7, 300, seed=2),  # aspect ratio outside 3/4-4/3: RandomResizedCrop's fallback crop
+}
+
+
+def _pil(image_u8: torch.Tensor) -> Image.Image:
+    return Image.fromarray(image_u8.permute(1, 2, 0).numpy())
+
+
+def _assert_views_equal_reference(image_u8: torch.Tensor, size: int) -> None:
+    pre = PreprocessConfig(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    expected = _reference_views(_pil(image_u8), size, 5, seed=3)
+    for image in (image_u8.float() / 255, image_u8):  # float on the 8-bit grid or uint8: same views
+        torch.manual_seed(3)
+        views = TPTViews(pre, 6)(image, generator=torch.Generator().manual_seed(0))
+        assert views.dtype == torch.float32 and views.shape == expected.shape
+        assert torch.equal(views, expected), float((views - expected).abs().max())
+
+
+@pytest.mark.parametrize("name", sorted(HAND_MADE))
+@pytest.mark.parametrize("size", [32, 224])
+def test_views_equal_the_reference_pil_pipeline(name, size):
+    _assert_views_equal_reference(HAND_MADE[name], size)
+
+
+def test_views_equal_the_reference_pil_pipeline_on_real_images(shared_data):
+    paths = [*sorted((shared_data / "eurosat/2750/SeaLake").glob("*.jpg"))[:2],
+             *sorted((shared_data / "caltech-101/101_ObjectCategories/scorpion").glob("*.jpg"))[:2]]
+    if len(paths) < 4:
+        pytest.skip("EuroSAT SeaLake / Caltech-101 scorpion images not in the shared data")
+    for path in paths:
+        with Image.open(path) as im:
+            image = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+        _assert_views_equal_reference(image, 224)
+
+
+def test_views_quantise_off_grid_images_and_reject_non_rgb(backbone):
+    builder = TPTViews(backbone.preprocess, 2)
+    image = torch.rand(3, 40, 50)
+    assert torch.equal(builder.original(image), builder.original((image * 255).round().to(torch.uint8)))
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        builder.original(torch.rand(1, 40, 50))
+    with pytest.raises(ValueError, match="int64"):
+        builder.original(torch.zeros(3, 40, 50, dtype=torch.int64))
+
+
 # ---------------------------------------------------------------- DiffTPT
+def test_difftpt_generated_views_equal_the_reference_pil_pipeline(backbone, tmp_path):
+    """chunmeifeng/DiffTPT 03f1169 ``difftpt_utils.py``: generated images are opened with PIL and test-transformed
+    (bicubic ``Resize`` + ``CenterCrop`` + ``ToTensor``), as the original."""
+    learner = DiffTPT(generator=JitterGenerator(), generated=3, views=4, cache_dir=str(tmp_path))
+    learner.setup(backbone, NAMES)
+    image = HAND_MADE["noise_upsampled"].float() / 255
+    views = learner.generated_views(image)
+    size = backbone.preprocess.image_size
+    base = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor()])
+    expected = torch.stack([base(_pil(v)) for v in learner.generated_cache.get(image, 3)])
+    assert torch.equal(views, expected)
+
+
 def test_difftpt_needs_a_generator_and_sane_ratios(backbone):
     with pytest.raises(LearnerError, match="need a generator"):
         DiffTPT(generated=63).setup(backbone, NAMES)

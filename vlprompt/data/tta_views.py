@@ -1,5 +1,6 @@
-"""Test-time views of one image, as TPT builds them (Shu et al., NeurIPS 2022, Sec. 4; reference azshue/TPT,
-``data/datautils.py`` ``AugMixAugmenter`` and ``data/augmix_ops.py``).
+"""Test-time views of one image, as TPT builds them (Shu et al., NeurIPS 2022, Sec. 4; reference azshue/TPT at
+63ecbac, ``data/datautils.py`` ``AugMixAugmenter`` and ``data/augmix_ops.py``, ``tpt_classification.py`` for the
+test transform).
 
 View 0 is the test-transformed original (resize the shorter side to ``S`` with bicubic interpolation, centre
 crop ``S``). Each of the other ``n - 1`` views is a random resized crop of the *raw* image (torchvision
@@ -9,16 +10,29 @@ mixed with 3 chains of 1-3 random operations at severity 1 (AugMix, Hendrycks et
 weights ~ Dirichlet(1, 1, 1), the mixing weight ~ Beta(1, 1), the 9 operations of the reference's
 ``augmentations`` list with its parameter ranges (``level ~ U(0.1, severity)``).
 
-Deliberate differences: the operations run on ``uint8`` tensors with torchvision / ``grid_sample`` instead
-of PIL, so pixels differ slightly from PIL's resampling; random numbers come from torch's generator, not
-numpy's. Images are float ``[3, H, W]`` in ``[0, 1]``; normalisation belongs to the backbone (mixing before
-normalising equals the reference's mixing after, since the weights sum to one).
+Resampling follows the references exactly: they open each test image (and DiffTPT each generated image,
+``difftpt_utils.py`` ``diffuData`` / ``get_data_loader`` at chunmeifeng/DiffTPT 03f1169) as a PIL RGB image and
+resize it with PIL (``Resize`` + ``CenterCrop`` for view 0, ``RandomResizedCrop`` + ``RandomHorizontalFlip`` for
+the others, then ``ToTensor``). Here the image is rounded to ``uint8`` once (a no-op for images decoded from
+8-bit files), resampled by PIL through torchvision's PIL path, and scaled back to float by ``/ 255`` as
+``ToTensor`` does, so views equal the references' bit for bit (``tests/test_tta.py``). torchvision's own
+``uint8``-tensor antialiased bicubic resize was measured 2 levels off PIL on real images and its float resize up
+to 9 levels, so neither is used.
+
+Deliberate differences: an image that is not on the 8-bit grid (a float image not decoded from a file) is
+quantised to it before resampling (at most half a level); the AugMix operations run on ``uint8`` tensors with
+torchvision / ``grid_sample`` instead of PIL, so AugMix chains differ slightly from PIL's; random numbers come
+from torch (the crop and flip from torch's global generator, as torchvision's transforms draw them; AugMix from
+the ``generator`` argument), not numpy's. Images are ``[3, H, W]``, ``uint8`` or float in ``[0, 1]``;
+normalisation belongs to the backbone (mixing before normalising equals the reference's mixing after, since the
+weights sum to one).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -123,6 +137,23 @@ def augmix(crop: torch.Tensor, *, severity: float = 1.0, width: int = 3, generat
     return m * crop + (1 - m) * mix
 
 
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A PIL RGB image of ``image`` ``[3, H, W]`` (``uint8``, or float in ``[0, 1]`` rounded to the nearest level)."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image of shape {tuple(image.shape)}: test-time views need one RGB image [3, H, W] (convert grey images to RGB)")
+    if image.dtype != torch.uint8:
+        if not image.is_floating_point():
+            raise ValueError(f"image of dtype {image.dtype}: pass uint8 or float in [0, 1]")
+        image = (image.detach().float() * 255).round().clamp(0, 255).to(torch.uint8)
+    return Image.fromarray(image.cpu().permute(1, 2, 0).contiguous().numpy())
+
+
+def from_pil(image: Image.Image, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Float ``[3, H, W]`` in ``[0, 1]`` of a PIL RGB image, divided by 255 as torchvision's ``ToTensor`` does."""
+    # pil_to_tensor returns a channels-last view; contiguous keeps AugMix and the encoder on their fast path
+    return TF.pil_to_tensor(image).contiguous().to(device=device, dtype=torch.float32).div(255)
+
+
 class TPTViews:
     """``n_views`` views ``[n, 3, S, S]`` of a raw image ``[3, H, W]`` (view 0 = original, test-transformed).
 
@@ -140,20 +171,22 @@ class TPTViews:
         self.n_views = n_views
         self.augmix = augmix
         self.severity = severity
+        # applied to PIL images: torchvision dispatches to PIL's resize and crop, the references' own resampling
         self.test = v2.Compose([v2.Resize(size, interpolation=_INTERP.get(preprocess.interpolation, InterpolationMode.BICUBIC), antialias=True), v2.CenterCrop(size)])
         self.pre = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
 
     def original(self, image: torch.Tensor) -> torch.Tensor:
-        """The test-transformed original ``[3, S, S]``."""
-        return self.test(image).clamp(0, 1)
+        """The test-transformed original ``[3, S, S]`` (float in ``[0, 1]``, on ``image``'s device)."""
+        return from_pil(self.test(to_pil(image)), image.device)
 
     def augmented(self, image: torch.Tensor, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` augmented views ``[n, 3, S, S]`` (crop + flip, then AugMix if enabled)."""
+        pil = to_pil(image)
         out = []
         for _ in range(n):
-            crop = self.pre(image).clamp(0, 1)
+            crop = from_pil(self.pre(pil), image.device)
             out.append(augmix(crop, severity=self.severity, generator=generator) if self.augmix else crop)
-        return torch.stack(out) if out else image.new_zeros((0, 3, *self.original(image).shape[-2:]))
+        return torch.stack(out) if out else torch.zeros((0, 3, *self.original(image).shape[-2:]), device=image.device)
 
     def __call__(self, image: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.cat([self.original(image)[None], self.augmented(image, self.n_views - 1, generator=generator)])

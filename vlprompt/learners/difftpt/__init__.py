@@ -112,11 +112,15 @@ class DiffTPT(TPT):
         super().build(backbone, classnames)
 
     def generated_views(self, image: torch.Tensor) -> torch.Tensor:
-        """Test-transformed generated views ``[generated, 3, S, S]`` (from the cache, else generated now)."""
+        """Test-transformed generated views ``[generated, 3, S, S]`` (from the cache, else generated now).
+
+        The cached ``uint8`` images go to PIL as they are and are resized as the reference resizes its generated
+        images loaded from disk (``difftpt_utils.py`` ``get_data_loader``: PIL bicubic ``Resize`` + ``CenterCrop``,
+        chunmeifeng/DiffTPT 03f1169), so they equal the reference's views bit for bit."""
         if self.generated == 0 or self._cache is None:
             return image.new_zeros((0, 3, *self._view_builder.original(image).shape[-2:]))
         raw = self._cache.get(image, self.generated)
-        return torch.stack([self._view_builder.original(v.float() / 255.0) for v in raw])
+        return torch.stack([self._view_builder.original(v) for v in raw]).to(image.device)
 
     def build_views(self, image: torch.Tensor) -> torch.Tensor:
         conventional = super().build_views(image)
