@@ -139,6 +139,10 @@ def test_module_option_uses_dassls_schedule():
             sched.step()
         assert seen == pytest.approx([BASE * fn(e) for e in range(10)], rel=1e-9)
     with pytest.raises(ValueError, match="cosine_horizon='after_warmup'"):
-        PromptClassifier(tiny_clip(), CoOp(), lr_scheduler="single_step", task=task)
+        PromptClassifier(tiny_clip(), CoOp(), lr_scheduler="single_step", cosine_horizon="after_warmup", task=task)
+    # the default is Dassl's schedule (what every Dassl-based reference trains with), and it combines with any
+    # Dassl scheduler
+    default = PromptClassifier(tiny_clip(), CoOp(), lr_scheduler="single_step", task=task)
+    assert default.cosine_horizon == "max_epochs"
     assert math.isclose(dassl_lr_factor(3, max_epochs=10, warmup_epochs=1, warmup_factor=0.005),
                         0.5 * (1 + math.cos(math.pi * 2 / 10)))

@@ -40,13 +40,12 @@ class PromptClassifier(pl.LightningModule):
         warmup_lr: the warm-up learning rate (``WARMUP_CONS_LR`` for a constant warm-up, ``WARMUP_MIN_LR`` for the
             first epoch of a linear one).
         lr_scheduler: Dassl's ``OPTIM.LR_SCHEDULER``: ``cosine``, ``single_step`` or ``multi_step``.
-        cosine_horizon: ``max_epochs``: Dassl's schedule exactly (:func:`~vlprompt.metrics.dassl_lr_factor`: the
-            cosine spans ``max_epochs`` and restarts after the warm-up), what every Dassl-based reference trains
-            with and what the configs that mirror a reference set; ``after_warmup``: the cosine stretched over
-            the epochs after the warm-up (:func:`~vlprompt.metrics.warmup_cosine_factor`), vlprompt's schedule
-            until now, still the default so that the committed toy leaderboard rows reproduce (they are to be
-            rerun with ``max_epochs``). The two differ most on short schedules (10 epochs: up to 9.5% of the
-            base rate; 200 epochs: 0.46%).
+        cosine_horizon: ``max_epochs`` (default): Dassl's schedule exactly (:func:`~vlprompt.metrics.dassl_lr_factor`:
+            the cosine spans ``max_epochs`` and restarts after the warm-up), what every Dassl-based reference
+            trains with; ``after_warmup``: the cosine stretched over the epochs after the warm-up
+            (:func:`~vlprompt.metrics.warmup_cosine_factor`), vlprompt's default before 2026-12-06, kept in the toy
+            configs whose committed leaderboard rows ran with it so that they reproduce. The two differ most on
+            short schedules (10 epochs: up to 9.5% of the base rate; 200 epochs: 0.46%).
         warmup_type: Dassl's ``OPTIM.WARMUP_TYPE``: ``constant`` or ``linear``.
         warmup_recount: Dassl's ``OPTIM.WARMUP_RECOUNT`` (default True, as Dassl's).
         stepsize: Dassl's ``OPTIM.STEPSIZE``: the step of ``single_step`` (``<= 0``: ``max_epochs``), the milestones
@@ -64,7 +63,7 @@ class PromptClassifier(pl.LightningModule):
         warmup_epochs: int = 1,
         warmup_lr: float = 1e-5,
         lr_scheduler: Literal["cosine", "single_step", "multi_step"] = "cosine",
-        cosine_horizon: Literal["max_epochs", "after_warmup"] = "after_warmup",
+        cosine_horizon: Literal["max_epochs", "after_warmup"] = "max_epochs",
         warmup_type: Literal["constant", "linear"] = "constant",
         warmup_recount: bool = True,
         stepsize: int | list[int] = -1,

@@ -324,7 +324,10 @@ class ResumeCheckpoint(Checkpoint):
         if trainer.current_epoch + 1 >= (trainer.max_epochs or 0):
             return  # the last epoch: the seed is about to finish and save its prompts
         with atomic_path(self.path) as tmp:
-            trainer.save_checkpoint(tmp)
+            # the whole training state (optimiser, scheduler, loops, this callback's RNG states): resuming needs it.
+            # Said explicitly: left unset, Lightning logs "`weights_only` was not set" at every epoch. (It is read
+            # back with weights_only=True: only tensors and plain containers.)
+            trainer.save_checkpoint(tmp, weights_only=False)
 
 
 class SignalAt(pl.Callback):
