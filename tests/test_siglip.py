@@ -29,10 +29,16 @@ from vlprompt.learners.testing import DEFAULT_CLASSNAMES, TINY_SIGLIP, check_lea
 from vlprompt.learners.zero_shot import ZeroShot
 
 ROOT = Path(__file__).resolve().parents[1]
-#: learners run on SigLIP here: text (CoOp, CoCoOp, KgCoOp, DePT), visual (VPT), multimodal (IVLP, MaPLe,
-#: PromptSRC, shared_*), and the baselines
+#: learners run on SigLIP here: text (CoOp, CoCoOp, KgCoOp, DePT, TCP), visual (VPT), multimodal (IVLP, MaPLe,
+#: PromptSRC, shared_*, CoPrompt, PromptKD), the plug-ins (DPC, DePT's head), the baselines and test-time methods
 SUPPORTED = ("zero_shot", "coop", "cocoop", "kgcoop", "dept", "vpt", "ivlp", "maple", "promptsrc", "shared_separate",
-             "shared_attention", "linear_probe", "tcp")
+             "shared_attention", "linear_probe", "tcp", "coprompt", "promptkd", "dpc", "dept_head",
+             # test-time methods: ZERO's vote and TDA's caches read softmax / argmax of the logits, which SigLIP's one
+             # logit bias for every class leaves unchanged
+             "zero", "tda", "tpt")
+#: learners whose layers go inside the vision tower's open_clip blocks, which SigLIP's timm tower does not have:
+#: refused at setup, naming the backbone
+NEEDS_OPEN_CLIP_VISION_BLOCKS = ("mma", "mmrl", "clip_lora")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -129,6 +135,13 @@ def test_learner_runs_on_siglip(name, siglip) -> None:
     """(d) the learner contract on the tiny SigLIP: setup, logits, caching, label-space switch, SGD steps that move
     the learner and never the backbone, save/load."""
     check_learner(get_registry("learners").get(name), backbone=siglip)
+
+
+@pytest.mark.parametrize("name", NEEDS_OPEN_CLIP_VISION_BLOCKS)
+def test_learners_inside_the_vision_blocks_are_refused_at_setup(name, siglip) -> None:
+    learner = get_registry("learners").get(name)()
+    with pytest.raises(LearnerError, match="vlprompt-tiny-siglip"):
+        learner.setup(siglip, list(DEFAULT_CLASSNAMES))
 
 
 def test_patch_token_learner_is_refused_at_setup(siglip) -> None:
