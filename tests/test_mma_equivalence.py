@@ -11,7 +11,6 @@ initialisation, the refusals and the backbone's generic residual-adapter hook.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 import mma_reference_recipe as R
+from reference_fixture import check_regenerated, load_fixture
 from vlprompt.backbones.base import BackboneError
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.mma import MMA, adapted_layers, scale_gradient
@@ -43,19 +41,13 @@ def single_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def fixture() -> tuple[dict[str, torch.Tensor], dict]:
-    with safe_open(str(FIXTURE), framework="pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-    return load_file(str(FIXTURE)), meta
+    return load_fixture(FIXTURE)
 
 
 @pytest.fixture(scope="module")
 def bb(fixture):
-    _, meta = fixture
     backbone = R.ref_backbone()
-    state = backbone.clip.state_dict()
-    drift = {k: v for k, v in meta["clip_checksums"].items() if abs(R.checksum(state[k]) - v) > 1e-3 * max(1, abs(v))}
-    assert not drift, f"the regenerated test CLIP differs from the fixture's ({sorted(drift)}): rerun make_fixtures.py"
-    assert abs(R.checksum(R.images()) - meta["images_checksum"]) < 1e-6
+    check_regenerated(fixture[1], backbone.clip.state_dict(), "tests/fixtures/mma_reference/make_fixtures.py", images=R.images())
     return backbone
 
 

@@ -11,17 +11,15 @@ names (less ``representation_learner.`` / ``image_encoder.``), so the state maps
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 import mmrl_reference_recipe as R
+from reference_fixture import check_regenerated, load_fixture
 from vlprompt.learners.base import LearnerError
 from vlprompt.learners.mmrl import MMRL, mmrl_loss
 from vlprompt.learners.testing import tiny_clip, tiny_siglip, torch_threads
@@ -39,22 +37,13 @@ def single_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def fixture() -> tuple[dict[str, torch.Tensor], dict]:
-    with safe_open(str(FIXTURE), framework="pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-    return load_file(str(FIXTURE)), meta
+    return load_fixture(FIXTURE)
 
 
 @pytest.fixture(scope="module")
 def bb(fixture):
-    _, meta = fixture
     backbone = R.ref_backbone()
-    state = backbone.clip.state_dict()
-    drift = {k: v for k, v in meta["clip_checksums"].items() if abs(R.checksum(state[k]) - v) > 1e-3 * max(1, abs(v))}
-    assert not drift, (
-        f"the regenerated test CLIP differs from the one the fixture was made with ({sorted(drift)}): open_clip's "
-        "random initialisation changed; rerun tests/fixtures/mmrl_reference/make_fixtures.py"
-    )
-    assert abs(R.checksum(R.images()) - meta["images_checksum"]) < 1e-6
+    check_regenerated(fixture[1], backbone.clip.state_dict(), "tests/fixtures/mmrl_reference/make_fixtures.py", images=R.images())
     return backbone
 
 

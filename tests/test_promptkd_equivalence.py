@@ -11,17 +11,15 @@ the student's reference tensors are imported with :meth:`PromptKD.import_referen
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 import promptkd_reference_recipe as R
+from reference_fixture import check_regenerated, load_fixture
 from vlprompt.learners.promptkd import PromptKD
 from vlprompt.learners.promptsrc import PromptSRC
 from vlprompt.learners.testing import torch_threads
@@ -43,24 +41,16 @@ def single_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def fixture() -> tuple[dict[str, torch.Tensor], dict]:
-    with safe_open(str(FIXTURE), framework="pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-    return load_file(str(FIXTURE)), meta
+    return load_fixture(FIXTURE)
 
 
 @pytest.fixture(scope="module")
 def backbones(fixture):
     _, meta = fixture
     student, teacher = R.student_backbone(), R.teacher_backbone()
-    for side, bb in (("student", student), ("teacher", teacher)):
-        state = bb.clip.state_dict()
-        for key, value in meta["clip_checksums"].items():
-            if key.startswith(side + "/"):
-                got = R.checksum(state[key.split("/", 1)[1]])
-                assert abs(got - value) <= 1e-3 * max(1.0, abs(value)), (
-                    f"the regenerated {side} CLIP differs from the fixture's ({key}): open_clip's random initialisation "
-                    "changed; rerun tests/fixtures/promptkd_reference/make_fixtures.py")
-    assert abs(R.checksum(R.images()) - meta["images_checksum"]) < 1e-6
+    script = "tests/fixtures/promptkd_reference/make_fixtures.py"
+    check_regenerated(meta, student.clip.state_dict(), script, prefix="student/", images=R.images())
+    check_regenerated(meta, teacher.clip.state_dict(), script, prefix="teacher/")
     return student, teacher
 
 
