@@ -169,3 +169,17 @@ def test_print_summary_single_seed_record():
     print_summary(r, console=console)
     text = console.export_text()
     assert "70.00" in text and "±" not in text
+
+
+def test_summary_notes_give_the_validation_dice_and_name_a_domain_gap():
+    from vlprompt.runs.results import summary_notes
+
+    result = {"per_seed": [{"seed": 1, "metrics": {"dice": 26.6}, "selected_val_dice": 78.0},
+                           {"seed": 2, "metrics": {"dice": 26.7}, "selected_val_dice": 79.0}],
+              "data": {"style": "clean", "test_style": "scan"}}
+    line = next(x for x in summary_notes(result, ["dice"]) if x.startswith("validation Dice"))
+    assert "78.50" in line and "'clean'" in line and "'scan'" in line and "validation-test gap" in line
+    result["data"] = {"style": "scan", "test_style": "scan"}
+    line = next(x for x in summary_notes(result, ["dice"]) if x.startswith("validation Dice"))
+    assert "gap" not in line
+    assert not any(x.startswith("validation Dice") for x in summary_notes({"per_seed": [{"metrics": {"dice": 1}}]}))

@@ -664,6 +664,16 @@ def summary_notes(result: Mapping[str, Any], keys: Sequence[str] | None = None) 
     if any(str(k).startswith(("dice_text_", "iou_text_")) for k in keys):
         lines.append("<metric>_text_<control>: the same test images with the prompts replaced (empty: no text; "
                      "shuffled: another image's prompt); close to the real prompts' means the text is barely used")
+    val = [float(p["selected_val_dice"]) for p in result.get("per_seed") or []
+           if isinstance(p, Mapping) and isinstance(p.get("selected_val_dice"), (int, float))]
+    if val:  # segmentation: the validation Dice that chose the kept epoch, beside the test Dice of the table
+        line = f"validation Dice of the kept epoch: {sum(val) / len(val):.2f} (mean over seeds), on the validation split"
+        data = result.get("data") if isinstance(result.get("data"), Mapping) else {}
+        style, test_style = data.get("style"), data.get("test_style")
+        if style and test_style and style != test_style:
+            line += (f", rendered {style!r}; the test split is rendered {test_style!r}, a domain training never saw "
+                     "(docs/segmentation.md: the validation-test gap)")
+        lines.append(line)
     if result.get("seed_independent"):
         lines.append("nothing to train: evaluated once; the result holds for every seed (std 0 by construction)")
     elif len(result.get("per_seed") or []) > 1:
