@@ -45,6 +45,16 @@ def test_interval_and_not_separated_hand_computed():
     assert interval(one, "hm") is None and not_separated([b, one], "hm") == [False, False]
 
 
+def test_rows_are_never_ranked_across_resource_tracks():
+    # b (86.5, standard) would be ranked just above a (82) and overlap it; with b on the LLM-text track and a on the
+    # standard one, a has no row above it in its own track
+    a = _row("a", _seeds((80, 80), (82, 82), (84, 84)), top={"resources": []})
+    b = _row("b", _seeds((86, 86), (86.5, 86.5), (87, 87)), top={"resources": ["LLM text"]})
+    c = _row("c", _seeds((81, 81), (82, 82), (83, 83)), top={"resources": []})
+    assert not_separated([a, b], "hm") == [False, False]
+    assert not_separated([a, b, c], "hm") == [False, False, True]  # c overlaps a, the next-higher standard row
+
+
 def test_seed_independent_results_have_no_interval():
     r = _row("zs", _seeds((70, 80), (70, 80)), top={"seed_independent": True})
     assert interval(r, "base") is None

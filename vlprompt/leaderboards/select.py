@@ -321,7 +321,8 @@ INTERVAL_NOTE = (
     "for HM, of the per-seed HMs), not clipped to 0-100; — for a single seed or where the result file records one "
     "evaluation repeated for every seed (a learner with nothing to train). A row marked \"not separated\" has a "
     "95% CI on the primary metric (HM on base-to-new, else accuracy or the first metric) that overlaps the one of "
-    "the row ranked just above it on that metric (the next-higher mean) in the same table."
+    "the row ranked just above it on that metric (the next-higher mean) in the same table and the same resource "
+    "track (rows are never ranked across tracks)."
 )
 
 #: what the two HM columns mean, stated on the base-to-new pages
@@ -384,8 +385,9 @@ def interval_cell(result: Mapping[str, Any], key: str) -> str:
 
 def not_separated(rows: Sequence[Mapping[str, Any]], key: str | None) -> list[bool]:
     """Per row (in the given order): True when its 95% interval on ``key`` overlaps that of the row ranked just
-    above it, the row with the next-higher mean of ``key`` (ties: the row listed first). Rows without an
-    interval are never marked."""
+    above it, the row of the same resource track (:func:`track_cell`; results that predate the record form their
+    own group) with the next-higher mean of ``key`` (ties: the row listed first). Rows are never ranked across
+    tracks. Rows without an interval are never marked."""
     out = [False] * len(rows)
     if key is None:
         return out
@@ -394,10 +396,12 @@ def not_separated(rows: Sequence[Mapping[str, Any]], key: str | None) -> list[bo
         summary = r.get("summary") if isinstance(r.get("summary"), Mapping) else {}
         v = summary.get(key)
         means.append(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
-    ranked = sorted((i for i, m in enumerate(means) if m is not None), key=lambda i: (-means[i], i))
-    for above, below in zip(ranked, ranked[1:]):
-        a, b = interval(rows[above], key), interval(rows[below], key)
-        out[below] = a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
+    for track in dict.fromkeys(track_cell(r) for r in rows):
+        ranked = sorted((i for i, m in enumerate(means) if m is not None and track_cell(rows[i]) == track),
+                        key=lambda i: (-means[i], i))
+        for above, below in zip(ranked, ranked[1:]):
+            a, b = interval(rows[above], key), interval(rows[below], key)
+            out[below] = a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
     return out
 
 
