@@ -127,6 +127,14 @@ class PromptLearner(nn.Module, abc.ABC):
             raise LearnerError(f"{type(self).__name__} is not set up: call learner.setup(backbone, classnames) first")
         return self._backbone
 
+    @property
+    def on_training_classes(self) -> bool:
+        """True while the label space is the one the learner was set up (trained) on: :attr:`classnames` equals
+        :attr:`train_classnames`. Learners whose rule differs between base and new classes (MMRL's fused head, DPC's
+        parallel prompt, DePT's decoupled head) read it; the host tells a learner its label space only through
+        :meth:`set_classnames`."""
+        return self.classnames == self.train_classnames
+
     def setup(self, backbone: VLBackbone, classnames: Sequence[str]) -> None:
         """Bind the frozen backbone (not registered as a submodule) and build parameters for ``classnames``."""
         object.__setattr__(self, "_backbone", backbone)

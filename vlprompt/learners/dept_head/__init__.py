@@ -125,17 +125,11 @@ class DePTHead(WrappedLearner):
         if self.head is not None:  # set up (build ran)
             self.inner.set_classnames(classnames)
 
-    @property
-    def base_space(self) -> bool:
-        """True while the label space is the training classes (the head's); deliberate: the reference decides by
-        its split name (``base``, or ``all`` on ImageNet), see the module docstring."""
-        return self.classnames == self.train_classnames
-
     # ------------------------------------------------------------------ forward
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """The wrapped learner's ITM logits in training and on other label spaces; on the base classes at
         evaluation, their fusion with the head's (or the head's alone when ``fusion`` is False)."""
-        if self.training or not self.base_space:
+        if self.training or not self.on_training_classes:
             return self.inner.logits(image_features)
         head = self.required_head()(image_features)
         if not self.fusion:
@@ -145,7 +139,7 @@ class DePTHead(WrappedLearner):
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
         """``logits``: the ITM logits of :meth:`logits` in training. The wrapped learner's loss with ``w`` of its
         cross-entropy moved to the head's (:func:`~vlprompt.learners.dept_head.head.decoupled_loss`)."""
-        if not self.base_space:
+        if not self.on_training_classes:
             raise LearnerError(f"dept_head trains its head on the training classes ({len(self.train_classnames)}), "
                                f"but the label space is {len(self.classnames)} other classes: call "
                                "set_classnames(train_classnames) before training")

@@ -181,11 +181,6 @@ class DPC(WrappedLearner):
             self.inner.set_classnames(classnames)
         self.space_cache = None
 
-    @property
-    def base_space(self) -> bool:
-        """True while the label space is the training classes (the parallel prompt's), else the new-class rule."""
-        return self.classnames == self.train_classnames
-
     # ------------------------------------------------------------------ the two prompts
     def original_state(self) -> dict[str, torch.Tensor]:
         own = dict(self.inner.named_parameters())
@@ -198,7 +193,7 @@ class DPC(WrappedLearner):
     def prompt_tensors(self) -> dict[str, torch.Tensor]:
         """``inner.<name> -> tensor`` the wrapped learner runs with in the current label space (cached while
         evaluating without gradients, so that the wrapped learner's own text cache stays valid)."""
-        mix = 1.0 if self.base_space else self.weight_for_new
+        mix = 1.0 if self.on_training_classes else self.weight_for_new
         theta, original = self.parallel_state(), self.original_state()
         if self.training or torch.is_grad_enabled():
             return {f"inner.{k}": decoupled_prompt(theta[k], original[k], self.weight, mix) for k in self.names}

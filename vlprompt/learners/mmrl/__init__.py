@@ -254,7 +254,7 @@ class MMRL(PromptLearner):
         """Whether the fused logits are evaluated now (``eval_head``; ``auto``: on the training label space)."""
         if self.eval_head != "auto":
             return self.eval_head == "fusion"
-        return self.classnames == self.train_classnames
+        return self.on_training_classes
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """Fused logits in training and on the training label space, class-token logits elsewhere (``auto``)."""
