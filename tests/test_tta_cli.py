@@ -29,6 +29,7 @@ def test_tta_writes_result_with_settings(repo, tmp_path, monkeypatch):
     row = data["per_seed"][0]  # ECE per test set and the cost fields of the leaderboards' cost columns
     assert 0 <= row["metrics"]["toy_mixtures-noise_ece"] <= 100
     assert row["test_images"] > 0 and row["test_seconds"] > 0 and row["peak_rss_mib"] > 0
+    assert row["test_cpu_seconds"] > 0  # process CPU time, all threads (what vs_reference.py compares under load)
 
 
 def test_baseline_and_bad_inputs_through_the_cli(repo, tmp_path, monkeypatch, capsys):

@@ -100,10 +100,11 @@ def run_tta(argv: list[str], *, show_summary: bool = True) -> dict:
             if cfg.prompts:
                 # prompts trained on other classes are the point of transfer (class-agnostic learners only)
                 model.learner.load_prompts(cfg.prompts.replace("{seed}", str(seed)), check_classnames=False)
-            t_eval = time.time()
+            t_eval, c_eval = time.time(), time.process_time()
             trainer.test(model, datamodule=data, verbose=False)
             row: dict[str, Any] = {"seed": seed, "metrics": rounded_metrics(model.eval_results["test"])}
             row["test_seconds"] = round(time.time() - t_eval, 2)
+            row["test_cpu_seconds"] = round(time.process_time() - c_eval, 2)  # all threads; steady under load
             row.update(image_count(trainer.test_dataloaders, "test_images"))
             row["peak_rss_mib"] = peak_rss_mib()
             row["test_time_stats"] = {k: round(v, 5) for k, v in model.eval_stats.items()}
