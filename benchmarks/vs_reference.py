@@ -140,6 +140,15 @@ def run_child(cmd: list[str], env: dict, log: Path) -> tuple[int, float, float]:
     return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
 
 
+def run_checked(cmd: list[str], env: dict, log: Path, what: str) -> tuple[float, float]:
+    """:func:`run_child` for a run the benchmark cannot go on without: (wall seconds, peak RSS MiB), or exit naming
+    ``what`` failed, its exit code and its log."""
+    rc, wall, peak = run_child(cmd, env, log)
+    if rc != 0:
+        raise SystemExit(f"{what} failed (exit {rc}); log: {log}")
+    return wall, peak
+
+
 def warmup_epochs(epochs: int) -> int:
     """The configs' 1 warm-up epoch, or none for a 1-epoch run (vlprompt refuses a run that is all warm-up)."""
     return 1 if epochs > 1 else 0
@@ -190,9 +199,7 @@ def run_reference(a, case: dict, root: Path, work: Path, env: dict) -> dict:
     row = {"train_s": 0.0, "test_s": 0.0, "train_cpu_s": 0.0, "test_cpu_s": 0.0, "train_images": 0, "test_images": 0,
            "peak_mib": 0.0, "wall_s": 0.0}
     for i, (cmd, out) in enumerate(reference_cmds(a, case, root, work)):
-        rc, wall, peak = run_child(cmd, env, work / f"ref-{i}.log")
-        if rc != 0:
-            raise SystemExit(f"reference run failed (exit {rc}); log: {work / f'ref-{i}.log'}")
+        wall, peak = run_checked(cmd, env, work / f"ref-{i}.log", "reference run")
         m = json.loads(out.read_text(encoding="utf-8"))
         for k in ("train_s", "test_s", "train_cpu_s", "test_cpu_s"):
             row[k] += m[k]
@@ -207,12 +214,8 @@ def run_vlprompt(a, case: dict, root: Path, work: Path, env: dict) -> dict:
     if case.get("cached"):  # an untimed run first fills the on-disk feature cache the timed run reads
         warm = [*vlprompt_cmd(a, case, root, work), "--results_dir", str(work / "results-fill"),
                 "--trainer.default_root_dir", str(work / "runs-fill")]
-        rc, _, _ = run_child(warm, env, work / "vl-fill.log")
-        if rc != 0:
-            raise SystemExit(f"vlprompt cache-filling run failed (exit {rc}); log: {work / 'vl-fill.log'}")
-    rc, wall, peak = run_child(vlprompt_cmd(a, case, root, work), env, work / "vl.log")
-    if rc != 0:
-        raise SystemExit(f"vlprompt run failed (exit {rc}); log: {work / 'vl.log'}")
+        run_checked(warm, env, work / "vl-fill.log", "vlprompt cache-filling run")
+    wall, peak = run_checked(vlprompt_cmd(a, case, root, work), env, work / "vl.log", "vlprompt run")
     result = json.loads(next((work / "results").rglob("*.json")).read_text(encoding="utf-8"))
     rows = result["per_seed"]
     return {"train_s": sum(r.get("train_seconds", 0.0) for r in rows),
@@ -223,13 +226,20 @@ def run_vlprompt(a, case: dict, root: Path, work: Path, env: dict) -> dict:
             "test_images": sum(int(r.get("test_images", 0)) for r in rows), "peak_mib": peak, "wall_s": wall}
 
 
-def reference_imagenet_classes(tpt_dir: Path) -> list[str]:
-    """The 1000 class names azshue/TPT uses for ImageNet (``data/imagnet_prompts.py``), read without importing it."""
-    tree = ast.parse((tpt_dir / "data" / "imagnet_prompts.py").read_text(encoding="utf-8"))
+#: where azshue/TPT keeps the class names of each TPT case's dataset: (file in the checkout, list variable)
+REFERENCE_CLASS_LISTS = {"imagenet": ("data/imagnet_prompts.py", "imagenet_classes"),
+                         "eurosat": ("data/cls_to_names.py", "eurosat_classes")}
+
+
+def reference_classes(tpt_dir: Path, dataset: str) -> list[str]:
+    """The class names azshue/TPT uses for ``dataset`` (:data:`REFERENCE_CLASS_LISTS`), read without importing it.
+    For EuroSAT they equal CoOp's renamed ones, which vlprompt uses."""
+    file, name = REFERENCE_CLASS_LISTS[dataset]
+    tree = ast.parse((tpt_dir / file).read_text(encoding="utf-8"))
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "imagenet_classes" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
             return list(ast.literal_eval(node.value))
-    raise SystemExit(f"imagenet_classes not found in {tpt_dir / 'data' / 'imagnet_prompts.py'}")
+    raise SystemExit(f"{name} not found in {tpt_dir / file}")
 
 
 def tpt_root(root: Path, case: dict) -> Path:
@@ -258,10 +268,16 @@ def prepare_tpt_root(src: Path, root: Path, case: dict, classnames: list[str]) -
         (images / "train").symlink_to("val")
         lines = "".join(f"n{k:08d} {name}\n" for k, name in enumerate(classnames))
         (dst / "imagenet" / "classnames.txt").write_text(lines, encoding="utf-8")
-    for name, target in (("ImageNet", images), ("eurosat", src / "eurosat" / "2750")):
-        if not (ref_root / name).exists():
-            (ref_root / name).symlink_to(target)
+    name, target = ("ImageNet", images) if case["dataset"] == "imagenet" else ("eurosat", src / "eurosat" / "2750")
+    if not (ref_root / name).exists():
+        (ref_root / name).symlink_to(target)
     return dst
+
+
+def test_only_row(test_s: float, test_cpu_s: float, images: int, peak_mib: float, wall_s: float, **extra) -> dict:
+    """A run's measurements when nothing is trained beforehand (TPT): the training fields are zero."""
+    return {"train_s": 0.0, "train_cpu_s": 0.0, "train_images": 0, "test_s": test_s, "test_cpu_s": test_cpu_s,
+            "test_images": images, "peak_mib": peak_mib, "wall_s": wall_s, **extra}
 
 
 def run_reference_tpt(a, case: dict, root: Path, work: Path, env: dict) -> dict:
@@ -274,13 +290,10 @@ def run_reference_tpt(a, case: dict, root: Path, work: Path, env: dict) -> dict:
     if rc != 0:  # e.g. killed by the kernel's out-of-memory killer (-9): recorded with its peak, the run goes on
         print(f"# reference TPT run of {case['reference_set']} failed (exit {rc}) at peak RSS {peak / 1024:.1f} GiB after "
               f"{wall:.0f} s; log: {work / 'ref.log'}", flush=True)
-        nan = float("nan")
-        return {"train_s": 0.0, "train_cpu_s": 0.0, "train_images": 0, "test_s": nan, "test_cpu_s": nan,
-                "test_images": a.tpt_images, "peak_mib": peak, "wall_s": wall, "failed": rc}
+        return test_only_row(float("nan"), float("nan"), a.tpt_images, peak, wall, failed=rc)
     m = json.loads(out.read_text(encoding="utf-8"))
-    return {"train_s": 0.0, "train_cpu_s": 0.0, "train_images": 0, "test_s": sum(m["image_seconds"]),
-            "test_cpu_s": sum(m["image_cpu_seconds"]), "test_images": m["images"], "peak_mib": peak, "wall_s": wall,
-            "selected": m["selected"], "views": views}
+    return test_only_row(sum(m["image_seconds"]), sum(m["image_cpu_seconds"]), m["images"], peak, wall,
+                         selected=m["selected"], views=views)
 
 
 def vlprompt_tpt_cmd(a, case: dict, work: Path) -> list[str]:
@@ -297,14 +310,11 @@ def vlprompt_tpt_cmd(a, case: dict, work: Path) -> list[str]:
 
 
 def run_vlprompt_tpt(a, case: dict, root: Path, work: Path, env: dict) -> dict:
-    rc, wall, peak = run_child(vlprompt_tpt_cmd(a, case, work), {**env, "VLPROMPT_DATA": str(tpt_root(root, case))},
-                               work / "vl.log")
-    if rc != 0:
-        raise SystemExit(f"vlprompt TPT run failed (exit {rc}); log: {work / 'vl.log'}")
+    wall, peak = run_checked(vlprompt_tpt_cmd(a, case, work), {**env, "VLPROMPT_DATA": str(tpt_root(root, case))},
+                             work / "vl.log", "vlprompt TPT run")
     row = json.loads(next((work / "results").rglob("*.json")).read_text(encoding="utf-8"))["per_seed"][0]
-    return {"train_s": 0.0, "train_cpu_s": 0.0, "train_images": 0, "test_s": row["test_seconds"],
-            "test_cpu_s": row.get("test_cpu_seconds", float("nan")), "test_images": int(row["test_images"]),
-            "peak_mib": peak, "wall_s": wall}
+    return test_only_row(row["test_seconds"], row.get("test_cpu_seconds", float("nan")), int(row["test_images"]), peak,
+                         wall)
 
 
 def tpt_selection_check(weights: Path, views_file: Path, classnames: list[str], reference: list[int]) -> str:
@@ -400,11 +410,6 @@ def summarize(name: str, runs: list[tuple[dict, dict]], tower_s: float) -> list[
     return lines
 
 
-#: azshue/TPT's EuroSAT class names (``data/cls_to_names.py``), which equal CoOp's renamed ones that vlprompt uses.
-EUROSAT_TPT_CLASSES = ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road", "Industrial Buildings",
-                       "Pasture Land", "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake"]
-
-
 def find_checkouts(reference: Path, dassl: Path | None, tpt: Path | None) -> tuple[Path | None, Path | None, Path | None]:
     """(CoOp, Dassl.pytorch, TPT) checkouts: ``reference`` is the CoOp checkout itself (it has ``train.py``) or a
     folder holding ``CoOp/``, ``Dassl.pytorch/`` or ``Dassl/``, and ``TPT/``; explicit ``dassl`` / ``tpt`` win."""
@@ -461,7 +466,7 @@ def main() -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix="vs_reference-"))
     root = work / "data"
     prepare_root(a.data_root, root, {"eurosat": a.test_per_class, "caltech101": a.test_per_class_caltech})
-    imagenet_names = reference_imagenet_classes(a.tpt_dir) if a.tpt_dir else []
+    imagenet_names = reference_classes(a.tpt_dir, "imagenet") if a.tpt_dir else []
     for n in a.cases:
         if CASES[n].get("kind") == "tpt":
             prepare_tpt_root(a.data_root, root, CASES[n], imagenet_names)
@@ -505,7 +510,7 @@ def main() -> None:
                       f"{row['test_cpu_s'] / row['test_images']:>9.3f} {row['peak_mib'] / 1024:>8.2f}", flush=True)
             runs.append((pair[0], pair[1]))
             if tpt and rep == 0 and not pair[0].get("failed"):
-                names = imagenet_names[: case["classes"]] if case["dataset"] == "imagenet" else EUROSAT_TPT_CLASSES
+                names = reference_classes(a.tpt_dir, case["dataset"])[: case.get("classes")]
                 checks.append(f"{name}: " + tpt_selection_check(a.weights, pair[0]["views"], names, pair[0]["selected"][0]))
         summary += summarize(name, runs, tower_s)
     print(f"\n## reference / vlprompt over {a.repeats} alternated pair(s) (> 1: vlprompt faster / smaller)")
