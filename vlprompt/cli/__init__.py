@@ -115,7 +115,7 @@ vlprompt options:
   --config FILE               a YAML config; repeat it to layer configs (configs/protocols/..., configs/learners/...)
   --model.learner NAME        the prompt learner, a registered name (`vlprompt list learners`) or a class path;
                               its options: --model.learner.init_args.NAME VALUE
-  --model.backbone NAME       the frozen backbone (`vlprompt list backbones`): openclip, toyclip, clipseg, toyvlsm
+  --model.backbone NAME       the frozen backbone (`vlprompt list backbones`): openclip, toyclip, toyclip2, clipseg, toyvlsm
   --data NAME                 the protocol (`vlprompt list protocols`): base2new, fewshot, transfer, segmentation;
                               its dataset: --data.init_args.dataset NAME (`vlprompt list datasets`)
   --seeds [1,2,3]             the seeds, one run each (the only seed option: Lightning's --seed_everything is refused)

@@ -172,6 +172,10 @@ class CLIPPretraining(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": linear_warmup_cosine_schedule(
             opt, max_steps=self.trainer.max_steps, warmup_steps=self.hparams.warmup_steps)}
 
+    def card_extra(self) -> dict:
+        """More fields for the exported card (subclasses: e.g. the checkpoint a run started from)."""
+        return {}
+
     def on_fit_end(self) -> None:
         if self.trainer.global_rank != 0:
             return
@@ -195,6 +199,7 @@ class CLIPPretraining(pl.LightningModule):
             "open_clip": open_clip.__version__,
             "hparams": dict(self.hparams),
             "final_attribute_zero_shot": acc,
+            **self.card_extra(),
         }
         atomic_write_text(Path(str(path).removesuffix(".safetensors") + ".card.json"), json.dumps(card, indent=2) + "\n")
         log.info("exported %s (%d bytes, sha256 %s)", path, card["bytes"], card["sha256"])

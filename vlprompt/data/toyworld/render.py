@@ -59,6 +59,9 @@ class Scene:
 
     Object attributes are ``[B, N]`` long tensors (N objects per image, drawn in order, later on top);
     ``background`` is ``[B]``. ``present`` ``[B, N]`` marks the objects that exist (others are skipped).
+    ``accent`` (optional ``[B, N]`` colour indices, or ``None``) paints the "off" pixels of a patterned
+    texture (stripes, checks, dots) in a second colour; ``None`` keeps the first world's dim shade of the
+    main colour (images identical to scenes without it). The second-generation world (``lexicon.py``) sets it.
     """
 
     colour: torch.Tensor
@@ -68,6 +71,7 @@ class Scene:
     position: torch.Tensor
     background: torch.Tensor
     present: torch.Tensor
+    accent: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -246,6 +250,10 @@ def render(
         colour = (colour + (torch.rand(b, 3, generator=generator) - 0.5) * 0.1).clamp(0, 1)
         bright = colour[:, :, None, None].expand(-1, -1, s, s)
         dim = 0.3 * bright
+        if scene.accent is not None:  # two-tone objects: the pattern's "off" pixels in the accent colour
+            accent = _COLOUR_TABLE[scene.accent[:, j]][:, :, None, None].expand(-1, -1, s, s)
+            patterned = ((scene.texture[:, j] >= 1) & (scene.texture[:, j] <= 4))[:, None, None, None]
+            dim = torch.where(patterned, accent, dim)
         hollow = (scene.texture[:, j] == 5)[:, None, None, None]
         fill = torch.where(on[:, None], bright, torch.where(hollow, images, dim))
         images = torch.where(filled[:, None], fill, images)

@@ -1,0 +1,181 @@
+"""Candidate toy classification datasets of the second-generation world: classes are named kinds (nouns).
+
+In the first world's datasets every class-name word (``red``, ``dotted``, ``shape``) appears in both halves of
+a base-to-new split. Here, as in a real benchmark (Oxford Flowers, Food-101, DTD), each class is a *named kind*
+of :mod:`vlprompt.data.toyworld.lexicon` (``lemon``, ``sapphire``, ``zellige``): the base and the new half share
+no class-name word, and the names' meaning comes only from what pretraining taught the second toy CLIP
+(``vlprompt-toyclip2``). They are meant for that model; with the first toy CLIP the names mean nothing.
+
+Each dataset shows one species per class (its shape, main colour, accent colour and texture fixed; size,
+position and background random), in the dataset's own photography (``native_style``), and fixes a pseudo-random
+label order, so both halves mix frequent and rare, one-tone and two-tone kinds.
+
+These are *candidates* for the suite of issue 26: they are selected by import path
+(``configs/datasets/toyclip2/*.yaml``), not registered, until their 5-seed results are measured.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+
+from vlprompt.data.toyworld.datasets import ToyClassification, stable_seed
+from vlprompt.data.toyworld.lexicon import SPECIES, SPECIES_BY_NAME, Species, species_of
+from vlprompt.data.toyworld.render import COLOURS, SHAPES, TEXTURES, render, sample_scene
+
+#: generated splits, keyed by (dataset, split, styles, world seed, images per class); read-only tensors
+_GENERATED: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def species_images(species: Species, n: int, *, generator: torch.Generator, style: str) -> torch.Tensor:
+    """``n`` renderings ``[n, 3, S, S]`` (float in [0, 1]) of one species: its look fixed, size, position and
+    background random."""
+    colours = list(COLOURS)
+    fixed = {
+        "shape": torch.full((n,), SHAPES.index(species.shape)),
+        "colour": torch.full((n,), colours.index(species.colour)),
+        "texture": torch.full((n,), TEXTURES.index(species.texture)),
+    }
+    scene = sample_scene(n, generator=generator, fixed=fixed)
+    accent = colours.index(species.accent) if species.accent is not None else colours.index(species.colour)
+    scene.accent = torch.full((n, 1), accent)
+    images, _ = render(scene, generator=generator, style=style)
+    return images
+
+
+def pick_species(per_family: int, seed_text: str) -> list[Species]:
+    """``per_family`` species of every family, chosen by a seeded shuffle of each family's table order."""
+    out: list[Species] = []
+    for family in ("fruit", "gem", "tile", "flag"):
+        members = species_of(family)
+        if not 1 <= per_family <= len(members):
+            raise ValueError(f"per_family={per_family} must lie in [1, {len(members)}] (species per family)")
+        random.Random(stable_seed(seed_text, family)).shuffle(members)
+        out += members[:per_family]
+    return out
+
+
+class ToySpeciesClassification(ToyClassification):
+    """A second-world toy dataset: one class per named species (module docstring).
+
+    Subclasses set ``spec``, ``native_style`` and :meth:`species`; ``use_synonyms`` names the classes by their
+    rarer synonyms (``citron`` for ``lemon``).
+    """
+
+    use_synonyms: bool = False
+
+    def species(self) -> list[Species]:
+        raise NotImplementedError
+
+    def class_definitions(self) -> list[tuple[str, dict[str, str]]]:
+        members = self.species()
+        names = [s.synonym if self.use_synonyms else s.name for s in members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.spec}: class names repeat: {names}")
+        defs = [(name, {"species": s.name, **s.attributes()}) for name, s in zip(names, members)]
+        random.Random(stable_seed(self.spec, "label-order")).shuffle(defs)
+        return defs
+
+    def _generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in self.per_class:
+            raise KeyError(f"split {split!r} of {self.name}: known splits are {list(self.per_class)}")
+        n = self.per_class[split]
+        styles = self.class_styles(split)
+        key = (self.spec, split, tuple(styles), self.world_seed, n)
+        if key not in _GENERATED:
+            g = torch.Generator().manual_seed(stable_seed(self.spec, split, self.world_seed))
+            images, labels = [], []
+            for label, ((_, attrs), style) in enumerate(zip(self._defs, styles)):
+                img = species_images(SPECIES_BY_NAME[attrs["species"]], n, generator=g, style=style)
+                images.append((img * 255).round().to(torch.uint8))
+                labels.append(torch.full((n,), label, dtype=torch.long))
+            _GENERATED[key] = (torch.cat(images), torch.cat(labels))
+        return _GENERATED[key]
+
+    def identity(self) -> dict:
+        out = super().identity()
+        out["world"] = "toyclip2"
+        return out
+
+
+class ToyOrchard(ToySpeciesClassification):
+    """Second world: the 16 fruits (circles, ``lemon``, ``quince``...), faded photographs."""
+
+    spec = "toy_orchard"
+    native_style = "low_contrast"
+
+    def species(self) -> list[Species]:
+        return species_of("fruit")
+
+
+class ToyJewellery(ToySpeciesClassification):
+    """Second world: the 16 gems (diamonds, ``ruby``, ``beryl``...), out-of-focus photographs."""
+
+    spec = "toy_jewellery"
+    native_style = "blur"
+
+    def species(self) -> list[Species]:
+        return species_of("gem")
+
+
+class ToyMosaics(ToySpeciesClassification):
+    """Second world: the 16 tiles (squares, ``zellige``, ``terrazzo``...), on a noisy sensor."""
+
+    spec = "toy_mosaics"
+    native_style = "noise"
+
+    def species(self) -> list[Species]:
+        return species_of("tile")
+
+
+class ToyRegatta(ToySpeciesClassification):
+    """Second world: the 16 flags (triangles, ``burgee``, ``spinnaker``...), faded photographs."""
+
+    spec = "toy_regatta"
+    native_style = "low_contrast"
+
+    def species(self) -> list[Species]:
+        return species_of("flag")
+
+
+class ToyBazaar(ToySpeciesClassification):
+    """Second world: 24 kinds, 6 of each family (coarse and fine distinctions), out-of-focus photographs."""
+
+    spec = "toy_bazaar"
+    native_style = "blur"
+
+    def species(self) -> list[Species]:
+        return pick_species(6, "toy_bazaar")
+
+
+class ToyCabinet(ToySpeciesClassification):
+    """Second world: 16 kinds, 4 of each family, named by their rarer synonyms (``citron``), noisy sensor."""
+
+    spec = "toy_cabinet"
+    native_style = "noise"
+    use_synonyms = True
+
+    def species(self) -> list[Species]:
+        return pick_species(4, "toy_cabinet")
+
+
+#: the candidate datasets of the second-generation suite, by name (not registered as plugins yet)
+SPECIES_DATASETS: dict[str, type[ToySpeciesClassification]] = {
+    c.spec: c for c in (ToyOrchard, ToyJewellery, ToyMosaics, ToyRegatta, ToyBazaar, ToyCabinet)
+}
+
+
+def species_scenes(n: int, seed: int, style: str = "clean",
+                   members: Sequence[Species] = SPECIES) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images of species drawn uniformly from ``members`` (images ``[n, 3, S, S]``, the index of each
+    image's species in ``members`` ``[n]``): the held-out probe of the pretraining monitor and the report."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, len(members), (n,), generator=g)
+    images = torch.empty(n, 3, 48, 48)
+    for k, s in enumerate(members):
+        sel = torch.nonzero(target == k).flatten()
+        if len(sel):
+            images[sel] = species_images(s, len(sel), generator=g, style=style)
+    return images, target
