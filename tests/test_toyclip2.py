@@ -210,10 +210,14 @@ def test_candidate_images_are_deterministic_and_show_their_species():
     assert img.shape == (3, 3, 48, 48)
 
 
-def test_candidates_are_not_registered_yet():
+def test_the_suite_is_registered_by_name_with_a_config_each(repo):
     from vlprompt.learners.registry import get_registry
 
-    assert not set(SPECIES_DATASETS) & set(get_registry("datasets").names())
+    registry = get_registry("datasets")
+    assert set(SPECIES_DATASETS) <= set(registry.names())
+    for name, cls in SPECIES_DATASETS.items():
+        assert registry.get(name) is cls
+        assert f"class_path: {name}" in (repo / "configs" / "datasets" / f"{name}.yaml").read_text()
 
 
 # ----------------------------------------------------------------------------- backbone and pretraining config

@@ -61,12 +61,13 @@ TOY2_CARD = ASSETS / "vlprompt-toyclip2.card.json"
 
 
 def embedded_checkpoint2() -> Path:
-    """Path of the shipped second-generation checkpoint; a clear error while it has not been pretrained."""
+    """Path of the shipped second-generation checkpoint; a clear error if the package was installed without it."""
     if not TOY2_CHECKPOINT.is_file():
         raise BackboneError(
-            f"the second-generation toy CLIP checkpoint {str(TOY2_CHECKPOINT)!r} does not exist yet. Pretrain it "
-            "with `vlprompt pretrain --config configs/pretrain/toyclip2.yaml` (docs/toyclip2-design.md), or pass "
-            "pretrained: /path/to/vlprompt-toyclip2.safetensors; the first toy CLIP is the backbone `toyclip`."
+            f"the second-generation toy CLIP checkpoint {str(TOY2_CHECKPOINT)!r} is missing. Reinstall vlprompt, "
+            "or rebuild it with `vlprompt pretrain --config configs/pretrain/toyclip2.yaml` (docs/toyclip2-design.md)"
+            ", or pass pretrained: /path/to/vlprompt-toyclip2.safetensors; the first toy CLIP is the backbone "
+            "`toyclip`."
         )
     return TOY2_CHECKPOINT
 

@@ -106,6 +106,22 @@ def species_dataset_report(backbone: VLBackbone, *, template: str = "a photo of 
     return rows
 
 
+#: how each dataset's ``native_style`` was chosen, from zero-shot only (recorded in the report JSON)
+NATIVE_STYLE_RULE = (
+    "per dataset, set once from this table before any learner ran on this checkpoint: the style with the highest "
+    "zero-shot base below 90 whose zero-shot new is below 95 and at least 20 points above chance "
+    "(docs/toyclip2-design.md)")
+
+
+def native_style(rows: list[dict], chance: float) -> str | None:
+    """The style :data:`NATIVE_STYLE_RULE` picks from one dataset's zero-shot rows ``{style, base, new}`` (percent;
+    ``chance``: percent of one half's chance level), ``None`` if no style qualifies. Zero-shot base below 90 is the
+    issue's bar; new below 95 leaves the best learner's HM room below 98; 20 points above chance keeps the new half
+    a real task."""
+    fits = [r for r in rows if r["base"] < 90.0 and chance + 20.0 <= r["new"] < 95.0]
+    return max(fits, key=lambda r: r["base"])["style"] if fits else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlprompt.toyworld.toyclip2_report", description=__doc__)
     parser.add_argument("--pretrained", default="embedded", help="checkpoint file (default: the embedded one)")
@@ -133,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(t)
     if args.out:
         Path(args.out).write_text(json.dumps({"checkpoint_sha256": backbone.info.checkpoint_sha256,
-                                              "species": kinds, "datasets": datasets}, indent=2) + "\n")
+                                              "species": kinds, "datasets": datasets,
+                                              "native_style_rule": NATIVE_STYLE_RULE}, indent=2) + "\n")
     return 0
 
 
