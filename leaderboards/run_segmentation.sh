@@ -4,7 +4,7 @@
 # worker each; an interrupted cell resumes from its run folder under sweeps-out/<name>/):
 #   sweeps/seg_toy_scan.yaml, sweeps/seg_toy_scan_defaults.yaml, sweeps/seg_toy_scan_label_fractions.yaml ->
 #     segmentation/toy: the toy segmentation benchmark (issue 26): toy_seg_scan (every split in the ultrasound-like
-#     "scan" domain), prompt p2 (colour + category), the protocol's 20 epochs; TuneVLSeg configs where they exist
+#     "scan" domain; 800 training images as Kvasir-SEG), prompt p2 (colour + category), the protocol's 20 epochs; TuneVLSeg configs where they exist
 #     (zero_shot/segmentation, coop, cocoop, vpt, maple, shared_separate, shared_attention), the learners' defaults
 #     otherwise (ivlp, promptsrc, dept, ept, tmml), and CoOp at 10/25/50% of the training images;
 #   sweeps/seg_toyvlsm_real.yaml -> segmentation/real-smoke: the Kvasir-SEG (300 pairs) and BUSI (75 images)

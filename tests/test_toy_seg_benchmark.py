@@ -26,6 +26,14 @@ def test_toy_sources_default_to_colour_and_category():
     assert len(words) == 2  # "red circle": a colour and a category
 
 
+def test_toy_seg_scan_trains_on_kvasir_segs_count():
+    """800 training images (Kvasir-SEG's split in TuneVLSeg): batch 32 x 20 epochs = TuneVLSeg's 500 steps."""
+    assert ToySegmentationScan().sizes == {"train": 800, "val": 64, "test": 256}
+    assert ToySegmentation().sizes == {"train": 256, "val": 64, "test": 256}
+    assert ToySegmentationScan(sizes=(4, 2, 2)).sizes == {"train": 4, "val": 2, "test": 2}
+    assert ToySegmentationScan().identity()["sizes"]["train"] == 800
+
+
 @pytest.mark.slow
 def test_zero_shot_p2_is_in_the_band_and_far_above_p1(repo, tmp_path, monkeypatch):
     monkeypatch.chdir(repo)
