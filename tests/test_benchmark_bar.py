@@ -83,3 +83,18 @@ def test_missing_leaderboard_names_the_build_command(tmp_path):
         read_rows(tmp_path / "results.csv")
     with pytest.raises(FileNotFoundError, match="results.csv"):
         main([str(tmp_path)])
+
+
+def test_committed_segmentation_benchmark_meets_the_bar(repo):
+    verdict = segmentation_bar(read_rows(repo / "leaderboards" / "segmentation" / "toy" / "results.csv"))
+    assert verdict["passes"], verdict
+
+
+def test_committed_second_toy_suite_has_every_row_at_five_seeds(repo):
+    """The bar itself is not met yet (docs/toyclip2-design.md); the rows it is judged on are all there."""
+    rows = read_rows(repo / "leaderboards" / "base2new" / "toy" / "results.csv")
+    verdict = classification_bar(rows)
+    assert len(verdict["datasets"]) == 6
+    assert all(e["coop16"] and e["coop4"] for e in verdict["datasets"].values())
+    suite = [r for r in rows if r["backbone_model"] == "vlprompt-toyclip2"]
+    assert len(suite) == 18 and {r["n_seeds"] for r in suite} == {"5"}
