@@ -174,6 +174,13 @@ class ToyClassification(ClassificationSource):
         """Rendering style of each class (by label) in ``split``: one style for every class by default."""
         return [self.style if split == "train" else self.test_style] * len(self._defs)
 
+    def render_class(self, attrs: dict[str, str], n: int, *, generator: torch.Generator, style: str) -> torch.Tensor:
+        """``n`` images ``[n, 3, S, S]`` in ``[0, 1]`` of the class whose fixed attributes are ``attrs``, rendered
+        in ``style`` from ``generator`` (subclasses draw other worlds, e.g. the second world's named kinds)."""
+        fixed = {k: torch.full((n,), VALUE_INDEX[k][v]) for k, v in attrs.items()}
+        scene = sample_scene(n, generator=generator, fixed=fixed)
+        return render(scene, generator=generator, style=style)[0]
+
     def _generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in self.per_class:
             raise KeyError(f"split {split!r} of {self.name}: known splits are {list(self.per_class)}")
@@ -184,9 +191,7 @@ class ToyClassification(ClassificationSource):
             g = torch.Generator().manual_seed(stable_seed(self.spec, split, self.world_seed))
             images, labels = [], []
             for label, ((_, attrs), style) in enumerate(zip(self._defs, styles)):
-                fixed = {k: torch.full((n,), VALUE_INDEX[k][v]) for k, v in attrs.items()}
-                scene = sample_scene(n, generator=g, fixed=fixed)
-                img, _ = render(scene, generator=g, style=style)
+                img = self.render_class(attrs, n, generator=g, style=style)
                 images.append((img * 255).round().to(torch.uint8))
                 labels.append(torch.full((n,), label, dtype=torch.long))
             _GENERATED[key] = (torch.cat(images), torch.cat(labels))

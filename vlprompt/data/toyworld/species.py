@@ -26,9 +26,6 @@ from vlprompt.data.toyworld.datasets import ToyClassification, stable_seed
 from vlprompt.data.toyworld.lexicon import SPECIES, SPECIES_BY_NAME, Species, species_of
 from vlprompt.data.toyworld.render import COLOURS, SHAPES, TEXTURES, render, sample_scene
 
-#: generated splits, keyed by (dataset, split, styles, world seed, images per class); read-only tensors
-_GENERATED: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
 
 def species_images(species: Species, n: int, *, generator: torch.Generator, style: str) -> torch.Tensor:
     """``n`` renderings ``[n, 3, S, S]`` (float in [0, 1]) of one species: its look fixed, size, position and
@@ -79,21 +76,9 @@ class ToySpeciesClassification(ToyClassification):
         random.Random(stable_seed(self.spec, "label-order")).shuffle(defs)
         return defs
 
-    def _generate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in self.per_class:
-            raise KeyError(f"split {split!r} of {self.name}: known splits are {list(self.per_class)}")
-        n = self.per_class[split]
-        styles = self.class_styles(split)
-        key = (self.spec, split, tuple(styles), self.world_seed, n)
-        if key not in _GENERATED:
-            g = torch.Generator().manual_seed(stable_seed(self.spec, split, self.world_seed))
-            images, labels = [], []
-            for label, ((_, attrs), style) in enumerate(zip(self._defs, styles)):
-                img = species_images(SPECIES_BY_NAME[attrs["species"]], n, generator=g, style=style)
-                images.append((img * 255).round().to(torch.uint8))
-                labels.append(torch.full((n,), label, dtype=torch.long))
-            _GENERATED[key] = (torch.cat(images), torch.cat(labels))
-        return _GENERATED[key]
+    def render_class(self, attrs: dict[str, str], n: int, *, generator: torch.Generator, style: str) -> torch.Tensor:
+        """``n`` images of the class's named kind (``attrs["species"]``), from :func:`species_images`."""
+        return species_images(SPECIES_BY_NAME[attrs["species"]], n, generator=generator, style=style)
 
     def identity(self) -> dict:
         out = super().identity()
