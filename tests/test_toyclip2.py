@@ -182,6 +182,44 @@ def test_hard_negatives_differ_in_exactly_what_their_captions_settle():
     assert "sibling" in kinds and len(kinds) >= 5
 
 
+def test_tier_name_shares_set_how_often_a_tier_is_named_and_contrasted_with_its_siblings():
+    from vlprompt.toyworld.pretrain_clip2 import SpeciesCaptionStream
+
+    shares = {"common": 0.6, "regular": 0.3, "rare": 0.0}
+    stream = SpeciesCaptionStream("vlprompt-toyclip2", 128, 0, 0.5, 0.4, 0.6, 0.3, tier_name_share=shares)
+    g, rng = torch.Generator().manual_seed(0), random.Random(0)
+    named = {t: [0, 0] for t in shares}
+    for _ in range(4):
+        scene, species = sample_species_scene(128, generator=g)
+        require = make_hard_negatives(scene, species, 32, rng, 0.4, shares)
+        for k in range(128):
+            if species[k] is None:
+                continue
+            assert not (require[k] == ("species",) and species[k].tier == "rare"), "a rare kind never settles a sibling pair"
+            text = caption2(object_words(scene, k, species[k]), rng, require=require[k],
+                            name_share=stream.name_share_of(species[k]), synonym_share=0.0)
+            named[species[k].tier][0] += species[k].name in text.split()
+            named[species[k].tier][1] += 1
+    assert named["rare"][0] == 0 < named["regular"][0]
+    assert named["common"][0] / named["common"][1] > named["regular"][0] / named["regular"][1]
+    with pytest.raises(ValueError, match="every tier"):
+        SpeciesCaptionStream("vlprompt-toyclip2", 8, 0, 0.5, 0.4, 0.6, 0.3, tier_name_share={"common": 0.5})
+
+
+def test_style_share_renders_pairs_in_one_photography():
+    from vlprompt.toyworld.pretrain_clip2 import SpeciesCaptionStream
+
+    assert SpeciesCaptionStream("vlprompt-toyclip2", 8, 0, 0.5, 0.4, 0.6, 0.3).styles(2, random.Random(0)) == "clean"
+    stream = SpeciesCaptionStream("vlprompt-toyclip2", 64, 0, 0.5, 0.4, 0.6, 0.3, style_share=0.5)
+    styles = stream.styles(16, random.Random(0))
+    assert all(styles[i] == styles[63 - i] for i in range(16))
+    assert 10 < sum(s != "clean" for s in styles) < 54 and len(set(styles)) >= 4
+    images, tokens = stream.batch(torch.Generator().manual_seed(0), random.Random(0))
+    assert images.shape == (64, 3, 48, 48) and len(tokens) == 64
+    with pytest.raises(ValueError, match="style_share"):
+        SpeciesCaptionStream("vlprompt-toyclip2", 8, 0, 0.5, 0.4, 0.6, 0.3, style_share=1.5)
+
+
 def test_species_zero_shot_counts_the_best_matching_name():
     feats = torch.eye(3)
     assert species_zero_shot(feats, lambda texts: torch.eye(3)[[0, 2, 1]], torch.tensor([0, 2, 1]), ["a", "b", "c"]) == 1.0

@@ -111,6 +111,23 @@ def test_each_style_renders(style):
         assert not torch.equal(images, clean)
 
 
+def test_per_image_styles_style_each_image_as_its_own_batch_would():
+    g = torch.Generator().manual_seed(3)
+    scene = sample_scene(6, generator=g)
+    names = ["clean", "sketch", "low_contrast", "clean", "blur", "low_contrast"]
+    mixed, masks = render(scene, generator=torch.Generator().manual_seed(9), style=names)
+    for k, name in enumerate(names):
+        alone, alone_masks = render(scene, generator=torch.Generator().manual_seed(9), style=name)
+        assert torch.equal(masks, alone_masks)
+        assert torch.allclose(mixed[k], alone[k]), name  # deterministic styles: the same pixels as a whole batch
+    same, _ = render(scene, generator=torch.Generator().manual_seed(9), style=["blur"] * 6)
+    assert torch.equal(same, render(scene, generator=torch.Generator().manual_seed(9), style="blur")[0])
+    with pytest.raises(ValueError, match="one per image"):
+        render(scene, generator=g, style=["clean"] * 5)
+    with pytest.raises(ValueError, match="watercolour"):
+        render(scene, generator=g, style=["clean"] * 5 + ["watercolour"])
+
+
 def test_unknown_style_lists_the_known_styles():
     g = torch.Generator().manual_seed(0)
     scene = sample_scene(2, generator=g)

@@ -35,8 +35,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from vlprompt.backbones.open_clip import file_sha256
 from vlprompt.backbones.toyclip import TOY2_MODEL  # registers the toy configs with open_clip
 from vlprompt.data.toyworld.captions2 import caption2, object_words
-from vlprompt.data.toyworld.lexicon import PATTERNED, SPECIES, Species, sample_species_scene, species_in, species_of
-from vlprompt.data.toyworld.render import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, TEXTURES, Scene, render
+from vlprompt.data.toyworld.lexicon import (PATTERNED, SPECIES, TIER_WEIGHTS, Species, sample_species_scene, species_in,
+                                            species_of)
+from vlprompt.data.toyworld.render import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, STYLES, TEXTURES, Scene, render
 from vlprompt.data.toyworld.species import species_scenes
 from vlprompt.toyworld.pretrain import CLIPPretraining
 
@@ -49,8 +50,12 @@ CHANGEABLE: dict[str, int] = {"colour": len(COLOURS), "accent": len(COLOURS), "t
 
 
 def make_hard_negatives(scene: Scene, species: list[Species | None], n_pairs: int, rng: random.Random,
-                        sibling_share: float) -> list[tuple[str, ...]]:
+                        sibling_share: float, tier_name_share: dict[str, float] | None = None) -> list[tuple[str, ...]]:
     """Turn image ``b-1-i`` into a hard negative of image ``i`` for ``i < n_pairs`` (in place; module docstring).
+
+    With ``tier_name_share`` (tier -> chance a caption names a kind of that tier), a kind takes part in sibling
+    pairs in proportion to its tier's share (relative to the largest), as first image and as sibling, so a tier
+    named less often is also contrasted with its siblings less often.
 
     Returns what each image's caption must settle; ``species`` (per image, :class:`Species` or ``None``) is
     updated for the changed images.
@@ -63,8 +68,17 @@ def make_hard_negatives(scene: Scene, species: list[Species | None], n_pairs: in
         for name in ("colour", "texture", "shape", "size", "position", "accent"):
             getattr(scene, name)[j] = getattr(scene, name)[i]
         scene.background[j] = scene.background[i]
-        if species[i] is not None and rng.random() < sibling_share:
-            other = rng.choice([s for s in species_of(species[i].family) if s != species[i]])
+        if tier_name_share is None:
+            sibling = species[i] is not None and rng.random() < sibling_share
+        else:
+            top = max(tier_name_share.values())
+            sibling = species[i] is not None and rng.random() < sibling_share * tier_name_share[species[i].tier] / top
+        if sibling:
+            members = [s for s in species_of(species[i].family) if s != species[i]]
+            if tier_name_share is None:
+                other = rng.choice(members)
+            else:
+                other = rng.choices(members, weights=[tier_name_share[s.tier] + 1e-12 for s in members])[0]
             scene.colour[j, 0] = colours.index(other.colour)
             scene.texture[j, 0] = TEXTURES.index(other.texture)
             scene.accent[j, 0] = colours.index(other.accent or other.colour)
@@ -88,7 +102,16 @@ class SpeciesCaptionStream(IterableDataset):
 
     def __init__(self, model: str, batch_size: int, seed: int, hard_negative_fraction: float,
                  sibling_share: float, species_fraction: float, distractor_rate: float,
-                 name_share: float = 0.55, synonym_share: float = 0.25) -> None:
+                 name_share: float = 0.55, synonym_share: float = 0.25,
+                 tier_name_share: dict[str, float] | None = None, style_share: float = 0.0) -> None:
+        if tier_name_share is not None:
+            missing = sorted(set(TIER_WEIGHTS) - set(tier_name_share))
+            bad = {k: v for k, v in tier_name_share.items() if k not in TIER_WEIGHTS or not 0.0 <= float(v) <= 1.0}
+            if missing or bad or max(tier_name_share.values()) <= 0:
+                raise ValueError(f"tier_name_share={tier_name_share!r}: give a share in [0, 1] for every tier "
+                                 f"{sorted(TIER_WEIGHTS)} (missing {missing}, invalid {bad}), one of them above 0")
+        if not 0.0 <= style_share <= 1.0:
+            raise ValueError(f"style_share={style_share!r} must lie in [0, 1] (share of images in a non-clean style)")
         self.model = model
         self.batch_size = batch_size
         self.seed = seed
@@ -98,15 +121,34 @@ class SpeciesCaptionStream(IterableDataset):
         self.distractor_rate = distractor_rate
         self.name_share = name_share
         self.synonym_share = synonym_share
+        self.tier_name_share = None if tier_name_share is None else {k: float(v) for k, v in tier_name_share.items()}
+        self.style_share = style_share
+
+    def name_share_of(self, species: Species | None) -> float:
+        """Chance that a caption of this kind names it (its tier's share, else ``name_share``)."""
+        if species is None or self.tier_name_share is None:
+            return self.name_share
+        return self.tier_name_share[species.tier]
+
+    def styles(self, n_pairs: int, rng: random.Random) -> list[str] | str:
+        """Per-image photography: ``style_share`` of the images in a non-clean style of :data:`STYLES` (uniform),
+        a hard-negative pair in one style; ``"clean"`` for all when ``style_share`` is 0."""
+        if self.style_share == 0.0:
+            return "clean"
+        shifted = [s for s in STYLES if s != "clean"]
+        out = [rng.choice(shifted) if rng.random() < self.style_share else "clean" for _ in range(self.batch_size)]
+        for i in range(n_pairs):
+            out[self.batch_size - 1 - i] = out[i]
+        return out
 
     def batch(self, g: torch.Generator, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
         """One batch: images ``[B, 3, S, S]`` and their captions."""
         scene, species = sample_species_scene(self.batch_size, generator=g, species_fraction=self.species_fraction)
         n_pairs = int(self.batch_size * self.hard) // 2
-        require = make_hard_negatives(scene, species, n_pairs, rng, self.sibling_share)
-        images, _ = render(scene, generator=g)
+        require = make_hard_negatives(scene, species, n_pairs, rng, self.sibling_share, self.tier_name_share)
+        images, _ = render(scene, generator=g, style=self.styles(n_pairs, rng))
         texts = [caption2(object_words(scene, k, species[k]), rng, require=require[k], distractor_rate=self.distractor_rate,
-                          name_share=self.name_share, synonym_share=self.synonym_share)
+                          name_share=self.name_share_of(species[k]), synonym_share=self.synonym_share)
                  for k in range(self.batch_size)]
         return images, texts
 
@@ -131,16 +173,23 @@ class SpeciesCaptionData(pl.LightningDataModule):
         species_fraction: share of scenes showing a named kind (the rest are free two-tone objects).
         distractor_rate: chance of a distractor prefix, and again of a suffix, per caption.
         name_share, synonym_share: chance that a named kind's caption names it, and then by its synonym.
+        tier_name_share: per caption tier (``common``, ``regular``, ``rare``), the chance that a kind's caption
+            names it, replacing ``name_share``; sibling pairs follow the same shares (:func:`make_hard_negatives`).
+            ``None``: ``name_share`` for every kind.
+        style_share: share of images rendered in a non-clean photography (noise, low contrast, blur, sketch;
+            uniform), so zero-shot pays little for a dataset's photography; 0 renders every image clean.
     """
 
     def __init__(
         self, *, model: str = TOY2_MODEL, batch_size: int = 256, num_workers: int = 1, seed: int = 0,
         hard_negative_fraction: float = 0.5, sibling_share: float = 0.4, species_fraction: float = 0.6,
         distractor_rate: float = 0.3, name_share: float = 0.55, synonym_share: float = 0.25,
+        tier_name_share: dict[str, float] | None = None, style_share: float = 0.0,
     ) -> None:
         super().__init__()
         self.stream = SpeciesCaptionStream(model, batch_size, seed, hard_negative_fraction, sibling_share,
-                                           species_fraction, distractor_rate, name_share, synonym_share)
+                                           species_fraction, distractor_rate, name_share, synonym_share,
+                                           tier_name_share, style_share)
         self.num_workers = num_workers
 
     def train_dataloader(self) -> DataLoader:
@@ -207,6 +256,8 @@ class CLIP2Pretraining(CLIPPretraining):
             faded_feats = torch.cat([self.clip.encode_image((c.to(self.device) - self.mean) / self.std) for c in faded.split(500)])
             families = ["fruit", "gem", "tile", "flag"]
             acc["species"] = species_zero_shot(feats, encode_text, target, [s.name for s in SPECIES])
+            rare = torch.tensor([SPECIES[int(t)].tier == "rare" for t in target])
+            acc["species_rare"] = species_zero_shot(feats[rare], encode_text, target[rare], [s.name for s in SPECIES])
             acc["synonym"] = species_zero_shot(feats, encode_text, target, [s.synonym for s in SPECIES])
             acc["family"] = species_zero_shot(feats, encode_text, torch.tensor([families.index(SPECIES[int(t)].family) for t in target]), families)
             within = []
@@ -219,10 +270,11 @@ class CLIP2Pretraining(CLIPPretraining):
         self.clip.train(was)
         self.last_eval = acc
         if log_metrics:
-            for k in ("species", "synonym", "family", "species_within_family_low_contrast"):
+            for k in ("species", "species_rare", "synonym", "family", "species_within_family_low_contrast"):
                 self.log(f"zeroshot/{k}", acc[k])
         log.info("step %d second-world zero-shot %s", self.global_step,
-                 {k: round(acc[k], 3) for k in ("species", "synonym", "family", "species_within_family_low_contrast")})
+                 {k: round(acc[k], 3) for k in ("species", "species_rare", "synonym", "family",
+                                                  "species_within_family_low_contrast")})
         return acc
 
     def card_extra(self) -> dict:

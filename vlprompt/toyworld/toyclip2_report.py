@@ -3,8 +3,9 @@
 ``python -m vlprompt.toyworld.toyclip2_report --pretrained FILE [--out FILE.json] [--quick]`` measures a
 ``vlprompt-toyclip2`` checkpoint (default: the embedded one, once it exists) and prints:
 
-1. zero-shot accuracy on held-out clean scenes of the 64 named kinds ("a photo of a lemon."): by name, by
-   synonym (64-way), by family (4-way), and within each family (16-way) in every style, with a linear probe
+1. zero-shot accuracy on held-out clean scenes of the 64 named kinds ("a photo of a lemon."): by name (also per
+   caption tier: common, regular, rare), by synonym (64-way), by family (4-way), and within each family
+   (16-way) in every style, with a linear probe
    (logistic regression on frozen image features) of the 16-way species task for comparison;
 2. zero-shot accuracy (all, base, new) on the test split of every candidate dataset of
    :mod:`vlprompt.data.toyworld.species`, in its native style (``--all-styles``: every style).
@@ -25,7 +26,7 @@ from rich.table import Table
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.backbones.toyclip import ToyCLIP2
-from vlprompt.data.toyworld.lexicon import SPECIES, species_of
+from vlprompt.data.toyworld.lexicon import SPECIES, TIER_WEIGHTS, species_of
 from vlprompt.data.toyworld.render import STYLES
 from vlprompt.data.toyworld.species import SPECIES_DATASETS, species_scenes
 from vlprompt.protocols.base2new import split_base_new
@@ -68,6 +69,11 @@ def species_report(backbone: VLBackbone, *, n: int = 2000, styles: tuple[str, ..
             rows.append({"style": style, "task": task, "classes": len(names),
                          "zero_shot": round(accuracy(te_f, text_features(backbone, names), target), 2),
                          "linear_probe": None})
+        names = text_features(backbone, [s.name for s in SPECIES])
+        for tier in TIER_WEIGHTS:  # name knowledge by caption tier (how often pretraining named the kind)
+            sel = torch.tensor([SPECIES[int(t)].tier == tier for t in te_y])
+            rows.append({"style": style, "task": f"species by name, {tier} tier", "classes": len(SPECIES),
+                         "zero_shot": round(accuracy(te_f[sel], names, te_y[sel]), 2), "linear_probe": None})
         within, probes = [], []
         for family in FAMILY_ORDER:
             members = [k for k, s in enumerate(SPECIES) if s.family == family]

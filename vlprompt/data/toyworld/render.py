@@ -10,6 +10,7 @@ Shapes of the main tensors: images ``[B, 3, S, S]`` float in ``[0, 1]``; masks `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -217,16 +218,26 @@ def render(
     scene: Scene,
     *,
     generator: torch.Generator,
-    style: str = "clean",
+    style: str | Sequence[str] = "clean",
     image_size: int = IMAGE_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render a batch of scenes.
 
+    ``style`` is one of :data:`STYLES` for the whole batch, or one per image (a sequence of ``B`` names; the
+    images of each style are styled together, in :data:`STYLES` order, so one name for every image gives
+    the same images as that name alone).
+
     Returns ``images`` ``[B, 3, S, S]`` in ``[0, 1]`` and ``masks`` ``[B, N, S, S]`` (visible pixels of
     each object, after later objects are drawn on top).
     """
-    if style not in STYLES:
-        raise ValueError(f"unknown toy-world style {style!r}; known: {list(STYLES)}")
+    per_image = not isinstance(style, str)
+    names = list(style) if per_image else [style]
+    unknown = sorted({n for n in names if n not in STYLES})
+    if unknown:
+        raise ValueError(f"unknown toy-world style {unknown[0]!r}; known: {list(STYLES)}")
+    if per_image and len(names) != scene.batch_size:
+        raise ValueError(f"style: {len(names)} names for a batch of {scene.batch_size} scenes; give one per image "
+                         "or one name for all")
     b, n, s = scene.batch_size, scene.num_objects, image_size
     scale = s / IMAGE_SIZE
     images = _backgrounds(scene.background, s, generator)
@@ -266,5 +277,13 @@ def render(
         obj_edges = change & (filled | F.max_pool2d(filled[:, None].float(), 3, 1, 1)[:, 0].bool())
         edges = torch.where(filled, obj_edges, edges | obj_edges)
         edge_colour = torch.where(obj_edges[:, None], bright, edge_colour)
-    images = _apply_style(images, edges, edge_colour, style, generator)
+    if not per_image:
+        images = _apply_style(images, edges, edge_colour, names[0], generator)
+    else:
+        styled = images.clone()
+        for name in STYLES:
+            idx = torch.tensor([k for k, n in enumerate(names) if n == name], dtype=torch.long)
+            if len(idx):
+                styled[idx] = _apply_style(images[idx], edges[idx], edge_colour[idx], name, generator)
+        images = styled
     return images.clamp(0, 1), masks
