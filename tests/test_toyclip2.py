@@ -304,3 +304,21 @@ def test_report_accuracy_is_the_percent_of_best_matching_rows():
     feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
     text = torch.eye(2)
     assert accuracy(feats, text, torch.tensor([0, 1, 1])) == pytest.approx(200 / 3)
+
+
+def test_tier_stratified_order_gives_each_half_its_share_of_every_tier():
+    from vlprompt.data.toyworld.species import tier_stratified_order
+    from vlprompt.protocols.base2new import split_base_new
+
+    tiers = ["common"] * 6 + ["regular"] * 5 + ["rare"] * 5
+    items = list(range(16))
+    order = tier_stratified_order(items, tiers, seed=3)
+    assert sorted(order) == items and order == tier_stratified_order(items, tiers, seed=3)
+    base = set(order[: len(split_base_new(16)[0])])
+    for tier in ("common", "regular", "rare"):
+        members = [i for i in items if tiers[i] == tier]
+        assert abs(2 * len(base.intersection(members)) - len(members)) <= 1, tier
+    odd = tier_stratified_order(list(range(7)), ["rare"] * 7, seed=0)
+    assert sorted(odd) == list(range(7))
+    with pytest.raises(ValueError, match="one tier per item"):
+        tier_stratified_order([1, 2], ["rare"], seed=0)

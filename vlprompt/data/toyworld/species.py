@@ -8,7 +8,8 @@ no class-name word, and the names' meaning comes only from what pretraining taug
 
 Each dataset shows one species per class (its shape, main colour, accent colour and texture fixed; size,
 position and background random), in the dataset's own photography (``native_style``), and fixes a pseudo-random
-label order, so both halves mix frequent and rare, one-tone and two-tone kinds.
+label order stratified by caption tier (:func:`tier_stratified_order`), so both halves of a base-to-new split
+hold common, regular and rarely-named kinds in equal shares.
 
 They form the second-generation toy suite of issue 26, registered by name (``configs/datasets/toy_orchard.yaml``
 ...); every candidate is kept whatever the learners score on it (no learner result selects a dataset), and each
@@ -17,14 +18,18 @@ one's ``native_style`` was set once from the final toy CLIP's zero-shot table (d
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 
 from vlprompt.data.toyworld.datasets import ToyClassification, stable_seed
 from vlprompt.data.toyworld.lexicon import SPECIES, SPECIES_BY_NAME, Species, species_of
 from vlprompt.data.toyworld.render import COLOURS, SHAPES, TEXTURES, render, sample_scene
+
+T = TypeVar("T")
 
 
 def species_images(species: Species, n: int, *, generator: torch.Generator, style: str) -> torch.Tensor:
@@ -55,6 +60,35 @@ def pick_species(per_family: int, seed_text: str) -> list[Species]:
     return out
 
 
+def tier_stratified_order(items: Sequence[T], tiers: Sequence[str], seed: int) -> list[T]:
+    """A seeded label order whose base and new halves (:func:`~vlprompt.protocols.base2new.split_base_new`: the
+    first ``ceil(C/2)`` labels are base) each hold half of every caption tier's kinds.
+
+    Each tier's items are shuffled and dealt alternately to the two halves (the first tier dealt starting with the
+    base half, each next tier starting with the half that is then shorter); each half is then shuffled. Without
+    it a seeded shuffle can put every rarely-named kind in one half (one half's zero-shot 100 %, the other's far
+    lower), which no real base-to-new split is designed to do.
+    """
+    if len(items) != len(tiers):
+        raise ValueError(f"{len(items)} items but {len(tiers)} tiers; give one tier per item")
+    rng = random.Random(seed)
+    halves: tuple[list[T], list[T]] = ([], [])
+    for tier in sorted(set(tiers)):
+        group = [item for item, t in zip(items, tiers) if t == tier]
+        rng.shuffle(group)
+        first = 0 if len(halves[0]) <= len(halves[1]) else 1
+        for k, item in enumerate(group):
+            halves[(first + k) % 2].append(item)
+    base, new = halves
+    while len(base) < math.ceil(len(items) / 2):  # odd counts: the base half holds ceil(C/2)
+        base.append(new.pop())
+    while len(base) > math.ceil(len(items) / 2):
+        new.append(base.pop())
+    rng.shuffle(base)
+    rng.shuffle(new)
+    return base + new
+
+
 class ToySpeciesClassification(ToyClassification):
     """A second-world toy dataset: one class per named species (module docstring).
 
@@ -73,8 +107,7 @@ class ToySpeciesClassification(ToyClassification):
         if len(set(names)) != len(names):
             raise ValueError(f"{self.spec}: class names repeat: {names}")
         defs = [(name, {"species": s.name, **s.attributes()}) for name, s in zip(names, members)]
-        random.Random(stable_seed(self.spec, "label-order")).shuffle(defs)
-        return defs
+        return tier_stratified_order(defs, [s.tier for s in members], stable_seed(self.spec, "label-order"))
 
     def render_class(self, attrs: dict[str, str], n: int, *, generator: torch.Generator, style: str) -> torch.Tensor:
         """``n`` images of the class's named kind (``attrs["species"]``), from :func:`species_images`."""
@@ -87,60 +120,60 @@ class ToySpeciesClassification(ToyClassification):
 
 
 class ToyOrchard(ToySpeciesClassification):
-    """Second world: the 16 fruits (circles, ``lemon``, ``quince``...), faded photographs."""
+    """Second world: the 16 fruits (circles, ``lemon``, ``quince``...), clean photographs."""
 
     spec = "toy_orchard"
-    native_style = "low_contrast"
+    native_style = "clean"
 
     def species(self) -> list[Species]:
         return species_of("fruit")
 
 
 class ToyJewellery(ToySpeciesClassification):
-    """Second world: the 16 gems (diamonds, ``ruby``, ``beryl``...), faded photographs."""
+    """Second world: the 16 gems (diamonds, ``ruby``, ``beryl``...), clean photographs."""
 
     spec = "toy_jewellery"
-    native_style = "low_contrast"
+    native_style = "clean"
 
     def species(self) -> list[Species]:
         return species_of("gem")
 
 
 class ToyMosaics(ToySpeciesClassification):
-    """Second world: the 16 tiles (squares, ``zellige``, ``terrazzo``...), faded photographs."""
+    """Second world: the 16 tiles (squares, ``zellige``, ``terrazzo``...), out of focus."""
 
     spec = "toy_mosaics"
-    native_style = "low_contrast"
+    native_style = "blur"
 
     def species(self) -> list[Species]:
         return species_of("tile")
 
 
 class ToyRegatta(ToySpeciesClassification):
-    """Second world: the 16 flags (triangles, ``burgee``, ``spinnaker``...), on a noisy sensor."""
+    """Second world: the 16 flags (triangles, ``burgee``, ``spinnaker``...), faded photographs."""
 
     spec = "toy_regatta"
-    native_style = "noise"
+    native_style = "low_contrast"
 
     def species(self) -> list[Species]:
         return species_of("flag")
 
 
 class ToyBazaar(ToySpeciesClassification):
-    """Second world: 24 kinds, 6 of each family (coarse and fine distinctions), on a noisy sensor."""
+    """Second world: 24 kinds, 6 of each family (coarse and fine distinctions), out of focus."""
 
     spec = "toy_bazaar"
-    native_style = "noise"
+    native_style = "blur"
 
     def species(self) -> list[Species]:
         return pick_species(6, "toy_bazaar")
 
 
 class ToyCabinet(ToySpeciesClassification):
-    """Second world: 16 kinds, 4 of each family, named by their rarer synonyms (``citron``), as line sketches."""
+    """Second world: 16 kinds, 4 of each family, named by their rarer synonyms (``citron``), clean photographs."""
 
     spec = "toy_cabinet"
-    native_style = "sketch"
+    native_style = "clean"
     use_synonyms = True
 
     def species(self) -> list[Species]:
