@@ -56,24 +56,24 @@ def accuracy(image_features: torch.Tensor, text: torch.Tensor, target: torch.Ten
 def species_report(backbone: VLBackbone, *, n: int = 2000, styles: tuple[str, ...] = STYLES) -> list[dict]:
     """Rows ``{style, task, classes, zero_shot, linear_probe}`` (percent) of the named kinds (module docstring)."""
     rows = []
+    fam = torch.tensor([FAMILY_ORDER.index(s.family) for s in SPECIES])
+    # prompts do not depend on the photography: their features are computed once for every style
+    by_name = text_features(backbone, [s.name for s in SPECIES])
+    tasks = (("species by name", by_name, None), ("species by synonym", text_features(backbone, [s.synonym for s in SPECIES]), None),
+             ("family", text_features(backbone, list(FAMILY_ORDER)), fam))
+    within_text = {family: text_features(backbone, [s.name for s in species_of(family)]) for family in FAMILY_ORDER}
     for style in styles:
         tr_img, tr_y = species_scenes(n, 1001, style)
         te_img, te_y = species_scenes(n, 2002, style)
         tr_f, te_f = features(backbone, tr_img), features(backbone, te_img)
-        fam = torch.tensor([FAMILY_ORDER.index(s.family) for s in SPECIES])
-        for task, names, target in (
-            ("species by name", [s.name for s in SPECIES], te_y),
-            ("species by synonym", [s.synonym for s in SPECIES], te_y),
-            ("family", list(FAMILY_ORDER), fam[te_y]),
-        ):
-            rows.append({"style": style, "task": task, "classes": len(names),
-                         "zero_shot": round(accuracy(te_f, text_features(backbone, names), target), 2),
-                         "linear_probe": None})
-        names = text_features(backbone, [s.name for s in SPECIES])
+        for task, text, relabel in tasks:
+            target = te_y if relabel is None else relabel[te_y]
+            rows.append({"style": style, "task": task, "classes": len(text),
+                         "zero_shot": round(accuracy(te_f, text, target), 2), "linear_probe": None})
         for tier in TIER_WEIGHTS:  # name knowledge by caption tier (how often pretraining named the kind)
             sel = torch.tensor([SPECIES[int(t)].tier == tier for t in te_y])
             rows.append({"style": style, "task": f"species by name, {tier} tier", "classes": len(SPECIES),
-                         "zero_shot": round(accuracy(te_f[sel], names, te_y[sel]), 2), "linear_probe": None})
+                         "zero_shot": round(accuracy(te_f[sel], by_name, te_y[sel]), 2), "linear_probe": None})
         within, probes = [], []
         for family in FAMILY_ORDER:
             members = [k for k, s in enumerate(SPECIES) if s.family == family]
@@ -81,8 +81,7 @@ def species_report(backbone: VLBackbone, *, n: int = 2000, styles: tuple[str, ..
             sel_tr, sel_te = torch.isin(tr_y, torch.tensor(members)), torch.isin(te_y, torch.tensor(members))
             local_tr = torch.tensor([index[int(t)] for t in tr_y[sel_tr]])
             local_te = torch.tensor([index[int(t)] for t in te_y[sel_te]])
-            text = text_features(backbone, [s.name for s in species_of(family)])
-            within.append(accuracy(te_f[sel_te], text, local_te))
+            within.append(accuracy(te_f[sel_te], within_text[family], local_te))
             with torch.enable_grad():
                 probes.append(linear_probe_accuracy(tr_f[sel_tr], local_tr, te_f[sel_te], local_te))
         rows.append({"style": style, "task": "species within family", "classes": 16,
