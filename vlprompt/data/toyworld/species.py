@@ -18,7 +18,6 @@ one's ``native_style`` was set once from the final toy CLIP's zero-shot table (d
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from typing import TypeVar
@@ -64,8 +63,10 @@ def tier_stratified_order(items: Sequence[T], tiers: Sequence[str], seed: int) -
     """A seeded label order whose base and new halves (:func:`~vlprompt.protocols.base2new.split_base_new`: the
     first ``ceil(C/2)`` labels are base) each hold half of every caption tier's kinds.
 
-    Each tier's items are shuffled and dealt alternately to the two halves (the first tier dealt starting with the
-    base half, each next tier starting with the half that is then shorter); each half is then shuffled. Without
+    Each tier's items are shuffled and dealt alternately to the two halves, starting with the shorter half (the
+    base half when they are even), so the base half is never shorter than the new half nor longer by more than
+    one: it holds ``ceil(C/2)`` items, as :func:`~vlprompt.protocols.base2new.split_base_new` expects. Each half
+    is then shuffled. Without
     it a seeded shuffle can put every rarely-named kind in one half (one half's zero-shot 100 %, the other's far
     lower), which no real base-to-new split is designed to do.
     """
@@ -80,10 +81,6 @@ def tier_stratified_order(items: Sequence[T], tiers: Sequence[str], seed: int) -
         for k, item in enumerate(group):
             halves[(first + k) % 2].append(item)
     base, new = halves
-    while len(base) < math.ceil(len(items) / 2):  # odd counts: the base half holds ceil(C/2)
-        base.append(new.pop())
-    while len(base) > math.ceil(len(items) / 2):
-        new.append(base.pop())
     rng.shuffle(base)
     rng.shuffle(new)
     return base + new
