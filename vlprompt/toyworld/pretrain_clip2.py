@@ -61,6 +61,12 @@ def make_hard_negatives(scene: Scene, species: list[Species | None], n_pairs: in
     updated for the changed images.
     """
     b = scene.batch_size
+    # chance that a pair whose first image shows a kind of each tier becomes a sibling pair
+    if tier_name_share is None:
+        sibling_chance = {tier: sibling_share for tier in TIER_WEIGHTS}
+    else:
+        top = max(tier_name_share.values())
+        sibling_chance = {tier: sibling_share * v / top for tier, v in tier_name_share.items()}
     require: list[tuple[str, ...]] = [()] * b
     colours = list(COLOURS)
     for i in range(n_pairs):
@@ -68,12 +74,7 @@ def make_hard_negatives(scene: Scene, species: list[Species | None], n_pairs: in
         for name in ("colour", "texture", "shape", "size", "position", "accent"):
             getattr(scene, name)[j] = getattr(scene, name)[i]
         scene.background[j] = scene.background[i]
-        if tier_name_share is None:
-            sibling = species[i] is not None and rng.random() < sibling_share
-        else:
-            top = max(tier_name_share.values())
-            sibling = species[i] is not None and rng.random() < sibling_share * tier_name_share[species[i].tier] / top
-        if sibling:
+        if species[i] is not None and rng.random() < sibling_chance[species[i].tier]:
             members = [s for s in species_of(species[i].family) if s != species[i]]
             if tier_name_share is None:
                 other = rng.choice(members)
