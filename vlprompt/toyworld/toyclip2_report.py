@@ -26,6 +26,7 @@ from rich.table import Table
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.backbones.toyclip import ToyCLIP2
+from vlprompt.data.atomic import atomic_write_text
 from vlprompt.data.toyworld.lexicon import SPECIES, TIER_WEIGHTS, species_of
 from vlprompt.data.toyworld.render import STYLES
 from vlprompt.data.toyworld.species import SPECIES_DATASETS, species_scenes
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(r["dataset"], r["style"] + (" *" if r["native"] else ""), f"{r['all']:.1f}", f"{r['base']:.1f}", f"{r['new']:.1f}")
     console.print(t)
     if args.out:
-        Path(args.out).write_text(json.dumps({"checkpoint_sha256": backbone.info.checkpoint_sha256,
+        atomic_write_text(Path(args.out), json.dumps({"checkpoint_sha256": backbone.info.checkpoint_sha256,
                                               "species": kinds, "datasets": datasets,
                                               "native_style_rule": NATIVE_STYLE_RULE}, indent=2) + "\n")
     return 0

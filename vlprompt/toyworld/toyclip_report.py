@@ -24,6 +24,7 @@ from rich.table import Table
 
 from vlprompt.backbones.base import VLBackbone
 from vlprompt.backbones.toyclip import ToyCLIP
+from vlprompt.data.atomic import atomic_write_text
 from vlprompt.data.toyworld.datasets import (
     VALUE_INDEX,
     ATTRIBUTE_PHRASES,
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(r["dataset"], r["style"] + (" *" if r["native"] else ""), f"{r['all']:.1f}", f"{r['base']:.1f}", f"{r['new']:.1f}")
     console.print(t)
     if args.out:
-        Path(args.out).write_text(json.dumps({"checkpoint_sha256": backbone.info.checkpoint_sha256, "attributes": attrs, "datasets": datasets}, indent=2) + "\n")
+        atomic_write_text(Path(args.out), json.dumps({"checkpoint_sha256": backbone.info.checkpoint_sha256, "attributes": attrs, "datasets": datasets}, indent=2) + "\n")
     return 0
 
 
