@@ -7,20 +7,27 @@ import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from vlprompt.backbones.base import BackboneError
 from vlprompt.backbones.open_clip import file_sha256
-from vlprompt.backbones.toyclip import TOY_CHECKPOINT
+from vlprompt.backbones.toyclip import TOY2_CHECKPOINT, TOY_CHECKPOINT
 from vlprompt.data.toyworld.captions import BACKGROUND_PHRASES, POSITION_PHRASES, SIZE_WORDS
 from vlprompt.data.toyworld.captions2 import (
     DISTRACTOR_PREFIXES,
     DISTRACTOR_SUFFIXES,
+    CAPTION_WORDS,
+    CHATTER_STEMS,
+    CHATTER_WORDS,
     SETTLES,
     caption2,
+    chatter_word,
     object_words,
+    with_chatter,
 )
 from vlprompt.data.toyworld.lexicon import (
     FAMILIES,
@@ -220,6 +227,52 @@ def test_style_share_renders_pairs_in_one_photography():
         SpeciesCaptionStream("vlprompt-toyclip2", 8, 0, 0.5, 0.4, 0.6, 0.3, style_share=1.5)
 
 
+def test_chatter_words_say_nothing_the_captions_say_and_fit_the_token_budget():
+    rng = random.Random(0)
+    words = [chatter_word(rng) for _ in range(2000)]
+    assert set(words) <= set(CHATTER_WORDS) | {w for w in words if w[-4:].isdigit() and w[:-4] in CHATTER_STEMS}
+    assert 0.6 < sum(w in CHATTER_WORDS for w in words) / len(words) < 0.8 and not set(CHATTER_WORDS) & CAPTION_WORDS
+
+    def count(s: str) -> int:
+        return len(s.split()) * 2
+
+    for target in (4, 10, 30):
+        out = with_chatter("a lemon", rng, target, count)
+        assert out.endswith("a lemon") and count(out) <= target < count(out) + 2
+        assert not set(w.lstrip("@") for w in out.split()[:-2]) & CAPTION_WORDS
+    assert with_chatter("a lemon on a dark background", rng, 3, count) == "a lemon on a dark background"
+    assert {"lemon", "fruit", "teal", "background", "my"} <= CAPTION_WORDS
+
+
+def test_chatter_share_spreads_caption_ends_over_the_context_and_keeps_the_caption():
+    from vlprompt.toyworld.pretrain_clip2 import SpeciesCaptionStream
+
+    plain = SpeciesCaptionStream("vlprompt-toyclip2", 128, 0, 0.5, 0.4, 0.6, 0.3)
+    chatty = SpeciesCaptionStream("vlprompt-toyclip2", 128, 0, 0.5, 0.4, 0.6, 0.3, chatter_share=0.5)
+    _, texts = plain.batch(torch.Generator().manual_seed(0), random.Random(0))
+    _, again = SpeciesCaptionStream("vlprompt-toyclip2", 128, 0, 0.5, 0.4, 0.6, 0.3, chatter_share=0.0).batch(
+        torch.Generator().manual_seed(0), random.Random(0))
+    assert texts == again  # chatter_share 0 draws nothing: the stream is the one the shipped recipes saw
+    rng = random.Random(1)
+    longer = [chatty.chatter(t, rng) for t in texts]
+    assert all(c.endswith(t) for c, t in zip(longer, texts))
+    ends = chatty.tokenizer(longer).argmax(-1)
+    assert int(ends.max()) == 31 and float((ends >= 20).float().mean()) > 0.3  # a caption may end anywhere
+    assert float((plain.tokenizer(texts).argmax(-1) >= 20).float().mean()) < 0.05
+    with pytest.raises(ValueError, match="chatter_share"):
+        SpeciesCaptionStream("vlprompt-toyclip2", 8, 0, 0.5, 0.4, 0.6, 0.3, chatter_share=-0.1)
+
+
+def test_pretraining_card_records_the_caption_stream_it_was_trained_on(tmp_path):
+    from vlprompt.toyworld.pretrain_clip2 import CLIP2Pretraining, SpeciesCaptionData
+
+    module = CLIP2Pretraining(export_path=str(tmp_path / "x.safetensors"), init_from=str(TOY2_CHECKPOINT))
+    module._trainer = SimpleNamespace(datamodule=SpeciesCaptionData(batch_size=8, num_workers=0, chatter_share=0.5))
+    extra = module.card_extra()
+    assert extra["init_from_sha256"] == file_sha256(TOY2_CHECKPOINT) and extra["world"] == "toyclip2"
+    assert extra["data"]["chatter_share"] == 0.5 and extra["data"]["batch_size"] == 8 and extra["data"]["style_share"] == 0.0
+
+
 def test_species_zero_shot_counts_the_best_matching_name():
     feats = torch.eye(3)
     assert species_zero_shot(feats, lambda texts: torch.eye(3)[[0, 2, 1]], torch.tensor([0, 2, 1]), ["a", "b", "c"]) == 1.0
@@ -296,6 +349,28 @@ def test_toyclip2_pretrain_yaml_parses_with_mocked_fit(monkeypatch, tmp_path):
     assert isinstance(model, CLIP2Pretraining) and isinstance(data, SpeciesCaptionData)
     assert model.model_name == "vlprompt-toyclip2" and model.hparams.init_from.endswith("vlprompt-toyclip.safetensors")
     assert model.init_sha256 == file_sha256(TOY_CHECKPOINT)  # continues the first toy CLIP, recorded on the card
+
+
+def test_toyclip2_chatter_trial_yaml_continues_the_shipped_model_with_chatter(monkeypatch, tmp_path):
+    import lightning.pytorch as pl
+
+    from vlprompt.cli.pretrain import pretrain_main
+    from vlprompt.toyworld.pretrain_clip2 import CLIP2Pretraining, SpeciesCaptionData
+
+    shipped, trial = (yaml.safe_load((CONFIGS / "pretrain" / f"{n}.yaml").read_text()) for n in ("toyclip2", "toyclip2_chatter"))
+    assert trial["model"]["init_args"]["init_from"] == shipped["model"]["init_args"]["export_path"]
+    assert trial["model"]["init_args"]["export_path"].startswith("runs/")  # a trial never overwrites the shipped file
+    assert trial["data"]["init_args"].pop("chatter_share") == 0.5 and "chatter_share" not in shipped["data"]["init_args"]
+    assert {k: v for k, v in trial["data"]["init_args"].items() if k != "seed"} == {
+        k: v for k, v in shipped["data"]["init_args"].items() if k != "seed"}  # the same stream, plus chatter
+    monkeypatch.chdir(CONFIGS.parent)
+    called = {}
+    monkeypatch.setattr(pl.Trainer, "fit", lambda self, model, datamodule=None, **kw: called.setdefault("fit", (model, datamodule)))
+    pretrain_main(["--config", str(CONFIGS / "pretrain" / "toyclip2_chatter.yaml"),
+                   "--model.init_args.export_path", str(tmp_path / "x.safetensors")])
+    model, data = called["fit"]
+    assert isinstance(model, CLIP2Pretraining) and isinstance(data, SpeciesCaptionData)
+    assert data.stream.chatter_share == 0.5 and model.init_sha256 == file_sha256(TOY2_CHECKPOINT)
 
 
 def test_report_accuracy_is_the_percent_of_best_matching_rows():

@@ -13,6 +13,10 @@ Each batch pairs half of its scenes with hard negatives (images ``i`` and ``b-1-
 - otherwise the same scene with **one attribute changed** (colour, accent, texture, shape, size, position or
   background); both captions must settle it (a species name settles its look).
 
+``chatter_share`` puts a share of the captions after a prefix of web chatter that brings them to a random length up
+to the context length (:meth:`SpeciesCaptionStream.chatter`; the trial ``configs/pretrain/toyclip2_chatter.yaml``,
+not shipped: docs/toyclip2-design.md).
+
 ``init_from`` starts from a checkpoint of the same architecture (e.g. the first toy CLIP) instead of random
 weights; the card records its path and sha256. The monitor adds, to the first world's attribute zero-shot, the
 second world's zero-shot on held-out clean scenes of named kinds (seed 54321): 64-way by name and by synonym,
@@ -34,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlprompt.backbones.open_clip import file_sha256
 from vlprompt.backbones.toyclip import TOY2_MODEL  # registers the toy configs with open_clip
-from vlprompt.data.toyworld.captions2 import caption2, object_words
+from vlprompt.data.toyworld.captions2 import caption2, object_words, with_chatter
 from vlprompt.data.toyworld.lexicon import (PATTERNED, SPECIES, TIER_WEIGHTS, Species, sample_species_scene, species_in,
                                             species_of)
 from vlprompt.data.toyworld.render import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, STYLES, TEXTURES, Scene, render
@@ -104,7 +108,8 @@ class SpeciesCaptionStream(IterableDataset):
     def __init__(self, model: str, batch_size: int, seed: int, hard_negative_fraction: float,
                  sibling_share: float, species_fraction: float, distractor_rate: float,
                  name_share: float = 0.55, synonym_share: float = 0.25,
-                 tier_name_share: dict[str, float] | None = None, style_share: float = 0.0) -> None:
+                 tier_name_share: dict[str, float] | None = None, style_share: float = 0.0,
+                 chatter_share: float = 0.0) -> None:
         if tier_name_share is not None:
             missing = sorted(set(TIER_WEIGHTS) - set(tier_name_share))
             bad = {k: v for k, v in tier_name_share.items() if k not in TIER_WEIGHTS or not 0.0 <= float(v) <= 1.0}
@@ -113,6 +118,8 @@ class SpeciesCaptionStream(IterableDataset):
                                  f"{sorted(TIER_WEIGHTS)} (missing {missing}, invalid {bad}), one of them above 0")
         if not 0.0 <= style_share <= 1.0:
             raise ValueError(f"style_share={style_share!r} must lie in [0, 1] (share of images in a non-clean style)")
+        if not 0.0 <= chatter_share <= 1.0:
+            raise ValueError(f"chatter_share={chatter_share!r} must lie in [0, 1] (share of captions after web chatter)")
         self.model = model
         self.batch_size = batch_size
         self.seed = seed
@@ -124,6 +131,8 @@ class SpeciesCaptionStream(IterableDataset):
         self.synonym_share = synonym_share
         self.tier_name_share = None if tier_name_share is None else {k: float(v) for k, v in tier_name_share.items()}
         self.style_share = style_share
+        self.chatter_share = chatter_share
+        self.tokenizer = open_clip.get_tokenizer(model)
 
     def name_share_of(self, species: Species | None) -> float:
         """Chance that a caption of this kind names it (its tier's share, else ``name_share``)."""
@@ -151,17 +160,29 @@ class SpeciesCaptionStream(IterableDataset):
         texts = [caption2(object_words(scene, k, species[k]), rng, require=require[k], distractor_rate=self.distractor_rate,
                           name_share=self.name_share_of(species[k]), synonym_share=self.synonym_share)
                  for k in range(self.batch_size)]
+        if self.chatter_share > 0.0:
+            texts = [self.chatter(t, rng) if rng.random() < self.chatter_share else t for t in texts]
         return images, texts
+
+    def chatter(self, text: str, rng: random.Random) -> str:
+        """``text`` after a prefix of web chatter (:func:`~vlprompt.data.toyworld.captions2.with_chatter`) that
+        brings it to a length drawn uniformly between its own and the context length, so the end token is seen
+        at every position a prompt learner's context can push it to."""
+        def count(s: str) -> int:
+            return len(self.tokenizer.encode(s))
+
+        room = self.tokenizer.context_length - 2  # start and end tokens
+        own = count(text)
+        return with_chatter(text, rng, rng.randint(min(own + 1, room), room), count)
 
     def __iter__(self):
         info = get_worker_info()
         wid = 0 if info is None else info.id
         g = torch.Generator().manual_seed(self.seed * 100_003 + wid + 7)
         rng = random.Random(self.seed * 100_003 + wid + 7)
-        tokenizer = open_clip.get_tokenizer(self.model)
         while True:
             images, texts = self.batch(g, rng)
-            yield images, tokenizer(texts)
+            yield images, self.tokenizer(texts)
 
 
 class SpeciesCaptionData(pl.LightningDataModule):
@@ -179,18 +200,23 @@ class SpeciesCaptionData(pl.LightningDataModule):
             ``None``: ``name_share`` for every kind.
         style_share: share of images rendered in a non-clean photography (noise, low contrast, blur, sketch;
             uniform), so zero-shot pays little for a dataset's photography; 0 renders every image clean.
+        chatter_share: share of captions after a prefix of web chatter (web words and file names;
+            :meth:`SpeciesCaptionStream.chatter`) that brings them to a random length up to the context length, so
+            the text tower learns, as real CLIP did from web alt-text, that words it cannot ground say nothing
+            about the image and that a caption may end anywhere in the context; 0 leaves the captions as they are.
     """
 
     def __init__(
         self, *, model: str = TOY2_MODEL, batch_size: int = 256, num_workers: int = 1, seed: int = 0,
         hard_negative_fraction: float = 0.5, sibling_share: float = 0.4, species_fraction: float = 0.6,
         distractor_rate: float = 0.3, name_share: float = 0.55, synonym_share: float = 0.25,
-        tier_name_share: dict[str, float] | None = None, style_share: float = 0.0,
+        tier_name_share: dict[str, float] | None = None, style_share: float = 0.0, chatter_share: float = 0.0,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()
         self.stream = SpeciesCaptionStream(model, batch_size, seed, hard_negative_fraction, sibling_share,
                                            species_fraction, distractor_rate, name_share, synonym_share,
-                                           tier_name_share, style_share)
+                                           tier_name_share, style_share, chatter_share)
         self.num_workers = num_workers
 
     def train_dataloader(self) -> DataLoader:
@@ -279,4 +305,7 @@ class CLIP2Pretraining(CLIPPretraining):
         return acc
 
     def card_extra(self) -> dict:
-        return {"init_from": self.hparams.init_from, "init_from_sha256": self.init_sha256, "world": "toyclip2"}
+        """The checkpoint the run continued, and the caption stream's settings (the datamodule's arguments)."""
+        data = getattr(self.trainer, "datamodule", None)
+        return {"init_from": self.hparams.init_from, "init_from_sha256": self.init_sha256, "world": "toyclip2",
+                **({"data": dict(data.hparams)} if data is not None and data.hparams else {})}

@@ -4,7 +4,8 @@ The first world's captions (``captions.py``) describe attributes only. Here a ca
 species (``a lemon``), its synonym (``a citron``), its family (``a fruit``, ``a jewel``), a definition that ties
 the name to its look (``a lemon, a teal fruit with blue checks``), or, for a free object, its attributes with
 the accent colour of the pattern (``a small teal circle with blue checks``). Some captions carry words that say
-nothing about the image (``my``, ``look at``, ``for sale``, ``#toys``), as web captions do.
+nothing about the image (``my``, ``look at``, ``for sale``, ``#toys``), as web captions do; :func:`with_chatter`
+puts a longer prefix of such chatter (``weekend dsc0417 download``) before a caption, up to a token budget.
 
 Like the first world's, these captions never use the zero-shot template ``a photo of a ...``, so the template
 a learner starts from is not what pretraining saw.
@@ -45,8 +46,33 @@ DISTRACTOR_PREFIXES = ("look at", "my", "here is", "wow,", "today:", "new:", "cu
                        "picture:", "this is", "so nice,")
 DISTRACTOR_SUFFIXES = ("for sale", "lol", "#toys", "#art", "in my collection", "from yesterday", "hd",
                        "(free)", "again", "!!", "by me", "2024")
+#: stems of the file names in web chatter (``dsc0417``)
+CHATTER_STEMS = ("img", "dsc", "pic", "vid", "scan", "file", "cam", "p", "x")
 HIERARCHY_FORMS = ("{name}, a kind of {family}", "a {family} called {name}", "{name} ({family})", "a {name} {family}",
                    "the {family} known as {name}")
+
+
+#: every word a caption of either world may use; a chatter word is never one of them
+CAPTION_WORDS: frozenset[str] = frozenset(
+    word.strip(",:!()#").lower()
+    for phrase in (*[w for s in SPECIES_BY_NAME.values() for w in (s.name, s.synonym)], *FAMILIES, *FAMILIES.values(),
+                   *FAMILY_SYNONYMS.values(), *COLOURS, *SHAPES, *TEXTURES, *SIZES, *POSITIONS, *BACKGROUNDS,
+                   *[p for d in (POSITION_PHRASES, BACKGROUND_PHRASES, SIZE_WORDS, ONE_TONE, PATTERN_NOUN, PATTERN_WITH)
+                     for ps in d.values() for p in ps], *PATTERN_ADJ.values(), *GENERIC_NOUNS, *DISTRACTOR_PREFIXES,
+                   *DISTRACTOR_SUFFIXES, *HIERARCHY_FORMS)
+    for word in phrase.split()
+)
+
+
+#: words of web chatter that say nothing about a toy-world image (the world never shows what they name)
+CHATTER_WORDS: tuple[str, ...] = tuple(w for w in """
+    vintage summer winter spring autumn wedding party birthday holiday travel family friends weekend sunday monday
+    morning evening love best free deal shop store online download wallpaper desktop mobile share follow like comment
+    subscribe post blog review unboxing tutorial diy craft handmade gift idea inspiration decor design fashion trend
+    modern classic retro original official exclusive limited edition series number part episode season update version
+    final draft copy backup archive old random stuff things misc various pack bundle kit bag home garden kitchen office
+    school work project team club event show fair market festival trip tour city town village street park beach lake
+    river hill road north south east west night week month year tomorrow soon later""".split() if w not in CAPTION_WORDS)
 
 
 def object_words(scene: Scene, index: int, species: Species | None) -> dict[str, str | None]:
@@ -157,6 +183,33 @@ def caption2(words: dict[str, str | None], rng: random.Random, *, require: tuple
     if rng.random() < distractor_rate:
         text = f"{text} {rng.choice(DISTRACTOR_SUFFIXES)}"
     return text
+
+
+def chatter_word(rng: random.Random) -> str:
+    """One word of web chatter that says nothing about the image: a word of :data:`CHATTER_WORDS` (``weekend``,
+    ``download``; 70 %) or a file name (``dsc0417``). Both are made of tokens that pretraining sees again and
+    again, as every token of real CLIP's vocabulary was seen in its alt-text; strings of random letters are not
+    drawn, since their rare tokens would keep the embeddings of their random initialisation, and the text tower
+    would learn to ignore exactly what a randomly initialised prompt context looks like."""
+    if rng.random() < 0.7:
+        return rng.choice(CHATTER_WORDS)
+    return f"{rng.choice(CHATTER_STEMS)}{rng.randint(0, 9999):04d}"
+
+
+def with_chatter(text: str, rng: random.Random, target: int, count_tokens) -> str:
+    """``text`` after a prefix of :func:`chatter_word` words, as long as the whole stays within ``target`` tokens
+    (``count_tokens(str) -> int``, the tokenizer's count without start and end tokens); ``text`` itself when even
+    one word would not fit. Words that the caption vocabulary knows are never drawn."""
+    out = text
+    for _ in range(64):
+        word = chatter_word(rng)
+        while word in CAPTION_WORDS:
+            word = chatter_word(rng)
+        longer = f"{word} {out}"
+        if count_tokens(longer) > target:
+            break
+        out = longer
+    return out
 
 
 def _species_name(name: str, rng: random.Random, synonym_share: float) -> str:
