@@ -14,6 +14,7 @@ import pytest
 from vlprompt.leaderboards.build import build_leaderboards
 from vlprompt.leaderboards.html import render_html
 from vlprompt.leaderboards.reported import (
+    rank_agreement,
     AVERAGE_DATASET,
     COOP_DATASETS,
     ReportedError,
@@ -167,3 +168,56 @@ def test_page_says_why_nothing_is_compared(tmp_path):
     build_leaderboards(tmp_path / "results", tmp_path / "lb", reported_dir=tmp_path / "reported")
     text = (tmp_path / "lb" / "base2new" / "coop11" / "README.md").read_text()
     assert "no row here ran that backbone (ours: vlprompt-toyclip)" in text
+
+
+def _csv_row(dataset, learner, base, new, model="toy"):
+    return {"protocol": "base2new", "dataset": dataset, "learner": learner, "backbone_model": model,
+            "base": str(base), "new": str(new)}
+
+
+def _average(learner, hm, learner_id=None):
+    entry = {"protocol": "base2new", "learner": learner, "dataset": "average (11 datasets)", "hm": hm,
+             "source": f"paper of {learner}"}
+    return {**entry, "learner_id": learner_id or learner.lower()}
+
+
+def test_rank_agreement_averages_base_and_new_over_the_datasets_then_ranks():
+    rows = [_csv_row(d, "zero_shot", 70, 80) for d in ("a", "b")]
+    rows += [_csv_row("a", "coop", 90, 60), _csv_row("b", "coop", 80, 70)]           # HM(85, 65) = 73.67
+    rows += [_csv_row("a", "maple (prompt_depth=3)", 90, 80), _csv_row("b", "maple (prompt_depth=3)", 90, 80)]
+    rows += [_csv_row("a", "coop (n_ctx=4)", 99, 99), _csv_row("b", "coop (n_ctx=4)", 99, 99)]
+    rows += [_csv_row("a", "vpt", 99, 99)]                                         # not on every dataset: left out
+    rows += [_csv_row("a", "coop", 0, 0, model="other")]                           # another backbone: ignored
+    reported = [_average("CLIP", 71.5, "zero_shot"), _average("CoOp", 71.66), _average("MaPLe", 78.55),
+                _average("MaPLe", 10.0), _average("VPT", 76.68), {**_average("KgCoOp", 77.0), "hm": None}]
+    out = rank_agreement(rows, reported, backbone_model="toy")
+    assert out["datasets"] == ["a", "b"] and set(out["pairs"]) == {"zero_shot", "coop", "maple"}
+    assert out["pairs"]["coop"]["label"] == "coop" and out["pairs"]["coop"]["ours"] == pytest.approx(2 * 85 * 65 / 150)
+    assert out["pairs"]["maple"]["reported"] == 78.55  # the first average of a learner
+    assert out["spearman"] == pytest.approx(0.5) and out["n"] == 3  # ours coop < zero_shot < maple, reported the swap
+    labelled = rank_agreement(rows, reported, backbone_model="toy", labels={"coop": "coop (n_ctx=4)"})
+    assert labelled["pairs"]["coop"]["ours"] == pytest.approx(99.0) and labelled["spearman"] == pytest.approx(0.5)
+    assert rank_agreement(rows[:2], reported, backbone_model="toy")["spearman"] is None
+
+
+def test_leaderboard_correlate_prints_the_measurement(tmp_path, capsys):
+    import csv
+
+    from vlprompt.cli.leaderboard import leaderboard_main
+
+    rows = [_csv_row(d, name, b, n) for d in ("a", "b") for name, b, n in
+            (("zero_shot", 70, 80), ("coop", 90, 60), ("maple", 90, 85))]
+    with (tmp_path / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "reported").mkdir()
+    (tmp_path / "reported" / "b2n.yaml").write_text(
+        "protocol: base2new\nbackbone: ViT-B/16\nentries:\n"
+        "  - {learner: CLIP (zero-shot), learner_id: zero_shot, dataset: average (11 datasets), hm: 71.7, source: s}\n"
+        "  - {learner: CoOp, dataset: average (11 datasets), hm: 71.66, source: s}\n"
+        "  - {learner: MaPLe, dataset: average (11 datasets), hm: 78.55, source: s}\n")
+    argv = ["correlate", str(tmp_path / "results.csv"), "--backbone", "toy", "--reported", str(tmp_path / "reported")]
+    assert leaderboard_main(argv) == 0
+    assert "Spearman rank correlation +1.000 over 3 learners" in capsys.readouterr().out
+    assert leaderboard_main(["correlate", str(tmp_path / "missing.csv"), "--backbone", "toy"]) == 2

@@ -13,9 +13,9 @@ from rich.table import Table
 
 from vlprompt.leaderboards.build import DEFAULT_OUT, build_leaderboards
 from vlprompt.leaderboards.html import build_html_leaderboards
-from vlprompt.leaderboards.reported import load_reported
+from vlprompt.leaderboards.reported import load_reported, rank_agreement
 from vlprompt.leaderboards.wandb import push_leaderboards
-from vlprompt.runs.results import ResultError, migrate_results
+from vlprompt.runs.results import ResultError, migrate_results, read_leaderboard_csv
 from vlprompt.runs.wandb_logging import wandb_mode
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,33 @@ def _migrate_main(args: argparse.Namespace) -> int:
     return 1 if (args.check and changed) else 0
 
 
+def _correlate_main(args: argparse.Namespace) -> int:
+    try:
+        rows = read_leaderboard_csv(args.results_csv)
+        result = rank_agreement(rows, load_reported(args.reported), backbone_model=args.backbone,
+                                protocol=args.protocol)
+    except (FileNotFoundError, ResultError) as exc:
+        log.error("%s", exc)
+        return 2
+    table = Table(title=f"{args.protocol} averages over {len(result['datasets'])} datasets ({args.backbone}) "
+                        f"against the reported ones")
+    for head in ("learner", "our HM of the averages", "reported HM", "reported source"):
+        table.add_column(head)
+    for learner_id, pair in sorted(result["pairs"].items(), key=lambda kv: -kv[1]["reported"]):
+        table.add_row(pair["label"], f"{pair['ours']:.2f}", f"{pair['reported']:.2f}", str(pair["source"]))
+    console = Console(width=200)
+    console.print(table)
+    if result["spearman"] is None:
+        console.print(f"{result['n']} learner(s) on both sides: a rank correlation needs at least 3")
+        return 1
+    console.print(f"Spearman rank correlation {result['spearman']:+.3f} over {result['n']} learners "
+                  f"(p = {result['p_value']:.3f}); datasets: {', '.join(result['datasets'])}")
+    return 0
+
+
 def leaderboard_main(argv: Sequence[str]) -> int:
-    """``vlprompt leaderboard build RESULTS_DIR [--out DIR]`` / ``push RESULTS_DIR --wandb`` / ``migrate RESULTS_DIR``;
-    returns the exit status."""
+    """``vlprompt leaderboard build RESULTS_DIR [--out DIR]`` / ``push RESULTS_DIR --wandb`` / ``migrate RESULTS_DIR``
+    / ``correlate RESULTS_CSV --backbone MODEL``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="vlprompt leaderboard", description="Build leaderboards from result JSONs.")
     sub = parser.add_subparsers(dest="action", required=True)
     build = sub.add_parser("build", help="write <out>/<protocol>/<benchmark>/README.md and results.csv")
@@ -115,6 +139,12 @@ def leaderboard_main(argv: Sequence[str]) -> int:
     migrate.add_argument("results_dir", help="folder of result JSON files (searched recursively), rewritten in place")
     migrate.add_argument("--check", action="store_true",
                          help="only list the files that would change; exit 1 if any would")
+    correlate = sub.add_parser("correlate", help="rank correlation of a leaderboard's learner averages with the "
+                                                 "reported averages (a measurement)")
+    correlate.add_argument("results_csv", help="a built leaderboard's results.csv")
+    correlate.add_argument("--backbone", required=True, help="backbone model of the rows to use, e.g. vlprompt-toyclip2")
+    correlate.add_argument("--protocol", default="base2new", help="protocol of the rows and reported entries")
+    correlate.add_argument("--reported", default="leaderboards/reported", help="folder of reported numbers (*.yaml)")
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:  # argparse already printed usage / help
@@ -123,6 +153,8 @@ def leaderboard_main(argv: Sequence[str]) -> int:
         return _push_main(args)
     if args.action == "migrate":
         return _migrate_main(args)
+    if args.action == "correlate":
+        return _correlate_main(args)
     results_dir = Path(args.results_dir)
     if not results_dir.is_dir():
         log.error(

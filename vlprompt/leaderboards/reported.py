@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +326,50 @@ def unmatched_note(rows: Sequence[Mapping[str, Any]], page_reported: Sequence[Ma
     ours = sorted({str(result_backbone(r).get("model") or "?") for r in rows})
     return (f"Papers report numbers on this page's datasets for {', '.join(wanted)}; no row here ran that backbone "
             f"(ours: {', '.join(ours)}), so none is compared.")
+
+
+def rank_agreement(rows: Iterable[Mapping[str, Any]], reported: Iterable[Mapping[str, Any]], *, backbone_model: str,
+                   protocol: str = "base2new", labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Spearman rank correlation between our learners' averages and the reported ones, as a measurement.
+
+    ``rows``: leaderboard CSV rows (``protocol``, ``dataset``, ``learner`` label, ``backbone_model``, ``base``,
+    ``new``); only ``backbone_model``'s rows of ``protocol`` count. Our average of a learner is the HM of its base
+    and new accuracies averaged over the datasets, the reported averages' convention; a learner counts only with a
+    row on every dataset that has a ``zero_shot`` row. ``reported``: :func:`load_reported` entries; those of
+    ``protocol`` whose dataset starts with ``average`` (the first per ``learner_id``). ``labels``: learner_id -> the
+    leaderboard label that stands for it; by default the label equal to the learner_id, else the only label whose
+    learner name (before `` (``) is the learner_id (a learner with several labels and none given is left out).
+
+    Returns ``{pairs: {learner_id: {label, ours, reported, source}}, datasets: [names], n, spearman, p_value}``
+    (``spearman`` and ``p_value`` ``None`` below 3 pairs).
+    """
+    from scipy.stats import spearmanr  # deferred: scipy is heavy and only this measurement needs it
+
+    by_dataset: dict[str, dict[str, Mapping[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        if row.get("backbone_model") == backbone_model and row.get("protocol") == protocol:
+            by_dataset[str(row["dataset"])][str(row["learner"])] = row
+    datasets = sorted(d for d, learners in by_dataset.items() if "zero_shot" in learners)
+    published: dict[str, Mapping[str, Any]] = {}
+    for entry in reported:
+        if (entry.get("protocol") == protocol and str(entry.get("dataset", "")).startswith("average")
+                and entry.get("hm") is not None):
+            published.setdefault(str(entry["learner_id"]), entry)
+    all_labels = {label for d in datasets for label in by_dataset[d]}
+    pairs: dict[str, dict[str, Any]] = {}
+    for learner_id, entry in published.items():
+        label = (labels or {}).get(learner_id)
+        if label is None:
+            named = sorted(lab for lab in all_labels if lab.split(" (")[0] == learner_id)
+            label = learner_id if learner_id in named else (named[0] if len(named) == 1 else None)
+        if label is None or not datasets or any(label not in by_dataset[d] for d in datasets):
+            continue
+        base = sum(float(by_dataset[d][label]["base"]) for d in datasets) / len(datasets)
+        new = sum(float(by_dataset[d][label]["new"]) for d in datasets) / len(datasets)
+        pairs[learner_id] = {"label": label, "ours": harmonic_mean(base, new), "reported": float(entry["hm"]),
+                             "source": entry.get("source")}
+    rho = p_value = None
+    if len(pairs) >= 3:
+        result = spearmanr([p["ours"] for p in pairs.values()], [p["reported"] for p in pairs.values()])
+        rho, p_value = float(result.statistic), float(result.pvalue)
+    return {"pairs": pairs, "datasets": datasets, "n": len(pairs), "spearman": rho, "p_value": p_value}

@@ -8,6 +8,7 @@ package versions, device, git state, wall time, creation time). Leaderboards are
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import importlib.metadata
 import json
@@ -58,7 +59,7 @@ __all__ = [
     "make_result", "peak_rss_mib",
     "write_result", "load_result", "load_results", "print_summary", "summary_notes", "METRIC_NOTES", "PACKAGE_SCHEME", "RESULTS_SCHEME",
     "EXTERNAL_SCHEME", "portable_path", "portable_text", "portable_result", "resolve_recorded_path",
-    "migrate_results", "find_absolute_paths",
+    "migrate_results", "find_absolute_paths", "read_leaderboard_csv",
 ]
 
 
@@ -679,3 +680,14 @@ def summary_notes(result: Mapping[str, Any], keys: Sequence[str] | None = None) 
     elif len(result.get("per_seed") or []) > 1:
         lines.append(f"mean row: mean and std over the {len(result['per_seed'])} seeds")
     return lines
+
+
+def read_leaderboard_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Rows of a built leaderboard's ``results.csv`` (``vlprompt leaderboard build``), as strings;
+    ``FileNotFoundError`` naming the file and the command that builds it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; build it with `vlprompt leaderboard build "
+                                f"leaderboards/results --out leaderboards`")
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

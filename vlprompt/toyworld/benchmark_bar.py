@@ -19,12 +19,13 @@ leaderboards.
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from vlprompt.runs.results import read_leaderboard_csv
 
 #: leaderboard labels of the learner configurations the bar names
 ZERO_SHOT = "zero_shot"
@@ -35,14 +36,8 @@ ZS_BASE_MAX, HM_MAX = 90.0, 98.0
 SEG_ZS_BAND, SEG_MIN_GAIN = (15.0, 60.0), 10.0
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a leaderboard ``results.csv`` (``FileNotFoundError`` naming the file and the build command)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; build it with `vlprompt leaderboard build "
-                                f"leaderboards/results --out leaderboards`")
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+#: rows of a built leaderboard's results.csv (:func:`vlprompt.runs.results.read_leaderboard_csv`)
+read_rows = read_leaderboard_csv
 
 
 def _num(row: Mapping, key: str) -> float | None:
