@@ -96,5 +96,8 @@ def test_committed_second_toy_suite_has_every_row_at_five_seeds(repo):
     verdict = classification_bar(rows)
     assert len(verdict["datasets"]) == 6
     assert all(e["coop16"] and e["coop4"] for e in verdict["datasets"].values())
-    suite = [r for r in rows if r["backbone_model"] == "vlprompt-toyclip2"]
+    toy2 = [r for r in rows if r["backbone_model"] == "vlprompt-toyclip2"]
+    suite = [r for r in toy2 if r["learner"].split(" (")[0] in ("zero_shot", "coop")]
     assert len(suite) == 18 and {r["n_seeds"] for r in suite} == {"5"}
+    zoo = [r for r in toy2 if r not in suite]  # sweeps/toy2_zoo.yaml: four learners x six datasets, seeds 1-3
+    assert len(zoo) == 24 and {r["n_seeds"] for r in zoo} == {"3"}
