@@ -35,6 +35,7 @@ from vlprompt.data.toyworld.lexicon import (
     PATTERNED,
     SPECIES,
     SPECIES_BY_LOOK,
+    SPECIES_BY_NAME,
     sample_species_scene,
     species_in,
     species_of,
@@ -271,6 +272,41 @@ def test_pretraining_card_records_the_caption_stream_it_was_trained_on(tmp_path)
     extra = module.card_extra()
     assert extra["init_from_sha256"] == file_sha256(TOY2_CHECKPOINT) and extra["world"] == "toyclip2"
     assert extra["data"]["chatter_share"] == 0.5 and extra["data"]["batch_size"] == 8 and extra["data"]["style_share"] == 0.0
+
+
+def test_confusers_cycle_within_a_family_and_tier():
+    from vlprompt.toyworld.pretrain_clip2 import confuser_cycle
+
+    cycle = confuser_cycle({"regular": 0.3, "rare": 0.0})
+    regular = [s for s in SPECIES if s.tier == "regular"]
+    assert set(cycle) == {s.name for s in regular}
+    assert all(c.family == SPECIES_BY_NAME[n].family and c.tier == "regular" and c.name != n for n, c in cycle.items())
+    assert sorted(c.name for c in cycle.values()) == sorted(cycle)  # a permutation: every kind is someone's confuser
+
+
+def test_name_noise_calls_a_kind_by_its_confuser_unless_it_must_settle_the_species():
+    from vlprompt.toyworld.pretrain_clip2 import SpeciesCaptionStream
+
+    plain = SpeciesCaptionStream("vlprompt-toyclip2", 64, 0, 0.5, 0.4, 0.6, 0.3)
+    noisy = SpeciesCaptionStream("vlprompt-toyclip2", 64, 0, 0.5, 0.4, 0.6, 0.3, name_noise={"regular": 0.4})
+    g, rng = torch.Generator().manual_seed(0), random.Random(0)
+    swapped = kept = 0
+    for _ in range(6):
+        scene, species = sample_species_scene(64, generator=g)
+        for k in range(64):
+            s = species[k]
+            assert plain.words(scene, k, s, (), rng) == object_words(scene, k, s)
+            assert noisy.words(scene, k, s, ("species",), rng) == object_words(scene, k, s)
+            words = noisy.words(scene, k, s, (), rng)
+            if s is None or s.tier != "regular":
+                assert words == object_words(scene, k, s)
+                continue
+            swapped += words["species"] == noisy.confusers[s.name].name
+            kept += words["species"] == s.name
+    assert swapped + kept > 40 and 0.25 < swapped / (swapped + kept) < 0.55
+    for bad in ({"regular": 0.5}, {"legendary": 0.1}):
+        with pytest.raises(ValueError, match="name_noise"):
+            SpeciesCaptionStream("vlprompt-toyclip2", 8, 0, 0.5, 0.4, 0.6, 0.3, name_noise=bad)
 
 
 def test_species_zero_shot_counts_the_best_matching_name():

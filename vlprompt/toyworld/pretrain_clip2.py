@@ -102,6 +102,19 @@ def make_hard_negatives(scene: Scene, species: list[Species | None], n_pairs: in
     return require
 
 
+def confuser_cycle(tiers: dict[str, float]) -> dict[str, Species]:
+    """Each named kind of a tier with a share above 0 in ``tiers`` -> its confuser: the next kind of the same family
+    and tier, by name, in a cycle (``{"regular": 0.3}``: each regular fruit points at another regular fruit)."""
+    out: dict[str, Species] = {}
+    for family in sorted({s.family for s in SPECIES}):
+        for tier, share in sorted(tiers.items()):
+            kinds = sorted((s for s in SPECIES if s.family == family and s.tier == tier and share > 0),
+                           key=lambda s: s.name)
+            for i, kind in enumerate(kinds if len(kinds) > 1 else []):
+                out[kind.name] = kinds[(i + 1) % len(kinds)]
+    return out
+
+
 class SpeciesCaptionStream(IterableDataset):
     """Endless batches ``(images [B, 3, S, S] float, tokens [B, L] long)`` of second-world scenes and captions."""
 
@@ -109,7 +122,7 @@ class SpeciesCaptionStream(IterableDataset):
                  sibling_share: float, species_fraction: float, distractor_rate: float,
                  name_share: float = 0.55, synonym_share: float = 0.25,
                  tier_name_share: dict[str, float] | None = None, style_share: float = 0.0,
-                 chatter_share: float = 0.0) -> None:
+                 chatter_share: float = 0.0, name_noise: dict[str, float] | None = None) -> None:
         if tier_name_share is not None:
             missing = sorted(set(TIER_WEIGHTS) - set(tier_name_share))
             bad = {k: v for k, v in tier_name_share.items() if k not in TIER_WEIGHTS or not 0.0 <= float(v) <= 1.0}
@@ -118,6 +131,10 @@ class SpeciesCaptionStream(IterableDataset):
                                  f"{sorted(TIER_WEIGHTS)} (missing {missing}, invalid {bad}), one of them above 0")
         if not 0.0 <= style_share <= 1.0:
             raise ValueError(f"style_share={style_share!r} must lie in [0, 1] (share of images in a non-clean style)")
+        if name_noise is not None and (set(name_noise) - set(TIER_WEIGHTS)
+                                       or any(not 0.0 <= float(v) < 0.5 for v in name_noise.values())):
+            raise ValueError(f"name_noise={name_noise!r}: give tiers of {sorted(TIER_WEIGHTS)} with a share in [0, 0.5) "
+                             "(at 0.5 or more a kind's caption would name its confuser as often as itself)")
         if not 0.0 <= chatter_share <= 1.0:
             raise ValueError(f"chatter_share={chatter_share!r} must lie in [0, 1] (share of captions after web chatter)")
         self.model = model
@@ -132,6 +149,8 @@ class SpeciesCaptionStream(IterableDataset):
         self.tier_name_share = None if tier_name_share is None else {k: float(v) for k, v in tier_name_share.items()}
         self.style_share = style_share
         self.chatter_share = chatter_share
+        self.name_noise = None if not name_noise else {k: float(v) for k, v in name_noise.items()}
+        self.confusers = confuser_cycle(self.name_noise) if self.name_noise else {}
         self.tokenizer = open_clip.get_tokenizer(model)
 
     def name_share_of(self, species: Species | None) -> float:
@@ -157,12 +176,24 @@ class SpeciesCaptionStream(IterableDataset):
         n_pairs = int(self.batch_size * self.hard) // 2
         require = make_hard_negatives(scene, species, n_pairs, rng, self.sibling_share, self.tier_name_share)
         images, _ = render(scene, generator=g, style=self.styles(n_pairs, rng))
-        texts = [caption2(object_words(scene, k, species[k]), rng, require=require[k], distractor_rate=self.distractor_rate,
-                          name_share=self.name_share_of(species[k]), synonym_share=self.synonym_share)
+        texts = [caption2(self.words(scene, k, species[k], require[k], rng), rng, require=require[k],
+                          distractor_rate=self.distractor_rate, name_share=self.name_share_of(species[k]),
+                          synonym_share=self.synonym_share)
                  for k in range(self.batch_size)]
         if self.chatter_share > 0.0:
             texts = [self.chatter(t, rng) if rng.random() < self.chatter_share else t for t in texts]
         return images, texts
+
+    def words(self, scene: Scene, k: int, species: Species | None, require: tuple[str, ...],
+              rng: random.Random) -> dict[str, str | None]:
+        """Image ``k``'s words (:func:`object_words`); with ``name_noise``, a kind of a noisy tier is given its
+        confuser's name (:func:`confuser_cycle`) with its tier's chance, as alt-text calls a lime a lemon, unless
+        its caption must settle the species (a sibling pair)."""
+        words = object_words(scene, k, species)
+        if self.name_noise and species is not None and species.name in self.confusers and "species" not in require:
+            if rng.random() < self.name_noise.get(species.tier, 0.0):
+                words = {**words, "species": self.confusers[species.name].name}
+        return words
 
     def chatter(self, text: str, rng: random.Random) -> str:
         """``text`` after a prefix of web chatter (:func:`~vlprompt.data.toyworld.captions2.with_chatter`) that
@@ -204,6 +235,8 @@ class SpeciesCaptionData(pl.LightningDataModule):
             :meth:`SpeciesCaptionStream.chatter`) that brings them to a random length up to the context length, so
             the text tower learns, as real CLIP did from web alt-text, that words it cannot ground say nothing
             about the image and that a caption may end anywhere in the context; 0 leaves the captions as they are.
+        name_noise: per tier, the chance that a kind's caption calls it by its confuser's name
+            (:meth:`SpeciesCaptionStream.words`), so zero-shot knows those kinds only partly; ``None``: never.
     """
 
     def __init__(
@@ -211,12 +244,13 @@ class SpeciesCaptionData(pl.LightningDataModule):
         hard_negative_fraction: float = 0.5, sibling_share: float = 0.4, species_fraction: float = 0.6,
         distractor_rate: float = 0.3, name_share: float = 0.55, synonym_share: float = 0.25,
         tier_name_share: dict[str, float] | None = None, style_share: float = 0.0, chatter_share: float = 0.0,
+        name_noise: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.stream = SpeciesCaptionStream(model, batch_size, seed, hard_negative_fraction, sibling_share,
                                            species_fraction, distractor_rate, name_share, synonym_share,
-                                           tier_name_share, style_share, chatter_share)
+                                           tier_name_share, style_share, chatter_share, name_noise)
         self.num_workers = num_workers
 
     def train_dataloader(self) -> DataLoader:
