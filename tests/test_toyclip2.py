@@ -387,26 +387,32 @@ def test_toyclip2_pretrain_yaml_parses_with_mocked_fit(monkeypatch, tmp_path):
     assert model.init_sha256 == file_sha256(TOY_CHECKPOINT)  # continues the first toy CLIP, recorded on the card
 
 
-def test_toyclip2_chatter_trial_yaml_continues_the_shipped_model_with_chatter(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name, levers", [
+    ("toyclip2_stage2", {"chatter_share": 0.5, "name_noise": {"common": 0.3, "regular": 0.3}}),
+    ("toyclip2_chatter", {"chatter_share": 0.5}),
+])
+def test_toyclip2_stage2_yamls_continue_stage1_with_levers(monkeypatch, tmp_path, name, levers):
     import lightning.pytorch as pl
 
     from vlprompt.cli.pretrain import pretrain_main
     from vlprompt.toyworld.pretrain_clip2 import CLIP2Pretraining, SpeciesCaptionData
 
-    shipped, trial = (yaml.safe_load((CONFIGS / "pretrain" / f"{n}.yaml").read_text()) for n in ("toyclip2", "toyclip2_chatter"))
-    assert trial["model"]["init_args"]["init_from"] == shipped["model"]["init_args"]["export_path"]
-    assert trial["model"]["init_args"]["export_path"].startswith("runs/")  # a trial never overwrites the shipped file
-    assert trial["data"]["init_args"].pop("chatter_share") == 0.5 and "chatter_share" not in shipped["data"]["init_args"]
-    assert {k: v for k, v in trial["data"]["init_args"].items() if k != "seed"} == {
-        k: v for k, v in shipped["data"]["init_args"].items() if k != "seed"}  # the same stream, plus chatter
+    stage1, stage2 = (yaml.safe_load((CONFIGS / "pretrain" / f"{n}.yaml").read_text()) for n in ("toyclip2", name))
+    assert stage2["model"]["init_args"]["init_from"] == stage1["model"]["init_args"]["export_path"]
+    assert stage1["model"]["init_args"]["export_path"].startswith("runs/")
+    assert {k: stage2["data"]["init_args"].pop(k) for k in levers} == levers
+    assert not set(levers) & set(stage1["data"]["init_args"])
+    assert {k: v for k, v in stage2["data"]["init_args"].items() if k != "seed"} == {
+        k: v for k, v in stage1["data"]["init_args"].items() if k != "seed"}  # the same stream, plus the levers
     monkeypatch.chdir(CONFIGS.parent)
     called = {}
     monkeypatch.setattr(pl.Trainer, "fit", lambda self, model, datamodule=None, **kw: called.setdefault("fit", (model, datamodule)))
-    pretrain_main(["--config", str(CONFIGS / "pretrain" / "toyclip2_chatter.yaml"),
-                   "--model.init_args.export_path", str(tmp_path / "x.safetensors")])
+    pretrain_main(["--config", str(CONFIGS / "pretrain" / f"{name}.yaml"), "--model.init_args.init_from",
+                   str(TOY2_CHECKPOINT), "--model.init_args.export_path", str(tmp_path / "x.safetensors")])
     model, data = called["fit"]
     assert isinstance(model, CLIP2Pretraining) and isinstance(data, SpeciesCaptionData)
     assert data.stream.chatter_share == 0.5 and model.init_sha256 == file_sha256(TOY2_CHECKPOINT)
+    assert data.stream.name_noise == levers.get("name_noise")
 
 
 def test_report_accuracy_is_the_percent_of_best_matching_rows():

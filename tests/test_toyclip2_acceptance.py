@@ -16,8 +16,9 @@ from vlprompt.protocols.base2new import split_base_new
 from vlprompt.toyworld.toyclip2_report import native_style, species_dataset_report, species_report
 
 REPORT = TOY2_CHECKPOINT.with_name("vlprompt-toyclip2.report.json")
-#: sha256 of the shipped checkpoint (pretrained 2026-12-06; its card holds the command)
-SHA256 = "9996cda80b6da1ea3edfff7b48c5c610bb9248a629535926554c3470e5982a3e"
+STAGE1_CARD = TOY2_CHECKPOINT.with_name("vlprompt-toyclip2-stage1.card.json")
+#: sha256 of the shipped checkpoint (stage 2, pretrained 2026-12-06; its card holds the command)
+SHA256 = "2e7dd1a841b9fb6c846b8b8fd072cf3cca826476a7bd0228d76cac13a4bf4bb0"
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,12 @@ def test_card_and_report_match_the_shipped_checkpoint() -> None:
     card = json.loads(TOY2_CARD.read_text())
     assert file_sha256(TOY2_CHECKPOINT) == card["sha256"] == SHA256
     assert json.loads(REPORT.read_text())["checkpoint_sha256"] == SHA256
-    assert card["command"].startswith("vlprompt pretrain --config configs/pretrain/toyclip2.yaml")
-    assert card["init_from_sha256"] == file_sha256(TOY_CHECKPOINT)  # continued from the first toy CLIP
+    assert card["command"] == "vlprompt pretrain --config configs/pretrain/toyclip2_stage2.yaml"
+    assert card["data"]["chatter_share"] == 0.5 and card["data"]["name_noise"] == {"common": 0.3, "regular": 0.3}
+    # stage 2 continued stage 1's output, which continued the first toy CLIP
+    stage1 = json.loads(STAGE1_CARD.read_text())
+    assert card["init_from_sha256"] == stage1["sha256"] and stage1["stage1_path"].startswith("runs/")
+    assert stage1["init_from_sha256"] == file_sha256(TOY_CHECKPOINT)
     assert TOY2_CHECKPOINT.stat().st_size < 21 * 1024 * 1024
 
 

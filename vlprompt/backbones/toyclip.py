@@ -65,7 +65,8 @@ def embedded_checkpoint2() -> Path:
     if not TOY2_CHECKPOINT.is_file():
         raise BackboneError(
             f"the second-generation toy CLIP checkpoint {str(TOY2_CHECKPOINT)!r} is missing. Reinstall vlprompt, "
-            "or rebuild it with `vlprompt pretrain --config configs/pretrain/toyclip2.yaml` (docs/toyclip2-design.md)"
+            "or rebuild it with `vlprompt pretrain --config configs/pretrain/toyclip2.yaml` and then "
+            "`vlprompt pretrain --config configs/pretrain/toyclip2_stage2.yaml` (docs/toyclip2-design.md)"
             ", or pass pretrained: /path/to/vlprompt-toyclip2.safetensors; the first toy CLIP is the backbone "
             "`toyclip`."
         )

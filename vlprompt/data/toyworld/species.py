@@ -137,20 +137,20 @@ class ToyJewellery(ToySpeciesClassification):
 
 
 class ToyMosaics(ToySpeciesClassification):
-    """Second world: the 16 tiles (squares, ``zellige``, ``terrazzo``...), out of focus."""
+    """Second world: the 16 tiles (squares, ``zellige``, ``terrazzo``...), clean photographs."""
 
     spec = "toy_mosaics"
-    native_style = "blur"
+    native_style = "clean"
 
     def species(self) -> list[Species]:
         return species_of("tile")
 
 
 class ToyRegatta(ToySpeciesClassification):
-    """Second world: the 16 flags (triangles, ``burgee``, ``spinnaker``...), faded photographs."""
+    """Second world: the 16 flags (triangles, ``burgee``, ``spinnaker``...), clean photographs."""
 
     spec = "toy_regatta"
-    native_style = "low_contrast"
+    native_style = "clean"
 
     def species(self) -> list[Species]:
         return species_of("flag")
