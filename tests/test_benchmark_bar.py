@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from vlprompt.runs.results import read_leaderboard_csv
 from vlprompt.toyworld.benchmark_bar import (
     COOP4,
     COOP16,
     ZERO_SHOT,
     classification_bar,
     main,
-    read_rows,
     segmentation_bar,
     tradeoff,
 )
@@ -80,19 +80,19 @@ def test_segmentation_bar():
 
 def test_missing_leaderboard_names_the_build_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="vlprompt leaderboard build"):
-        read_rows(tmp_path / "results.csv")
+        read_leaderboard_csv(tmp_path / "results.csv")
     with pytest.raises(FileNotFoundError, match="results.csv"):
         main([str(tmp_path)])
 
 
 def test_committed_segmentation_benchmark_meets_the_bar(repo):
-    verdict = segmentation_bar(read_rows(repo / "leaderboards" / "segmentation" / "toy" / "results.csv"))
+    verdict = segmentation_bar(read_leaderboard_csv(repo / "leaderboards" / "segmentation" / "toy" / "results.csv"))
     assert verdict["passes"], verdict
 
 
 def test_committed_second_toy_suite_has_every_row_at_five_seeds(repo):
     """The bar itself is not met yet (docs/toyclip2-design.md); the rows it is judged on are all there."""
-    rows = read_rows(repo / "leaderboards" / "base2new" / "toy" / "results.csv")
+    rows = read_leaderboard_csv(repo / "leaderboards" / "base2new" / "toy" / "results.csv")
     verdict = classification_bar(rows)
     assert len(verdict["datasets"]) == 6
     assert all(e["coop16"] and e["coop4"] for e in verdict["datasets"].values())

@@ -36,6 +36,7 @@ USAGE = """usage: vlprompt {fit,validate,test,pretrain,list,data,leaderboard,imp
   list       vlprompt list [learners|backbones|datasets|protocols|generators] [--check] | list configs [KIND]
   data       vlprompt data check NAME --root DIR [--strict] [--decode] | data convert NAME --root DIR --out DIR
   leaderboard  vlprompt leaderboard build RESULTS_DIR [--out leaderboards] [--html] | push RESULTS_DIR --wandb | migrate RESULTS_DIR
+               | correlate RESULTS_CSV --backbone MODEL
   import     vlprompt import dassl CHECKPOINT --learner NAME --classnames FILE --out prompts.safetensors
   tta        episodic test-time evaluation (TPT, DiffTPT or a baseline learner), writing a result JSON
   generate   fill the generated-view cache of a test set ahead of time (DiffTPT)

@@ -36,10 +36,6 @@ ZS_BASE_MAX, HM_MAX = 90.0, 98.0
 SEG_ZS_BAND, SEG_MIN_GAIN = (15.0, 60.0), 10.0
 
 
-#: rows of a built leaderboard's results.csv (:func:`vlprompt.runs.results.read_leaderboard_csv`)
-read_rows = read_leaderboard_csv
-
-
 def _num(row: Mapping, key: str) -> float | None:
     value = row.get(key)
     return float(value) if value not in (None, "") else None
@@ -123,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default=TOY_CLIP, help="backbone model of the classification rows")
     args = parser.parse_args(argv)
     root, console = Path(args.leaderboards), Console(width=180)
-    cls = classification_bar(read_rows(root / "base2new" / "toy" / "results.csv"), args.backbone)
+    cls = classification_bar(read_leaderboard_csv(root / "base2new" / "toy" / "results.csv"), args.backbone)
     table = Table(title=f"classification bar ({args.backbone}): passes={cls['passes']}")
     for head in ("dataset", "ZS base", "ZS new", "best HM", "CoOp-16 base", "CoOp-16 new", "CoOp-4 base",
                  "CoOp-4 new"):
@@ -139,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print(f"CoOp-16 trade-off on {cls['coop16_holds']}, CoOp-4 on {cls['coop4_holds']}, "
                   f"saturated: {cls['saturated']}")
-    seg = segmentation_bar(read_rows(root / "segmentation" / "toy" / "results.csv"))
+    seg = segmentation_bar(read_leaderboard_csv(root / "segmentation" / "toy" / "results.csv"))
     console.print(f"segmentation bar: passes={seg['passes']}: zero-shot {seg['zero_shot']:.2f} Dice, CoOp "
                   f"{seg['coop_gain']:+.2f} {_interval(seg['coop_ci'])}, spread {seg['spread']:.2f} against the "
                   f"largest seed std {seg['largest_std']:.2f}; {seg['checks']}")

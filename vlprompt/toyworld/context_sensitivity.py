@@ -39,6 +39,7 @@ from vlprompt.data.atomic import atomic_write_text
 from vlprompt.data.toyworld.species import SPECIES_DATASETS
 from vlprompt.learners.prompts.layers import ClassPrompts, text_features
 from vlprompt.protocols.base2new import split_base_new
+from vlprompt.toyworld.toyclip2_report import text_features as prompt_features
 
 
 def context_sensitivity(backbone: VLBackbone, classnames: Sequence[str], n_ctx: int, *, trials: int = 30,
@@ -54,10 +55,7 @@ def context_sensitivity(backbone: VLBackbone, classnames: Sequence[str], n_ctx: 
     for p in backbone.parameters():
         p.requires_grad_(False)
     try:
-        with torch.no_grad():
-            tokens = backbone.tokenize([f"a photo of a {c}." for c in classnames])
-            targets = F.normalize(backbone.encode_text_embeddings(backbone.embed_tokens(tokens),
-                                                                  backbone.pool_index(tokens)), dim=-1)
+        targets = prompt_features(backbone, list(classnames))  # "a photo of a {class}."
         prompts = ClassPrompts(backbone, list(classnames), n_ctx, position="end")
         labels = torch.arange(len(classnames))
         losses, grads = [], []

@@ -106,12 +106,11 @@ def confuser_cycle(tiers: dict[str, float]) -> dict[str, Species]:
     """Each named kind of a tier with a share above 0 in ``tiers`` -> its confuser: the next kind of the same family
     and tier, by name, in a cycle (``{"regular": 0.3}``: each regular fruit points at another regular fruit)."""
     out: dict[str, Species] = {}
-    for family in sorted({s.family for s in SPECIES}):
-        for tier, share in sorted(tiers.items()):
-            kinds = sorted((s for s in SPECIES if s.family == family and s.tier == tier and share > 0),
-                           key=lambda s: s.name)
-            for i, kind in enumerate(kinds if len(kinds) > 1 else []):
-                out[kind.name] = kinds[(i + 1) % len(kinds)]
+    for tier in (t for t, share in tiers.items() if share > 0):
+        for family in {s.family for s in SPECIES}:
+            kinds = sorted((s for s in SPECIES if s.family == family and s.tier == tier), key=lambda s: s.name)
+            if len(kinds) > 1:
+                out.update({kind.name: kinds[(i + 1) % len(kinds)] for i, kind in enumerate(kinds)})
     return out
 
 

@@ -199,13 +199,10 @@ def chatter_word(rng: random.Random) -> str:
 def with_chatter(text: str, rng: random.Random, target: int, count_tokens) -> str:
     """``text`` after a prefix of :func:`chatter_word` words, as long as the whole stays within ``target`` tokens
     (``count_tokens(str) -> int``, the tokenizer's count without start and end tokens); ``text`` itself when even
-    one word would not fit. Words that the caption vocabulary knows are never drawn."""
+    one word would not fit. No chatter word is a word of the captions (:data:`CHATTER_WORDS` leaves them out)."""
     out = text
     for _ in range(64):
-        word = chatter_word(rng)
-        while word in CAPTION_WORDS:
-            word = chatter_word(rng)
-        longer = f"{word} {out}"
+        longer = f"{chatter_word(rng)} {out}"
         if count_tokens(longer) > target:
             break
         out = longer
