@@ -337,6 +337,16 @@ def test_candidate_images_are_deterministic_and_show_their_species():
     assert img.shape == (3, 3, 48, 48)
 
 
+def test_emporium_holds_every_kind_with_each_tier_split_between_the_halves():
+    ds = SPECIES_DATASETS["toy_emporium"](per_class=(1, 1, 1))
+    names = ds.classnames
+    assert sorted(names) == sorted(s.name for s in SPECIES) and len(names) == 64
+    tier = {s.name: s.tier for s in SPECIES}
+    base, new = names[:32], names[32:]
+    for t in ("common", "regular", "rare"):
+        assert abs(sum(tier[n] == t for n in base) - sum(tier[n] == t for n in new)) <= 1, t
+
+
 def test_the_suite_is_registered_by_name_with_a_config_each(repo):
     from vlprompt.learners.registry import get_registry
 
