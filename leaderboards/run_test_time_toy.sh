@@ -10,8 +10,9 @@
 # configs/learners/difftpt/toy.yaml; its generated views are made once by `vlprompt generate` and cached: the views
 # do not depend on the run seed). For toyclip, zero-shot and TPT run here too; for toyclip2 they run in
 # sweeps/toy2_test_time.yaml with ZERO, C-TPT and TDA (the first world's: sweeps/toy_test_time_methods.yaml).
-# Zero-shot and CoOp are deterministic, so their seeds agree exactly. The CoOp fit has a fixed id so its prompt
-# files have a known path; it is skipped when they already exist.
+# The CoOp fit of the second world runs Dassl's schedule (cosine_horizon max_epochs); the first world's keeps the
+# config's earlier cosine, with which its committed rows were made. Zero-shot is deterministic. The CoOp fit has a
+# fixed id so its prompt files have a known path; it is skipped when they already exist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -21,8 +22,8 @@ TPT_SEEDS=${TPT_SEEDS:-[1,2,3]}
 DIFFTPT_SEEDS=${DIFFTPT_SEEDS:-[1,2,3]}
 RESULTS=${RESULTS:-leaderboards/results}
 case "$WORLD" in
-  toyclip) protocol=toy_shifts; dataset=toy_mixtures; root=runs/test_time_toy ;;
-  toyclip2) protocol=toy2_shifts; dataset=toy_bazaar; root=runs/test_time_toy2 ;;
+  toyclip) protocol=toy_shifts; dataset=toy_mixtures; root=runs/test_time_toy; schedule=() ;;
+  toyclip2) protocol=toy2_shifts; dataset=toy_bazaar; root=runs/test_time_toy2; schedule=(--model.cosine_horizon max_epochs) ;;
   *) echo "usage: $0 [toyclip|toyclip2] (got '$WORLD')" >&2; exit 2 ;;
 esac
 prompts="$root/coop_clean_source/seed{seed}/prompts.safetensors"
@@ -31,7 +32,7 @@ if ! ls "$root"/coop_clean_source/seed{1,2,3}/prompts.safetensors >/dev/null 2>&
     --config "configs/backbones/$WORLD.yaml" --config "configs/datasets/$dataset.yaml" \
     --config configs/learners/coop/ctx4_init.yaml --data.init_args.dataset.init_args.style clean \
     --data.init_args.feature_cache true --run_id coop_clean_source \
-    --trainer.default_root_dir "$root" --results_dir "$root/results"
+    --trainer.default_root_dir "$root" --results_dir "$root/results" "${schedule[@]}"
 fi
 common=(--config "configs/protocols/test_time/$protocol.yaml" --config "configs/backbones/$WORLD.yaml"
         --data.init_args.images_per_set "$IMAGES" --results_dir "$RESULTS")
