@@ -9,13 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning.pytorch as pl
+import open_clip
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from vlprompt.backbones.base import BackboneError
 from vlprompt.backbones.open_clip import file_sha256
-from vlprompt.backbones.toyclip import TOY2_CHECKPOINT, TOY_CHECKPOINT
+from vlprompt.backbones.toyclip import TOY2_CHECKPOINT, TOY2_MODEL, TOY_CHECKPOINT, ToyCLIP2
+from vlprompt.cli.pretrain import pretrain_main
 from vlprompt.data.toyworld.captions import BACKGROUND_PHRASES, POSITION_PHRASES, SIZE_WORDS
 from vlprompt.data.toyworld.captions2 import (
     DISTRACTOR_PREFIXES,
@@ -41,9 +45,19 @@ from vlprompt.data.toyworld.lexicon import (
     species_of,
 )
 from vlprompt.data.toyworld.render import COLOURS, SHAPES, TEXTURES, render, sample_scene
-from vlprompt.data.toyworld.species import SPECIES_DATASETS, species_images
+from vlprompt.data.toyworld.species import SPECIES_DATASETS, species_images, tier_stratified_order
+from vlprompt.learners.registry import get_registry
 from vlprompt.learners.testing import torch_threads
-from vlprompt.toyworld.pretrain_clip2 import make_hard_negatives, species_zero_shot
+from vlprompt.protocols.base2new import split_base_new
+from vlprompt.toyworld.pretrain_clip2 import (
+    CLIP2Pretraining,
+    SpeciesCaptionData,
+    SpeciesCaptionStream,
+    confuser_cycle,
+    make_hard_negatives,
+    species_zero_shot,
+)
+from vlprompt.toyworld.toyclip2_report import accuracy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ATTRIBUTE_WORDS = set(COLOURS) | {w for t in TEXTURES for w in t.split()} | set(SHAPES) | {"shape", "object", "thing"}
@@ -191,8 +205,6 @@ def test_hard_negatives_differ_in_exactly_what_their_captions_settle():
 
 
 def test_tier_name_shares_set_how_often_a_tier_is_named_and_contrasted_with_its_siblings():
-    from vlprompt.toyworld.pretrain_clip2 import SpeciesCaptionStream
-
     shares = {"common": 0.6, "regular": 0.3, "rare": 0.0}
     stream = SpeciesCaptionStream("vlprompt-toyclip2", 128, 0, 0.5, 0.4, 0.6, 0.3, tier_name_share=shares)
     g, rng = torch.Generator().manual_seed(0), random.Random(0)
@@ -215,8 +227,6 @@ def test_tier_name_shares_set_how_often_a_tier_is_named_and_contrasted_with_its_
 
 
 def test_style_share_renders_pairs_in_one_photography():
-    from vlprompt.toyworld.pretrain_clip2 import SpeciesCaptionStream
-
     assert SpeciesCaptionStream("vlprompt-toyclip2", 8, 0, 0.5, 0.4, 0.6, 0.3).styles(2, random.Random(0)) == "clean"
     stream = SpeciesCaptionStream("vlprompt-toyclip2", 64, 0, 0.5, 0.4, 0.6, 0.3, style_share=0.5)
     styles = stream.styles(16, random.Random(0))
@@ -246,8 +256,6 @@ def test_chatter_words_say_nothing_the_captions_say_and_fit_the_token_budget():
 
 
 def test_chatter_share_spreads_caption_ends_over_the_context_and_keeps_the_caption():
-    from vlprompt.toyworld.pretrain_clip2 import SpeciesCaptionStream
-
     plain = SpeciesCaptionStream("vlprompt-toyclip2", 128, 0, 0.5, 0.4, 0.6, 0.3)
     chatty = SpeciesCaptionStream("vlprompt-toyclip2", 128, 0, 0.5, 0.4, 0.6, 0.3, chatter_share=0.5)
     _, texts = plain.batch(torch.Generator().manual_seed(0), random.Random(0))
@@ -265,8 +273,6 @@ def test_chatter_share_spreads_caption_ends_over_the_context_and_keeps_the_capti
 
 
 def test_pretraining_card_records_the_caption_stream_it_was_trained_on(tmp_path):
-    from vlprompt.toyworld.pretrain_clip2 import CLIP2Pretraining, SpeciesCaptionData
-
     module = CLIP2Pretraining(export_path=str(tmp_path / "x.safetensors"), init_from=str(TOY2_CHECKPOINT))
     module._trainer = SimpleNamespace(datamodule=SpeciesCaptionData(batch_size=8, num_workers=0, chatter_share=0.5))
     extra = module.card_extra()
@@ -275,8 +281,6 @@ def test_pretraining_card_records_the_caption_stream_it_was_trained_on(tmp_path)
 
 
 def test_confusers_cycle_within_a_family_and_tier():
-    from vlprompt.toyworld.pretrain_clip2 import confuser_cycle
-
     cycle = confuser_cycle({"regular": 0.3, "rare": 0.0})
     regular = [s for s in SPECIES if s.tier == "regular"]
     assert set(cycle) == {s.name for s in regular}
@@ -285,8 +289,6 @@ def test_confusers_cycle_within_a_family_and_tier():
 
 
 def test_name_noise_calls_a_kind_by_its_confuser_unless_it_must_settle_the_species():
-    from vlprompt.toyworld.pretrain_clip2 import SpeciesCaptionStream
-
     plain = SpeciesCaptionStream("vlprompt-toyclip2", 64, 0, 0.5, 0.4, 0.6, 0.3)
     noisy = SpeciesCaptionStream("vlprompt-toyclip2", 64, 0, 0.5, 0.4, 0.6, 0.3, name_noise={"regular": 0.4})
     g, rng = torch.Generator().manual_seed(0), random.Random(0)
@@ -348,8 +350,6 @@ def test_emporium_holds_every_kind_with_each_tier_split_between_the_halves():
 
 
 def test_the_suite_is_registered_by_name_with_a_config_each(repo):
-    from vlprompt.learners.registry import get_registry
-
     registry = get_registry("datasets")
     assert set(SPECIES_DATASETS) <= set(registry.names())
     for name, cls in SPECIES_DATASETS.items():
@@ -367,11 +367,6 @@ def test_toyclip2_without_weights_says_how_to_make_them(monkeypatch, tmp_path):
 
 
 def test_toyclip2_loads_a_given_checkpoint_and_names_its_model(tmp_path):
-    import open_clip
-    from safetensors.torch import save_file
-
-    from vlprompt.backbones.toyclip import TOY2_MODEL, ToyCLIP2
-
     model = open_clip.create_model(TOY2_MODEL, pretrained=None)
     path = tmp_path / "trial.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -381,11 +376,6 @@ def test_toyclip2_loads_a_given_checkpoint_and_names_its_model(tmp_path):
 
 
 def test_toyclip2_pretrain_yaml_parses_with_mocked_fit(monkeypatch, tmp_path):
-    import lightning.pytorch as pl
-
-    from vlprompt.cli.pretrain import pretrain_main
-    from vlprompt.toyworld.pretrain_clip2 import CLIP2Pretraining, SpeciesCaptionData
-
     monkeypatch.chdir(CONFIGS.parent)  # the config's init_from is relative to the repository root
     called = {}
     monkeypatch.setattr(pl.Trainer, "fit", lambda self, model, datamodule=None, **kw: called.setdefault("fit", (model, datamodule)))
@@ -402,11 +392,6 @@ def test_toyclip2_pretrain_yaml_parses_with_mocked_fit(monkeypatch, tmp_path):
     ("toyclip2_chatter", {"chatter_share": 0.5}),
 ])
 def test_toyclip2_stage2_yamls_continue_stage1_with_levers(monkeypatch, tmp_path, name, levers):
-    import lightning.pytorch as pl
-
-    from vlprompt.cli.pretrain import pretrain_main
-    from vlprompt.toyworld.pretrain_clip2 import CLIP2Pretraining, SpeciesCaptionData
-
     stage1, stage2 = (yaml.safe_load((CONFIGS / "pretrain" / f"{n}.yaml").read_text()) for n in ("toyclip2", name))
     assert stage2["model"]["init_args"]["init_from"] == stage1["model"]["init_args"]["export_path"]
     assert stage1["model"]["init_args"]["export_path"].startswith("runs/")
@@ -426,17 +411,12 @@ def test_toyclip2_stage2_yamls_continue_stage1_with_levers(monkeypatch, tmp_path
 
 
 def test_report_accuracy_is_the_percent_of_best_matching_rows():
-    from vlprompt.toyworld.toyclip2_report import accuracy
-
     feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
     text = torch.eye(2)
     assert accuracy(feats, text, torch.tensor([0, 1, 1])) == pytest.approx(200 / 3)
 
 
 def test_tier_stratified_order_gives_each_half_its_share_of_every_tier():
-    from vlprompt.data.toyworld.species import tier_stratified_order
-    from vlprompt.protocols.base2new import split_base_new
-
     tiers = ["common"] * 6 + ["regular"] * 5 + ["rare"] * 5
     items = list(range(16))
     order = tier_stratified_order(items, tiers, seed=3)
