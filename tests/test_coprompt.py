@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.data.toyworld.datasets import ToyPatterns
-from vlprompt.data.toyworld.descriptions import toy_descriptions
+from vlprompt.data.toyworld.descriptions import species_descriptions, toy_descriptions
+from vlprompt.data.toyworld.lexicon import FAMILY_SYNONYMS, SPECIES_BY_NAME
+from vlprompt.data.toyworld.species import SPECIES_DATASETS
 from vlprompt.learners.base import RESOURCES, LearnerError
 from vlprompt.learners.coprompt import CoPrompt
 from vlprompt.learners.coprompt.losses import Adapter, blend, cosine_consistency, mse_consistency
@@ -157,3 +159,23 @@ def test_shipped_toy_descriptions_are_the_generated_ones() -> None:
     assert shipped == toy_descriptions()
     assert all(name in shipped for name in ToyPatterns().classnames)
     assert all(len(v) == 10 for v in shipped.values())
+
+
+def test_second_world_classes_get_definitions_of_their_named_kind() -> None:
+    shipped = json.loads(TOY_FILE.read_text())
+    for spec, dataset in SPECIES_DATASETS.items():
+        for name, fixed in dataset().class_definitions():
+            species = SPECIES_BY_NAME[fixed["species"]]
+            sentences = shipped[name]
+            assert len(set(sentences)) == 10, (spec, name)
+            for s in sentences:
+                # the class name as the dataset calls it (a synonym in toy_cabinet), its colour, its family word
+                assert s.startswith((f"{name}, ", f"a {name}: ", f"an {name}: ")), s
+                assert species.colour in s and (species.family in s or FAMILY_SYNONYMS[species.family] in s), s
+                if species.accent is not None:
+                    assert species.accent in s, s
+                assert s.endswith(".") and not s.endswith(".."), s
+    cabinet = SPECIES_DATASETS["toy_cabinet"]()
+    assert cabinet.use_synonyms and all(n in shipped for n in cabinet.classnames)
+    lemon = SPECIES_BY_NAME["lemon"]
+    assert species_descriptions("lemon", lemon, 4) == species_descriptions("lemon", lemon, 4)  # deterministic
