@@ -100,5 +100,5 @@ def test_committed_second_toy_suite_meets_the_bar_with_every_row_at_five_seeds(r
     toy2 = [r for r in rows if r["backbone_model"] == "vlprompt-toyclip2"]
     suite = [r for r in toy2 if r["learner"].split(" (")[0] in ("zero_shot", "coop")]
     assert len(suite) == 21 and {r["n_seeds"] for r in suite} == {"5"}
-    zoo = [r for r in toy2 if r not in suite]  # toy2_zoo.yaml (four learners) and toy2_cocoop.yaml, seven datasets
-    assert len(zoo) == 35 and {r["n_seeds"] for r in zoo} == {"3"}
+    zoo = [r for r in toy2 if r not in suite]  # toy2_zoo.yaml (six learners) and toy2_cocoop.yaml, seven datasets
+    assert len(zoo) == 49 and {r["n_seeds"] for r in zoo} == {"3"}
