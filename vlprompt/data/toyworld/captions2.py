@@ -218,7 +218,12 @@ def _family_word(family: str, rng: random.Random) -> str:
     return FAMILY_SYNONYMS[family] if rng.random() < 0.25 else family
 
 
+def indefinite_article(text: str) -> str:
+    """``an`` before a vowel letter, else ``a`` (the toy vocabulary has no silent letters)."""
+    return "an" if text[:1] in "aeiou" else "a"
+
+
 def _article(text: str, rng: random.Random) -> str:
     if rng.random() < 0.2:
         return rng.choice(["the", "one"])
-    return "an" if text[:1] in "aeiou" else "a"
+    return indefinite_article(text)

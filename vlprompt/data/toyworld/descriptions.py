@@ -31,7 +31,7 @@ import random
 from pathlib import Path
 
 from vlprompt.data.toyworld.captions import BACKGROUND_PHRASES, POSITION_PHRASES, caption
-from vlprompt.data.toyworld.captions2 import look_phrase
+from vlprompt.data.toyworld.captions2 import indefinite_article, look_phrase
 from vlprompt.data.toyworld.datasets import TOY_DATASETS, stable_seed
 from vlprompt.data.toyworld.lexicon import FAMILY_SYNONYMS, SPECIES_BY_NAME, Species
 from vlprompt.data.toyworld.render import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, TEXTURES
@@ -89,11 +89,6 @@ def species_descriptions(name: str, species: Species, n: int = 10) -> list[str]:
     return out
 
 
-def indefinite_article(text: str) -> str:
-    """``an`` before a vowel letter, else ``a`` (the toy vocabulary has no silent letters)."""
-    return "an" if text[:1] in "aeiou" else "a"
-
-
 def toy_descriptions(n: int = 10) -> dict[str, list[str]]:
     """``{class name: [n sentences]}`` for the classes of every toy classification dataset of both worlds."""
     out: dict[str, list[str]] = {}
@@ -113,5 +108,4 @@ def write_toy_descriptions(path: str | Path, n: int = 10) -> Path:
     return path
 
 
-__all__ = ["VOCABULARY", "class_descriptions", "indefinite_article", "species_descriptions", "toy_descriptions",
-           "write_toy_descriptions"]
+__all__ = ["VOCABULARY", "class_descriptions", "species_descriptions", "toy_descriptions", "write_toy_descriptions"]
